@@ -1,0 +1,37 @@
+# pibench set-up: `make demo` runs the digits demo, `make test` runs the tests.
+# Both create/update .venv through `make install`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-all bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	# crypten 0.4.1 declares the dead `sklearn` package and torchvision: install it
+	# without its metadata deps; its real runtime needs are listed in pyproject.toml.
+	$(PIP) install -q --no-deps crypten==0.4.1
+	$(PIP) install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/pibench demo
+
+test: install
+	$(VENV)/bin/pytest -q
+
+test-all: install
+	$(VENV)/bin/pytest -q --runslow
+
+bench: install
+	$(VENV)/bin/pytest -q benchmarks --benchmark-only
+
+clean:
+	rm -rf $(VENV)

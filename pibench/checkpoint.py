@@ -1,0 +1,224 @@
+"""Linearized model folders: a public part (architecture + masks) and a private part (weights).
+
+    models/<name>/model.json          public: architecture, input, method, budget, counts
+    models/<name>/masks.safetensors   public: one boolean (C, H, W) mask per ReLU layer
+    models/<name>/weights.safetensors private: parameters and BN statistics, server only
+
+The client of a secure inference needs the architecture and the masks (they fix the
+protocol) but must never read the weights; `load_public` builds the model from the
+public part alone. Nothing is unpickled: tensors live in safetensors files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pibench.models import MODELS, create_model
+from pibench.relu import get_masks, masked_relus, relu_counts, set_masks
+
+FORMAT = "pibench-model/1"
+CARD_FILE = "model.json"
+MASKS_FILE = "masks.safetensors"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A model folder that cannot be loaded; the message names the file and the problem."""
+
+
+@dataclass
+class ModelCard:
+    """The public description of a linearized model (what model.json holds)."""
+
+    name: str
+    arch: str
+    arch_args: dict[str, Any]
+    dataset: str
+    input_shape: list[int]
+    num_classes: int
+    method: str = "baseline"
+    budget: int | None = None
+    relus: int = 0
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    accuracy: float | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    method_info: dict[str, Any] = field(default_factory=dict)
+    masks_sha256: str = ""
+    weights_sha256: str = ""
+    format: str = FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The private tensors of a model: its state dict without the (public) masks."""
+    masks = {f"{name}.mask" for name in masked_relus(model)}
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in masks}
+
+
+def save_model(
+    model: nn.Module,
+    folder: str | Path,
+    *,
+    dataset: str,
+    method: str = "baseline",
+    budget: int | None = None,
+    accuracy: float | None = None,
+    provenance: dict[str, Any] | None = None,
+    method_info: dict[str, Any] | None = None,
+) -> ModelCard:
+    """Write a model built by `create_model` as a model folder; returns its card."""
+    if not hasattr(model, "pibench_arch"):
+        raise ValueError("save_model needs a model built by pibench.models.create_model")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    masks = {k: v.cpu().contiguous() for k, v in get_masks(model).items()}
+    save_file(masks, folder / MASKS_FILE)
+    save_file(weights_state(model), folder / WEIGHTS_FILE)
+    args = dict(model.pibench_args)
+    counts = relu_counts(model)
+    card = ModelCard(
+        name=folder.name,
+        arch=model.pibench_arch,
+        arch_args=args,
+        dataset=dataset,
+        input_shape=[args["in_chans"], args["input_size"], args["input_size"]],
+        num_classes=args["num_classes"],
+        method=method,
+        budget=budget,
+        relus=sum(c.relus for c in counts),
+        layers=[{"name": c.name, "shape": list(c.shape), "relus": c.relus} for c in counts],
+        accuracy=accuracy,
+        provenance=provenance or {},
+        method_info=method_info or {},
+        masks_sha256=_sha256(folder / MASKS_FILE),
+        weights_sha256=_sha256(folder / WEIGHTS_FILE),
+    )
+    # The card is written last, so a folder with a model.json is complete.
+    tmp = folder / (CARD_FILE + ".tmp")
+    tmp.write_text(card.to_json())
+    tmp.replace(folder / CARD_FILE)
+    return card
+
+
+def is_model_folder(path: str | Path) -> bool:
+    return (Path(path) / CARD_FILE).is_file()
+
+
+def load_card(folder: str | Path) -> ModelCard:
+    """Read and validate model.json (public)."""
+    path = Path(folder) / CARD_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file; a model folder needs {CARD_FILE}, {MASKS_FILE}, {WEIGHTS_FILE}")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); the file is corrupt, re-export the model") from e
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a pibench model card (expected \"format\": \"{FORMAT}\")")
+    known = set(ModelCard.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    missing = sorted(k for k in ("name", "arch", "arch_args", "dataset", "input_shape", "num_classes") if k not in raw)
+    if unknown or missing:
+        raise CheckpointError(f"{path}: missing fields {missing}, unknown fields {unknown}")
+    if raw["arch"] not in MODELS:
+        raise CheckpointError(f"{path}: {MODELS.unknown_message(raw['arch'])}")
+    return ModelCard(**raw)
+
+
+def _load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what} file is missing")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read {what} ({e}); the file is truncated or corrupt") from e
+
+
+def _check_hash(path: Path, expected: str, what: str) -> None:
+    if expected and _sha256(path) != expected:
+        raise CheckpointError(
+            f"{path}: {what} do not match the sha256 recorded in {CARD_FILE}; the file was changed or is corrupt"
+        )
+
+
+def load_public(folder: str | Path) -> tuple[ModelCard, nn.Module]:
+    """Build the model from the public part only: architecture and masks, random weights.
+
+    This never opens the weights file, so the client party can call it.
+    """
+    folder = Path(folder)
+    card = load_card(folder)
+    model = create_model(card.arch, **card.arch_args)
+    masks_path = folder / MASKS_FILE
+    masks = _load_tensors(masks_path, "masks")
+    _check_hash(masks_path, card.masks_sha256, "masks")
+    try:
+        set_masks(model, masks)
+    except ValueError as e:
+        raise CheckpointError(f"{masks_path}: {e}") from e
+    recorded = {layer["name"]: layer["relus"] for layer in card.layers}
+    actual = {c.name: c.relus for c in relu_counts(model)}
+    if recorded and recorded != actual:
+        raise CheckpointError(f"{folder / CARD_FILE}: per-layer ReLU counts do not match {MASKS_FILE}")
+    return card, model
+
+
+def load_model(folder: str | Path) -> tuple[ModelCard, nn.Module]:
+    """Public part plus the private weights (server side, training, evaluation)."""
+    folder = Path(folder)
+    card, model = load_public(folder)
+    weights_path = folder / WEIGHTS_FILE
+    state = _load_tensors(weights_path, "weights")
+    _check_hash(weights_path, card.weights_sha256, "weights")
+    expected = weights_state(model)
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{weights_path}: weights do not fit {card.arch}: missing {missing[:5]}, unexpected {extra[:5]}")
+    bad = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
+    if bad:
+        raise CheckpointError(f"{weights_path}: tensors with the wrong shape for {card.arch}: {bad[:5]}")
+    model.load_state_dict(state, strict=False)
+    model.eval()
+    return card, model
+
+
+def public_hash(folder: str | Path) -> str:
+    """A digest of what fixes the secure protocol: architecture, input shape and masks.
+
+    Two parties compare it at start-up so they never run different protocols. Names,
+    accuracies and weights do not enter it.
+    """
+    card = load_card(folder)
+    protocol = {k: getattr(card, k) for k in ("arch", "arch_args", "input_shape", "num_classes")}
+    h = hashlib.sha256(json.dumps(protocol, sort_keys=True).encode())
+    h.update(_sha256(Path(folder) / MASKS_FILE).encode())
+    return h.hexdigest()
+
+
+def resolve_public(spec: str | Path) -> tuple[ModelCard | None, nn.Module]:
+    """A registry name (all-ReLU, random weights) or a model folder's public part."""
+    if is_model_folder(spec):
+        return load_public(spec)
+    if Path(spec).is_dir():
+        raise CheckpointError(f"{spec}: folder has no {CARD_FILE}; it is not a pibench model folder")
+    return None, create_model(str(spec))

@@ -1,0 +1,54 @@
+"""`pibench` command line: one subcommand per module in `pibench.commands`.
+
+Command modules define `HELP`, `add_arguments(parser)` and `run(args) -> int`, and
+import heavy libraries (torch, crypten) inside `run`, so `pibench --help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Subcommand name -> module under pibench.commands, in the order `--help` lists them.
+COMMANDS = {
+    "count": "count",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pibench", description="Benchmark ReLU-linearized networks in real two-party secure inference."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"pibench.commands.{module_name}")
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args._run(args) or 0)
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
+        # Expected user errors (unknown model, bad budget, corrupt file, dead party) end
+        # with one line, not a traceback; -v shows the traceback.
+        if args.verbose:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"pibench {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

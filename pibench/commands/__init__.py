@@ -1,0 +1,1 @@
+"""Subcommands of the `pibench` CLI (see pibench.cli)."""

@@ -1,0 +1,44 @@
+"""`pibench count MODEL`: per-layer ReLU accounting."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "count the ReLUs of a registered model or an exported model folder, per layer"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="registry name (e.g. resnet18, drd_c100_49k) or a models/<name> folder")
+    p.add_argument("--input-size", type=int, default=None, help="input height=width (registry models only)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes (registry models only)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pibench.checkpoint import is_model_folder, load_public
+    from pibench.models import create_model
+    from pibench.relu import relu_counts
+
+    if is_model_folder(args.model):
+        if args.input_size is not None or args.num_classes is not None:
+            raise ValueError("--input-size/--num-classes apply to registry names; a model folder fixes its own")
+        card, model = load_public(args.model)
+        name = card.name
+    else:
+        model = create_model(args.model, input_size=args.input_size, num_classes=args.num_classes)
+        name = args.model
+    counts = relu_counts(model)
+    total = sum(c.relus for c in counts)
+    if args.json:
+        layers = [{"name": c.name, "shape": list(c.shape), "relus": c.relus} for c in counts]
+        print(json.dumps({"model": name, "total_relus": total, "layers": layers}, indent=2))
+        return 0
+    width = max([len("layer")] + [len(c.name) for c in counts])
+    print(f"{'layer':<{width}}  {'C×H×W':>14}  {'kept ReLUs':>12}  {'share':>7}")
+    for c in counts:
+        shape = "×".join(map(str, c.shape))
+        share = c.relus / total if total else 0.0
+        print(f"{c.name:<{width}}  {shape:>14}  {c.relus:>12,}  {share:>7.2%}")
+    print(f"{'total':<{width}}  {'':>14}  {total:>12,}")
+    return 0

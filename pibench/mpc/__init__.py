@@ -1,0 +1,1 @@
+"""Secure two-party execution of pibench models (CrypTen backend)."""

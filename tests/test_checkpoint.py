@@ -1,0 +1,153 @@
+import json
+
+import pytest
+import torch
+
+from pibench.checkpoint import (
+    CARD_FILE,
+    MASKS_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    load_model,
+    load_public,
+    public_hash,
+    save_model,
+)
+from pibench.cli import main
+from pibench.models import create_model
+from pibench.relu import count_relus, get_masks, set_masks
+
+
+def random_masked(name="resnet_digits", seed=0, density=0.3):
+    torch.manual_seed(seed)
+    model = create_model(name)
+    set_masks(model, {k: torch.rand(v.shape) < density for k, v in get_masks(model).items()})
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = random_masked()
+    folder = tmp_path / "m"
+    save_model(model, folder, dataset="digits", method="senet", budget=2000, accuracy=0.9)
+    return model, folder
+
+
+def test_round_trip_identical_outputs_and_masks(saved):
+    model, folder = saved
+    card, loaded = load_model(folder)
+    x = torch.randn(5, 1, 8, 8)
+    assert torch.equal(model(x), loaded(x))
+    for k, v in get_masks(model).items():
+        assert torch.equal(v, get_masks(loaded)[k])
+    assert card.relus == count_relus(model) and card.method == "senet" and card.budget == 2000
+    assert card.input_shape == [1, 8, 8] and card.num_classes == 10
+
+
+def test_public_load_never_reads_weights(saved):
+    _, folder = saved
+    (folder / WEIGHTS_FILE).unlink()
+    card, model = load_public(folder)
+    assert count_relus(model) == card.relus
+
+
+def test_missing_weights(saved):
+    _, folder = saved
+    (folder / WEIGHTS_FILE).unlink()
+    with pytest.raises(CheckpointError, match=r"weights\.safetensors: weights file is missing"):
+        load_model(folder)
+
+
+def test_truncated_weights(saved):
+    _, folder = saved
+    data = (folder / WEIGHTS_FILE).read_bytes()
+    (folder / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_model(folder)
+
+
+def test_tampered_weights_fail_hash(saved):
+    model, folder = saved
+    from safetensors.torch import save_file
+
+    from pibench.checkpoint import weights_state
+
+    state = weights_state(model)
+    state["fc.bias"] = state["fc.bias"] + 1
+    save_file(state, folder / WEIGHTS_FILE)
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_model(folder)
+
+
+def test_mask_wrong_shape(saved):
+    _, folder = saved
+    from safetensors.torch import load_file, save_file
+
+    masks = load_file(folder / MASKS_FILE)
+    masks["relu"] = torch.ones(3, 3, 3, dtype=torch.bool)
+    save_file(masks, folder / MASKS_FILE)
+    card = json.loads((folder / CARD_FILE).read_text())
+    card["masks_sha256"] = ""
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match=r"masks\.safetensors: mask 'relu' has shape \(3, 3, 3\)"):
+        load_public(folder)
+
+
+def test_mask_wrong_count(saved):
+    _, folder = saved
+    from safetensors.torch import load_file, save_file
+
+    masks = load_file(folder / MASKS_FILE)
+    del masks["relu"]
+    save_file(masks, folder / MASKS_FILE)
+    card = json.loads((folder / CARD_FILE).read_text())
+    card["masks_sha256"] = ""
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match=r"missing \['relu'\]"):
+        load_public(folder)
+
+
+def test_unknown_architecture(saved):
+    _, folder = saved
+    card = json.loads((folder / CARD_FILE).read_text())
+    card["arch"] = "resnet_digitz"
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match=r"model\.json: unknown model 'resnet_digitz'.*Did you mean resnet_digits"):
+        load_public(folder)
+
+
+def test_corrupt_card_and_missing_folder(saved, tmp_path):
+    _, folder = saved
+    (folder / CARD_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_public(folder)
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_public(tmp_path / "nowhere")
+
+
+def test_weights_are_safetensors_not_pickle(saved):
+    _, folder = saved
+    head = (folder / WEIGHTS_FILE).read_bytes()[:8]
+    assert not head.startswith(b"\x80")  # pickle protocol marker
+    assert not (folder / WEIGHTS_FILE).read_bytes().startswith(b"PK")  # torch.save zip
+
+
+def test_public_hash_sees_masks_not_weights(tmp_path):
+    a = random_masked(seed=1)
+    save_model(a, tmp_path / "a", dataset="digits")
+    with torch.no_grad():
+        a.fc.bias.add_(1.0)
+    save_model(a, tmp_path / "b", dataset="digits", accuracy=0.5)
+    save_model(random_masked(seed=2), tmp_path / "c", dataset="digits")
+    assert public_hash(tmp_path / "a") == public_hash(tmp_path / "b")
+    assert public_hash(tmp_path / "c") != public_hash(tmp_path / "a")
+
+
+def test_count_cli_on_model_folder(saved, capsys):
+    model, folder = saved
+    assert main(["count", str(folder), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total_relus"] == count_relus(model)
