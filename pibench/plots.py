@@ -1,0 +1,212 @@
+"""Trade-off figures from a run folder's results.csv and layers.csv (read only).
+
+Each figure is sized for one paper column (3.4 in wide) and saved as PNG and PDF.
+Axes switch to log scale when the data spans more than a decade.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter  # noqa: E402
+
+from pibench.pareto import pareto_front  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+COLUMN_WIDTH_IN = 3.4
+STYLE = {
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "legend.fontsize": 7,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "lines.markersize": 4,
+    "figure.dpi": 200,
+}
+FIGURES = ("accuracy_vs_relus", "latency_vs_relus", "communication_vs_relus", "accuracy_vs_latency", "layer_breakdown")
+# Which per-layer ops are linear (free of secure comparisons) for the breakdown figure.
+LINEAR_OPS = {"conv", "linear", "add", "affine", "avgpool", "flatten"}
+COMPARISON_OPS = {"relu", "maxpool"}
+
+
+def _log_if_wide(ax: plt.Axes, values: pd.Series, axis: str) -> None:
+    """Log scale with plain labels (1k, 10k, 100m) when the values span more than a decade."""
+    v = values[values > 0]
+    if len(v) and v.max() / v.min() > 10:
+        target = ax.xaxis if axis == "x" else ax.yaxis
+        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+        target.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        target.set_major_formatter(EngFormatter(sep=""))
+        target.set_minor_formatter(NullFormatter())
+
+
+def _save(fig: plt.Figure, out_dir: Path, name: str) -> list[Path]:
+    fig.tight_layout()
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    for p in paths:
+        fig.savefig(p, bbox_inches="tight")
+    plt.close(fig)
+    log.info("wrote %s", paths[0])
+    return paths
+
+
+def _figure() -> tuple[plt.Figure, plt.Axes]:
+    return plt.subplots(figsize=(COLUMN_WIDTH_IN, 2.5))
+
+
+def _method_colors(rows: pd.DataFrame) -> dict[str, str]:
+    """One fixed colour per method, so a method looks the same in every figure."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {m: cycle[i % len(cycle)] for i, m in enumerate(sorted(rows["method"].unique()))}
+
+
+def _ok_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """Rows that measured something (failed models record an error and no numbers)."""
+    if "error" in results:
+        return results[results["error"].isna() | (results["error"].astype(str) == "")]
+    return results
+
+
+def accuracy_vs_relus(results: pd.DataFrame, out_dir: Path, anchors: pd.DataFrame | None = None) -> list[Path]:
+    """Accuracy against kept ReLUs per method, Pareto frontier marked, paper anchors optional."""
+    per_model = _ok_rows(results).dropna(subset=["accuracy"]).drop_duplicates("model")
+    fig, ax = _figure()
+    colors = _method_colors(per_model)
+    for method, group in per_model.groupby("method"):
+        ax.plot(group["relus"], 100 * group["accuracy"], "o", alpha=0.5, color=colors[method], label=method)
+        front = pareto_front(group)
+        ax.plot(front["relus"], 100 * front["accuracy"], "-", color=colors[method])
+    if anchors is not None and len(anchors):
+        for method, group in anchors.groupby("method"):
+            ax.plot(group["relus"], 100 * group["accuracy"], "x", label=f"{method} (paper)")
+    _log_if_wide(ax, per_model["relus"], "x")
+    ax.set_xlabel("ReLUs kept")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title("Accuracy vs ReLUs (line: Pareto frontier)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, out_dir, "accuracy_vs_relus")
+
+
+def _linear_floor(layers: pd.DataFrame | None) -> pd.Series | None:
+    """Per model, the seconds spent outside secure comparisons: the latency floor at 0 ReLUs."""
+    if layers is None or not len(layers):
+        return None
+    linear = layers[~layers["op"].isin(COMPARISON_OPS)]
+    return linear.groupby("model")["time_s"].sum()
+
+
+def latency_vs_relus(results: pd.DataFrame, out_dir: Path, layers: pd.DataFrame | None = None) -> list[Path]:
+    """Measured latency and each profile's projected latency against ReLUs; linear floor dashed."""
+    rows = _ok_rows(results)
+    fig, ax = _figure()
+    measured = rows.drop_duplicates("model").sort_values("relus")
+    ax.plot(measured["relus"], measured["latency_s_median"], "o-", label=f"measured ({measured['link'].iloc[0]})")
+    for network, group in rows.groupby("network"):
+        group = group.sort_values("relus")
+        ax.plot(group["relus"], group["projected_latency_s"], "s--", label=f"{network} (projected)")
+    floor = _linear_floor(layers)
+    if floor is not None:
+        f = measured.set_index("model")["relus"].to_frame().join(floor, how="inner").sort_values("relus")
+        ax.plot(f["relus"], f["time_s"], "k:", label="linear layers only")
+    _log_if_wide(ax, rows["relus"], "x")
+    _log_if_wide(ax, pd.concat([rows["latency_s_median"], rows["projected_latency_s"]]), "y")
+    ax.set_xlabel("ReLUs kept")
+    ax.set_ylabel("latency per inference (s)")
+    ax.set_title("Latency vs ReLUs")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, out_dir, "latency_vs_relus")
+
+
+def communication_vs_relus(results: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Bytes sent per party against ReLUs, one series per method."""
+    per_model = _ok_rows(results).drop_duplicates("model")
+    fig, ax = _figure()
+    colors = _method_colors(per_model)
+    for method, group in per_model.groupby("method"):
+        group = group.sort_values("relus")
+        ax.plot(group["relus"], group["bytes_per_party"] / 1e6, "o-", color=colors[method], label=method)
+    _log_if_wide(ax, per_model["relus"], "x")
+    _log_if_wide(ax, per_model["bytes_per_party"], "y")
+    ax.set_xlabel("ReLUs kept")
+    ax.set_ylabel("sent per party (MB)")
+    ax.set_title("Communication vs ReLUs")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, out_dir, "communication_vs_relus")
+
+
+def accuracy_vs_latency(results: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Accuracy against projected latency, one panel per network profile, frontier per method."""
+    rows = _ok_rows(results).dropna(subset=["accuracy"])
+    networks = sorted(rows["network"].unique())
+    fig, axes = plt.subplots(1, len(networks), figsize=(COLUMN_WIDTH_IN * max(1, len(networks)) / 1.4, 2.5),
+                             sharey=True, squeeze=False)
+    colors = _method_colors(rows)
+    for ax, network in zip(axes[0], networks):
+        for method, group in rows[rows["network"] == network].groupby("method"):
+            ax.plot(group["projected_latency_s"], 100 * group["accuracy"], "o", alpha=0.5, color=colors[method], label=method)
+            front = pareto_front(group, cost="projected_latency_s")
+            ax.plot(front["projected_latency_s"], 100 * front["accuracy"], "-", color=colors[method])
+        _log_if_wide(ax, rows.loc[rows["network"] == network, "projected_latency_s"], "x")
+        ax.set_xlabel(f"latency, {network} (s, projected)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("top-1 accuracy (%)")
+    axes[0][0].legend()
+    fig.suptitle("Accuracy vs latency", fontsize=8)
+    return _save(fig, out_dir, "accuracy_vs_latency")
+
+
+def layer_breakdown(layers: pd.DataFrame, out_dir: Path, models: list[str] | None = None) -> list[Path]:
+    """Stacked time and bytes per model split into linear, comparison (ReLU, max-pool) and other ops."""
+    kind = layers["op"].map(lambda op: "ReLU / max-pool" if op in COMPARISON_OPS else "linear" if op in LINEAR_OPS else "other")
+    data = layers.assign(kind=kind)
+    if models:
+        data = data[data["model"].isin(models)]
+    time = data.pivot_table(index="model", columns="kind", values="time_s", aggfunc="sum", fill_value=0)
+    sent = data.pivot_table(index="model", columns="kind", values="bytes", aggfunc="sum", fill_value=0) / 1e6
+    order = time.sum(axis=1).sort_values().index
+    fig, (ax_t, ax_b) = plt.subplots(1, 2, figsize=(2 * COLUMN_WIDTH_IN, max(2.0, 0.25 * len(order) + 1.0)), sharey=True)
+    time.loc[order].plot.barh(stacked=True, ax=ax_t, width=0.7)
+    sent.loc[order].plot.barh(stacked=True, ax=ax_b, width=0.7, legend=False)
+    ax_t.set_xlabel("time per inference (s)")
+    ax_b.set_xlabel("sent per party (MB)")
+    ax_t.set_ylabel("")
+    ax_t.set_title("Per-layer cost breakdown")
+    ax_t.legend(title=None)
+    return _save(fig, out_dir, "layer_breakdown")
+
+
+def plot_run(run_dir: str | Path, anchors: str | Path | None = None, models: list[str] | None = None) -> list[Path]:
+    """All figures for a run folder into run_dir/figures; returns the files written."""
+    run_dir = Path(run_dir)
+    results_csv = run_dir / "results.csv"
+    if not results_csv.is_file():
+        raise FileNotFoundError(f"{results_csv}: no results to plot; run `pibench bench` or `pibench sweep` first")
+    results = pd.read_csv(results_csv)
+    layers_csv = run_dir / "layers.csv"
+    layers = pd.read_csv(layers_csv) if layers_csv.is_file() else None
+    anchor_df = pd.read_csv(anchors) if anchors else None
+    out_dir = run_dir / "figures"
+    out_dir.mkdir(exist_ok=True)
+    written: list[Path] = []
+    with plt.rc_context(STYLE):
+        if results["accuracy"].notna().any():
+            written += accuracy_vs_relus(results, out_dir, anchor_df)
+            written += accuracy_vs_latency(results, out_dir)
+        else:
+            log.info("no accuracy in %s (cost-only run): skipping accuracy figures", results_csv)
+        written += latency_vs_relus(results, out_dir, layers)
+        written += communication_vs_relus(results, out_dir)
+        if layers is not None:
+            written += layer_breakdown(layers, out_dir, models)
+    return written

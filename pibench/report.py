@@ -1,0 +1,112 @@
+"""`report.md` for a run folder: settings, one table per method, comparisons, figures.
+
+Reads results.csv (and the figures `pibench.plots` wrote) only, so it can be re-run on
+old results.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pibench.pareto import iso_relu_accuracy_gain
+from pibench.plots import FIGURES, plot_run
+
+SETTINGS = ("run_id", "provider", "threads", "batch", "repeats", "link", "mpc_samples", "torch_version",
+            "crypten_version", "pibench_version", "git_commit", "host")
+FIGURE_CAPTIONS = {
+    "accuracy_vs_relus": "Accuracy vs ReLUs (Pareto frontier per method)",
+    "latency_vs_relus": "Latency vs ReLUs (measured and projected per network)",
+    "communication_vs_relus": "Communication vs ReLUs",
+    "accuracy_vs_latency": "Accuracy vs latency",
+    "layer_breakdown": "Per-layer cost: linear vs ReLU",
+}
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured markdown table of a frame's values as they print."""
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def _fmt(value: float, spec: str) -> str:
+    return "" if pd.isna(value) else format(value, spec)
+
+
+def method_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One line per model of a method: budget, ReLUs, accuracy, agreement, latencies, MB, rounds."""
+    per_model = rows.drop_duplicates("model").set_index("model")
+    projected = rows.pivot_table(index="model", columns="network", values="projected_latency_s", aggfunc="first")
+    table = pd.DataFrame(
+        {
+            "model": per_model.index,
+            "budget": [_fmt(v, ",.0f") for v in per_model["budget"]],
+            "ReLUs": [f"{int(v):,}" for v in per_model["relus"]],
+            "accuracy %": [_fmt(100 * v, ".2f") for v in per_model["accuracy"]],
+            "MPC agreement %": [_fmt(100 * v, ".1f") for v in per_model["mpc_agreement"]],
+            "measured s": [_fmt(v, ".3f") for v in per_model["latency_s_median"]],
+        }
+    )
+    for network in projected.columns:
+        table[f"{network} s (proj.)"] = [_fmt(projected.loc[m, network], ".3f") for m in per_model.index]
+    table["MB / party"] = [_fmt(v / 1e6, ".2f") for v in per_model["bytes_per_party"]]
+    table["rounds"] = [_fmt(v, ".0f") for v in per_model["rounds"]]
+    order = per_model["relus"].sort_values(ascending=False).index
+    return table.set_index("model").loc[order].reset_index()
+
+
+def _comparisons(ok: pd.DataFrame) -> list[str]:
+    """Iso-ReLU accuracy gain of each method over every other, at the first method's budgets."""
+    with_acc = ok.dropna(subset=["accuracy"]).drop_duplicates("model")
+    methods = sorted(m for m in with_acc["method"].unique() if m != "baseline")
+    lines: list[str] = []
+    for a in methods:
+        for b in methods:
+            if a >= b:
+                continue
+            ra, rb = with_acc[with_acc.method == a], with_acc[with_acc.method == b]
+            budgets = sorted(set(ra["relus"]) | set(rb["relus"]))
+            gain = iso_relu_accuracy_gain(ra, rb, budgets).dropna()
+            if len(gain):
+                cells = ", ".join(f"{int(r):,}: {100 * g:+.1f}" for r, g in zip(gain["budget"], gain["gain"]))
+                lines.append(f"- {a} − {b}, accuracy points at equal ReLU budget: {cells}")
+    return lines
+
+
+def write_report(run_dir: str | Path, replot: bool = True) -> Path:
+    """Write run_dir/report.md (re-drawing the figures first unless `replot` is False)."""
+    run_dir = Path(run_dir)
+    if replot:
+        plot_run(run_dir)
+    results = pd.read_csv(run_dir / "results.csv")
+    failed = results[results["error"].notna() & (results["error"].astype(str) != "")] if "error" in results else results.iloc[:0]
+    ok = results.drop(failed.index)
+    first = results.iloc[0]
+    lines = [f"# pibench report: {run_dir.name}", "", "## Settings", ""]
+    lines += [f"- {key}: {first[key]}" for key in SETTINGS if key in results and not pd.isna(first[key])]
+    lines += [
+        f"- measured at: {results['timestamp'].min()} … {results['timestamp'].max()} (UTC)",
+        f"- networks: {', '.join(sorted(results['network'].dropna().unique()))} "
+        "(latency measured on the link above; per-network latency is projected as "
+        "compute + rounds × RTT + bytes ÷ bandwidth)",
+        "",
+    ]
+    for method, rows in ok.groupby("method", sort=True):
+        cost_only = bool(rows["cost_only"].astype(str).str.lower().eq("true").all())
+        lines += [f"## {method}" + (" (cost only: random weights, no accuracy)" if cost_only else ""), ""]
+        lines += [markdown_table(method_table(rows)), ""]
+    comparisons = _comparisons(ok)
+    if comparisons:
+        lines += ["## Comparisons", "", *comparisons, ""]
+    if len(failed):
+        lines += ["## Failed", ""] + [f"- {r.model} ({r.network}): {r.error}" for r in failed.itertuples()] + [""]
+    figures = [name for name in FIGURES if (run_dir / "figures" / f"{name}.png").is_file()]
+    if figures:
+        lines += ["## Figures", ""]
+        lines += [f"![{FIGURE_CAPTIONS[n]}](figures/{n}.png)\n" for n in figures]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

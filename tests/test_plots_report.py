@@ -1,0 +1,82 @@
+"""Figures and report from a small hand-made run folder."""
+
+import pandas as pd
+import pytest
+
+from pibench.plots import FIGURES, plot_run
+from pibench.report import write_report
+
+MODELS = [
+    # model, method, budget, relus, accuracy, bytes
+    ("base", "baseline", None, 4608, 0.97, 2_500_000),
+    ("drd_50", "deepreduce", 2304, 2048, 0.95, 1_400_000),
+    ("drd_5", "deepreduce", 230, 192, 0.80, 600_000),
+    ("senet_50", "senet", 2304, 2304, 0.96, 1_520_000),
+    ("senet_5", "senet", 230, 230, 0.90, 620_000),
+]
+
+
+def fixture_run(run_dir, cost_only=False):
+    rows, layers = [], []
+    for model, method, budget, relus, acc, sent in MODELS:
+        for network, bw, rtt in (("lan", 3000.0, 0.3), ("wan", 400.0, 40.0)):
+            rows.append(
+                dict(run_id="fixture", timestamp="2026-11-22T00:00:00+00:00", model=model, arch="resnet_digits",
+                     dataset="digits", method=method, budget=budget, relus=relus, macs=1_000_000,
+                     accuracy=None if cost_only else acc, cost_only=cost_only, mpc_agreement=1.0, mpc_accuracy=acc,
+                     max_logit_error=0.001, mpc_samples=16, network=network, bandwidth_mbps=bw, rtt_ms=rtt,
+                     link="loopback", latency_s_median=0.1 + relus * 1e-5, latency_s_p10=0.09, latency_s_p90=0.12,
+                     latency_s_samples="0.1;0.1;0.1", compute_s=0.05, comm_s=0.05,
+                     projected_latency_s=0.05 + 40 * rtt / 1000 + sent * 8 / (bw * 1e6), bytes_per_party=sent,
+                     rounds=40, relu_bytes=464 * relus, linear_bytes=sent - 464 * relus, setup_s=0.1,
+                     setup_bytes=100, offline_bytes=0, batch=1, repeats=3, provider="tfp", threads=1,
+                     torch_version="2.13.0", crypten_version="0.4.1", pibench_version="0.1.0", git_commit="abc",
+                     host="ci", error=None)
+            )
+        for i, (op, t, b) in enumerate((("conv", 0.03, 300_000), ("relu", relus * 1e-5, 464 * relus), ("linear", 0.001, 1000))):
+            layers.append(dict(run_id="fixture", model=model, op_index=i, op=op, layer=f"l{i}", relus=relus if op == "relu" else 0,
+                               time_s=t, bytes=b, rounds=9 if op == "relu" else 1))
+    rows.append({**rows[-1], "model": "broken", "error": "RuntimeError: boom"})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(run_dir / "results.csv", index=False)
+    pd.DataFrame(layers).to_csv(run_dir / "layers.csv", index=False)
+    return run_dir
+
+
+def test_every_figure_is_written_non_empty(tmp_path):
+    run = fixture_run(tmp_path / "run")
+    written = plot_run(run)
+    for name in FIGURES:
+        for ext in ("png", "pdf"):
+            path = run / "figures" / f"{name}.{ext}"
+            assert path in written
+            assert path.stat().st_size > 1000
+
+
+def test_paper_anchors_are_plotted(tmp_path):
+    run = fixture_run(tmp_path / "run")
+    anchors = tmp_path / "anchors.csv"
+    pd.DataFrame({"method": ["senet"], "relus": [2000], "accuracy": [0.97]}).to_csv(anchors, index=False)
+    assert run / "figures" / "accuracy_vs_relus.png" in plot_run(run, anchors=anchors)
+
+
+def test_cost_only_run_skips_accuracy_figures(tmp_path):
+    run = fixture_run(tmp_path / "run", cost_only=True)
+    names = {p.stem for p in plot_run(run)}
+    assert names == {"latency_vs_relus", "communication_vs_relus", "layer_breakdown"}
+
+
+def test_report_tables_and_figures(tmp_path):
+    run = fixture_run(tmp_path / "run")
+    text = write_report(run).read_text()
+    assert "## senet" in text and "## deepreduce" in text and "## baseline" in text
+    assert "| senet_5 | 230 | 230 | 90.00 | 100.0 |" in text
+    assert "wan s (proj.)" in text
+    assert "![Accuracy vs ReLUs" in text
+    assert "broken (wan): RuntimeError: boom" in text
+    assert "senet − deepreduce" not in text and "deepreduce − senet, accuracy points at equal ReLU budget: 230: -10.0" in text
+
+
+def test_plot_without_results_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run `pibench bench` or `pibench sweep` first"):
+        plot_run(tmp_path)
