@@ -117,8 +117,8 @@ class FeatureTap:
 class Callback:
     """Method-specific additions to `fit`; every hook is optional."""
 
-    def parameters(self) -> list[nn.Parameter]:
-        """Extra trainable tensors (e.g. SNL's alphas), optimized with the model."""
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Extra optimizer parameter groups (e.g. SNL's alphas with their own learning rate)."""
         return []
 
     def extra_loss(self) -> torch.Tensor | None:
@@ -215,7 +215,7 @@ def fit(
     model.to(device)
     if teacher is not None:
         teacher.to(device).eval()
-    params = [p for p in model.parameters() if p.requires_grad] + list(callback.parameters())
+    params = [{"params": [p for p in model.parameters() if p.requires_grad]}] + callback.param_groups()
     opt = _optimizer(params, cfg)
     sched = _scheduler(opt, cfg)
     history: list[float] = []

@@ -1,0 +1,210 @@
+"""ReLU linearization methods (DeepReDuce, SENet, SNL) behind one registry and one API.
+
+    linearize(method, teacher_folder, budget, out_folder, ...)         -> ModelCard
+    linearize_many(method, teacher_folder, budgets, out_folders, ...)  -> [ModelCard]
+
+The teacher is an all-ReLU model folder (`pibench train`). A method module exposes
+`Settings` (a dataclass of its knobs, `epochs` being its main training length) and
+`run(teacher, budgets, out_folders, settings) -> [ModelCard]`; it gets all budgets at
+once so that teacher-level work (DeepReDuce's criticality and candidates, SENet's
+sensitivity, SNL's alpha search) is done once. Work that outlives a call is cached
+under `<teacher>/cache/` (or `cache_dir`), keyed by the settings that produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pibench.budget import parse_budget
+from pibench.registry import Registry
+
+log = logging.getLogger(__name__)
+
+# Method name -> "module:attribute" of its module, imported on first use.
+METHODS: Registry[str] = Registry("linearization method")
+METHODS.register("deepreduce", "pibench.linearize.deepreduce")
+METHODS.register("senet", "pibench.linearize.senet")
+METHODS.register("snl", "pibench.linearize.snl")
+
+
+@dataclass
+class Teacher:
+    """The all-ReLU model a method starts from, with the data it was trained on."""
+
+    folder: Path
+    card: Any  # pibench.checkpoint.ModelCard
+    model: nn.Module
+    train_loader: DataLoader
+    test_loader: DataLoader
+    dataset_options: dict[str, Any]
+    device: Any
+    seed: int
+    cache_dir: Path
+    batch_size: int
+
+    @property
+    def relus(self) -> int:
+        return int(self.card.relus)
+
+
+def method_module(name: str):
+    return importlib.import_module(METHODS.get(name))
+
+
+def make_settings(method: str, epochs: int | None = None, **kwargs: Any):
+    """The method's Settings with caller overrides (None values ignored); unknown keys raise."""
+    cls = method_module(method).Settings
+    values = {k: v for k, v in {**kwargs, "epochs": epochs}.items() if v is not None}
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        known = ", ".join(f.name for f in dataclasses.fields(cls))
+        raise ValueError(f"unknown {method} settings {unknown}; known: {known}")
+    return cls(**values)
+
+
+def load_teacher(
+    teacher_folder: str | Path,
+    *,
+    data_dir: str | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str | None = None,
+    cache_dir: str | Path | None = None,
+    train_subset: int | None = None,
+) -> Teacher:
+    """Load a teacher folder (weights included) and loaders for its dataset."""
+    from pibench.checkpoint import load_model
+    from pibench.data import dataset_options, make_loaders
+    from pibench.relu import relu_counts
+    from pibench.train import pick_device
+
+    folder = Path(teacher_folder)
+    card, model = load_model(folder)
+    if any(c.relus != c.size for c in relu_counts(model)):
+        raise ValueError(f"{folder}: the teacher must keep all of its ReLUs (it has {card.relus:,}); use a baseline model")
+    options = dataset_options(card.dataset, card.input_shape, card.num_classes)
+    train_loader, test_loader = make_loaders(
+        card.dataset, data_dir, batch_size=batch_size, seed=seed, train_subset=train_subset, **options
+    )
+    return Teacher(
+        folder=folder,
+        card=card,
+        model=model,
+        train_loader=train_loader,
+        test_loader=test_loader,
+        dataset_options=options,
+        device=pick_device(device),
+        seed=seed,
+        cache_dir=Path(cache_dir) if cache_dir is not None else folder / "cache",
+        batch_size=batch_size,
+    )
+
+
+def settings_key(teacher: Teacher, *parts: Any) -> str:
+    """A short digest naming cached work: teacher weights, seed, batch size and the given settings."""
+    payload = json.dumps([teacher.card.weights_sha256, teacher.seed, teacher.batch_size, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def provenance(teacher: Teacher, method: str, settings: Any) -> dict[str, Any]:
+    return {
+        "teacher": str(teacher.folder),
+        "teacher_weights_sha256": teacher.card.weights_sha256,
+        "teacher_accuracy": teacher.card.accuracy,
+        "method": method,
+        "settings": dataclasses.asdict(settings),
+        "seed": teacher.seed,
+        "batch_size": teacher.batch_size,
+        "dataset_options": teacher.dataset_options,
+    }
+
+
+def save_linearized(
+    model: nn.Module,
+    out_folder: str | Path,
+    teacher: Teacher,
+    *,
+    method: str,
+    budget: int,
+    accuracy: float,
+    settings: Any,
+    method_info: dict[str, Any],
+):
+    """Save a linearized model, refusing one over its budget (that would be a method bug)."""
+    from pibench.checkpoint import save_model
+    from pibench.relu import count_relus
+
+    kept = count_relus(model)
+    if kept > budget:
+        raise RuntimeError(f"{method} produced {kept:,} ReLUs for a budget of {budget:,}")
+    return save_model(
+        model.cpu(),
+        out_folder,
+        dataset=teacher.card.dataset,
+        method=method,
+        budget=budget,
+        accuracy=accuracy,
+        provenance=provenance(teacher, method, settings),
+        method_info=method_info,
+    )
+
+
+def linearize_many(
+    method: str,
+    teacher_folder: str | Path,
+    budgets: Sequence[int | str | float],
+    out_folders: Sequence[str | Path],
+    *,
+    data_dir: str | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    batch_size: int = 128,
+    device: str | None = None,
+    cache_dir: str | Path | None = None,
+    train_subset: int | None = None,
+    **method_kwargs: Any,
+) -> list:
+    """Linearize one teacher at several budgets, sharing the teacher-level work.
+
+    Budgets are counts or strings ("50k", "0.1" = 10% of the teacher's ReLUs); returns
+    one ModelCard per budget, in the order given.
+    """
+    if len(budgets) != len(out_folders):
+        raise ValueError(f"{len(budgets)} budgets but {len(out_folders)} output folders")
+    if not budgets:
+        raise ValueError("no budgets given")
+    module = method_module(method)
+    settings = make_settings(method, epochs, **method_kwargs)
+    teacher = load_teacher(
+        teacher_folder,
+        data_dir=data_dir,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        cache_dir=cache_dir,
+        train_subset=train_subset,
+    )
+    counts = [parse_budget(b, teacher.relus) for b in budgets]
+    log.info("%s on %s (%s ReLUs): budgets %s", method, teacher.folder, f"{teacher.relus:,}", counts)
+    return module.run(teacher, counts, [Path(o) for o in out_folders], settings)
+
+
+def linearize(
+    method: str,
+    teacher_folder: str | Path,
+    budget: int | str | float,
+    out_folder: str | Path,
+    **kwargs: Any,
+):
+    """Linearize a teacher at one ReLU budget; see `linearize_many` for the options."""
+    return linearize_many(method, teacher_folder, [budget], [out_folder], **kwargs)[0]

@@ -1,0 +1,338 @@
+"""SENet (Kundu et al., "Learning to Linearize Deep Neural Networks for Secure and
+Efficient Private Inference", ICLR 2023): sensitivity, allocation, mask search, fine-tune.
+
+1. Sensitivity. A copy of the teacher is trained for `sensitivity_epochs` under global
+   magnitude pruning of all conv weights to the proxy density `density` (re-pruned at
+   every epoch end, pruned weights held at zero after every step). A ReLU layer's
+   sensitivity is eta_l = 1 - d_l, with d_l the surviving density of the conv that
+   feeds it. Choices the paper leaves open: the feeding conv is the last k>1 conv
+   executed before the ReLU (so a block's post-add ReLU maps to conv2, not to the
+   1x1 shortcut); the proxy density is fixed (default 0.1) rather than tied to the
+   budget, so one sensitivity serves every budget and is cached per teacher.
+2. Allocation. count_l = B * eta_l / sum(eta) over unclipped layers; a layer whose
+   share reaches its size keeps all of its ReLUs and the rest is shared again; the
+   integer counts use largest remainders and sum exactly to B (to the total if B is
+   larger). Layers whose eta is 0 get no ReLUs; if all are 0, shares follow sizes.
+3. Mask search. The student starts from the teacher with every ReLU linear; a pass
+   over the training data scores each position by the summed |A_teacher - A_student|
+   of post-ReLU maps and keeps the top count_l positions per layer. Then for each of
+   `search_epochs` epochs the student trains (loss of step 4) while the scores are
+   re-accumulated, and the masks are re-selected at the epoch's end.
+4. Fine-tune with frozen masks: gamma*CE + alpha*KL(T=4) + beta*AT (PRAM; gamma=0.1,
+   alpha=0.5, beta=1000), AT on the ResNet stage outputs.
+
+`masks="random"` replaces steps 1's and 3's choice of positions by random positions
+with the same per-layer counts, trained identically: the ablation that shows the
+search matters.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from pibench.linearize import Teacher, save_linearized, settings_key
+from pibench.relu import masked_relus, relu_counts
+from pibench.train import Callback, TrainConfig, evaluate, fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Settings:
+    epochs: int = 10  # fine-tuning with frozen masks
+    search_epochs: int = 3
+    sensitivity_epochs: int = 3
+    density: float = 0.1  # proxy parameter density of the sparse run
+    lr: float = 0.01
+    sensitivity_lr: float = 0.01
+    optimizer: str = "sgd"
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    gamma: float = 0.1  # CE weight
+    alpha: float = 0.5  # KL weight
+    beta: float = 1000.0  # AT weight
+    masks: str = "search"  # search | random
+
+
+# ---------------------------------------------------------------- 1. sensitivity
+def relu_feeding_convs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, str]:
+    """For every MaskedReLU, the name of the conv (kernel > 1) executed last before it."""
+    names = {m: n for n, m in model.named_modules()}
+    order: list[tuple[str, nn.Module]] = []
+    modules = [m for m in model.modules() if isinstance(m, nn.Conv2d)] + list(masked_relus(model).values())
+    hooks = [m.register_forward_hook(lambda mod, i, o: order.append((names[mod], mod))) for m in modules]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    feeding: dict[str, str] = {}
+    last_conv = last_any = None
+    for name, mod in order:
+        if isinstance(mod, nn.Conv2d):
+            last_any = name
+            if max(mod.kernel_size) > 1:
+                last_conv = name
+        else:
+            feeding[name] = last_conv or last_any
+            if feeding[name] is None:
+                raise ValueError(f"ReLU layer {name!r} has no conv before it; SENet needs conv-fed ReLUs")
+    return feeding
+
+
+def magnitude_masks(convs: dict[str, nn.Conv2d], density: float) -> dict[str, torch.Tensor]:
+    """Global magnitude pruning: keep the `density` fraction of largest |w| over all convs."""
+    flat = torch.cat([c.weight.detach().abs().flatten() for c in convs.values()])
+    keep = max(1, int(round(density * flat.numel())))
+    threshold = torch.topk(flat, keep, sorted=True).values[-1]
+    return {n: c.weight.detach().abs() >= threshold for n, c in convs.items()}
+
+
+class _Pruning(Callback):
+    """Holds pruned weights at zero after each step; re-prunes at every epoch end."""
+
+    def __init__(self, convs: dict[str, nn.Conv2d], density: float) -> None:
+        self.convs = convs
+        self.density = density
+        self.masks = magnitude_masks(convs, density)
+        self.after_batch()
+
+    @torch.no_grad()
+    def after_batch(self) -> None:
+        for name, conv in self.convs.items():
+            conv.weight.mul_(self.masks[name])
+
+    def end_epoch(self, epoch: int, accuracy: float) -> bool:
+        self.masks = magnitude_masks(self.convs, self.density)
+        self.after_batch()
+        return False
+
+
+def sensitivity(teacher: Teacher, settings: Settings) -> dict[str, float]:
+    """eta_l per ReLU layer from a short sparse-training run; cached in the teacher's cache folder."""
+    fields = ["sensitivity_epochs", "density", "sensitivity_lr", "optimizer", "weight_decay"]
+    key = settings_key(teacher, "senet-sensitivity", {f: getattr(settings, f) for f in fields})
+    cache = teacher.cache_dir / f"senet-sensitivity-{key}.json"
+    if cache.is_file():
+        log.info("SENet sensitivity from cache %s", cache)
+        return json.loads(cache.read_text())["eta"]
+    model = copy.deepcopy(teacher.model)
+    feeding = relu_feeding_convs(model, teacher.card.input_shape)
+    modules = dict(model.named_modules())
+    convs = {n: m for n, m in modules.items() if isinstance(m, nn.Conv2d)}
+    pruning = _Pruning(convs, settings.density)
+    cfg = TrainConfig(
+        epochs=settings.sensitivity_epochs,
+        lr=settings.sensitivity_lr,
+        optimizer=settings.optimizer,
+        weight_decay=settings.weight_decay,
+        schedule="constant",
+        seed=teacher.seed,
+    )
+    fit(model, teacher.train_loader, None, cfg, callback=pruning, device=teacher.device, desc="senet sensitivity")
+    density = {n: float(m.float().mean()) for n, m in pruning.masks.items()}
+    eta = {relu: 1.0 - density[conv] for relu, conv in feeding.items()}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"eta": eta, "conv_density": density, "feeding_conv": feeding}, indent=1))
+    return eta
+
+
+# ---------------------------------------------------------------- 2. allocation
+def allocate(budget: int, sizes: Sequence[int], weights: Sequence[float]) -> list[int]:
+    """Split `budget` over layers in proportion to `weights`, clipped to `sizes`, summing exactly.
+
+    Layers whose proportional share reaches their size are clipped to full and the
+    remaining budget is shared among the others, repeatedly; then integer counts are
+    taken by largest remainders. With budget >= sum(sizes) every layer is full.
+    """
+    if len(sizes) != len(weights):
+        raise ValueError(f"{len(sizes)} layer sizes but {len(weights)} weights")
+    if budget < 0 or any(w < 0 for w in weights):
+        raise ValueError("budget and weights must be non-negative")
+    if budget >= sum(sizes):
+        return list(sizes)
+    if sum(w for w, s in zip(weights, sizes) if s > 0) <= 0:
+        weights = [float(s) for s in sizes]
+    counts = [0] * len(sizes)
+    free = [i for i in range(len(sizes)) if sizes[i] > 0 and weights[i] > 0]
+    remaining = budget
+    while True:
+        total_w = sum(weights[i] for i in free)
+        shares = {i: remaining * weights[i] / total_w for i in free}
+        clipped = [i for i in free if shares[i] >= sizes[i]]
+        if not clipped:
+            break
+        for i in clipped:
+            counts[i] = sizes[i]
+            remaining -= sizes[i]
+        free = [i for i in free if i not in clipped]
+    floors = {i: math.floor(shares[i]) for i in free}
+    for i in free:
+        counts[i] = floors[i]
+    leftover = remaining - sum(floors.values())
+    by_remainder = sorted(free, key=lambda i: (-(shares[i] - floors[i]), i))
+    for i in by_remainder[:leftover]:
+        counts[i] += 1
+    return counts
+
+
+# ---------------------------------------------------------------- 3. mask search
+def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """A boolean mask of `scores`' shape with exactly k True at the k largest scores (ties: lower index)."""
+    flat = scores.flatten()
+    if not 0 <= k <= flat.numel():
+        raise ValueError(f"cannot keep {k} of {flat.numel()} positions")
+    order = torch.sort(flat, descending=True, stable=True).indices[:k]
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=scores.device)
+    mask[order] = True
+    return mask.view_as(scores)
+
+
+def random_masks(shapes: dict[str, tuple[int, ...]], counts: dict[str, int], seed: int) -> dict[str, torch.Tensor]:
+    """Uniformly random positions with the given per-layer counts."""
+    gen = torch.Generator().manual_seed(seed)
+    return {n: topk_mask(torch.rand(shapes[n], generator=gen), counts[n]) for n in shapes}
+
+
+class MaskSearch(Callback):
+    """Accumulates |A_teacher - A_student| per ReLU position; re-selects top-k masks per epoch."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, counts: dict[str, int], update: bool = True) -> None:
+        self.student_layers = masked_relus(student)
+        self.counts = counts
+        self.update = update
+        self.outputs: dict[tuple[str, str], torch.Tensor] = {}
+        self.scores = {n: torch.zeros_like(l.mask, dtype=torch.float32) for n, l in self.student_layers.items()}
+        self.handles = [
+            layer.register_forward_hook(self._record(side, name))
+            for side, model in (("s", student), ("t", teacher))
+            for name, layer in masked_relus(model).items()
+        ]
+
+    def _record(self, side: str, name: str):
+        def hook(module: nn.Module, inp: Any, out: torch.Tensor) -> None:
+            self.outputs[(side, name)] = out.detach()
+
+        return hook
+
+    @torch.no_grad()
+    def after_batch(self) -> None:
+        for name in self.scores:
+            diff = (self.outputs[("t", name)] - self.outputs[("s", name)]).abs().sum(0)
+            self.scores[name] += diff.to(self.scores[name].device)
+
+    @torch.no_grad()
+    def select(self) -> None:
+        """Keep the top-k accumulated positions per layer, then start a fresh accumulation."""
+        for name, layer in self.student_layers.items():
+            layer.set_mask(topk_mask(self.scores[name], self.counts[name]))
+            self.scores[name].zero_()
+
+    @torch.no_grad()
+    def score_pass(self, student: nn.Module, teacher: nn.Module, loader, device) -> None:
+        """One no-grad pass over `loader` to score positions, then select."""
+        student.eval()
+        for x, _ in loader:
+            x = x.to(device)
+            teacher(x)
+            student(x)
+            self.after_batch()
+        self.select()
+
+    def end_epoch(self, epoch: int, accuracy: float) -> bool:
+        if self.update:
+            self.select()
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scores": self.scores}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scores = state["scores"]
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _loss_config(settings: Settings, epochs: int, schedule: str, seed: int) -> TrainConfig:
+    return TrainConfig(
+        epochs=epochs,
+        lr=settings.lr,
+        optimizer=settings.optimizer,
+        weight_decay=settings.weight_decay,
+        schedule=schedule,
+        ce=settings.gamma,
+        kd=settings.alpha,
+        at=settings.beta,
+        seed=seed,
+    )
+
+
+def linearize_one(teacher: Teacher, budget: int, out: Path, settings: Settings, eta: dict[str, float]):
+    """Allocate, search masks and fine-tune one student at `budget`; save it to `out`."""
+    student = copy.deepcopy(teacher.model)
+    layers = relu_counts(student)
+    names = [c.name for c in layers]
+    counts = dict(zip(names, allocate(budget, [c.size for c in layers], [eta[n] for n in names])))
+    t_model = teacher.model.to(teacher.device).eval()
+    student.to(teacher.device)
+    ckpt = out / "checkpoints"
+    if settings.masks == "search":
+        search = MaskSearch(student, t_model, counts, update=True)
+        with torch.no_grad():
+            for layer in masked_relus(student).values():
+                layer.mask.zero_()
+        search.score_pass(student, t_model, teacher.train_loader, teacher.device)
+    elif settings.masks == "random":
+        shapes = {c.name: c.shape for c in layers}
+        for name, mask in random_masks(shapes, counts, teacher.seed).items():
+            masked_relus(student)[name].set_mask(mask.to(teacher.device))
+        search = MaskSearch(student, t_model, counts, update=False)
+    else:
+        raise ValueError(f"SENet masks must be 'search' or 'random', got {settings.masks!r}")
+    try:
+        search_cfg = _loss_config(settings, settings.search_epochs, "constant", teacher.seed)
+        fit(student, teacher.train_loader, None, search_cfg, teacher=t_model, callback=search,
+            checkpoint=ckpt / "search.pt", device=teacher.device, desc=f"senet search {budget}")
+    finally:
+        search.close()
+    tune_cfg = _loss_config(settings, settings.epochs, settings.schedule, teacher.seed)
+    history = fit(student, teacher.train_loader, teacher.test_loader, tune_cfg, teacher=t_model,
+                  checkpoint=ckpt / "finetune.pt", device=teacher.device, desc=f"senet finetune {budget}")
+    accuracy = history[-1] if history else evaluate(student, teacher.test_loader, teacher.device)
+    info = {
+        "sensitivity": eta,
+        "density": settings.density,
+        "allocation": counts,
+        "masks": settings.masks,
+        "finetune_history": history,
+    }
+    card = save_linearized(student, out, teacher, method="senet", budget=budget, accuracy=accuracy,
+                           settings=settings, method_info=info)
+    for f in ("search.pt", "finetune.pt"):
+        (ckpt / f).unlink(missing_ok=True)
+    if ckpt.is_dir() and not any(ckpt.iterdir()):
+        ckpt.rmdir()
+    return card
+
+
+def run(teacher: Teacher, budgets: list[int], outs: list[Path], settings: Settings) -> list:
+    """SENet at every budget; the sensitivity run is shared (and cached)."""
+    eta = sensitivity(teacher, settings)
+    log.info("SENet sensitivity: %s", {k: round(v, 3) for k, v in eta.items()})
+    return [linearize_one(teacher, b, o, settings, eta) for b, o in zip(budgets, outs)]
