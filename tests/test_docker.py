@@ -108,20 +108,21 @@ def test_compose_commands_are_pibench_party_invocations(services):
     rendezvous = {args.rendezvous for args in parsed.values()}
     assert len(rendezvous) == 1, f"parties disagree on the rendezvous: {rendezvous}"
     url = urlparse(rendezvous.pop())
-    assert url.scheme == "tcp" and url.hostname in services and url.port
-    assert len({args.model for args in parsed.values()}) == 1
+    assert url.scheme == "tcp" and url.hostname == "client" and url.port  # rank 0 hosts the store
+    assert parsed["client"].model == parsed["server"].model == [f"/models/{MODEL}"]
     assert len({args.provider for args in parsed.values()}) == 1
     assert parsed["client"].out == "/results" and mounts(services["client"])["/results"] == ("../results", "rw")
 
 
 def test_only_the_server_can_read_the_weights(services):
     model_dir = PurePosixPath("/models") / MODEL
-    for name, service in services.items():
-        model_mounts = {c: m for c, m in mounts(service).items() if c.startswith("/models")}
-        assert model_mounts and all(mode == "ro" for _, mode in model_mounts.values()), name
-        targets = set(model_mounts)
-        if name == "server":
-            assert targets == {str(model_dir)}  # the whole folder, weights included
-        else:  # the public part only, file by file
-            assert targets == {str(model_dir / "model.json"), str(model_dir / "masks.safetensors")}, name
-            assert not any("weights" in host for host, _ in model_mounts.values()), name
+    model_mounts = {
+        name: {c: m for c, m in mounts(service).items() if c.startswith("/models")}
+        for name, service in services.items()
+    }
+    assert all(mode == "ro" for found in model_mounts.values() for _, mode in found.values())
+    assert set(model_mounts["server"]) == {str(model_dir)}  # the whole folder, weights included
+    # the client gets the public part only, file by file; the dealer no model at all
+    assert set(model_mounts["client"]) == {str(model_dir / "model.json"), str(model_dir / "masks.safetensors")}
+    assert not any("weights" in host for host, _ in model_mounts["client"].values())
+    assert model_mounts["dealer"] == {}
