@@ -14,6 +14,8 @@ import sys
 # Subcommand name -> module under pibench.commands, in the order `--help` lists them.
 COMMANDS = {
     "count": "count",
+    "bench": "bench",
+    "party": "party",
     "plot": "plot",
     "report": "report",
 }

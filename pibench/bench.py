@@ -1,0 +1,218 @@
+"""The benchmark runner: models in, result rows out, one party session for all of them.
+
+    for result in bench_models(["resnet18", "models/senet_50k"], BenchOptions(repeats=3)):
+        write_result("results/bench", result)      # rows are on disk before the next model
+
+`bench_models` consumes its model iterable lazily and yields each model's rows as soon
+as they are measured, so a sweep can stream models through the same parties and
+resume after a crash. A model that fails (compile error, bad folder) yields rows with
+`error` set and the run goes on; a dead or stalled party raises `PartyError`.
+
+The evaluator (this process) holds the model folders and computes the plaintext
+reference logits itself; the client party only receives a public copy of each folder
+(architecture and masks) and reports the logits it learned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import importlib.metadata
+import logging
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+
+import pibench
+from pibench.checkpoint import CARD_FILE, MASKS_FILE, is_model_folder
+from pibench.mpc.launch import Session, SessionConfig
+from pibench.mpc.network import NETWORKS, NetworkProfile
+from pibench.mpc.party import model_inputs, server_model
+from pibench.results import LAYERS_FILE, RESULTS_FILE, LayerRow, ResultRow, append_rows
+
+log = logging.getLogger(__name__)
+
+LINEAR_OPS = ("conv", "linear", "affine")
+
+
+@dataclass
+class BenchOptions:
+    repeats: int = 3  # timed inferences per model, after the warm-up
+    batch: int = 1  # inputs per inference
+    provider: str = "tfp"  # tfp | ttp
+    networks: list[NetworkProfile] = field(default_factory=lambda: [NETWORKS.get("lan"), NETWORKS.get("wan")])
+    samples: int | None = None  # inputs for agreement/accuracy (None: one batch, which is also the warm-up)
+    threads: int = 1  # torch threads per party
+    data_dir: str | None = None
+    run_id: str | None = None  # default: UTC time stamp
+    seed: int = 0  # random inputs of models without a dataset
+    link: str = "loopback"  # what the parties' traffic crossed; recorded in every row
+    session: SessionConfig | None = None  # prefixes / rendezvous host / timeouts (provider and threads come from here)
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1 or self.batch < 1 or (self.samples is not None and self.samples < 1):
+            raise ValueError("--repeats, --batch and --samples must be at least 1")
+        if self.run_id is None:
+            self.run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+    @property
+    def n_samples(self) -> int:
+        return self.samples or self.batch
+
+
+@dataclass
+class BenchResult:
+    """One model's rows (one per network profile) and its per-op rows."""
+
+    model: str
+    rows: list[ResultRow]
+    layers: list[LayerRow]
+
+    @property
+    def error(self) -> str:
+        return self.rows[0].error
+
+
+def _environment() -> dict[str, str]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(pibench.__file__).parent,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "torch_version": torch.__version__,
+        "crypten_version": importlib.metadata.version("crypten"),
+        "pibench_version": pibench.__version__,
+        "git_commit": commit,
+        "host": socket.gethostname(),
+    }
+
+
+@contextlib.contextmanager
+def _client_view(spec: str) -> Iterator[str]:
+    """What the client may see of a model: a registry name, or a copy of the folder's public files."""
+    if not is_model_folder(spec):
+        yield spec
+        return
+    with tempfile.TemporaryDirectory(prefix="pibench-public-") as tmp:
+        public = Path(tmp) / Path(spec).resolve().name
+        public.mkdir()
+        for name in (CARD_FILE, MASKS_FILE):
+            if (Path(spec) / name).is_file():
+                shutil.copy2(Path(spec) / name, public / name)
+        yield str(public)
+
+
+def _reference(spec: str, n: int, options: BenchOptions) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
+    """The evaluator's plaintext logits on the same inputs the client uses."""
+    card, model = server_model(spec)
+    args = model.pibench_args
+    x, labels = model_inputs(card, (args["in_chans"], args["input_size"], args["input_size"]), n,
+                             options.seed, options.data_dir)
+    with torch.no_grad():
+        return card, model(x[:n]), labels
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def _rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor | None, labels: torch.Tensor | None,
+          options: BenchOptions, env: dict[str, str]) -> BenchResult:
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    name = card.name if card else spec
+    base = dict(run_id=options.run_id, timestamp=now, model=name, arch=card.arch if card else spec,
+                dataset=card.dataset if card else "", method=card.method if card else "registry",
+                budget=card.budget if card else None, accuracy=card.accuracy if card else None,
+                cost_only=card is None or labels is None, batch=options.batch, repeats=options.repeats,
+                provider=options.provider, threads=options.threads, link=options.link, **env)
+    if event.get("error"):
+        rows = [ResultRow(**base, network=p.name, bandwidth_mbps=p.bandwidth_mbps, rtt_ms=p.rtt_ms,
+                          error=event["error"]) for p in options.networks]
+        return BenchResult(name, rows, [])
+    logits = torch.tensor(event["logits"], dtype=torch.float64)
+    agreement = float((logits.argmax(1) == ref.argmax(1)).double().mean())
+    max_err = float((logits - ref.double()).abs().max())
+    mpc_accuracy = float((logits.argmax(1) == labels).double().mean()) if labels is not None else None
+    lat = event["latencies"]
+    median, comm = statistics.median(lat), statistics.median(event["comm_s"])
+    compute = max(0.0, median - comm)
+    ops = event["ops"]
+    measured = dict(
+        relus=event["program"]["relus"], macs=event["program"]["macs"], mpc_agreement=agreement,
+        mpc_accuracy=mpc_accuracy, max_logit_error=max_err, mpc_samples=len(logits),
+        latency_s_median=median, latency_s_p10=_percentile(lat, 10), latency_s_p90=_percentile(lat, 90),
+        latency_s_samples=";".join(f"{t:.6f}" for t in lat), compute_s=compute, comm_s=comm,
+        bytes_per_party=event["bytes"], rounds=event["rounds"],
+        relu_bytes=sum(o["bytes"] for o in ops if o["op"] == "relu"),
+        maxpool_bytes=sum(o["bytes"] for o in ops if o["op"] == "maxpool"),
+        linear_bytes=sum(o["bytes"] for o in ops if o["op"] in LINEAR_OPS),
+        setup_s=event["setup_s"], setup_bytes=event["setup_bytes"], offline_bytes=event["offline_bytes"],
+    )
+    rows = [ResultRow(**base, **measured, network=p.name, bandwidth_mbps=p.bandwidth_mbps, rtt_ms=p.rtt_ms,
+                      projected_latency_s=p.project(compute, event["rounds"], event["bytes"]))
+            for p in options.networks]
+    layers = [LayerRow(options.run_id, name, i, o["op"], o["layer"], o["relus"], o["time_s"], o["bytes"], o["rounds"])
+              for i, o in enumerate(ops)]
+    return BenchResult(name, rows, layers)
+
+
+def bench_models(models: Iterable[str], options: BenchOptions | None = None) -> Iterator[BenchResult]:
+    """Measure each model in one shared party session; yields each model's result when done.
+
+    Raises `PartyError` if a party dies, never connects or stalls (the parties are gone then).
+    """
+    options = options or BenchOptions()
+    cfg = options.session or SessionConfig()
+    cfg.provider, cfg.threads = options.provider, options.threads
+    env = _environment()
+    n = options.n_samples
+    with Session(cfg) as session:
+        for i, spec in enumerate(models, 1):
+            spec = str(spec)
+            log.info("[%d] %s: %d repeat(s), batch %d, %d sample(s)", i, spec, options.repeats, options.batch, n)
+            job = dict(model=spec, repeats=options.repeats, batch=options.batch, samples=n, seed=options.seed,
+                       data_dir=options.data_dir)
+            card, ref, labels = None, None, None
+            with _client_view(spec) as public:
+                event = session.run({**job, "client_model": public})
+            if not event.get("error"):
+                try:
+                    card, ref, labels = _reference(spec, n, options)
+                except Exception as e:  # the model ran in MPC but the evaluator cannot check it
+                    event = {"error": f"plaintext reference failed: {type(e).__name__}: {e}"}
+            elif is_model_folder(spec):
+                with contextlib.suppress(Exception):
+                    from pibench.checkpoint import load_card
+
+                    card = load_card(spec)
+            result = _rows(spec, card, event, ref, labels, options, env)
+            yield result
+
+
+def write_result(out_dir: str | Path, result: BenchResult) -> None:
+    """Append a model's rows to out_dir/results.csv and out_dir/layers.csv (flushed per row)."""
+    out_dir = Path(out_dir)
+    append_rows(out_dir / RESULTS_FILE, result.rows)
+    append_rows(out_dir / LAYERS_FILE, result.layers)
+
+
+def summary(result: BenchResult) -> dict[str, Any]:
+    """The headline numbers of one model (what `pibench bench --json` prints)."""
+    row = result.rows[0]
+    return {
+        "model": result.model, "error": row.error, "relus": row.relus, "macs": row.macs,
+        "bytes_per_party": row.bytes_per_party, "rounds": row.rounds, "latency_s_median": row.latency_s_median,
+        "latency_s_p10": row.latency_s_p10, "latency_s_p90": row.latency_s_p90,
+        "agreement": row.mpc_agreement, "max_logit_error": row.max_logit_error, "mpc_accuracy": row.mpc_accuracy,
+        "offline_bytes": row.offline_bytes, "setup_s": row.setup_s,
+        "projected_latency_s": {r.network: r.projected_latency_s for r in result.rows},
+    }

@@ -1,0 +1,56 @@
+"""`pibench bench MODEL...`: real two-party secure inference, latency / bytes / rounds per model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "measure models in real two-party CrypTen inference (one pair of parties for all models)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="model folder (models/<name>) or registry name (random weights: a cost-only run)")
+    p.add_argument("--repeats", type=int, default=3, help="timed inferences per model (after a warm-up)")
+    p.add_argument("--batch", type=int, default=1, help="inputs per inference")
+    p.add_argument("--provider", choices=["tfp", "ttp"], default="tfp",
+                   help="CrypTen tuple provider; ttp starts a third dealer process (its traffic is offline_bytes)")
+    p.add_argument("--network", default="lan,wan",
+                   help="network profiles to project onto: lan, wan, a rate like 100mbit, or name:rate_mbps:rtt_ms")
+    p.add_argument("--samples", type=int, default=None,
+                   help="test inputs run in MPC for agreement/accuracy (default: one batch, the warm-up)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per party")
+    p.add_argument("--out", default="results/bench", help="results folder (results.csv and layers.csv are appended)")
+    p.add_argument("--run-id", default=None, help="run id written in every row (default: UTC time stamp)")
+    p.add_argument("--data-dir", default=None, help="dataset folder for models trained on CIFAR / TinyImageNet")
+    p.add_argument("--json", action="store_true", help="print one JSON summary per model")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pibench.bench import BenchOptions, bench_models, summary, write_result
+    from pibench.mpc.network import parse_networks
+
+    options = BenchOptions(
+        repeats=args.repeats, batch=args.batch, provider=args.provider, networks=parse_networks(args.network),
+        samples=args.samples, threads=args.threads, data_dir=args.data_dir, run_id=args.run_id,
+    )
+    summaries = []
+    failed = 0
+    for result in bench_models(args.models, options):
+        write_result(args.out, result)
+        s = summary(result)
+        failed += bool(s["error"])
+        summaries.append(s)
+        if not args.json:
+            print(_line(s), flush=True)
+    if args.json:
+        print(json.dumps(summaries, indent=2))
+    return 1 if failed else 0
+
+
+def _line(s: dict) -> str:
+    if s["error"]:
+        return f"{s['model']}: FAILED: {s['error']}"
+    return (f"{s['model']}: {s['relus']:,} ReLUs, {s['latency_s_median']:.3f} s median, "
+            f"{s['bytes_per_party'] / 1e6:.2f} MB/party, {s['rounds']} rounds, "
+            f"agreement {s['agreement']:.2%}, max logit error {s['max_logit_error']:.2e}")

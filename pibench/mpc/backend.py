@@ -1,0 +1,188 @@
+"""Backends: *how* a compiled `Program` is computed.
+
+`run_program` walks the ops; a backend supplies the tensor operations. `TorchBackend`
+computes in plaintext (checks the compiler against the model); `CryptenBackend`
+computes on CrypTen secret shares between the client (rank 0, input owner) and the
+server (rank 1, weights owner). A further MPC framework (e.g. SecretFlow SPU) plugs in
+as another subclass with the same five operations.
+
+Ops whose semantics are the same on torch tensors and CrypTen MPCTensors (add, ReLU,
+flatten, linear, affine, partial ReLU by gather/scatter) are written once in `Backend`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, ContextManager, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from pibench.mpc.program import INPUT, Op, Program
+
+CLIENT, SERVER = 0, 1
+
+# Weights that broadcast over (B, C, H, W) feature maps are stored as (1, C, 1, 1).
+_CHANNEL_WEIGHTS = {("conv", "bias"), ("affine", "scale"), ("affine", "shift")}
+
+OpMeter = Callable[[int, Op], ContextManager[None]]
+
+
+def _no_meter(index: int, op: Op) -> ContextManager[None]:
+    return contextlib.nullcontext()
+
+
+class Backend:
+    """Operations on the backend's tensor type; subclasses add conv and pooling."""
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        self.weights: list[dict[str, Any]] = [{} for _ in program.ops]
+
+    def load_weights(self, convert: Callable[[Op, str, torch.Tensor | None, tuple[int, ...]], Any]) -> None:
+        for op, store in zip(self.program.ops, self.weights):
+            for name, value in op.weights.items():
+                shape = tuple(op.attrs["weight_shapes"][name])
+                if (op.kind, name) in _CHANNEL_WEIGHTS:
+                    shape = (1, shape[0], 1, 1)
+                    value = value.view(shape) if value is not None else None
+                store[name] = convert(op, name, value, shape)
+
+    def apply(self, index: int, op: Op, args: list[Any]) -> Any:
+        w = self.weights[index]
+        x = args[0]
+        if op.kind == "add":
+            return args[0] + args[1]
+        if op.kind == "relu":
+            return x.relu() if "index" not in op.attrs else self.partial_relu(x, op.attrs["index"])
+        if op.kind == "flatten":
+            return x.reshape(x.size(0), -1)
+        if op.kind == "linear":
+            return x.matmul(w["weight_t"]) + w["bias"]
+        if op.kind == "affine":
+            return x * w["scale"] + w["shift"]
+        if op.kind == "conv":
+            return self.conv(x, w["weight"], op.attrs) + w["bias"]
+        if op.kind == "avgpool":
+            return self.avgpool(x, op.attrs)
+        if op.kind == "maxpool":
+            return self.maxpool(x, op.attrs)
+        raise ValueError(f"backend {type(self).__name__} cannot run op kind {op.kind!r} (layer {op.layer})")
+
+    @staticmethod
+    def partial_relu(x: Any, index: torch.Tensor) -> Any:
+        """ReLU of the kept positions only: gather, ReLU, add the change back (all local but the ReLU)."""
+        size = x.size()
+        flat = x.reshape(size[0], -1)
+        kept = flat.index_select(1, index)
+        return flat.index_add(1, index, kept.relu() - kept).reshape(size)
+
+    def conv(self, x: Any, weight: Any, attrs: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def avgpool(self, x: Any, attrs: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def maxpool(self, x: Any, attrs: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+
+def run_program(program: Program, backend: Backend, x: Any, meter: OpMeter = _no_meter) -> Any:
+    """Run every op in order on `x`; values are freed after their last use."""
+    last_use = {}
+    for i, op in enumerate(program.ops):
+        for j in op.inputs:
+            last_use[j] = i
+    values: dict[int, Any] = {INPUT: x}
+    for i, op in enumerate(program.ops):
+        with meter(i, op):
+            values[i] = backend.apply(i, op, [values[j] for j in op.inputs])
+        for j in set(op.inputs):
+            if last_use[j] == i:
+                del values[j]
+    return values[len(program.ops) - 1]
+
+
+class TorchBackend(Backend):
+    """Plaintext execution of a program (needs weights): the compiler's reference."""
+
+    def __init__(self, program: Program) -> None:
+        if not program.has_weights:
+            raise ValueError("TorchBackend needs a program with weights")
+        super().__init__(program)
+        self.load_weights(lambda op, name, value, shape: value)
+
+    def conv(self, x: torch.Tensor, weight: torch.Tensor, attrs: dict[str, Any]) -> torch.Tensor:
+        return F.conv2d(x, weight, None, attrs["stride"], attrs["padding"], attrs["dilation"], attrs["groups"])
+
+    def avgpool(self, x: torch.Tensor, attrs: dict[str, Any]) -> torch.Tensor:
+        return F.avg_pool2d(x, attrs["kernel"], attrs["stride"], attrs["padding"])
+
+    def maxpool(self, x: torch.Tensor, attrs: dict[str, Any]) -> torch.Tensor:
+        return F.max_pool2d(x, attrs["kernel"], attrs["stride"], attrs["padding"])
+
+
+@torch.no_grad()
+def run_plain(program: Program, x: torch.Tensor) -> torch.Tensor:
+    return run_program(program, TorchBackend(program), x)
+
+
+def decode_ring(ring: torch.Tensor, scale: int) -> torch.Tensor:
+    """Fixed-point ring integers to floats, exactly.
+
+    CrypTen 0.4.1's `FixedPointEncoder.decode` divides negatives by `scale - 1` and is
+    off by one for some values (-2.99998617 decodes to -3.99998); plain division is exact.
+    """
+    return ring.double() / scale
+
+
+class CryptenBackend(Backend):
+    """Secure execution on CrypTen arithmetic shares; weights are shared by the server.
+
+    Every party builds it from the same program; only the server's program carries
+    weight values (the client's is `Program.public()`, shapes only).
+    """
+
+    def __init__(self, program: Program, rank: int) -> None:
+        super().__init__(program)
+        self.rank = rank
+        if rank == SERVER and not program.has_weights:
+            raise ValueError("the server's program must carry the weights")
+
+    def share_weights(self) -> None:
+        """Secret-share every weight from the server (one-time setup per model)."""
+        import crypten
+
+        def share(op: Op, name: str, value: torch.Tensor | None, shape: tuple[int, ...]) -> Any:
+            plain = value if self.rank == SERVER else torch.zeros(shape)
+            return crypten.cryptensor(plain.float(), src=SERVER)
+
+        self.load_weights(share)
+
+    def share_input(self, x: torch.Tensor | None, shape: tuple[int, ...]) -> Any:
+        """The client's input as shares; the server only knows its shape."""
+        import crypten
+
+        plain = x if self.rank == CLIENT else torch.zeros(shape)
+        return crypten.cryptensor(plain.float(), src=CLIENT)
+
+    def reveal_to_client(self, y: Any) -> torch.Tensor | None:
+        """Open `y` to the client only, decoding the ring integers exactly; None on the server."""
+        ring = y._tensor.reveal(dst=CLIENT)
+        return decode_ring(ring, y.encoder.scale) if self.rank == CLIENT else None
+
+    def conv(self, x: Any, weight: Any, attrs: dict[str, Any]) -> Any:
+        return x.conv2d(weight, stride=attrs["stride"], padding=attrs["padding"],
+                        dilation=attrs["dilation"], groups=attrs["groups"])
+
+    def avgpool(self, x: Any, attrs: dict[str, Any]) -> Any:
+        return x.avg_pool2d(attrs["kernel"], stride=attrs["stride"], padding=attrs["padding"])
+
+    def maxpool(self, x: Any, attrs: dict[str, Any]) -> Any:
+        return x.max_pool2d(attrs["kernel"], padding=attrs["padding"], stride=attrs["stride"])
+
+
+def iter_batches(n: int, batch: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of consecutive batches covering n samples."""
+    for start in range(0, n, batch):
+        yield start, min(n, start + batch)

@@ -1,0 +1,355 @@
+"""What one party process does: connect, then measure every job (model) it is given.
+
+Roles: the client (rank 0) owns the inputs and is the only one that learns the
+logits; the server (rank 1) owns the weights and is the only process that opens a
+weights file; the optional dealer (rank 2) is CrypTen's TTP and only serves tuples.
+
+Jobs arrive as JSON lines (stdin, or `--model` arguments); both parties take them in
+the same order and stay in lock step through the MPC protocol. Each party writes
+JSON events on stdout, one per line, prefixed with `EVENT_PREFIX`: "ready" once
+connected, then per job the client's "result" (measurements and revealed logits,
+which belong to the client) or "error", and the server's "done".
+
+Per job: compile once, exchange program fingerprints (both must run the same
+protocol; a failure on either side skips the job on both), share the weights
+(setup), run the sample inputs (the first batch is the warm-up), then `repeats`
+timed inferences with CrypTen's counters read around every op.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+
+from pibench.mpc.backend import CLIENT, SERVER, CryptenBackend, iter_batches, run_program
+from pibench.mpc.program import Op, Program, compile_model
+
+log = logging.getLogger(__name__)
+
+ROLES = {"client": CLIENT, "server": SERVER, "dealer": 2}
+EVENT_PREFIX = "PIBENCH "
+PROVIDERS = {"tfp": "TFP", "ttp": "TTP"}
+MODEL_SEED = 0  # registry names: the server's random weights (and the evaluator's copy)
+
+
+# -- models and inputs (shared with the evaluator, which recomputes the plaintext reference) --
+def server_model(spec: str) -> tuple[Any, torch.nn.Module]:
+    """The server's model: a folder's weights, or seeded random weights for a registry name."""
+    from pibench.checkpoint import is_model_folder, load_model
+    from pibench.models import create_model
+
+    if is_model_folder(spec):
+        return load_model(spec)
+    torch.manual_seed(MODEL_SEED)
+    return None, create_model(spec).eval()
+
+
+def public_model(spec: str) -> tuple[Any, torch.nn.Module]:
+    """The client's model: architecture and masks only (never the weights file)."""
+    from pibench.checkpoint import resolve_public
+
+    return resolve_public(spec)
+
+
+def model_inputs(card: Any, input_shape: tuple[int, ...], n: int, seed: int,
+                 data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first n test inputs (and labels) of the card's dataset; seeded normal noise without one."""
+    if card is not None and card.dataset not in ("", "random"):
+        from pibench.data import get_dataset
+
+        dataset = get_dataset(card.dataset, "test", data_dir)
+        if len(dataset) < n:
+            raise ValueError(f"dataset {card.dataset!r} has {len(dataset)} test inputs, fewer than --samples {n}")
+        items = [dataset[i] for i in range(n)]
+        x = torch.stack([torch.as_tensor(item[0], dtype=torch.float32) for item in items])
+        if tuple(x.shape[1:]) != tuple(input_shape):
+            raise ValueError(f"dataset {card.dataset!r} gives inputs of shape {tuple(x.shape[1:])}, "
+                             f"the model expects {tuple(input_shape)}")
+        return x, torch.tensor([int(item[1]) for item in items])
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *input_shape, generator=g), None
+
+
+# -- measurement -----------------------------------------------------------------------------
+@dataclass
+class OpStats:
+    kind: str
+    layer: str
+    relus: int
+    times: list[float] = field(default_factory=list)
+    bytes: int = 0
+    rounds: int = 0
+
+
+class CommMeter:
+    """Reads CrypTen's communication counters around ops; TTP traffic is booked as offline."""
+
+    def __init__(self, comm: Any) -> None:
+        self.comm = comm
+        self.offline_bytes = 0.0
+        self.offline_rounds = 0
+
+    def track_dealer(self, ttp_client: Any) -> None:
+        """Move the traffic of every tuple request to the dealer out of the online counters."""
+        request = ttp_client.ttp_request
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            before = self.comm.get_communication_stats()
+            try:
+                return request(*args, **kwargs)
+            finally:
+                after = self.comm.get_communication_stats()
+                self.offline_bytes += after["bytes"] - before["bytes"]
+                self.offline_rounds += after["rounds"] - before["rounds"]
+
+        ttp_client.ttp_request = counted
+
+    def reset(self) -> None:
+        self.comm.reset_communication_stats()
+        self.offline_bytes = 0.0
+        self.offline_rounds = 0
+
+    def read(self) -> tuple[float, float, int, float]:
+        """(wall clock, online bytes, online rounds, communication seconds) so far."""
+        s = self.comm.get_communication_stats()
+        return time.perf_counter(), s["bytes"] - self.offline_bytes, s["rounds"] - self.offline_rounds, s["time"]
+
+
+class Measurement:
+    """Per-op and end-to-end numbers of the timed repeats of one model at one party."""
+
+    def __init__(self, program: Program) -> None:
+        self.ops = [OpStats("input", "input", 0)]
+        self.ops += [OpStats(op.kind, op.layer, op.relus) for op in program.ops]
+        self.ops.append(OpStats("output", "output", 0))
+        self.latencies: list[float] = []
+        self.comm_s: list[float] = []
+        self.bytes = 0
+        self.rounds = 0
+        self.offline_bytes = 0
+
+    def record(self, index: int, before: tuple, after: tuple) -> None:
+        stats = self.ops[index]
+        stats.times.append(after[0] - before[0])
+        stats.bytes = int(round(after[1] - before[1]))
+        stats.rounds = int(after[2] - before[2])
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "latencies": self.latencies,
+            "comm_s": self.comm_s,
+            "bytes": self.bytes,
+            "rounds": self.rounds,
+            "offline_bytes": self.offline_bytes,
+            "ops": [{"op": s.kind, "layer": s.layer, "relus": s.relus,
+                     "time_s": statistics.median(s.times) if s.times else 0.0,
+                     "bytes": s.bytes, "rounds": s.rounds} for s in self.ops],
+        }
+
+
+# -- the party ---------------------------------------------------------------------------------
+class Party:
+    def __init__(self, role: str, crypten: Any) -> None:
+        self.role = role
+        self.rank = ROLES[role]
+        self.crypten = crypten
+        import crypten.communicator as comm
+
+        self.comm = comm.get()
+        self.meter = CommMeter(self.comm)
+        if crypten.mpc.ttp_required():
+            from crypten.mpc.provider.ttp_provider import TTPClient
+
+            if self.rank == CLIENT:  # only rank 0 talks to the dealer
+                self.meter.track_dealer(TTPClient.get())
+
+    # Plain JSON over the parties' channel: no pickle, not counted as protocol traffic.
+    def exchange(self, obj: dict[str, Any]) -> dict[str, Any]:
+        import torch.distributed as dist
+
+        peer = 1 - self.rank
+        group = self.comm.main_group
+        payload = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
+
+        def send() -> None:
+            dist.send(torch.tensor([payload.numel()], dtype=torch.long), peer, group=group)
+            dist.send(payload, peer, group=group)
+
+        def recv() -> dict[str, Any]:
+            size = torch.zeros(1, dtype=torch.long)
+            dist.recv(size, peer, group=group)
+            data = torch.zeros(int(size.item()), dtype=torch.uint8)
+            dist.recv(data, peer, group=group)
+            return json.loads(bytes(data.numpy()).decode())
+
+        if self.rank == CLIENT:
+            send()
+            return recv()
+        other = recv()
+        send()
+        return other
+
+    def prepare(self, job: dict[str, Any]) -> tuple[Program, torch.Tensor | None, torch.Tensor | None]:
+        if self.rank == SERVER:
+            _, model = server_model(job["model"])
+            return compile_model(model), None, None
+        card, model = public_model(job.get("client_model") or job["model"])
+        program = compile_model(model).public()
+        n = max(job["samples"], job["batch"])
+        x, labels = model_inputs(card, program.input_shape, n, job["seed"], job.get("data_dir"))
+        return program, x, labels
+
+    def run_job(self, job: dict[str, Any]) -> dict[str, Any]:
+        status: dict[str, Any] = {"error": None, "fingerprint": None}
+        try:
+            program, x, labels = self.prepare(job)
+            status["fingerprint"] = program.fingerprint()
+        except Exception as e:  # reported to the peer and the evaluator; the session goes on
+            log.debug("job %s failed to prepare", job["model"], exc_info=True)
+            status["error"] = f"{type(e).__name__}: {e}"
+        peer = self.exchange(status)
+        error = status["error"] or peer["error"]
+        if error is None and status["fingerprint"] != peer["fingerprint"]:
+            error = "client and server compiled different programs (model folders differ?)"
+        if error:
+            return {"event": "error" if self.rank == CLIENT else "done", "job": job["id"], "error": error}
+        result = self.measure(job, program, x)
+        theirs = self.exchange({"ops": result["ops"], "bytes": result["bytes"], "rounds": result["rounds"],
+                                "setup_bytes": result["setup_bytes"]})
+        if self.rank != CLIENT:
+            return {"event": "done", "job": job["id"], "error": None}
+        result["bytes"] = max(result["bytes"], theirs["bytes"])
+        result["rounds"] = max(result["rounds"], theirs["rounds"])
+        result["setup_bytes"] = max(result["setup_bytes"], theirs["setup_bytes"])
+        for mine, other in zip(result["ops"], theirs["ops"]):
+            mine["bytes"] = max(mine["bytes"], other["bytes"])
+            mine["rounds"] = max(mine["rounds"], other["rounds"])
+        result.update(event="result", job=job["id"], error=None,
+                      program={"relus": program.relus, "macs": program.macs, "comparisons": program.comparisons,
+                               "ops": len(program.ops), "notes": program.notes},
+                      labels=labels[: job["samples"]].tolist() if labels is not None else None)
+        return result
+
+    def infer(self, backend: CryptenBackend, program: Program, x: torch.Tensor | None, batch: int,
+              m: Measurement | None = None) -> torch.Tensor | None:
+        """One secure inference: share the input, run the program, reveal logits to the client."""
+
+        def meter(index: int, op: Op) -> Any:
+            return _Timed(self.meter, m, index + 1)
+
+        shape = (batch, *program.input_shape)
+        with _Timed(self.meter, m, 0):
+            xs = backend.share_input(x, shape)
+        y = run_program(program, backend, xs, meter if m else _untimed)
+        with _Timed(self.meter, m, len(program.ops) + 1):
+            return backend.reveal_to_client(y)
+
+    def measure(self, job: dict[str, Any], program: Program, x: torch.Tensor | None) -> dict[str, Any]:
+        backend = CryptenBackend(program, self.rank)
+        self.meter.reset()
+        t0 = time.perf_counter()
+        backend.share_weights()
+        setup_s = time.perf_counter() - t0
+        setup_bytes = int(self.meter.read()[1])
+        log.info("%s: %s: weights shared in %.2f s", self.role, job["model"], setup_s)
+
+        logits = []
+        for start, stop in iter_batches(job["samples"], job["batch"]):
+            out = self.infer(backend, program, x[start:stop] if x is not None else None, stop - start)
+            if out is not None:
+                logits.append(out)
+        m = Measurement(program)
+        first = x[: job["batch"]] if x is not None else None
+        for r in range(job["repeats"]):
+            self.meter.reset()
+            before = self.meter.read()
+            self.infer(backend, program, first, job["batch"], m)
+            after = self.meter.read()
+            m.latencies.append(after[0] - before[0])
+            m.comm_s.append(after[3] - before[3])
+            m.bytes, m.rounds = int(round(after[1] - before[1])), int(after[2] - before[2])
+            m.offline_bytes = int(round(self.meter.offline_bytes))
+            log.info("%s: %s: repeat %d/%d %.3f s", self.role, job["model"], r + 1, job["repeats"], m.latencies[-1])
+        result = m.summary()
+        result.update(setup_s=setup_s, setup_bytes=setup_bytes,
+                      logits=torch.cat(logits).tolist() if logits else [])
+        return result
+
+    def serve(self, jobs: Iterable[dict[str, Any]]) -> None:
+        for job in jobs:
+            log.info("%s: job %s: %s", self.role, job["id"], job["model"])
+            emit(self.run_job(job))
+
+
+class _Timed:
+    """Context manager recording one op's time/bytes/rounds into a Measurement (if any)."""
+
+    def __init__(self, meter: CommMeter, m: Measurement | None, index: int) -> None:
+        self.meter, self.m, self.index = meter, m, index
+
+    def __enter__(self) -> None:
+        self.before = self.meter.read() if self.m else None
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.m and exc[0] is None:
+            self.m.record(self.index, self.before, self.meter.read())
+
+
+def _untimed(index: int, op: Op) -> Any:
+    return _Timed(None, None, index)  # type: ignore[arg-type]
+
+
+def emit(event: dict[str, Any]) -> None:
+    sys.stdout.write(EVENT_PREFIX + json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def read_jobs(stream: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """Jobs as JSON lines; a blank line or EOF ends the session."""
+    for line in stream:
+        if not line.strip():
+            return
+        yield json.loads(line)
+
+
+def static_jobs(models: list[str], **options: Any) -> Iterator[dict[str, Any]]:
+    for i, model in enumerate(models):
+        yield {"id": i, "model": model, **options}
+
+
+def run_party(role: str, rendezvous: str, *, provider: str = "tfp", threads: int = 1,
+              jobs: Iterable[dict[str, Any]] = ()) -> None:
+    """Join the session at `rendezvous` as `role` and serve `jobs` (the dealer serves tuples)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+    if provider not in PROVIDERS:
+        raise ValueError(f"unknown provider {provider!r}; use one of {', '.join(PROVIDERS)}")
+    if role == "dealer" and provider != "ttp":
+        raise ValueError("a dealer party only exists with --provider ttp")
+    torch.set_num_threads(threads)
+    os.environ.update(RENDEZVOUS=rendezvous, WORLD_SIZE="2", RANK=str(ROLES[role]), DISTRIBUTED_BACKEND="gloo")
+    from pibench.mpc.crypten_compat import import_crypten
+
+    crypten = import_crypten()
+    crypten.cfg.mpc.provider = PROVIDERS[provider]
+    crypten.cfg.communicator.verbose = True
+    if role == "dealer":
+        from crypten.mpc.provider.ttp_provider import TTPServer
+
+        emit({"event": "ready", "role": role})
+        TTPServer()  # returns when the client shuts the session down
+        return
+    crypten.init()
+    emit({"event": "ready", "role": role, "threads": torch.get_num_threads()})
+    Party(role, crypten).serve(jobs)
+    crypten.uninit()
+
