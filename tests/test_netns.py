@@ -144,6 +144,7 @@ def test_rejects_bad_hosts_and_rates():
 def test_names_carry_creator_pid_and_prefix():
     net = NetnsHosts(("client", "server"), prefix=PREFIX)
     assert all(ns.startswith(f"{PREFIX}-{os.getpid()}-") for ns in net.namespaces)
-    assert net["client"].prefix == ["ip", "netns", "exec", net["client"].namespace]
+    assert net["client"].prefix[:4] == ["ip", "netns", "exec", net["client"].namespace]
+    assert net["client"].prefix[4:] == ["env", "GLOO_SOCKET_IFNAME=eth0"]
     assert net["client"].ip != net["server"].ip
     assert NetnsHosts(("client",)).switch != NetnsHosts(("client",)).switch  # parallel runs never collide

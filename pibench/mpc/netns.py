@@ -49,6 +49,7 @@ MIN_BURST_BYTES = 32 * 1024
 # limit keeps the real backlog far below that; the slack avoids drops (and the
 # retransmission stalls they cause) when several sockets burst at once.
 QUEUE_LATENCY_MS = 50
+IFNAME = "eth0"  # each host's one interface
 _STOP_WAIT_S = 3.0
 _HOST_NAME = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
 
@@ -63,7 +64,10 @@ class Host:
 
     @property
     def prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.namespace]
+        # gloo binds to the address the machine's hostname resolves to, which does not
+        # exist inside the namespace, and then falls back to 127.0.0.1, where the peer
+        # cannot reach it; naming the interface makes it bind to this host's address.
+        return ["ip", "netns", "exec", self.namespace, "env", f"GLOO_SOCKET_IFNAME={IFNAME}"]
 
 
 def check_available(*, shaping: bool = False) -> None:
@@ -247,10 +251,10 @@ class NetnsHosts:
         for i, host in enumerate(self.hosts.values()):
             ns, port = host.namespace, f"p{i}"
             _run(["ip", "netns", "add", ns])
-            _run(["ip", "-n", sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns])
+            _run(["ip", "-n", sw, "link", "add", port, "type", "veth", "peer", "name", IFNAME, "netns", ns])
             _run(["ip", "-n", sw, "link", "set", port, "master", "br0", "up"])
-            _run(["ip", "-n", ns, "addr", "add", f"{host.ip}/{SUBNET.prefixlen}", "dev", "eth0"])
-            _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+            _run(["ip", "-n", ns, "addr", "add", f"{host.ip}/{SUBNET.prefixlen}", "dev", IFNAME])
+            _run(["ip", "-n", ns, "link", "set", IFNAME, "up"])
             _run(["ip", "-n", ns, "link", "set", "lo", "up"])
         log.info(
             "network namespaces up: %s",
@@ -266,9 +270,9 @@ class NetnsHosts:
         for host in self.hosts.values():
             if rate_mbit is None:
                 if self.rate_mbit is not None:
-                    _run(["tc", "-n", host.namespace, "qdisc", "del", "dev", "eth0", "root"])
+                    _run(["tc", "-n", host.namespace, "qdisc", "del", "dev", IFNAME, "root"])
             else:
-                _run(["tc", "-n", host.namespace, "qdisc", "replace", "dev", "eth0", "root", *_tbf_args(rate_mbit)])
+                _run(["tc", "-n", host.namespace, "qdisc", "replace", "dev", IFNAME, "root", *_tbf_args(rate_mbit)])
         self.rate_mbit = rate_mbit
         log.info("bandwidth cap per host and direction: %s", f"{rate_mbit:g} Mbit/s" if rate_mbit else "none")
 
