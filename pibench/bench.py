@@ -49,7 +49,7 @@ class BenchOptions:
     batch: int = 1  # inputs per inference
     provider: str = "tfp"  # tfp | ttp
     networks: list[NetworkProfile] = field(default_factory=lambda: [NETWORKS.get("lan"), NETWORKS.get("wan")])
-    samples: int | None = None  # inputs for agreement/accuracy (None: one batch, which is also the warm-up)
+    samples: int | None = None  # inputs for agreement/accuracy (None: one batch, also the warm-up; 0: neither)
     threads: int = 1  # torch threads per party
     data_dir: str | None = None
     run_id: str | None = None  # default: UTC time stamp
@@ -58,14 +58,14 @@ class BenchOptions:
     session: SessionConfig | None = None  # prefixes / rendezvous host / timeouts (provider and threads come from here)
 
     def __post_init__(self) -> None:
-        if self.repeats < 1 or self.batch < 1 or (self.samples is not None and self.samples < 1):
-            raise ValueError("--repeats, --batch and --samples must be at least 1")
+        if self.repeats < 1 or self.batch < 1 or (self.samples is not None and self.samples < 0):
+            raise ValueError("--repeats and --batch must be at least 1, --samples at least 0")
         if self.run_id is None:
             self.run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
     @property
     def n_samples(self) -> int:
-        return self.samples or self.batch
+        return self.batch if self.samples is None else self.samples
 
 
 @dataclass
@@ -114,6 +114,8 @@ def _client_view(spec: str) -> Iterator[str]:
 def _reference(spec: str, n: int, options: BenchOptions) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
     """The evaluator's plaintext logits on the same inputs the client uses."""
     card, model = server_model(spec)
+    if n == 0:
+        return card, None, None
     args = model.pibench_args
     x, labels = model_inputs(card, (args["in_chans"], args["input_size"], args["input_size"]), n,
                              options.seed, options.data_dir)
@@ -138,10 +140,13 @@ def _rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor | None,
         rows = [ResultRow(**base, network=p.name, bandwidth_mbps=p.bandwidth_mbps, rtt_ms=p.rtt_ms,
                           error=event["error"]) for p in options.networks]
         return BenchResult(name, rows, [])
+    agreement = max_err = mpc_accuracy = None
     logits = torch.tensor(event["logits"], dtype=torch.float64)
-    agreement = float((logits.argmax(1) == ref.argmax(1)).double().mean())
-    max_err = float((logits - ref.double()).abs().max())
-    mpc_accuracy = float((logits.argmax(1) == labels).double().mean()) if labels is not None else None
+    if len(logits):
+        agreement = float((logits.argmax(1) == ref.argmax(1)).double().mean())
+        max_err = float((logits - ref.double()).abs().max())
+        if labels is not None:
+            mpc_accuracy = float((logits.argmax(1) == labels).double().mean())
     lat = event["latencies"]
     median, comm = statistics.median(lat), statistics.median(event["comm_s"])
     compute = max(0.0, median - comm)

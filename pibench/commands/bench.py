@@ -18,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", default="lan,wan",
                    help="network profiles to project onto: lan, wan, a rate like 100mbit, or name:rate_mbps:rtt_ms")
     p.add_argument("--samples", type=int, default=None,
-                   help="test inputs run in MPC for agreement/accuracy (default: one batch, the warm-up)")
+                   help="test inputs run in MPC for agreement/accuracy (default: one batch, the warm-up; "
+                        "0: no warm-up and no agreement, costs only)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per party")
     p.add_argument("--out", default="results/bench", help="results folder (results.csv and layers.csv are appended)")
     p.add_argument("--run-id", default=None, help="run id written in every row (default: UTC time stamp)")
@@ -51,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
 def _line(s: dict) -> str:
     if s["error"]:
         return f"{s['model']}: FAILED: {s['error']}"
-    return (f"{s['model']}: {s['relus']:,} ReLUs, {s['latency_s_median']:.3f} s median, "
-            f"{s['bytes_per_party'] / 1e6:.2f} MB/party, {s['rounds']} rounds, "
-            f"agreement {s['agreement']:.2%}, max logit error {s['max_logit_error']:.2e}")
+    line = (f"{s['model']}: {s['relus']:,} ReLUs, {s['latency_s_median']:.3f} s median, "
+            f"{s['bytes_per_party'] / 1e6:.2f} MB/party, {s['rounds']} rounds")
+    if s["agreement"] is not None:
+        line += f", agreement {s['agreement']:.2%}, max logit error {s['max_logit_error']:.2e}"
+    return line

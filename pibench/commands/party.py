@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from pibench.mpc.party import read_jobs, run_party, static_jobs
 
     if args.model:
-        options = dict(repeats=args.repeats, batch=args.batch, samples=args.samples or args.batch,
+        samples = args.batch if args.samples is None else args.samples
+        options = dict(repeats=args.repeats, batch=args.batch, samples=samples,
                        seed=args.seed, data_dir=args.data_dir)
         jobs = static_jobs(args.model, **options)
     else:

@@ -66,7 +66,13 @@ def model_inputs(card: Any, input_shape: tuple[int, ...], n: int, seed: int,
     if card is not None and card.dataset not in ("", "random"):
         from pibench.data import get_dataset
 
-        dataset = get_dataset(card.dataset, "test", data_dir)
+        # digits / synthetic are generated at the model's input size; others have a fixed one
+        kw: dict[str, Any] = {}
+        if card.dataset in ("digits", "synthetic"):
+            kw["size"] = input_shape[-1]
+        if card.dataset == "synthetic":
+            kw.update(shape=tuple(input_shape), num_classes=card.num_classes)
+        dataset = get_dataset(card.dataset, "test", data_dir, **kw)
         if len(dataset) < n:
             raise ValueError(f"dataset {card.dataset!r} has {len(dataset)} test inputs, fewer than --samples {n}")
         items = [dataset[i] for i in range(n)]

@@ -1,0 +1,236 @@
+"""Real two-party (and TTP) CrypTen inference in separate processes: accuracy, cost, roles, failures."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import torch
+
+from pibench.bench import BenchOptions, _client_view, bench_models, write_result
+from pibench.checkpoint import WEIGHTS_FILE, save_model
+from pibench.models import create_model
+from pibench.mpc.launch import PartyError, Session, SessionConfig, free_port
+from pibench.mpc.program import compile_model
+from pibench.relu import masked_relus
+from pibench.results import load_layers, load_results
+
+from test_mpc_program import NETS, randomize
+
+BYTES_PER_RELU = 464  # CrypTen TFP, per kept ReLU per party (DESIGN.md §2)
+
+
+def save(tmp_path, name, model, dataset="digits"):
+    save_model(model, tmp_path / name, dataset=dataset, method="test", budget=None, accuracy=None)
+    return str(tmp_path / name)
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_masked_nets_match_plaintext_in_mpc(tmp_path):
+    folders = []
+    for i, (net, kwargs) in enumerate(sorted(NETS.items())):
+        kwargs = dict(kwargs)
+        folders.append(save(tmp_path, net, randomize(create_model(kwargs.pop("name"), **kwargs), seed=i)))
+    results = list(bench_models(folders, BenchOptions(repeats=1, batch=16, samples=32)))
+    assert [r.model for r in results] == sorted(NETS)
+    for r in results:
+        row = r.rows[0]
+        assert row.error == "", row.error
+        assert row.mpc_samples == 32
+        assert row.max_logit_error < 1e-2, r.model
+        assert row.mpc_agreement >= 0.99, r.model
+        assert row.mpc_accuracy is not None and not row.cost_only  # real digits inputs with labels
+    vgg_max = next(r for r in results if r.model == "vgg_max").rows[0]
+    assert vgg_max.maxpool_bytes > 0
+    assert next(r for r in results if r.model == "vgg_avg").rows[0].maxpool_bytes == 0
+
+
+def with_density(density: float, seed: int):
+    """resnet_digits with exactly round(density * size) kept ReLUs per layer."""
+    model = randomize(create_model("resnet_digits"), seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    for layer in masked_relus(model).values():
+        n = layer.mask.numel()
+        keep = torch.zeros(n, dtype=torch.bool)
+        keep[torch.randperm(n, generator=g)[: round(density * n)]] = True
+        layer.mask = keep.view(layer.mask.shape)
+    return model
+
+
+def test_bytes_grow_by_464_per_kept_relu(tmp_path):
+    densities = [0.0, 0.1, 0.25, 0.5, 0.75, 1.0]
+    folders = [save(tmp_path, f"d{int(d * 100)}", with_density(d, i)) for i, d in enumerate(densities)]
+    results = list(bench_models(folders, BenchOptions(repeats=1, samples=0)))
+    assert all(r.error == "" for r in results)
+    relus = torch.tensor([float(r.rows[0].relus) for r in results])
+    sent = torch.tensor([float(r.rows[0].bytes_per_party) for r in results])
+    assert [r.rows[0].relu_bytes for r in results][0] == 0
+    assert relus[0] == 0 and relus[-1] == 4608
+    # no ReLU op at all when every mask is false: the all-false layers cost nothing
+    assert [l.op for l in results[0].layers].count("relu") == 0
+    base = sent[0]
+    for n, b in zip(relus, sent):
+        assert abs(b - (base + BYTES_PER_RELU * n)) <= 0.01 * b
+    slope = torch.linalg.lstsq(torch.stack([relus, torch.ones_like(relus)], 1), sent.unsqueeze(1)).solution[0, 0]
+    assert slope == pytest.approx(BYTES_PER_RELU, rel=0.01)
+
+
+def test_deepreduce_thinning_saves_exactly_the_removed_relus():
+    """drd_c100_230k and _115k share every linear layer; they differ by 114,688 ReLUs x 464 bytes."""
+    lin = {}
+    for name in ("drd_c100_230k", "drd_c100_115k"):
+        program = compile_model(create_model(name))
+        lin[name] = [(op.kind, op.layer, op.shape, op.attrs["weight_shapes"]) for op in program.ops
+                     if op.kind in ("conv", "linear", "affine")]
+    assert lin["drd_c100_230k"] == lin["drd_c100_115k"]
+    a, b = bench_models(["drd_c100_230k", "drd_c100_115k"], BenchOptions(repeats=1, samples=0))
+    assert a.rows[0].relus - b.rows[0].relus == 114_688
+    assert a.rows[0].linear_bytes == b.rows[0].linear_bytes
+    diff = a.rows[0].bytes_per_party - b.rows[0].bytes_per_party
+    assert diff == pytest.approx(BYTES_PER_RELU * 114_688, rel=0.01)
+
+
+def test_ttp_provider_books_dealer_traffic_as_offline():
+    tfp, = bench_models(["cnn_digits"], BenchOptions(repeats=1, provider="tfp"))
+    ttp, = bench_models(["cnn_digits"], BenchOptions(repeats=1, provider="ttp"))
+    assert tfp.rows[0].offline_bytes == 0
+    assert ttp.rows[0].error == "" and ttp.rows[0].offline_bytes > 0
+    assert ttp.rows[0].provider == "ttp"
+    # the online protocol is the same; only where the tuples come from differs
+    assert ttp.rows[0].bytes_per_party == pytest.approx(tfp.rows[0].bytes_per_party, rel=0.01)
+    assert ttp.rows[0].max_logit_error < 1e-2
+
+
+DECODE_PARTY = textwrap.dedent(
+    """
+    import sys, torch
+    from pibench.mpc.crypten_compat import import_crypten
+    from pibench.mpc.backend import CryptenBackend
+    from pibench.mpc.program import Program
+    crypten = import_crypten()
+    crypten.init()
+    rank = crypten.communicator.get().get_rank()
+    backend = CryptenBackend(Program([], (2,)), rank)
+    x = backend.share_input(torch.tensor([-2.99998617, 0.5]) if rank == 0 else None, (2,))
+    out = backend.reveal_to_client(x)
+    theirs = x.get_plain_text(dst=0)  # CrypTen's own decoder, for comparison
+    print("OUT", None if out is None else out.tolist(), "CRYPTEN", None if theirs is None else theirs.tolist())
+    crypten.uninit()
+    """
+)
+
+
+def test_revealed_logits_decode_exactly_between_two_parties():
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", DECODE_PARTY], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, RENDEZVOUS=f"tcp://127.0.0.1:{port}", WORLD_SIZE="2",
+                                       RANK=str(rank), DISTRIBUTED_BACKEND="gloo"))
+             for rank in (0, 1)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    client = outs[0].split("OUT ")[1]
+    values = json.loads(client.split(" CRYPTEN")[0])
+    assert values[0] == pytest.approx(-2.99998617, abs=2e-5)  # CrypTen's own decoder gives -3.99998
+    assert json.loads(client.split("CRYPTEN ")[1])[0] < -3.9  # proves the test would catch the decode bug
+    assert outs[1].startswith("OUT None")  # the server learns nothing
+
+
+AUDIT_WRAPPER = textwrap.dedent(
+    """
+    import runpy, sys
+    log = open(sys.argv[1], "a", buffering=1)
+    def hook(event, args):
+        if event == "open" and isinstance(args[0], (str, bytes)):
+            log.write(str(args[0]) + "\\n")
+    sys.addaudithook(hook)
+    sys.argv = ["pibench"] + sys.argv[sys.argv.index("pibench.cli") + 1:]
+    runpy.run_module("pibench.cli", run_name="__main__")
+    """
+)
+
+
+def test_client_never_opens_the_weights_file(tmp_path):
+    folder = save(tmp_path, "private", randomize(create_model("cnn_digits"), seed=3))
+    opened = tmp_path / "client_opens.txt"
+    session = SessionConfig(prefixes={"client": [sys.executable, "-c", AUDIT_WRAPPER, str(opened)]})
+    (result,) = bench_models([folder], BenchOptions(repeats=1, samples=16, batch=16, session=session))
+    row = result.rows[0]
+    # the server used the real weights: MPC logits match the plaintext model's
+    assert row.error == "" and row.max_logit_error < 1e-2 and row.mpc_agreement >= 0.99
+    paths = opened.read_text().splitlines()
+    assert any(p.endswith("model.json") for p in paths)  # the hook saw the client's file opens
+    assert not [p for p in paths if p.endswith(WEIGHTS_FILE) or p.startswith(folder)]
+
+
+def test_client_view_of_a_folder_has_no_weights(tmp_path):
+    folder = save(tmp_path, "m", create_model("cnn_digits"))
+    with _client_view(folder) as public:
+        assert sorted(os.listdir(public)) == ["masks.safetensors", "model.json"]
+    assert not os.path.exists(public)
+    with _client_view("resnet18") as name:
+        assert name == "resnet18"
+
+
+def test_killing_a_party_mid_run_fails_fast_without_orphans():
+    session = Session(SessionConfig(job_timeout=300))
+    session.start()
+    pids = session.pids()
+    killer = threading.Timer(2.0, lambda: os.kill(pids["server"], 9))
+    killer.start()
+    t0 = time.monotonic()
+    with pytest.raises(PartyError, match="server party .* exited"):
+        session.run({"model": "resnet18", "repeats": 20, "batch": 1, "samples": 1, "seed": 0, "data_dir": None})
+    assert time.monotonic() - t0 < 60
+    assert all(gone(pid) for pid in pids.values())
+
+
+def test_party_that_never_connects_times_out_with_a_clear_message():
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    session = Session(SessionConfig(prefixes={"server": sleeper}, connect_timeout=8))
+    t0 = time.monotonic()
+    with pytest.raises(PartyError, match=r"timed out while connecting .*not connected: client, server"):
+        session.start()
+    assert time.monotonic() - t0 < 30
+    assert not session.procs
+
+
+def test_failed_model_gets_an_error_row_and_the_run_goes_on(tmp_path):
+    results = list(bench_models(["no_such_model", "cnn_digits"], BenchOptions(repeats=1)))
+    assert "unknown model 'no_such_model'" in results[0].error
+    assert results[1].error == ""
+    for r in results:
+        write_result(tmp_path, r)
+    df = load_results(tmp_path)
+    assert list(df["model"]) == ["no_such_model"] * 2 + ["cnn_digits"] * 2
+    assert list(df["network"]) == ["lan", "wan"] * 2
+    layers = load_layers(tmp_path)
+    assert set(layers["model"]) == {"cnn_digits"} and layers["op"].iloc[0] == "input"
+
+
+def test_bench_cli_json_and_csv(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "pibench.cli", "bench", "resnet_digits", "--repeats", "2", "--network", "lan,dsl:50:20",
+         "--out", str(tmp_path), "--run-id", "t1", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    (summary,) = json.loads(out.stdout)
+    assert summary["relus"] == 4608 and summary["rounds"] > 0 and summary["agreement"] == 1.0
+    assert summary["bytes_per_party"] >= BYTES_PER_RELU * 4608
+    assert set(summary["projected_latency_s"]) == {"lan", "dsl"}
+    assert "resnet_digits" in out.stderr  # progress lines name the model
+    df = load_results(tmp_path)
+    assert list(df["network"]) == ["lan", "dsl"] and set(df["run_id"]) == {"t1"}
+    assert len(str(df["latency_s_samples"].iloc[0]).split(";")) == 2
+    assert df["threads"].iloc[0] == 1 and df["link"].iloc[0] == "loopback"
