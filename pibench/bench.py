@@ -60,6 +60,8 @@ class BenchOptions:
     def __post_init__(self) -> None:
         if self.repeats < 1 or self.batch < 1 or (self.samples is not None and self.samples < 0):
             raise ValueError("--repeats and --batch must be at least 1, --samples at least 0")
+        if not self.networks:
+            raise ValueError("at least one network profile is needed (e.g. lan)")
         if self.run_id is None:
             self.run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
