@@ -16,6 +16,8 @@ COMMANDS = {
     "count": "count",
     "bench": "bench",
     "party": "party",
+    "sweep": "sweep",
+    "demo": "demo",
     "plot": "plot",
     "report": "report",
 }

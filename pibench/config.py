@@ -1,0 +1,208 @@
+"""Sweep configuration (YAML) with validation before any work starts.
+
+    run: demo                      # results go to results/<run>/
+    models_dir: models             # linearized models are stored/reused here
+    networks: [lan, wan]           # network profiles (pibench.mpc.network)
+    provider: tfp                  # tfp | ttp
+    repeats: 3                     # timed inferences per model (after one warm-up)
+    batch: 1
+    samples: 64                    # test inputs checked for MPC agreement
+    threads: 1                     # torch threads per party
+    experiments:                   # trained models: a teacher, then methods × budgets
+      - dataset: digits
+        data_dir: null
+        arch: resnet_digits
+        teacher: {epochs: 30}      # keyword arguments of pibench.train.train_baseline
+        methods:                   # method -> keyword arguments of its linearizer
+          deepreduce: {}
+          senet: {}
+          snl: {}
+        budgets: [0.5, 0.2, 0.05]  # absolute (50000, 50k) or fractions of the ReLUs
+    cost_only:                     # random weights: latency and bytes, no accuracy
+      - model: drd_c100_49k        # a registry model as it is
+      - arch: resnet18             # or masks allocated by a method's rule at budgets
+        allocation: senet
+        budgets: [25k, 50k]
+
+Every key is checked: an unknown key, method, model or network, or a budget above a
+model's ReLU count fails with the key's path, before anything is trained or measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+# linearize_many's own keyword arguments; every other key of a method's entry is a Settings field.
+RUN_KEYS = ("epochs", "batch_size", "device", "cache_dir", "train_subset")
+
+
+class ConfigError(ValueError):
+    """A sweep config that cannot run; the message names the file and the key."""
+
+
+@dataclass
+class Experiment:
+    dataset: str
+    arch: str
+    budgets: list[Any]
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    teacher: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+    arch_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CostOnly:
+    model: str | None = None
+    arch: str | None = None
+    allocation: str | None = None
+    budgets: list[Any] = field(default_factory=list)
+    arch_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SweepConfig:
+    run: str
+    experiments: list[Experiment] = field(default_factory=list)
+    cost_only: list[CostOnly] = field(default_factory=list)
+    models_dir: str = "models"
+    results_dir: str = "results"
+    networks: list[str] = field(default_factory=lambda: ["lan", "wan"])
+    provider: str = "tfp"
+    repeats: int = 3
+    batch: int = 1
+    samples: int = 64
+    threads: int = 1
+    seed: int = 0
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.results_dir) / self.run
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    """Instantiate a dataclass from a mapping, naming unknown or missing keys by path."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(fields)})")
+    required = [
+        n for n, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+    ]
+    missing = [n for n in required if n not in raw]
+    if missing:
+        raise ConfigError(f"{where}: missing key {missing[0]!r}")
+    return cls(**raw)
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> SweepConfig:
+    """Build and fully validate a SweepConfig from parsed YAML."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    raw = dict(raw)
+    experiments = raw.pop("experiments", None) or []
+    cost_only = raw.pop("cost_only", None) or []
+    cfg = _build(SweepConfig, raw, source)
+    cfg.experiments = [_build(Experiment, e, f"{source}: experiments[{i}]") for i, e in enumerate(experiments)]
+    cfg.cost_only = [_build(CostOnly, c, f"{source}: cost_only[{i}]") for i, c in enumerate(cost_only)]
+    validate(cfg, source)
+    return cfg
+
+
+def load_config(path: str | Path) -> SweepConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    return parse_config(raw, str(path))
+
+
+def validate(cfg: SweepConfig, source: str) -> None:
+    """Check every name and budget against the registries (cheap: builds no data)."""
+    from pibench.budget import parse_budget
+    from pibench.data import DATASETS
+    from pibench.linearize import METHODS, make_settings
+    from pibench.models import MODELS, create_model
+    from pibench.mpc.network import parse_network
+    from pibench.relu import count_relus
+    from pibench.train import train_baseline
+
+    if not cfg.experiments and not cfg.cost_only:
+        raise ConfigError(f"{source}: nothing to run: add 'experiments' or 'cost_only'")
+    if cfg.provider not in ("tfp", "ttp"):
+        raise ConfigError(f"{source}: provider: unknown provider {cfg.provider!r} (known: tfp, ttp)")
+    for key in ("repeats", "batch", "samples", "threads"):
+        if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
+            raise ConfigError(f"{source}: {key}: must be a positive integer, got {getattr(cfg, key)!r}")
+    for i, network in enumerate(cfg.networks):
+        _check(lambda: parse_network(network), f"{source}: networks[{i}]")
+
+    def total_relus(arch: str, args: dict[str, Any], where: str) -> int:
+        _check(lambda: MODELS.get(arch), where)
+        return count_relus(_check(lambda: create_model(arch, **args), where))
+
+    for i, exp in enumerate(cfg.experiments):
+        where = f"{source}: experiments[{i}]"
+        _check(lambda: DATASETS.get(exp.dataset), f"{where}.dataset")
+        _check(lambda: MODELS.get(exp.arch), f"{where}.arch")
+        relus = _check(lambda: experiment_relus(exp), f"{where}.arch")
+        _check(lambda: inspect.signature(train_baseline).bind_partial(**exp.teacher), f"{where}.teacher")
+        for method, kwargs in exp.methods.items():
+            _check(lambda: METHODS.get(method), f"{where}.methods.{method}")
+            settings = {k: v for k, v in (kwargs or {}).items() if k not in RUN_KEYS or k == "epochs"}
+            _check(lambda: make_settings(method, **settings), f"{where}.methods.{method}")
+            exp.methods[method] = kwargs or {}
+        if exp.methods and not exp.budgets:
+            raise ConfigError(f"{where}.budgets: methods need at least one budget")
+        for j, b in enumerate(exp.budgets):
+            _check(lambda: parse_budget(b, relus), f"{where}.budgets[{j}]")
+    for i, entry in enumerate(cfg.cost_only):
+        where = f"{source}: cost_only[{i}]"
+        if (entry.model is None) == (entry.arch is None):
+            raise ConfigError(f"{where}: give either 'model' (a registry name) or 'arch' with 'allocation' and 'budgets'")
+        if entry.model is not None:
+            if entry.budgets or entry.allocation:
+                raise ConfigError(f"{where}: 'budgets'/'allocation' need 'arch', not 'model'")
+            total_relus(entry.model, entry.arch_args, f"{where}.model")
+            continue
+        relus = total_relus(entry.arch, entry.arch_args, f"{where}.arch")
+        if entry.allocation is None or not entry.budgets:
+            raise ConfigError(f"{where}: 'arch' needs 'allocation' and 'budgets'")
+        if entry.allocation != "senet":
+            raise ConfigError(f"{where}.allocation: unknown allocation {entry.allocation!r} (known: senet)")
+        for j, b in enumerate(entry.budgets):
+            _check(lambda: parse_budget(b, relus), f"{where}.budgets[{j}]")
+
+
+def experiment_relus(exp: Experiment) -> int:
+    """ReLUs of an experiment's all-ReLU model, built for its dataset's input and classes."""
+    from pibench.data import dataset_info
+    from pibench.models import create_model
+    from pibench.relu import count_relus
+
+    info = dataset_info(exp.dataset)
+    defaults = {"in_chans": info.in_chans, "input_size": info.input_size, "num_classes": info.num_classes}
+    return count_relus(create_model(exp.arch, **(defaults | exp.arch_args)))
+
+
+def _check(fn: Any, where: str) -> Any:
+    try:
+        return fn()
+    except ConfigError:
+        raise
+    except (KeyError, ValueError, TypeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise ConfigError(f"{where}: {msg}") from e

@@ -1,0 +1,114 @@
+"""Sweep configs fail before any work; an interrupted sweep resumes without repeating rows."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from pibench.config import ConfigError, load_config
+
+GOOD = {
+    "run": "t",
+    "experiments": [
+        {"dataset": "digits", "arch": "resnet_digits", "teacher": {"epochs": 1},
+         "methods": {"senet": {"epochs": 1}}, "budgets": [0.5, "1k"]}
+    ],
+    "cost_only": [{"model": "cnn_digits"}, {"arch": "resnet_digits", "allocation": "senet", "budgets": [100]}],
+}
+
+
+def write(tmp_path, raw):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def with_change(path_keys, value):
+    raw = yaml.safe_load(yaml.safe_dump(GOOD))
+    target = raw
+    for key in path_keys[:-1]:
+        target = target[key]
+    target[path_keys[-1]] = value
+    return raw
+
+
+def test_good_config_parses(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD))
+    assert cfg.run_dir == Path("results/t")
+    assert cfg.experiments[0].methods == {"senet": {"epochs": 1}}
+
+
+@pytest.mark.parametrize(
+    "keys, value, message",
+    [
+        (("repeatz",), 3, r"unknown key 'repeatz'"),
+        (("experiments", 0, "budgetz"), [1], r"experiments\[0\]: unknown key 'budgetz'"),
+        (("experiments", 0, "methods"), {"senet2": {}}, r"experiments\[0\]\.methods\.senet2: unknown linearization method 'senet2'"),
+        (("experiments", 0, "methods"), {"senet": {"epochz": 1}}, r"methods\.senet: unknown senet settings \['epochz'\]"),
+        (("experiments", 0, "arch"), "resnet_digitz", r"experiments\[0\]\.arch: unknown model 'resnet_digitz'"),
+        (("experiments", 0, "dataset"), "cifar1000", r"experiments\[0\]\.dataset: unknown dataset 'cifar1000'"),
+        (("experiments", 0, "teacher"), {"epoch": 1}, r"experiments\[0\]\.teacher: .*epoch"),
+        (("experiments", 0, "budgets"), [5000], r"experiments\[0\]\.budgets\[0\]: .*4,?608"),
+        (("networks",), ["lan", "moon"], r"networks\[1\]: bad network profile 'moon'"),
+        (("cost_only", 0, "model"), "resnet19", r"cost_only\[0\]\.model: unknown model 'resnet19'"),
+        (("cost_only", 1, "budgets"), [10**6], r"cost_only\[1\]\.budgets\[0\]"),
+        (("provider",), "dealer", r"provider: unknown provider 'dealer'"),
+    ],
+)
+def test_bad_config_names_the_key_before_any_work(tmp_path, monkeypatch, keys, value, message):
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, with_change(keys, value))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+    from pibench.sweep import run_sweep
+
+    with pytest.raises(ConfigError):
+        run_sweep(path)
+    assert not (tmp_path / "models").exists() and not (tmp_path / "results").exists()
+
+
+COST_ONLY_SWEEP = {
+    "run": "resume",
+    "networks": ["lan", "wan"],
+    "repeats": 1,
+    "samples": 1,
+    "cost_only": [{"model": "cnn_digits"}, {"arch": "resnet_digits", "allocation": "senet", "budgets": [4000, 2000, 1000, 500, 250]}],
+}
+
+
+def _pibench(*args):
+    return [sys.executable, "-m", "pibench.cli", *args]
+
+
+def test_killed_sweep_resumes_without_repeating_rows(tmp_path):
+    config = write(tmp_path, COST_ONLY_SWEEP)
+    results = tmp_path / "results" / "resume" / "results.csv"
+    proc = subprocess.Popen(_pibench("sweep", str(config), "--no-report"), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if results.is_file() and len(pd.read_csv(results)) >= 4:  # two models measured
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, f"sweep ended before it could be killed:\n{proc.stdout.read().decode()}"
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its parties, mid-run
+    proc.wait(timeout=30)
+    first = pd.read_csv(results)
+    finished = set(first["model"])
+    assert 2 <= len(finished) < 6
+
+    done = subprocess.run(_pibench("sweep", str(config), "--no-report"), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{len(finished)} already measured" in done.stderr
+    final = pd.read_csv(results)
+    assert sorted(final.groupby("model").size().unique()) == [2]  # one row per network, no repeats
+    assert len(final) == 2 * 6
+    kept = final[final["model"].isin(finished)]
+    assert kept["timestamp"].tolist() == first[first["model"].isin(finished)]["timestamp"].tolist()
