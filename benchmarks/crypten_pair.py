@@ -18,7 +18,6 @@ import time
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from pibench.mpc.crypten_compat import import_crypten
 

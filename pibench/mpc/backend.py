@@ -13,7 +13,7 @@ flatten, linear, affine, partial ReLU by gather/scatter) are written once in `Ba
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any, Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -181,8 +181,3 @@ class CryptenBackend(Backend):
     def maxpool(self, x: Any, attrs: dict[str, Any]) -> Any:
         return x.max_pool2d(attrs["kernel"], padding=attrs["padding"], stride=attrs["stride"])
 
-
-def iter_batches(n: int, batch: int) -> Iterator[tuple[int, int]]:
-    """(start, stop) of consecutive batches covering n samples."""
-    for start in range(0, n, batch):
-        yield start, min(n, start + batch)

@@ -25,12 +25,11 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
 
-from pibench.mpc.backend import CLIENT, SERVER, CryptenBackend, iter_batches, run_program
+from pibench.mpc.backend import CLIENT, SERVER, CryptenBackend, run_program
 from pibench.mpc.program import Op, Program, compile_model
 
 log = logging.getLogger(__name__)
@@ -83,6 +82,12 @@ def model_inputs(card: Any, input_shape: tuple[int, ...], n: int, seed: int,
         return x, torch.tensor([int(item[1]) for item in items])
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, *input_shape, generator=g), None
+
+
+def iter_batches(n: int, batch: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of consecutive batches covering n samples."""
+    for start in range(0, n, batch):
+        yield start, min(n, start + batch)
 
 
 # -- measurement -----------------------------------------------------------------------------
