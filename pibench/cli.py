@@ -14,6 +14,8 @@ import sys
 # Subcommand name -> module under pibench.commands, in the order `--help` lists them.
 COMMANDS = {
     "count": "count",
+    "train": "train",
+    "linearize": "linearize",
     "bench": "bench",
     "party": "party",
     "sweep": "sweep",

@@ -1,0 +1,62 @@
+"""`pibench linearize`: reduce a baseline's ReLUs to a budget with DeepReDuce, SENet or SNL."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "linearize a trained all-ReLU model to a ReLU budget (deepreduce, senet, snl)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", required=True, choices=["deepreduce", "senet", "snl"])
+    p.add_argument("--teacher", required=True, help="all-ReLU model folder made by `pibench train`")
+    p.add_argument(
+        "--budget", required=True, nargs="+",
+        help="ReLU budget(s): 50000, 50k, 1.5M or a fraction 0.1 of the teacher's ReLUs; several share work",
+    )
+    p.add_argument("--out", required=True, nargs="+", help="output model folder(s), one per budget")
+    p.add_argument("--epochs", type=int, default=None, help="main training epochs of the method")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="method setting (JSON value), e.g. --set lr=0.01 --set alphas=[1,0.5]; repeatable")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--cache-dir", default=None, help="where shared work is cached (default TEACHER/cache)")
+
+
+def parse_settings(items: list[str]) -> dict:
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            settings[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key.replace("-", "_")] = value
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    from pibench.linearize import linearize_many
+
+    if len(args.budget) != len(args.out):
+        raise ValueError(f"{len(args.budget)} budgets but {len(args.out)} --out folders; give one folder per budget")
+    cards = linearize_many(
+        args.method,
+        args.teacher,
+        args.budget,
+        args.out,
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        **parse_settings(args.set),
+    )
+    for out, card in zip(args.out, cards):
+        print(f"{out}: {card.method}, {card.relus:,} ReLUs (budget {card.budget:,}), test accuracy {card.accuracy:.2f}%")
+    return 0

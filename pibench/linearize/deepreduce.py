@@ -1,0 +1,250 @@
+"""DeepReDuce (Jha et al., "DeepReDuce: ReLU Reduction for Fast Private Inference",
+ICML 2021): structural ReLU removal on ResNets, trained with KD, Pareto frontier.
+
+1. Criticality. For each stage k, a variant that keeps only stage k's ReLUs (every
+   other stage culled, stem ReLU removed) is trained with KD from the teacher for
+   `criticality_epochs`; stage k's criticality is its accuracy per ReLU, and stages
+   are culled least critical first. (The paper's criticality also normalizes by the
+   all-linear accuracy; with the ranking as the only use, accuracy per ReLU orders
+   stages the same way whenever the per-stage accuracies are close, and is what we
+   use.) The ranking is cached per teacher.
+2. Candidates. For c = 0 .. stages-1 least critical stages culled, every combination
+   of thinning (drop each block's post-add ReLU), width alpha (`alphas`), stem stride
+   (`stem_strides`, 2 <=> rho = 0.5) and blocks per stage (`blocks`, None = the
+   teacher's). The stem ReLU is removed in all of them, as in the released models.
+3. Candidates are trained with Hinton KD (T=4,
+   (1-kd)*CE + kd*KD) from the all-ReLU teacher for `epochs`. Candidates with the
+   teacher's widths and depth start from the teacher's weights (a choice made for
+   speed; the paper trains from scratch), the others from a seeded initialization.
+   Trained candidates are cached as model folders under the teacher's cache. To bound
+   the cost, only the `per_budget` candidates with the most ReLUs at or under each
+   budget are trained (the closest to a budget are the likeliest to win it);
+   `per_budget=None` trains every candidate within the largest budget.
+4. The Pareto frontier of (ReLUs, accuracy) over trained candidates is saved in
+   method_info and as frontier.csv in each output folder; for a budget, the candidate
+   with the best test accuracy at or under it is the output (as the paper reports the
+   frontier on test accuracy).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+
+from pibench.linearize import Teacher, save_linearized, settings_key
+from pibench.models import create_model
+from pibench.pareto import pareto_front
+from pibench.relu import count_relus
+from pibench.train import TrainConfig, evaluate, fit, seed_everything
+
+log = logging.getLogger(__name__)
+
+# Build arguments a candidate sets; the rest of the teacher's arch_args carry over.
+CANDIDATE_KEYS = ("culled", "thinned", "alpha", "stem_stride", "stem_relu", "blocks")
+
+
+@dataclass
+class Settings:
+    epochs: int = 10  # KD training of each candidate
+    criticality_epochs: int = 3
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    kd: float = 0.9  # weight of the KD term; CE gets 1 - kd
+    alphas: list[float] = field(default_factory=lambda: [1.0, 0.5])
+    stem_strides: list[int] = field(default_factory=lambda: [1, 2])
+    thinning: list[bool] = field(default_factory=lambda: [False, True])
+    blocks: list[list[int] | None] = field(default_factory=lambda: [None])
+    stage_order: list[int] | None = None  # least critical first; None = measure criticality
+    per_budget: int | None = 4  # train the N largest candidates within each budget; None = all
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One DeepReDuce configuration: build arguments on top of the teacher's."""
+
+    name: str
+    kwargs: dict[str, Any]
+    relus: int
+
+
+def base_args(arch_args: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in arch_args.items() if k not in CANDIDATE_KEYS}
+
+
+def candidate_name(culled: Sequence[int], thinned: bool, alpha: float, stride: int, blocks: Sequence[int] | None) -> str:
+    parts = [f"cull{''.join(map(str, culled))}" if culled else "cull0"]
+    if thinned:
+        parts.append("thin")
+    if alpha != 1.0:
+        parts.append(f"a{alpha:g}")
+    if stride != 1:
+        parts.append(f"s{stride}")
+    if blocks is not None:
+        parts.append("b" + "".join(map(str, blocks)))
+    return "_".join(parts)
+
+
+def enumerate_candidates(
+    arch: str,
+    arch_args: dict[str, Any],
+    stage_order: Sequence[int],
+    *,
+    alphas: Sequence[float] = (1.0, 0.5),
+    stem_strides: Sequence[int] = (1, 2),
+    thinning: Sequence[bool] = (False, True),
+    blocks: Sequence[Sequence[int] | None] = (None,),
+) -> list[Candidate]:
+    """All culled/thinned/reshaped configurations of a ResNet, with their ReLU counts.
+
+    `stage_order` lists the 1-based stages least critical first; c = 0 .. len-1 of
+    them are culled (at least one stage keeps its ReLUs).
+    """
+    base = base_args(arch_args)
+    out = []
+    for c in range(len(stage_order)):
+        culled = tuple(sorted(stage_order[:c]))
+        for thinned, alpha, stride, blk in itertools.product(thinning, alphas, stem_strides, blocks):
+            kwargs: dict[str, Any] = dict(culled=list(culled), thinned=bool(thinned), alpha=float(alpha),
+                                          stem_stride=int(stride), stem_relu=False)
+            if blk is not None:
+                kwargs["blocks"] = list(blk)
+            relus = count_relus(create_model(arch, **base, **kwargs))
+            out.append(Candidate(candidate_name(culled, thinned, alpha, stride, blk), kwargs, relus))
+    return out
+
+
+def _check_resnet(teacher: Teacher) -> int:
+    from pibench.models.resnet import ResNet
+
+    if not isinstance(teacher.model, ResNet):
+        raise ValueError(
+            f"DeepReDuce applies to ResNet-family models (stages in model.layers); {teacher.card.arch} is not one"
+        )
+    return len(teacher.model.layers)
+
+
+def _kd_config(settings: Settings, epochs: int, seed: int) -> TrainConfig:
+    return TrainConfig(epochs=epochs, lr=settings.lr, optimizer=settings.optimizer, weight_decay=settings.weight_decay,
+                       schedule=settings.schedule, ce=1.0 - settings.kd, kd=settings.kd, seed=seed)
+
+
+def _build(teacher: Teacher, kwargs: dict[str, Any]) -> torch.nn.Module:
+    """A candidate model, warm-started from the teacher where every tensor shape matches."""
+    seed_everything(teacher.seed)
+    model = create_model(teacher.card.arch, **base_args(teacher.card.arch_args), **kwargs)
+    own = model.state_dict()
+    donor = {k: v for k, v in teacher.model.state_dict().items() if not k.endswith(".mask")}
+    if all(k in donor and donor[k].shape == v.shape for k, v in own.items() if not k.endswith(".mask")):
+        model.load_state_dict({**own, **{k: donor[k] for k in own if not k.endswith(".mask")}})
+    return model
+
+
+def criticality(teacher: Teacher, settings: Settings, stages: int) -> dict[str, Any]:
+    """Per-stage accuracy, ReLUs and accuracy per ReLU of keep-only-stage-k variants (cached)."""
+    fields = {k: getattr(settings, k) for k in ("criticality_epochs", "lr", "optimizer", "weight_decay", "schedule", "kd")}
+    cache = teacher.cache_dir / f"deepreduce-criticality-{settings_key(teacher, 'drd-crit', fields)}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    result: dict[str, Any] = {"stages": {}}
+    for k in range(1, stages + 1):
+        kwargs = dict(culled=[s for s in range(1, stages + 1) if s != k], stem_relu=False)
+        model = _build(teacher, kwargs)
+        relus = count_relus(model)
+        cfg = _kd_config(settings, settings.criticality_epochs, teacher.seed)
+        history = fit(model, teacher.train_loader, teacher.test_loader, cfg, teacher=teacher.model,
+                      device=teacher.device, desc=f"deepreduce criticality stage {k}")
+        acc = history[-1]
+        result["stages"][str(k)] = {"relus": relus, "accuracy": acc, "criticality": acc / relus}
+    result["order"] = sorted(range(1, stages + 1), key=lambda s: result["stages"][str(s)]["criticality"])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def train_candidate(teacher: Teacher, cand: Candidate, settings: Settings, folder: Path) -> float:
+    """Train (or reuse from the cache) one candidate; returns its test accuracy."""
+    from pibench.checkpoint import is_model_folder, load_card, save_model
+
+    if is_model_folder(folder):
+        return float(load_card(folder).accuracy)
+    model = _build(teacher, cand.kwargs)
+    cfg = _kd_config(settings, settings.epochs, teacher.seed)
+    history = fit(model, teacher.train_loader, teacher.test_loader, cfg, teacher=teacher.model,
+                  checkpoint=folder.parent / f"{folder.name}.pt", device=teacher.device,
+                  desc=f"deepreduce {cand.name}")
+    acc = history[-1] if history else evaluate(model, teacher.test_loader, teacher.device)
+    save_model(model.cpu(), folder, dataset=teacher.card.dataset, method="deepreduce", accuracy=acc,
+               method_info={"candidate": cand.name, "kwargs": cand.kwargs})
+    (folder.parent / f"{folder.name}.pt").unlink(missing_ok=True)
+    return acc
+
+
+def select_for_training(candidates: list[Candidate], budgets: list[int], per_budget: int | None) -> list[Candidate]:
+    """The candidates worth training: within the largest budget, or the `per_budget` largest under each."""
+    chosen: dict[str, Candidate] = {}
+    for budget in budgets:
+        fits = sorted((c for c in candidates if c.relus <= budget), key=lambda c: (-c.relus, c.name))
+        for c in fits if per_budget is None else fits[:per_budget]:
+            chosen[c.name] = c
+    return list(chosen.values())
+
+
+def run(teacher: Teacher, budgets: list[int], outs: list[Path], settings: Settings) -> list:
+    """Criticality, candidates within the largest budget, KD training, frontier, selection."""
+    stages = _check_resnet(teacher)
+    crit = None
+    order = list(settings.stage_order or [])
+    if not order:
+        crit = criticality(teacher, settings, stages)
+        order = crit["order"]
+    if sorted(order) != list(range(1, stages + 1)):
+        raise ValueError(f"stage_order {order} must list each of the stages 1..{stages} once")
+    candidates = enumerate_candidates(teacher.card.arch, teacher.card.arch_args, order, alphas=settings.alphas,
+                                      stem_strides=settings.stem_strides, thinning=settings.thinning,
+                                      blocks=settings.blocks)
+    smallest = min(c.relus for c in candidates)
+    too_small = [b for b in budgets if b < smallest]
+    if too_small:
+        raise ValueError(
+            f"budget {too_small[0]:,} is below DeepReDuce's smallest candidate ({smallest:,} ReLUs); "
+            "add smaller alphas / larger stem_strides, or use senet or snl"
+        )
+    wanted = select_for_training(candidates, budgets, settings.per_budget)
+    key = settings_key(teacher, "drd-cand", {k: getattr(settings, k) for k in ("epochs", "lr", "optimizer",
+                                                                            "weight_decay", "schedule", "kd")})
+    work = teacher.cache_dir / f"deepreduce-{key}"
+    rows = []
+    for cand in sorted(wanted, key=lambda c: -c.relus):
+        acc = train_candidate(teacher, cand, settings, work / cand.name)
+        rows.append({"candidate": cand.name, "relus": cand.relus, "accuracy": acc, **{k: json.dumps(v) for k, v in cand.kwargs.items()}})
+    table = pd.DataFrame(rows)
+    frontier = pareto_front(table).reset_index(drop=True)
+    cards = []
+    from pibench.checkpoint import load_model
+
+    for budget, out in zip(budgets, outs):
+        fits = table[table["relus"] <= budget].sort_values(["accuracy", "relus"], ascending=[False, True])
+        chosen = fits.iloc[0]
+        _, model = load_model(work / chosen["candidate"])
+        info = {
+            "chosen": chosen["candidate"],
+            "stage_order": order,
+            "criticality": crit["stages"] if crit else None,
+            "candidates": table[["candidate", "relus", "accuracy"]].to_dict("records"),
+            "frontier": frontier[["candidate", "relus", "accuracy"]].to_dict("records"),
+        }
+        card = save_linearized(model, out, teacher, method="deepreduce", budget=budget,
+                               accuracy=float(chosen["accuracy"]), settings=settings, method_info=info)
+        table.to_csv(out / "candidates.csv", index=False)
+        frontier.to_csv(out / "frontier.csv", index=False)
+        cards.append(card)
+    return cards
