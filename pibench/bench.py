@@ -164,8 +164,11 @@ def _rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor | None,
         linear_bytes=sum(o["bytes"] for o in ops if o["op"] in LINEAR_OPS),
         setup_s=event["setup_s"], setup_bytes=event["setup_bytes"], offline_bytes=event["offline_bytes"],
     )
+    # CrypTen counts what a party sends plus what it receives; on a full-duplex link each
+    # direction carries half of it (checked against a 100 Mbit/s tbf-shaped netns link).
+    one_way = event["bytes"] / 2
     rows = [ResultRow(**base, **measured, network=p.name, bandwidth_mbps=p.bandwidth_mbps, rtt_ms=p.rtt_ms,
-                      projected_latency_s=p.project(compute, event["rounds"], event["bytes"]))
+                      projected_latency_s=p.project(compute, event["rounds"], one_way))
             for p in options.networks]
     layers = [LayerRow(options.run_id, name, i, o["op"], o["layer"], o["relus"], o["time_s"], o["bytes"], o["rounds"])
               for i, o in enumerate(ops)]

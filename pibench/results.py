@@ -52,8 +52,8 @@ class ResultRow:
     latency_s_samples: str | None = None  # raw per-repeat latencies, ';'-joined
     compute_s: float | None = None  # median latency minus median communication time
     comm_s: float | None = None  # median time inside CrypTen's communicator
-    projected_latency_s: float | None = None  # compute_s + rounds*rtt + bytes/bandwidth for this profile
-    bytes_per_party: int | None = None  # online bytes of one inference, max over the two parties (CrypTen counts sent+received)
+    projected_latency_s: float | None = None  # compute_s + rounds*rtt + (bytes_per_party/2)/bandwidth, this profile
+    bytes_per_party: int | None = None  # online bytes of one inference, max over the parties: CrypTen's counter, sent + received
     rounds: int | None = None  # communicator calls of one inference, max over the parties
     relu_bytes: int | None = None  # bytes of ReLU ops
     maxpool_bytes: int | None = None  # bytes of max-pool ops (secure comparisons)

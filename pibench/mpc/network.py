@@ -5,8 +5,10 @@ on two hosts); for every profile the latency is also *projected*:
 
     t = t_compute + rounds × RTT + bytes / bandwidth
 
-where t_compute is the measured latency minus the measured communication time. The
-projection is labelled as such in results (`projected_latency_s`).
+where t_compute is the measured latency minus the measured communication time and
+bytes is what crosses the link in one direction (a full-duplex link carries both
+directions at once: half of CrypTen's per-party counter, which adds sent and
+received). The projection is labelled as such in results (`projected_latency_s`).
 """
 
 from __future__ import annotations
