@@ -111,8 +111,9 @@ def load_teacher(
 
 
 def settings_key(teacher: Teacher, *parts: Any) -> str:
-    """A short digest naming cached work: teacher weights, seed, batch size and the given settings."""
-    payload = json.dumps([teacher.card.weights_sha256, teacher.seed, teacher.batch_size, *parts], sort_keys=True, default=str)
+    """A short digest naming cached work: teacher weights, data, seed, batch size and the given settings."""
+    data = [len(teacher.train_loader.dataset), teacher.dataset_options]
+    payload = json.dumps([teacher.card.weights_sha256, data, teacher.seed, teacher.batch_size, *parts], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 

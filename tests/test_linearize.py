@@ -1,0 +1,137 @@
+import pytest
+import torch
+
+from pibench.checkpoint import load_model
+from pibench.cli import main
+from pibench.linearize import METHODS, linearize, linearize_many, make_settings
+from pibench.linearize.senet import allocate, random_masks, relu_feeding_convs, topk_mask
+from pibench.linearize.snl import binarize
+from pibench.models import create_model
+from pibench.relu import relu_counts
+from pibench.train import train_baseline
+
+FAST = dict(batch_size=64, train_subset=128)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("teacher") / "resnet_digits"
+    train_baseline("resnet_digits", "digits", folder, epochs=2, lr=0.05, batch_size=64, train_subset=256)
+    return folder
+
+
+# ---------------------------------------------------------------- allocation (SENet step 2)
+def test_allocation_is_proportional_and_exact():
+    assert allocate(100, [1000, 1000, 1000], [1, 1, 2]) == [25, 25, 50]
+    counts = allocate(101, [1000] * 3, [1, 1, 1])
+    assert sum(counts) == 101 and sorted(counts) == [33, 34, 34]
+
+
+def test_allocation_clips_and_redistributes():
+    # layer 2 would get 600 > 100: clipped to full, the other 500 split 1:3 over layers 0 and 1.
+    assert allocate(600, [1000, 1000, 100], [1, 3, 6]) == [125, 375, 100]
+    # clipping can cascade: once layer 2 is full, layer 1's new share also exceeds its size.
+    assert allocate(900, [1000, 200, 100], [1, 2, 6]) == [600, 200, 100]
+
+
+def test_allocation_totals_and_edge_cases():
+    sizes = [1024, 1024, 512, 256, 17]
+    for budget in (0, 1, 7, 999, 2000, 2832):
+        counts = allocate(budget, sizes, [0.1, 0.6, 0.7, 0.9, 0.95])
+        assert sum(counts) == budget and all(0 <= c <= s for c, s in zip(counts, sizes))
+    assert allocate(5000, sizes, [1, 1, 1, 1, 1]) == sizes  # budget above the total: everything
+    assert allocate(10, [10, 10], [0, 1]) == [0, 10]  # zero sensitivity gets nothing
+    assert sum(allocate(10, [10, 10], [0, 0])) == 10  # all zero: shares follow sizes
+    with pytest.raises(ValueError):
+        allocate(10, [10], [1, 2])
+
+
+# ---------------------------------------------------------------- top-k masks
+def test_topk_mask_keeps_exactly_the_largest():
+    scores = torch.tensor([[[0.1, 0.9], [0.5, 0.3]], [[0.8, 0.0], [0.2, 0.7]]])
+    mask = topk_mask(scores, 3)
+    assert mask.dtype == torch.bool and mask.shape == scores.shape and int(mask.sum()) == 3
+    assert mask[0, 0, 1] and mask[1, 0, 0] and mask[1, 1, 1] and not mask[0, 1, 0]
+    assert int(topk_mask(scores, 0).sum()) == 0 and bool(topk_mask(scores, 8).all())
+    assert int(topk_mask(torch.zeros(5), 2).sum()) == 2  # ties still give exactly k
+    with pytest.raises(ValueError):
+        topk_mask(scores, 9)
+
+
+def test_random_masks_match_counts():
+    masks = random_masks({"a": (2, 3, 3), "b": (4, 2, 2)}, {"a": 5, "b": 0}, seed=1)
+    assert int(masks["a"].sum()) == 5 and int(masks["b"].sum()) == 0
+
+
+def test_feeding_conv_of_post_add_relu_is_conv2_not_shortcut():
+    feeding = relu_feeding_convs(create_model("resnet_digits"), (1, 8, 8))
+    assert feeding["relu"] == "conv1"
+    assert feeding["layers.1.0.relu1"] == "layers.1.0.conv1"
+    assert feeding["layers.1.0.relu2"] == "layers.1.0.conv2"
+
+
+def test_snl_binarize_threshold_then_topk():
+    alphas = {"a": torch.tensor([0.5, 0.005, 0.9]), "b": torch.tensor([0.02, 0.0])}
+    assert [int(m.sum()) for m in binarize(alphas, 10, 1e-2).values()] == [2, 1]
+    masks = binarize(alphas, 2, 1e-2)
+    assert masks["a"].tolist() == [True, False, True] and masks["b"].tolist() == [False, False]
+
+
+# ---------------------------------------------------------------- API and errors
+def test_registry_and_settings_errors():
+    assert METHODS.names() == ["deepreduce", "senet", "snl"]
+    with pytest.raises(KeyError, match="Known: deepreduce, senet, snl"):
+        make_settings("senett")
+    with pytest.raises(ValueError, match="unknown senet settings \\['bogus'\\]"):
+        make_settings("senet", bogus=1)
+    assert make_settings("snl", epochs=3).epochs == 3
+
+
+def test_budget_errors(teacher, tmp_path):
+    with pytest.raises(ValueError, match="above the model's 4,608 ReLUs"):
+        linearize("senet", teacher, 5000, tmp_path / "x")
+    with pytest.raises(ValueError, match="at least one ReLU"):
+        linearize("snl", teacher, "0", tmp_path / "x")
+    with pytest.raises(ValueError, match="2 budgets but 1 output"):
+        linearize_many("snl", teacher, [1, 2], [tmp_path / "x"])
+
+
+def _check(card, folder, budget, method):
+    assert card.method == method and card.budget == budget and card.relus <= budget
+    loaded_card, model = load_model(folder)
+    assert sum(c.relus for c in relu_counts(model)) == card.relus == loaded_card.relus
+    assert 0 <= card.accuracy <= 100
+
+
+def test_senet_end_to_end(teacher, tmp_path):
+    budgets, outs = [2304, 230], [tmp_path / "s50", tmp_path / "s5"]
+    cards = linearize_many("senet", teacher, budgets, outs, epochs=1, search_epochs=1, sensitivity_epochs=1, **FAST)
+    for card, out, b in zip(cards, outs, budgets):
+        _check(card, out, b, "senet")
+        info = card.method_info
+        assert set(info["sensitivity"]) == set(info["allocation"]) and sum(info["allocation"].values()) == b
+        assert card.relus == b  # SENet spends the whole budget
+    assert list((teacher / "cache").glob("senet-sensitivity-*.json"))
+
+
+def test_snl_end_to_end(teacher, tmp_path):
+    budgets, outs = [921, 230], [tmp_path / "n20", tmp_path / "n5"]
+    cards = linearize_many("snl", teacher, budgets, outs, epochs=1, search_epochs=2, lam=1e-2, **FAST)
+    for card, out, b in zip(cards, outs, budgets):
+        _check(card, out, b, "snl")
+        assert len(card.method_info["search_counts"]) <= 2
+    assert not (outs[1] / "checkpoints").exists()
+
+
+def test_cli_train_and_linearize(tmp_path, capsys):
+    base = tmp_path / "base"
+    assert main(["train", "--arch", "cnn_digits", "--dataset", "digits", "--epochs", "1", "--out", str(base)]) == 0
+    out = tmp_path / "lin"
+    args = ["linearize", "--method", "senet", "--teacher", str(base), "--budget", "0.1", "--out", str(out),
+            "--epochs", "1", "--set", "search_epochs=0", "--set", "sensitivity_epochs=1"]
+    assert main(args) == 0
+    assert "409 ReLUs (budget 409)" in capsys.readouterr().out
+    assert main(args[:6] + ["5000"] + args[7:]) == 2
+    assert "above the model's 4,096 ReLUs" in capsys.readouterr().err
+    assert main(["linearize", "--method", "deepreduce", "--teacher", str(base), "--budget", "100", "--out", str(out)]) == 2
+    assert "ResNet-family" in capsys.readouterr().err

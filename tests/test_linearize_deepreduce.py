@@ -1,0 +1,79 @@
+import pytest
+
+from pibench.checkpoint import load_model
+from pibench.linearize import linearize, linearize_many
+from pibench.linearize.deepreduce import enumerate_candidates, select_for_training
+from pibench.models import create_model, model_defaults
+from pibench.models.resnet import DRD_CONFIGS
+from pibench.relu import count_relus
+from pibench.train import train_baseline
+
+
+def _normalized(config):
+    """A DRD_CONFIGS entry written as a candidate's kwargs."""
+    out = dict(culled=sorted(config.get("culled", ())), thinned=bool(config.get("thinned", False)),
+               alpha=float(config.get("alpha", 1.0)), stem_stride=int(config.get("stem_stride", 1)), stem_relu=False)
+    if "blocks" in config:
+        out["blocks"] = list(config["blocks"])
+    return out
+
+
+@pytest.mark.parametrize(
+    "prefix, defaults, order",
+    [
+        # The paper's criticality orders: CIFAR-100 culls stage 1 then 4; TinyImageNet stage 1 then 2.
+        ("drd_c100_", "drd_c100_230k", [1, 4, 2, 3]),
+        ("drd_tiny_", "drd_tiny_918k", [1, 2, 3, 4]),
+    ],
+)
+def test_candidates_reproduce_every_released_drd_model(prefix, defaults, order):
+    data = {k: v for k, v in model_defaults(defaults).items() if k in ("in_chans", "input_size", "num_classes")}
+    teacher_args = create_model("resnet18", **data).pibench_args
+    candidates = enumerate_candidates("resnet18", teacher_args, order, blocks=[None, (2, 1, 1, 1)])
+    names = [n for n in DRD_CONFIGS if n.startswith(prefix)]
+    assert len(names) >= 8
+    for name in names:
+        wanted = _normalized(DRD_CONFIGS[name])
+        match = [c for c in candidates if c.kwargs == wanted]
+        assert len(match) == 1, name
+        assert match[0].relus == count_relus(create_model(name)), name
+
+
+def test_select_for_training_takes_the_largest_under_each_budget():
+    cands = enumerate_candidates("resnet_digits", create_model("resnet_digits").pibench_args, [1, 2, 3])
+    chosen = select_for_training(cands, [2304, 230], per_budget=2)
+    assert len(chosen) == 4
+    under = sorted((c.relus for c in cands if c.relus <= 230), reverse=True)[:2]
+    assert sorted(c.relus for c in chosen if c.relus <= 230) == sorted(under)
+    assert len(select_for_training(cands, [2304], None)) == sum(c.relus <= 2304 for c in cands)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("drd") / "resnet_digits"
+    train_baseline("resnet_digits", "digits", folder, epochs=1, lr=0.05, batch_size=64, train_subset=128)
+    return folder
+
+
+def test_deepreduce_end_to_end(teacher, tmp_path):
+    budgets, outs = [2304, 230], [tmp_path / "d50", tmp_path / "d5"]
+    cards = linearize_many("deepreduce", teacher, budgets, outs, epochs=1, criticality_epochs=1, per_budget=1,
+                           batch_size=64, train_subset=128)
+    for card, out, budget in zip(cards, outs, budgets):
+        assert card.method == "deepreduce" and card.relus <= budget
+        _, model = load_model(out)
+        assert count_relus(model) == card.relus
+        assert (out / "frontier.csv").is_file() and (out / "candidates.csv").is_file()
+        assert card.arch_args["stem_relu"] is False
+    info = cards[0].method_info
+    assert sorted(info["stage_order"]) == [1, 2, 3] and set(info["criticality"]) == {"1", "2", "3"}
+    assert cards[1].accuracy <= cards[0].accuracy  # the smaller budget chooses among a subset
+    # a second call reuses the cached criticality and candidates
+    again = linearize("deepreduce", teacher, 230, tmp_path / "again", epochs=1, criticality_epochs=1, per_budget=1,
+                      batch_size=64, train_subset=128)
+    assert again.method_info["chosen"] == cards[1].method_info["chosen"] and again.accuracy == cards[1].accuracy
+
+
+def test_deepreduce_budget_below_smallest_candidate(teacher, tmp_path):
+    with pytest.raises(ValueError, match="below DeepReDuce's smallest candidate \\(32 ReLUs\\)"):
+        linearize("deepreduce", teacher, 10, tmp_path / "x", stage_order=[1, 2, 3])
