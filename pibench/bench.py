@@ -136,7 +136,9 @@ def _rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor | None,
     base = dict(run_id=options.run_id, timestamp=now, model=name, arch=card.arch if card else spec,
                 dataset=card.dataset if card else "", method=card.method if card else "registry",
                 budget=card.budget if card else None, accuracy=card.accuracy if card else None,
-                cost_only=card is None or labels is None, batch=options.batch, repeats=options.repeats,
+                # untrained (no accuracy on the card) or no labelled inputs: only the cost columns mean something
+                cost_only=card is None or card.accuracy is None or labels is None,
+                batch=options.batch, repeats=options.repeats,
                 provider=options.provider, threads=options.threads, link=options.link, **env)
     if event.get("error"):
         rows = [ResultRow(**base, network=p.name, bandwidth_mbps=p.bandwidth_mbps, rtt_ms=p.rtt_ms,
