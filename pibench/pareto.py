@@ -10,7 +10,7 @@ no value is invented between measured points.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 
@@ -43,14 +43,19 @@ def value_at(front: pd.DataFrame, budget: float, cost: str = "relus", value: str
     return float(fits[value].max()) if len(fits) else math.nan
 
 
+def _compare(a: pd.DataFrame, b: pd.DataFrame, points: Sequence[float], read: Callable[..., float],
+             cost: str, value: str) -> list[tuple[float, float, float]]:
+    """(point, A's reading, B's reading) off both frontiers at each point."""
+    fa, fb = pareto_front(a, cost, value), pareto_front(b, cost, value)
+    return [(p, read(fa, p, cost, value), read(fb, p, cost, value)) for p in points]
+
+
 def iso_accuracy_relu_reduction(
     a: pd.DataFrame, b: pd.DataFrame, targets: Sequence[float], cost: str = "relus", value: str = "accuracy"
 ) -> pd.DataFrame:
     """For each target accuracy: ReLUs each method needs, and B's count ÷ A's count."""
-    fa, fb = pareto_front(a, cost, value), pareto_front(b, cost, value)
     rows = []
-    for t in targets:
-        ca, cb = cost_to_reach(fa, t, cost, value), cost_to_reach(fb, t, cost, value)
+    for t, ca, cb in _compare(a, b, targets, cost_to_reach, cost, value):
         ratio = cb / ca if math.isfinite(ca) and math.isfinite(cb) and ca > 0 else math.nan
         rows.append({"target": t, f"{cost}_a": ca, f"{cost}_b": cb, "reduction": ratio})
     return pd.DataFrame(rows)
@@ -60,9 +65,6 @@ def iso_relu_accuracy_gain(
     a: pd.DataFrame, b: pd.DataFrame, budgets: Sequence[float], cost: str = "relus", value: str = "accuracy"
 ) -> pd.DataFrame:
     """For each ReLU budget: the best accuracy of each method within it, and A − B."""
-    fa, fb = pareto_front(a, cost, value), pareto_front(b, cost, value)
-    rows = []
-    for r in budgets:
-        va, vb = value_at(fa, r, cost, value), value_at(fb, r, cost, value)
-        rows.append({"budget": r, f"{value}_a": va, f"{value}_b": vb, "gain": va - vb})
+    rows = [{"budget": r, f"{value}_a": va, f"{value}_b": vb, "gain": va - vb}
+            for r, va, vb in _compare(a, b, budgets, value_at, cost, value)]
     return pd.DataFrame(rows)

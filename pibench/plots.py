@@ -62,6 +62,14 @@ def _figure() -> tuple[plt.Figure, plt.Axes]:
     return plt.subplots(figsize=(COLUMN_WIDTH_IN, 2.5))
 
 
+def _label(ax: plt.Axes, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
 def _method_colors(rows: pd.DataFrame) -> dict[str, str]:
     """One fixed colour per method, so a method looks the same in every figure."""
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -88,11 +96,7 @@ def accuracy_vs_relus(results: pd.DataFrame, out_dir: Path, anchors: pd.DataFram
         for method, group in anchors.groupby("method"):
             ax.plot(group["relus"], 100 * group["accuracy"], "x", label=f"{method} (paper)")
     _log_if_wide(ax, per_model["relus"], "x")
-    ax.set_xlabel("ReLUs kept")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("Accuracy vs ReLUs (line: Pareto frontier)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    _label(ax, "ReLUs kept", "top-1 accuracy (%)", "Accuracy vs ReLUs (line: Pareto frontier)")
     return _save(fig, out_dir, "accuracy_vs_relus")
 
 
@@ -119,16 +123,12 @@ def latency_vs_relus(results: pd.DataFrame, out_dir: Path, layers: pd.DataFrame 
         ax.plot(f["relus"], f["time_s"], "k:", label="linear layers only")
     _log_if_wide(ax, rows["relus"], "x")
     _log_if_wide(ax, pd.concat([rows["latency_s_median"], rows["projected_latency_s"]]), "y")
-    ax.set_xlabel("ReLUs kept")
-    ax.set_ylabel("latency per inference (s)")
-    ax.set_title("Latency vs ReLUs")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    _label(ax, "ReLUs kept", "latency per inference (s)", "Latency vs ReLUs")
     return _save(fig, out_dir, "latency_vs_relus")
 
 
 def communication_vs_relus(results: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Bytes sent per party against ReLUs, one series per method."""
+    """Bytes per party (CrypTen counts sent + received) against ReLUs, one series per method."""
     per_model = _ok_rows(results).drop_duplicates("model")
     fig, ax = _figure()
     colors = _method_colors(per_model)
@@ -137,11 +137,7 @@ def communication_vs_relus(results: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.plot(group["relus"], group["bytes_per_party"] / 1e6, "o-", color=colors[method], label=method)
     _log_if_wide(ax, per_model["relus"], "x")
     _log_if_wide(ax, per_model["bytes_per_party"], "y")
-    ax.set_xlabel("ReLUs kept")
-    ax.set_ylabel("sent per party (MB)")
-    ax.set_title("Communication vs ReLUs")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    _label(ax, "ReLUs kept", "communication per party (MB)", "Communication vs ReLUs (sent + received)")
     return _save(fig, out_dir, "communication_vs_relus")
 
 
@@ -179,7 +175,7 @@ def layer_breakdown(layers: pd.DataFrame, out_dir: Path, models: list[str] | Non
     time.loc[order].plot.barh(stacked=True, ax=ax_t, width=0.7)
     sent.loc[order].plot.barh(stacked=True, ax=ax_b, width=0.7, legend=False)
     ax_t.set_xlabel("time per inference (s)")
-    ax_b.set_xlabel("sent per party (MB)")
+    ax_b.set_xlabel("communication per party (MB)")
     ax_t.set_ylabel("")
     ax_t.set_title("Per-layer cost breakdown")
     ax_t.legend(title=None)

@@ -83,30 +83,28 @@ def test_tampered_weights_fail_hash(saved):
         load_model(folder)
 
 
-def test_mask_wrong_shape(saved):
-    _, folder = saved
+def rewrite_masks(folder, change):
+    """Edit the masks file and drop its recorded digest, so loading reaches the shape checks."""
     from safetensors.torch import load_file, save_file
 
     masks = load_file(folder / MASKS_FILE)
-    masks["relu"] = torch.ones(3, 3, 3, dtype=torch.bool)
+    change(masks)
     save_file(masks, folder / MASKS_FILE)
     card = json.loads((folder / CARD_FILE).read_text())
     card["masks_sha256"] = ""
     (folder / CARD_FILE).write_text(json.dumps(card))
+
+
+def test_mask_wrong_shape(saved):
+    _, folder = saved
+    rewrite_masks(folder, lambda masks: masks.__setitem__("relu", torch.ones(3, 3, 3, dtype=torch.bool)))
     with pytest.raises(CheckpointError, match=r"masks\.safetensors: mask 'relu' has shape \(3, 3, 3\)"):
         load_public(folder)
 
 
 def test_mask_wrong_count(saved):
     _, folder = saved
-    from safetensors.torch import load_file, save_file
-
-    masks = load_file(folder / MASKS_FILE)
-    del masks["relu"]
-    save_file(masks, folder / MASKS_FILE)
-    card = json.loads((folder / CARD_FILE).read_text())
-    card["masks_sha256"] = ""
-    (folder / CARD_FILE).write_text(json.dumps(card))
+    rewrite_masks(folder, lambda masks: masks.pop("relu"))
     with pytest.raises(CheckpointError, match=r"missing \['relu'\]"):
         load_public(folder)
 
