@@ -1,0 +1,67 @@
+"""The digits pipeline of configs/digits.yaml end to end (slow: a few minutes on 2 cores)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pibench.linearize import linearize_many
+from pibench.train import train_baseline
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
+ONE_TEST_SAMPLE = 100 / 360  # digits has 360 test images
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    cfg = yaml.safe_load(CONFIG.read_text())
+    root = tmp_path_factory.mktemp("digits")
+    base = train_baseline(cfg["arch"], cfg["dataset"], root / "base", batch_size=cfg["batch_size"], seed=cfg["seed"],
+                          **cfg["teacher"])
+    return cfg, root, base
+
+
+@pytest.mark.slow
+def test_baseline_reaches_95(setup):
+    _, _, base = setup
+    assert base.relus == 4608 and base.accuracy >= 95.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["deepreduce", "senet", "snl"])
+def test_method_budgets_and_monotone_accuracy(setup, method):
+    cfg, root, base = setup
+    outs = [root / f"{method}_{b}" for b in cfg["budgets"]]
+    cards = linearize_many(method, root / "base", cfg["budgets"], outs, batch_size=cfg["batch_size"], seed=cfg["seed"],
+                           **cfg["methods"][method])
+    budgets = [int(float(b) * base.relus) for b in cfg["budgets"]]
+    for card, budget in zip(cards, budgets):
+        print(f"{method} budget {budget}: {card.relus} ReLUs, {card.accuracy:.2f}%")
+        assert card.budget == budget and card.relus <= budget
+    accs = [c.accuracy for c in cards]
+    # Falls or stays flat as the budget shrinks, up to one test image of noise.
+    assert all(a + ONE_TEST_SAMPLE >= b - 1e-9 for a, b in zip(accs, accs[1:])), accs
+
+
+@pytest.mark.slow
+def test_senet_masks_beat_random_masks_at_5_percent(setup):
+    """Same per-layer counts, same seeds, same short fine-tuning: only the positions differ."""
+    cfg, root, _ = setup
+    settings = {**cfg["methods"]["senet"], "epochs": 1, "search_epochs": 0}
+    gains = []
+    for seed in (0, 1, 2):
+        acc = {}
+        for masks in ("search", "random"):
+            card = linearize_many("senet", root / "base", ["0.05"], [root / f"senet_{masks}_{seed}"], seed=seed,
+                                  batch_size=cfg["batch_size"], **{**settings, "masks": masks})[0]
+            acc[masks] = card.accuracy
+        assert card.method_info["allocation"] == linearize_masks_allocation(root / f"senet_search_{seed}")
+        gains.append(acc["search"] - acc["random"])
+    print("SENet search - random accuracy at 5%, seeds 0-2:", gains)
+    assert sum(gains) / len(gains) > 0 and sum(g > 0 for g in gains) >= 2
+
+
+def linearize_masks_allocation(folder):
+    from pibench.checkpoint import load_card
+
+    return load_card(folder).method_info["allocation"]
