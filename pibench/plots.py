@@ -89,12 +89,12 @@ def accuracy_vs_relus(results: pd.DataFrame, out_dir: Path, anchors: pd.DataFram
     fig, ax = _figure()
     colors = _method_colors(per_model)
     for method, group in per_model.groupby("method"):
-        ax.plot(group["relus"], 100 * group["accuracy"], "o", alpha=0.5, color=colors[method], label=method)
+        ax.plot(group["relus"], group["accuracy"], "o", alpha=0.5, color=colors[method], label=method)
         front = pareto_front(group)
-        ax.plot(front["relus"], 100 * front["accuracy"], "-", color=colors[method])
+        ax.plot(front["relus"], front["accuracy"], "-", color=colors[method])
     if anchors is not None and len(anchors):
         for method, group in anchors.groupby("method"):
-            ax.plot(group["relus"], 100 * group["accuracy"], "x", label=f"{method} (paper)")
+            ax.plot(group["relus"], group["accuracy"], "x", label=f"{method} (paper)")
     _log_if_wide(ax, per_model["relus"], "x")
     _label(ax, "ReLUs kept", "top-1 accuracy (%)", "Accuracy vs ReLUs (line: Pareto frontier)")
     return _save(fig, out_dir, "accuracy_vs_relus")
@@ -150,9 +150,9 @@ def accuracy_vs_latency(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     colors = _method_colors(rows)
     for ax, network in zip(axes[0], networks):
         for method, group in rows[rows["network"] == network].groupby("method"):
-            ax.plot(group["projected_latency_s"], 100 * group["accuracy"], "o", alpha=0.5, color=colors[method], label=method)
+            ax.plot(group["projected_latency_s"], group["accuracy"], "o", alpha=0.5, color=colors[method], label=method)
             front = pareto_front(group, cost="projected_latency_s")
-            ax.plot(front["projected_latency_s"], 100 * front["accuracy"], "-", color=colors[method])
+            ax.plot(front["projected_latency_s"], front["accuracy"], "-", color=colors[method])
         _log_if_wide(ax, rows.loc[rows["network"] == network, "projected_latency_s"], "x")
         ax.set_xlabel(f"latency, {network} (s, projected)")
         ax.grid(alpha=0.3)

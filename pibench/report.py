@@ -45,7 +45,7 @@ def method_table(rows: pd.DataFrame) -> pd.DataFrame:
             "model": per_model.index,
             "budget": [_fmt(v, ",.0f") for v in per_model["budget"]],
             "ReLUs": [f"{int(v):,}" for v in per_model["relus"]],
-            "accuracy %": [_fmt(100 * v, ".2f") for v in per_model["accuracy"]],
+            "accuracy %": [_fmt(v, ".2f") for v in per_model["accuracy"]],
             "MPC agreement %": [_fmt(100 * v, ".1f") for v in per_model["mpc_agreement"]],
             "measured s": [_fmt(v, ".3f") for v in per_model["latency_s_median"]],
         }
@@ -71,7 +71,7 @@ def _comparisons(ok: pd.DataFrame) -> list[str]:
             budgets = sorted(set(ra["relus"]) | set(rb["relus"]))
             gain = iso_relu_accuracy_gain(ra, rb, budgets).dropna()
             if len(gain):
-                cells = ", ".join(f"{int(r):,}: {100 * g:+.1f}" for r, g in zip(gain["budget"], gain["gain"]))
+                cells = ", ".join(f"{int(r):,}: {g:+.2f}" for r, g in zip(gain["budget"], gain["gain"]))
                 lines.append(f"- {a} − {b}, accuracy points at equal ReLU budget: {cells}")
     return lines
 

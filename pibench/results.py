@@ -36,10 +36,10 @@ class ResultRow:
     budget: int | None = None  # ReLU budget the method targeted
     relus: int | None = None  # kept ReLUs per input
     macs: int | None = None  # multiply-accumulates of conv/linear layers per input
-    accuracy: float | None = None  # plaintext top-1 from the model card; empty for cost-only runs
+    accuracy: float | None = None  # plaintext top-1 (%) from the model card; empty for cost-only runs
     cost_only: bool | None = None  # True: random weights / inputs, only cost columns are meaningful
     mpc_agreement: float | None = None  # fraction of inputs whose MPC top-1 equals plaintext top-1
-    mpc_accuracy: float | None = None  # MPC top-1 vs labels (empty without labels)
+    mpc_accuracy: float | None = None  # MPC top-1 (%) vs labels on the mpc_samples inputs (empty without labels)
     max_logit_error: float | None = None  # max |MPC logit - plaintext logit| over the samples
     mpc_samples: int | None = None  # inputs used for agreement / accuracy
     network: str | None = None  # network profile of the projection

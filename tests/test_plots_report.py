@@ -8,11 +8,11 @@ from pibench.report import write_report
 
 MODELS = [
     # model, method, budget, relus, accuracy, bytes
-    ("base", "baseline", None, 4608, 0.97, 2_500_000),
-    ("drd_50", "deepreduce", 2304, 2048, 0.95, 1_400_000),
-    ("drd_5", "deepreduce", 230, 192, 0.80, 600_000),
-    ("senet_50", "senet", 2304, 2304, 0.96, 1_520_000),
-    ("senet_5", "senet", 230, 230, 0.90, 620_000),
+    ("base", "baseline", None, 4608, 97.0, 2_500_000),
+    ("drd_50", "deepreduce", 2304, 2048, 95.0, 1_400_000),
+    ("drd_5", "deepreduce", 230, 192, 80.0, 600_000),
+    ("senet_50", "senet", 2304, 2304, 96.0, 1_520_000),
+    ("senet_5", "senet", 230, 230, 90.0, 620_000),
 ]
 
 
@@ -56,7 +56,7 @@ def test_every_figure_is_written_non_empty(tmp_path):
 def test_paper_anchors_are_plotted(tmp_path):
     run = fixture_run(tmp_path / "run")
     anchors = tmp_path / "anchors.csv"
-    pd.DataFrame({"method": ["senet"], "relus": [2000], "accuracy": [0.97]}).to_csv(anchors, index=False)
+    pd.DataFrame({"method": ["senet"], "relus": [2000], "accuracy": [97.0]}).to_csv(anchors, index=False)
     assert run / "figures" / "accuracy_vs_relus.png" in plot_run(run, anchors=anchors)
 
 
@@ -74,7 +74,7 @@ def test_report_tables_and_figures(tmp_path):
     assert "wan s (proj.)" in text
     assert "![Accuracy vs ReLUs" in text
     assert "broken (wan): RuntimeError: boom" in text
-    assert "senet − deepreduce" not in text and "deepreduce − senet, accuracy points at equal ReLU budget: 230: -10.0" in text
+    assert "senet − deepreduce" not in text and "deepreduce − senet, accuracy points at equal ReLU budget: 230: -10.00" in text
 
 
 def test_plot_without_results_names_the_fix(tmp_path):
