@@ -1,4 +1,4 @@
-"""The digits pipeline of configs/digits.yaml end to end (slow: a few minutes on 2 cores)."""
+"""The digits pipeline of configs/demo.yaml end to end, without MPC (slow: a minute or two on 2 cores)."""
 
 from pathlib import Path
 
@@ -8,16 +8,15 @@ import yaml
 from pibench.linearize import linearize_many
 from pibench.train import train_baseline
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 ONE_TEST_SAMPLE = 100 / 360  # digits has 360 test images
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg = yaml.safe_load(CONFIG.read_text())["experiments"][0]
     root = tmp_path_factory.mktemp("digits")
-    base = train_baseline(cfg["arch"], cfg["dataset"], root / "base", batch_size=cfg["batch_size"], seed=cfg["seed"],
-                          **cfg["teacher"])
+    base = train_baseline(cfg["arch"], cfg["dataset"], root / "base", **cfg["teacher"])
     return cfg, root, base
 
 
@@ -32,8 +31,7 @@ def test_baseline_reaches_95(setup):
 def test_method_budgets_and_monotone_accuracy(setup, method):
     cfg, root, base = setup
     outs = [root / f"{method}_{b}" for b in cfg["budgets"]]
-    cards = linearize_many(method, root / "base", cfg["budgets"], outs, batch_size=cfg["batch_size"], seed=cfg["seed"],
-                           **cfg["methods"][method])
+    cards = linearize_many(method, root / "base", cfg["budgets"], outs, **cfg["methods"][method])
     budgets = [int(float(b) * base.relus) for b in cfg["budgets"]]
     for card, budget in zip(cards, budgets):
         print(f"{method} budget {budget}: {card.relus} ReLUs, {card.accuracy:.2f}%")
@@ -53,7 +51,7 @@ def test_senet_masks_beat_random_masks_at_5_percent(setup):
         acc = {}
         for masks in ("search", "random"):
             card = linearize_many("senet", root / "base", ["0.05"], [root / f"senet_{masks}_{seed}"], seed=seed,
-                                  batch_size=cfg["batch_size"], **{**settings, "masks": masks})[0]
+                                  **{**settings, "masks": masks})[0]
             acc[masks] = card.accuracy
         assert card.method_info["allocation"] == linearize_masks_allocation(root / f"senet_search_{seed}")
         gains.append(acc["search"] - acc["random"])

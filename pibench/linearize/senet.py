@@ -29,7 +29,6 @@ search matters.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import math
