@@ -83,47 +83,79 @@ def _ok_rows(results: pd.DataFrame) -> pd.DataFrame:
     return results
 
 
+def _plot_front(ax: plt.Axes, group: pd.DataFrame, cost: str, color: str, label: str) -> None:
+    """A method's models: Pareto-optimal ones filled and joined by a line, dominated ones hollow."""
+    front = pareto_front(group, cost=cost)
+    dominated = group.drop(front.index)
+    ax.plot(front[cost], front["accuracy"], "o-", color=color, label=label)
+    ax.plot(dominated[cost], dominated["accuracy"], "o", mfc="none", color=color, alpha=0.7)
+
+
 def accuracy_vs_relus(results: pd.DataFrame, out_dir: Path, anchors: pd.DataFrame | None = None) -> list[Path]:
     """Accuracy against kept ReLUs per method, Pareto frontier marked, paper anchors optional."""
     per_model = _ok_rows(results).dropna(subset=["accuracy"]).drop_duplicates("model")
     fig, ax = _figure()
     colors = _method_colors(per_model)
     for method, group in per_model.groupby("method"):
-        ax.plot(group["relus"], group["accuracy"], "o", alpha=0.5, color=colors[method], label=method)
-        front = pareto_front(group)
-        ax.plot(front["relus"], front["accuracy"], "-", color=colors[method])
+        _plot_front(ax, group, "relus", colors[method], method)
     if anchors is not None and len(anchors):
         for method, group in anchors.groupby("method"):
-            ax.plot(group["relus"], group["accuracy"], "x", label=f"{method} (paper)")
+            ax.plot(group["relus"], group["accuracy"], "x", color=colors.get(method), label=f"{method} (paper)")
     _log_if_wide(ax, per_model["relus"], "x")
-    _label(ax, "ReLUs kept", "top-1 accuracy (%)", "Accuracy vs ReLUs (line: Pareto frontier)")
+    _label(ax, "ReLUs kept", "top-1 accuracy (%)", "Accuracy vs ReLUs (filled: Pareto frontier)")
     return _save(fig, out_dir, "accuracy_vs_relus")
 
 
-def _linear_floor(layers: pd.DataFrame | None) -> pd.Series | None:
-    """Per model, the seconds spent outside secure comparisons: the latency floor at 0 ReLUs."""
-    if layers is None or not len(layers):
-        return None
-    linear = layers[~layers["op"].isin(COMPARISON_OPS)]
-    return linear.groupby("model")["time_s"].sum()
+def _linear_floor(layers: pd.DataFrame, profile_rows: pd.DataFrame | None) -> pd.Series:
+    """Per model, the latency of its ops other than secure comparisons: its cost at zero ReLUs.
+
+    Measured (sum of op times) when `profile_rows` is None; otherwise projected for each
+    row's network from the same ops' time, rounds and bytes.
+    """
+    from pibench.mpc.network import NetworkProfile
+
+    linear = layers[~layers["op"].isin(COMPARISON_OPS)].groupby("model")[["time_s", "rounds", "bytes"]].sum()
+    if profile_rows is None:
+        return linear["time_s"]
+    floor = {}
+    for row in profile_rows.itertuples():
+        if row.model in linear.index:
+            ops = linear.loc[row.model]
+            profile = NetworkProfile(row.network, row.bandwidth_mbps, row.rtt_ms)
+            floor[row.model] = profile.project(ops["time_s"], ops["rounds"], ops["bytes"])
+    return pd.Series(floor, dtype=float)
 
 
 def latency_vs_relus(results: pd.DataFrame, out_dir: Path, layers: pd.DataFrame | None = None) -> list[Path]:
-    """Measured latency and each profile's projected latency against ReLUs; linear floor dashed."""
+    """Latency against ReLUs: measured, then projected per network profile, one panel each.
+
+    Black crosses are each model's linear layers alone: the floor that removing ReLUs
+    cannot go below.
+    """
     rows = _ok_rows(results)
-    fig, ax = _figure()
-    measured = rows.drop_duplicates("model").sort_values("relus")
-    ax.plot(measured["relus"], measured["latency_s_median"], "o-", label=f"measured ({measured['link'].iloc[0]})")
-    for network, group in rows.groupby("network"):
-        group = group.sort_values("relus")
-        ax.plot(group["relus"], group["projected_latency_s"], "s--", label=f"{network} (projected)")
-    floor = _linear_floor(layers)
-    if floor is not None:
-        f = measured.set_index("model")["relus"].to_frame().join(floor, how="inner").sort_values("relus")
-        ax.plot(f["relus"], f["time_s"], "k:", label="linear layers only")
-    _log_if_wide(ax, rows["relus"], "x")
-    _log_if_wide(ax, pd.concat([rows["latency_s_median"], rows["projected_latency_s"]]), "y")
-    _label(ax, "ReLUs kept", "latency per inference (s)", "Latency vs ReLUs")
+    measured = rows.drop_duplicates("model")
+    link = measured["link"].iloc[0]
+    panels = [(f"measured ({link})", measured, "latency_s_median", None)]
+    panels += [(f"{net} (projected)", group, "projected_latency_s", group) for net, group in rows.groupby("network")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(0.75 * COLUMN_WIDTH_IN * len(panels), 2.5), squeeze=False)
+    colors = _method_colors(rows)
+    for ax, (title, data, column, profile_rows) in zip(axes[0], panels):
+        for method, group in data.groupby("method"):
+            group = group.sort_values("relus")
+            ax.plot(group["relus"], group[column], "o", color=colors[method], label=method)
+        values = data[column]
+        if layers is not None and len(layers):
+            floor = _linear_floor(layers, profile_rows)
+            at = data.set_index("model")["relus"].reindex(floor.index).dropna()
+            ax.plot(at, floor[at.index], "kx", label="linear layers only")
+            values = pd.concat([values, floor])
+        _log_if_wide(ax, data["relus"], "x")
+        _log_if_wide(ax, values, "y")
+        ax.set_title(title)
+        ax.set_xlabel("ReLUs kept")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("latency per inference (s)")
+    axes[0][0].legend()
     return _save(fig, out_dir, "latency_vs_relus")
 
 
@@ -150,9 +182,7 @@ def accuracy_vs_latency(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     colors = _method_colors(rows)
     for ax, network in zip(axes[0], networks):
         for method, group in rows[rows["network"] == network].groupby("method"):
-            ax.plot(group["projected_latency_s"], group["accuracy"], "o", alpha=0.5, color=colors[method], label=method)
-            front = pareto_front(group, cost="projected_latency_s")
-            ax.plot(front["projected_latency_s"], front["accuracy"], "-", color=colors[method])
+            _plot_front(ax, group, "projected_latency_s", colors[method], method)
         _log_if_wide(ax, rows.loc[rows["network"] == network, "projected_latency_s"], "x")
         ax.set_xlabel(f"latency, {network} (s, projected)")
         ax.grid(alpha=0.3)
