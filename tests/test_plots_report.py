@@ -5,6 +5,7 @@ import pytest
 
 from pibench.plots import FIGURES, plot_run
 from pibench.report import write_report
+from pibench.results import LAYERS_FILE, RESULTS_FILE, LayerRow, ResultRow, append_rows
 
 MODELS = [
     # model, method, budget, relus, accuracy, bytes
@@ -37,9 +38,9 @@ def fixture_run(run_dir, cost_only=False):
             layers.append(dict(run_id="fixture", model=model, op_index=i, op=op, layer=f"l{i}", relus=relus if op == "relu" else 0,
                                time_s=t, bytes=b, rounds=9 if op == "relu" else 1))
     rows.append({**rows[-1], "model": "broken", "error": "RuntimeError: boom"})
-    run_dir.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(run_dir / "results.csv", index=False)
-    pd.DataFrame(layers).to_csv(run_dir / "layers.csv", index=False)
+    # Written through the result schema, so these files have exactly the columns a run writes.
+    append_rows(run_dir / RESULTS_FILE, [ResultRow(**r) for r in rows])
+    append_rows(run_dir / LAYERS_FILE, [LayerRow(**r) for r in layers])
     return run_dir
 
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from pibench.config import ConfigError, load_config
+from pibench.results import LAYER_COLUMNS, RESULT_COLUMNS
 
 GOOD = {
     "run": "t",
@@ -112,3 +113,7 @@ def test_killed_sweep_resumes_without_repeating_rows(tmp_path):
     assert len(final) == 2 * 6
     kept = final[final["model"].isin(finished)]
     assert kept["timestamp"].tolist() == first[first["model"].isin(finished)]["timestamp"].tolist()
+    assert list(final.columns) == RESULT_COLUMNS
+    measured = ["relus", "bytes_per_party", "rounds", "latency_s_median", "projected_latency_s", "mpc_agreement"]
+    assert final[measured].notna().all().all() and final["cost_only"].all() and final["accuracy"].isna().all()
+    assert list(pd.read_csv(results.parent / "layers.csv").columns) == LAYER_COLUMNS
