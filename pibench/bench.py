@@ -11,6 +11,10 @@ resume after a crash. A model that fails (compile error, bad folder) yields rows
 The evaluator (this process) holds the model folders and computes the plaintext
 reference logits itself; the client party only receives a public copy of each folder
 (architecture and masks) and reports the logits it learned.
+
+`hosts` places the parties (pibench.mpc.hosts): "local" measures each model once on
+loopback and projects every network profile; "netns" runs them in network namespaces
+and measures each model once per profile bandwidth, at that tbf cap.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch
 
 import pibench
 from pibench.checkpoint import CARD_FILE, MASKS_FILE, is_model_folder
+from pibench.mpc.hosts import Link, measurement_links, place_parties
 from pibench.mpc.launch import Session, SessionConfig
 from pibench.mpc.network import NETWORKS, NetworkProfile
 from pibench.mpc.party import model_inputs, server_model
@@ -54,7 +59,8 @@ class BenchOptions:
     data_dir: str | None = None
     run_id: str | None = None  # default: UTC time stamp
     seed: int = 0  # random inputs of models without a dataset
-    link: str = "loopback"  # what the parties' traffic crossed; recorded in every row
+    link: str = "loopback"  # what the parties' traffic crossed with hosts="local"; recorded in every row
+    hosts: str = "local"  # local (loopback) | netns (one namespace per party, every profile measured at its cap)
     session: SessionConfig | None = None  # prefixes / rendezvous host / timeouts (provider and threads come from here)
 
     def __post_init__(self) -> None:
@@ -129,8 +135,9 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def _rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor | None, labels: torch.Tensor | None,
-          options: BenchOptions, env: dict[str, str]) -> BenchResult:
+def result_rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor | None,
+                labels: torch.Tensor | None, options: BenchOptions, env: dict[str, str], link: Link) -> BenchResult:
+    """One measurement's rows (one per profile of `link`); no agreement without a reference `ref`."""
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     name = card.name if card else spec
     base = dict(run_id=options.run_id, timestamp=now, model=name, arch=card.arch if card else spec,
@@ -139,18 +146,18 @@ def _rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor | None,
                 # untrained (no accuracy on the card) or no labelled inputs: only the cost columns mean something
                 cost_only=card is None or card.accuracy is None or labels is None,
                 batch=options.batch, repeats=options.repeats,
-                provider=options.provider, threads=options.threads, link=options.link, **env)
+                provider=options.provider, threads=options.threads, link=link.name, **env)
     if event.get("error"):
         rows = [ResultRow(**base, network=p.name, bandwidth_mbps=p.bandwidth_mbps, rtt_ms=p.rtt_ms,
-                          error=event["error"]) for p in options.networks]
+                          error=event["error"]) for p in link.profiles]
         return BenchResult(name, rows, [])
     agreement = max_err = mpc_accuracy = None
     logits = torch.tensor(event["logits"], dtype=torch.float64)
-    if len(logits):
+    if len(logits) and ref is not None:
         agreement = float((logits.argmax(1) == ref.argmax(1)).double().mean())
         max_err = float((logits - ref.double()).abs().max())
-        if labels is not None:
-            mpc_accuracy = float((logits.argmax(1) == labels).double().mean())
+    if len(logits) and labels is not None:
+        mpc_accuracy = 100 * float((logits.argmax(1) == labels).double().mean())  # percent, as accuracy
     lat = event["latencies"]
     median, comm = statistics.median(lat), statistics.median(event["comm_s"])
     compute = max(0.0, median - comm)
@@ -171,7 +178,7 @@ def _rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor | None,
     one_way = event["bytes"] / 2
     rows = [ResultRow(**base, **measured, network=p.name, bandwidth_mbps=p.bandwidth_mbps, rtt_ms=p.rtt_ms,
                       projected_latency_s=p.project(compute, event["rounds"], one_way))
-            for p in options.networks]
+            for p in link.profiles]
     layers = [LayerRow(options.run_id, name, i, o["op"], o["layer"], o["relus"], o["time_s"], o["bytes"], o["rounds"])
               for i, o in enumerate(ops)]
     return BenchResult(name, rows, layers)
@@ -187,27 +194,52 @@ def bench_models(models: Iterable[str], options: BenchOptions | None = None) -> 
     cfg.provider, cfg.threads = options.provider, options.threads
     env = _environment()
     n = options.n_samples
-    with Session(cfg) as session:
+    links = measurement_links(options.hosts, options.networks, options.link)
+    with place_parties(options.hosts, cfg) as (net, cfg), Session(cfg) as session:
         for i, spec in enumerate(models, 1):
             spec = str(spec)
             log.info("[%d] %s: %d repeat(s), batch %d, %d sample(s)", i, spec, options.repeats, options.batch, n)
             job = dict(model=spec, repeats=options.repeats, batch=options.batch, samples=n, seed=options.seed,
                        data_dir=options.data_dir)
-            card, ref, labels = None, None, None
+            events = []
             with _client_view(spec) as public:
-                event = session.run({**job, "client_model": public})
-            if not event.get("error"):
+                for link in links:
+                    if net is not None:
+                        net.set_rate(link.rate_mbit)
+                        log.info("[%d] %s on %s", i, spec, link.name)
+                    events.append(session.run({**job, "client_model": public}))
+                    if events[-1].get("error"):  # the same model fails on every link
+                        events = events[-1:] * len(links)
+                        break
+            card, ref, labels = None, None, None
+            if not events[0].get("error"):
                 try:
                     card, ref, labels = _reference(spec, n, options)
                 except Exception as e:  # the model ran in MPC but the evaluator cannot check it
-                    event = {"error": f"plaintext reference failed: {type(e).__name__}: {e}"}
+                    events = [{"error": f"plaintext reference failed: {type(e).__name__}: {e}"}] * len(links)
             elif is_model_folder(spec):
                 with contextlib.suppress(Exception):
                     from pibench.checkpoint import load_card
 
                     card = load_card(spec)
-            result = _rows(spec, card, event, ref, labels, options, env)
-            yield result
+            results = [result_rows(spec, card, event, ref, labels, options, env, link)
+                       for link, event in zip(links, events)]
+            # layers.csv has no link column: per-op costs come from the first link's measurement
+            yield BenchResult(results[0].model, [row for r in results for row in r.rows], results[0].layers)
+
+
+def client_result(spec: str, event: dict[str, Any], options: BenchOptions) -> BenchResult:
+    """The rows a client party writes itself (`pibench party --out`, e.g. on two machines).
+
+    The client has no weights, so there is no plaintext reference: mpc_agreement and
+    max_logit_error stay empty; mpc_accuracy is filled when the model's dataset has labels.
+    """
+    from pibench.checkpoint import load_card
+
+    card = load_card(spec) if is_model_folder(spec) else None
+    labels = torch.tensor(event["labels"]) if event.get("labels") is not None else None
+    link = Link(options.link, None, tuple(options.networks))
+    return result_rows(spec, card, event, None, labels, options, _environment(), link)
 
 
 def write_result(out_dir: str | Path, result: BenchResult) -> None:
@@ -227,4 +259,6 @@ def summary(result: BenchResult) -> dict[str, Any]:
         "agreement": row.mpc_agreement, "max_logit_error": row.max_logit_error, "mpc_accuracy": row.mpc_accuracy,
         "offline_bytes": row.offline_bytes, "setup_s": row.setup_s,
         "projected_latency_s": {r.network: r.projected_latency_s for r in result.rows},
+        "measured": {r.network: {"link": r.link, "latency_s_median": r.latency_s_median, "comm_s": r.comm_s}
+                     for r in result.rows},
     }

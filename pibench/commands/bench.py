@@ -1,9 +1,15 @@
-"""`pibench bench MODEL...`: real two-party secure inference, latency / bytes / rounds per model."""
+"""`pibench bench MODEL...`: real two-party secure inference, latency / bytes / rounds per model.
+
+`--hosts netns` runs each party in its own network namespace and measures every
+network profile at its bandwidth cap (root only); see pibench.mpc.hosts.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
 
 HELP = "measure models in real two-party CrypTen inference (one pair of parties for all models)"
 
@@ -16,7 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider", choices=["tfp", "ttp"], default="tfp",
                    help="CrypTen tuple provider; ttp starts a third dealer process (its traffic is offline_bytes)")
     p.add_argument("--network", default="lan,wan",
-                   help="network profiles to project onto: lan, wan, a rate like 100mbit, or name:rate_mbps:rtt_ms")
+                   help="network profiles: lan, wan, unshaped, a rate like 100mbit, or name:rate_mbps:rtt_ms; "
+                        "projected from the measurement (--hosts local) or measured at their bandwidth (--hosts netns)")
+    p.add_argument("--hosts", choices=["local", "netns"], default="local",
+                   help="local: parties on loopback, one measurement per model; netns: each party in its own "
+                        "network namespace (root), each profile measured with the links capped at its bandwidth "
+                        "(RTT is not emulated: it stays projected)")
     p.add_argument("--samples", type=int, default=None,
                    help="test inputs run in MPC for agreement/accuracy (default: one batch, the warm-up; "
                         "0: no warm-up and no agreement, costs only)")
@@ -33,8 +44,10 @@ def run(args: argparse.Namespace) -> int:
 
     options = BenchOptions(
         repeats=args.repeats, batch=args.batch, provider=args.provider, networks=parse_networks(args.network),
-        samples=args.samples, threads=args.threads, data_dir=args.data_dir, run_id=args.run_id,
+        samples=args.samples, threads=args.threads, data_dir=args.data_dir, run_id=args.run_id, hosts=args.hosts,
     )
+    if args.hosts == "netns":  # SIGTERM unwinds like Ctrl-C, so the namespaces are deleted
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     summaries = []
     failed = 0
     for result in bench_models(args.models, options):
@@ -43,17 +56,20 @@ def run(args: argparse.Namespace) -> int:
         failed += bool(s["error"])
         summaries.append(s)
         if not args.json:
-            print(_line(s), flush=True)
+            print(_line(s, args.hosts == "netns"), flush=True)
     if args.json:
         print(json.dumps(summaries, indent=2))
     return 1 if failed else 0
 
 
-def _line(s: dict) -> str:
+def _line(s: dict, per_link: bool = False) -> str:
     if s["error"]:
         return f"{s['model']}: FAILED: {s['error']}"
     line = (f"{s['model']}: {s['relus']:,} ReLUs, {s['latency_s_median']:.3f} s median, "
             f"{s['bytes_per_party'] / 1e6:.2f} MB/party, {s['rounds']} rounds")
     if s["agreement"] is not None:
         line += f", agreement {s['agreement']:.2%}, max logit error {s['max_logit_error']:.2e}"
+    if per_link:
+        line += "".join(f"\n  {net}: measured {m['latency_s_median']:.3f} s on {m['link']} (comm {m['comm_s']:.3f} s), "
+                        f"projected {s['projected_latency_s'][net]:.3f} s" for net, m in s["measured"].items())
     return line

@@ -9,6 +9,9 @@ where t_compute is the measured latency minus the measured communication time an
 bytes is what crosses the link in one direction (a full-duplex link carries both
 directions at once: half of CrypTen's per-party counter, which adds sent and
 received). The projection is labelled as such in results (`projected_latency_s`).
+
+The profile "unshaped" has no bandwidth term (and no RTT): with `--hosts netns` it
+is measured on the namespaces' uncapped veth link; its projection is the compute time.
 """
 
 from __future__ import annotations
@@ -22,17 +25,19 @@ from pibench.registry import Registry
 @dataclass(frozen=True)
 class NetworkProfile:
     name: str
-    bandwidth_mbps: float  # megabits per second
+    bandwidth_mbps: float | None  # megabits per second; None: not capped (no bandwidth term)
     rtt_ms: float  # round-trip time in milliseconds
 
     def project(self, compute_s: float, rounds: int, nbytes: float) -> float:
         """Projected seconds for `rounds` round trips moving `nbytes` through this link."""
-        return compute_s + rounds * self.rtt_ms / 1e3 + nbytes * 8 / (self.bandwidth_mbps * 1e6)
+        transfer = 0.0 if self.bandwidth_mbps is None else nbytes * 8 / (self.bandwidth_mbps * 1e6)
+        return compute_s + rounds * self.rtt_ms / 1e3 + transfer
 
 
 NETWORKS: Registry[NetworkProfile] = Registry("network profile")
 NETWORKS.register("lan", NetworkProfile("lan", 3000.0, 0.3))
 NETWORKS.register("wan", NetworkProfile("wan", 400.0, 40.0))
+NETWORKS.register("unshaped", NetworkProfile("unshaped", None, 0.0))
 
 _RATE = re.compile(r"^(\d+(?:\.\d+)?)(k|m|g)bit$", re.IGNORECASE)
 _RATE_MBPS = {"k": 1e-3, "m": 1.0, "g": 1e3}
@@ -44,7 +49,7 @@ def _rate_mbps(text: str) -> float | None:
 
 
 def parse_network(spec: str) -> NetworkProfile:
-    """A registered name (lan, wan), a rate like "100mbit" (RTT 0), or "name:rate_mbps:rtt_ms"."""
+    """A registered name (lan, wan, unshaped), a rate like "100mbit" (RTT 0), or "name:rate_mbps:rtt_ms"."""
     spec = spec.strip()
     if spec in NETWORKS:
         return NETWORKS.get(spec)

@@ -10,10 +10,13 @@ JSON events on stdout, one per line, prefixed with `EVENT_PREFIX`: "ready" once
 connected, then per job the client's "result" (measurements and revealed logits,
 which belong to the client) or "error", and the server's "done".
 
-Per job: compile once, exchange program fingerprints (both must run the same
-protocol; a failure on either side skips the job on both), share the weights
-(setup), run the sample inputs (the first batch is the warm-up), then `repeats`
-timed inferences with CrypTen's counters read around every op.
+Per job: compile once, exchange the model's public identity (the hash of a folder's
+architecture and masks, `checkpoint.public_hash`, or the registry name) and the
+program fingerprint; parties that loaded different models refuse to run
+(`ModelMismatch`, fatal: on two machines it means the wrong folders were given),
+while a model that fails to load on either side skips the job on both. Then share
+the weights (setup), run the sample inputs (the first batch is the warm-up), then
+`repeats` timed inferences with CrypTen's counters read around every op.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -38,6 +41,10 @@ ROLES = {"client": CLIENT, "server": SERVER, "dealer": 2}
 EVENT_PREFIX = "PIBENCH "
 PROVIDERS = {"tfp": "TFP", "ttp": "TTP"}
 MODEL_SEED = 0  # registry names: the server's random weights (and the evaluator's copy)
+
+
+class ModelMismatch(RuntimeError):
+    """The client and the server loaded different models; they must not run a protocol together."""
 
 
 # -- models and inputs (shared with the evaluator, which recomputes the plaintext reference) --
@@ -57,6 +64,29 @@ def public_model(spec: str) -> tuple[Any, torch.nn.Module]:
     from pibench.checkpoint import resolve_public
 
     return resolve_public(spec)
+
+
+def model_identity(spec: str) -> str:
+    """What fixes the protocol of a model spec, short and comparable across machines."""
+    from pibench.checkpoint import is_model_folder, public_hash
+
+    if is_model_folder(spec):
+        return f"masks/arch hash {public_hash(spec)[:16]}"
+    return f"registry model {spec}"
+
+
+def check_same_model(mine: dict[str, Any], theirs: dict[str, Any], role: str) -> None:
+    """Raise ModelMismatch naming both sides when the parties' models or programs differ."""
+    sides = {role: mine, ("server" if role == "client" else "client"): theirs}
+    client, server = sides["client"], sides["server"]
+    if client["identity"] and server["identity"] and client["identity"] != server["identity"]:
+        raise ModelMismatch(
+            f"client and server loaded different models: client {client['identity']} ({client['spec']}) vs server "
+            f"{server['identity']} ({server['spec']}); both must use the same model.json and masks.safetensors")
+    if client["fingerprint"] and server["fingerprint"] and client["fingerprint"] != server["fingerprint"]:
+        raise ModelMismatch(
+            f"client and server compiled different MPC programs from {client['spec']}: program fingerprint "
+            f"{client['fingerprint'][:16]} vs {server['fingerprint'][:16]}; run the same pibench version on both")
 
 
 def model_inputs(card: Any, input_shape: tuple[int, ...], n: int, seed: int,
@@ -220,17 +250,18 @@ class Party:
         return program, x, labels
 
     def run_job(self, job: dict[str, Any]) -> dict[str, Any]:
-        status: dict[str, Any] = {"error": None, "fingerprint": None}
+        spec = (job.get("client_model") or job["model"]) if self.rank == CLIENT else job["model"]
+        status: dict[str, Any] = {"error": None, "spec": job["model"], "identity": None, "fingerprint": None}
         try:
             program, x, labels = self.prepare(job)
+            status["identity"] = model_identity(spec)
             status["fingerprint"] = program.fingerprint()
         except Exception as e:  # reported to the peer and the evaluator; the session goes on
             log.debug("job %s failed to prepare", job["model"], exc_info=True)
             status["error"] = f"{type(e).__name__}: {e}"
         peer = self.exchange(status)
+        check_same_model(status, peer, self.role)
         error = status["error"] or peer["error"]
-        if error is None and status["fingerprint"] != peer["fingerprint"]:
-            error = "client and server compiled different programs (model folders differ?)"
         if error:
             return {"event": "error" if self.rank == CLIENT else "done", "job": job["id"], "error": error}
         result = self.measure(job, program, x)
@@ -295,10 +326,13 @@ class Party:
                       logits=torch.cat(logits).tolist() if logits else [])
         return result
 
-    def serve(self, jobs: Iterable[dict[str, Any]]) -> None:
+    def serve(self, jobs: Iterable[dict[str, Any]], on_event: Callable[[dict, dict], None] | None = None) -> None:
         for job in jobs:
             log.info("%s: job %s: %s", self.role, job["id"], job["model"])
-            emit(self.run_job(job))
+            event = self.run_job(job)
+            emit(event)
+            if on_event is not None:
+                on_event(job, event)
 
 
 class _Timed:
@@ -338,8 +372,13 @@ def static_jobs(models: list[str], **options: Any) -> Iterator[dict[str, Any]]:
 
 
 def run_party(role: str, rendezvous: str, *, provider: str = "tfp", threads: int = 1,
-              jobs: Iterable[dict[str, Any]] = ()) -> None:
-    """Join the session at `rendezvous` as `role` and serve `jobs` (the dealer serves tuples)."""
+              jobs: Iterable[dict[str, Any]] = (), on_event: Callable[[dict, dict], None] | None = None) -> None:
+    """Join the session at `rendezvous` as `role` and serve `jobs` (the dealer serves tuples).
+
+    `on_event(job, event)` is called with each job's event after it is printed (the
+    client's "result" or "error"; the server's "done"). Raises ModelMismatch when the
+    peer loaded a different model.
+    """
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
     if provider not in PROVIDERS:
@@ -361,6 +400,6 @@ def run_party(role: str, rendezvous: str, *, provider: str = "tfp", threads: int
         return
     crypten.init()
     emit({"event": "ready", "role": role, "threads": torch.get_num_threads()})
-    Party(role, crypten).serve(jobs)
+    Party(role, crypten).serve(jobs, on_event)
     crypten.uninit()
 
