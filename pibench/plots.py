@@ -110,7 +110,9 @@ def _linear_floor(layers: pd.DataFrame, profile_rows: pd.DataFrame | None) -> pd
     """Per model, the latency of its ops other than secure comparisons: its cost at zero ReLUs.
 
     Measured (sum of op times) when `profile_rows` is None; otherwise projected for each
-    row's network from the same ops' time, rounds and bytes.
+    row's network from the same ops' rounds and bytes, with their compute time taken
+    as the op time scaled by the model's compute share (ops do not record their own
+    communication time).
     """
     from pibench.mpc.network import NetworkProfile
 
@@ -121,8 +123,9 @@ def _linear_floor(layers: pd.DataFrame, profile_rows: pd.DataFrame | None) -> pd
     for row in profile_rows.itertuples():
         if row.model in linear.index:
             ops = linear.loc[row.model]
-            profile = NetworkProfile(row.network, row.bandwidth_mbps, row.rtt_ms)
-            floor[row.model] = profile.project(ops["time_s"], ops["rounds"], ops["bytes"])
+            compute = ops["time_s"] * row.compute_s / row.latency_s_median
+            floor[row.model] = NetworkProfile(row.network, row.bandwidth_mbps, row.rtt_ms).project(
+                compute, ops["rounds"], ops["bytes"])
     return pd.Series(floor, dtype=float)
 
 
@@ -193,8 +196,10 @@ def accuracy_vs_latency(results: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 
 def layer_breakdown(layers: pd.DataFrame, out_dir: Path, models: list[str] | None = None) -> list[Path]:
-    """Stacked time and bytes per model split into linear, comparison (ReLU, max-pool) and other ops."""
-    kind = layers["op"].map(lambda op: "ReLU / max-pool" if op in COMPARISON_OPS else "linear" if op in LINEAR_OPS else "other")
+    """Stacked time and bytes per model: linear ops, comparisons (ReLU, max-pool), input sharing and reveal."""
+    kind = layers["op"].map(
+        lambda op: "ReLU / max-pool" if op in COMPARISON_OPS else "linear" if op in LINEAR_OPS else "input / output"
+    )
     data = layers.assign(kind=kind)
     if models:
         data = data[data["model"].isin(models)]
