@@ -50,7 +50,8 @@ def test_masked_nets_match_plaintext_in_mpc(tmp_path):
         assert row.mpc_samples == 32
         assert row.max_logit_error < 1e-2, r.model
         assert row.mpc_agreement >= 0.99, r.model
-        assert row.mpc_accuracy is not None and not row.cost_only  # real digits inputs with labels
+        assert row.mpc_accuracy is not None  # real digits inputs with labels
+        assert row.cost_only  # random weights: the card records no accuracy
     vgg_max = next(r for r in results if r.model == "vgg_max").rows[0]
     assert vgg_max.maxpool_bytes > 0
     assert next(r for r in results if r.model == "vgg_avg").rows[0].maxpool_bytes == 0
