@@ -220,3 +220,14 @@ def test_killing_the_server_in_a_namespace_run_ends_the_command_and_leaves_nothi
     for pid in (p for found in pids.values() for p in found):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("role", ["client", "server"])
+def test_a_party_whose_peer_never_comes_gives_up_with_a_clear_error(role):
+    rendezvous = f"tcp://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "pibench.cli", "party", "--role", role, "--rendezvous", rendezvous,
+                          "--model", "cnn_digits", "--connect-timeout", "3"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert f"the {role} did not connect to its peers at {rendezvous} within 3 s" in out.stderr
+    assert time.monotonic() - t0 < 45

@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rendezvous", required=True, help="tcp://HOST:PORT of rank 0 (the client)")
     p.add_argument("--provider", default="tfp", choices=["tfp", "ttp"], help="CrypTen tuple provider")
     p.add_argument("--threads", type=int, default=1, help="torch threads of this party")
+    p.add_argument("--connect-timeout", type=float, default=300.0,
+                   help="seconds to wait for the other parties before giving up (0: wait forever)")
     p.add_argument("--iface", default=None,
                    help="network interface the party talks on (sets GLOO_SOCKET_IFNAME); needed when this "
                         "machine's hostname resolves to a loopback address")
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         jobs = read_jobs(sys.stdin)
     run_party(args.role, args.rendezvous, provider=args.provider, threads=args.threads, jobs=jobs,
-              on_event=on_event)
+              on_event=on_event, connect_timeout=args.connect_timeout or None)
     return 0
 
 

@@ -26,6 +26,7 @@ import logging
 import os
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -371,9 +372,32 @@ def static_jobs(models: list[str], **options: Any) -> Iterator[dict[str, Any]]:
         yield {"id": i, "model": model, **options}
 
 
+def _exit_unless_connected(role: str, rendezvous: str, timeout: float) -> threading.Timer:
+    """A watchdog that ends this process if it has not joined the session within `timeout` s.
+
+    gloo waits for missing peers without a limit; a party started by hand on another
+    machine must not hang forever when its peer never comes.
+    """
+
+    def give_up() -> None:
+        print(f"pibench party: error: the {role} did not connect to its peers at {rendezvous} within "
+              f"{timeout:.0f} s; start the other parties with the same --rendezvous and check that the port "
+              "is reachable", file=sys.stderr, flush=True)
+        os._exit(2)
+
+    timer = threading.Timer(timeout, give_up)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def run_party(role: str, rendezvous: str, *, provider: str = "tfp", threads: int = 1,
-              jobs: Iterable[dict[str, Any]] = (), on_event: Callable[[dict, dict], None] | None = None) -> None:
+              jobs: Iterable[dict[str, Any]] = (), on_event: Callable[[dict, dict], None] | None = None,
+              connect_timeout: float | None = None) -> None:
     """Join the session at `rendezvous` as `role` and serve `jobs` (the dealer serves tuples).
+
+    With `connect_timeout`, a client or server that has not connected by then exits with
+    status 2 and says so (the dealer serves for the whole session, so it has no limit).
 
     `on_event(job, event)` is called with each job's event after it is printed (the
     client's "result" or "error"; the server's "done"). Raises ModelMismatch when the
@@ -398,7 +422,10 @@ def run_party(role: str, rendezvous: str, *, provider: str = "tfp", threads: int
         emit({"event": "ready", "role": role})
         TTPServer()  # returns when the client shuts the session down
         return
+    watchdog = _exit_unless_connected(role, rendezvous, connect_timeout) if connect_timeout else None
     crypten.init()
+    if watchdog is not None:
+        watchdog.cancel()
     emit({"event": "ready", "role": role, "threads": torch.get_num_threads()})
     Party(role, crypten).serve(jobs, on_event)
     crypten.uninit()
