@@ -4,6 +4,7 @@
     models_dir: models             # linearized models are stored/reused here
     networks: [lan, wan]           # network profiles (pibench.mpc.network)
     provider: tfp                  # tfp | ttp
+    hosts: local                   # local (loopback) | netns (namespaces, each profile measured; root)
     repeats: 3                     # timed inferences per model (after one warm-up)
     batch: 1
     samples: 64                    # test inputs checked for MPC agreement
@@ -76,6 +77,7 @@ class SweepConfig:
     results_dir: str = "results"
     networks: list[str] = field(default_factory=lambda: ["lan", "wan"])
     provider: str = "tfp"
+    hosts: str = "local"
     repeats: int = 3
     batch: int = 1
     samples: int = 64
@@ -136,6 +138,7 @@ def validate(cfg: SweepConfig, source: str) -> None:
     from pibench.data import DATASETS
     from pibench.linearize import METHODS, make_settings
     from pibench.models import MODELS, create_model
+    from pibench.mpc.hosts import HOSTS
     from pibench.mpc.network import parse_network
     from pibench.relu import count_relus
     from pibench.train import train_baseline
@@ -144,6 +147,8 @@ def validate(cfg: SweepConfig, source: str) -> None:
         raise ConfigError(f"{source}: nothing to run: add 'experiments' or 'cost_only'")
     if cfg.provider not in ("tfp", "ttp"):
         raise ConfigError(f"{source}: provider: unknown provider {cfg.provider!r} (known: tfp, ttp)")
+    if cfg.hosts not in HOSTS:
+        raise ConfigError(f"{source}: hosts: unknown hosts {cfg.hosts!r} (known: {', '.join(HOSTS)})")
     for key in ("repeats", "batch", "samples", "threads"):
         if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
             raise ConfigError(f"{source}: {key}: must be a positive integer, got {getattr(cfg, key)!r}")

@@ -130,31 +130,35 @@ def _linear_floor(layers: pd.DataFrame, profile_rows: pd.DataFrame | None) -> pd
 
 
 def latency_vs_relus(results: pd.DataFrame, out_dir: Path, layers: pd.DataFrame | None = None) -> list[Path]:
-    """Latency against ReLUs: measured, then projected per network profile, one panel each.
+    """Latency against ReLUs, one panel per network profile (filled: projected).
 
-    Black crosses are each model's linear layers alone: the floor that removing ReLUs
-    cannot go below.
+    Parties on one machine measure each model once (a "measured" panel); in network
+    namespaces each profile is measured on its own shaped link, shown hollow beside
+    its projection. Black crosses are each model's linear layers alone: the floor that
+    removing ReLUs cannot go below.
     """
     rows = _ok_rows(results)
-    measured = rows.drop_duplicates("model")
-    link = measured["link"].iloc[0]
-    panels = [(f"measured ({link})", measured, "latency_s_median", None)]
-    panels += [(f"{net} (projected)", group, "projected_latency_s", group) for net, group in rows.groupby("network")]
+    measured_per_network = rows.groupby("model")["link"].nunique().max() > 1
+    panels = [] if measured_per_network else [(f"measured ({rows['link'].iloc[0]})", rows.drop_duplicates("model"), None)]
+    panels += [(f"{net} (projected)", group, group) for net, group in rows.groupby("network")]
     fig, axes = plt.subplots(1, len(panels), figsize=(0.75 * COLUMN_WIDTH_IN * len(panels), 2.5), squeeze=False)
     colors = _method_colors(rows)
-    for ax, (title, data, column, profile_rows) in zip(axes[0], panels):
+    for ax, (title, data, profile_rows) in zip(axes[0], panels):
+        column = "latency_s_median" if profile_rows is None else "projected_latency_s"
+        values = [data[column]]
         for method, group in data.groupby("method"):
-            group = group.sort_values("relus")
             ax.plot(group["relus"], group[column], "o", color=colors[method], label=method)
-        values = data[column]
+            if measured_per_network:
+                ax.plot(group["relus"], group["latency_s_median"], "o", mfc="none", color=colors[method])
+                values.append(group["latency_s_median"])
         if layers is not None and len(layers):
             floor = _linear_floor(layers, profile_rows)
             at = data.set_index("model")["relus"].reindex(floor.index).dropna()
             ax.plot(at, floor[at.index], "kx", label="linear layers only")
-            values = pd.concat([values, floor])
+            values.append(floor)
         _log_if_wide(ax, data["relus"], "x")
-        _log_if_wide(ax, values, "y")
-        ax.set_title(title)
+        _log_if_wide(ax, pd.concat(values), "y")
+        ax.set_title(title + (", hollow: measured" if measured_per_network else ""))
         ax.set_xlabel("ReLUs kept")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("latency per inference (s)")

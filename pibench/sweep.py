@@ -168,8 +168,8 @@ def run_sweep(config_path: str | Path, *, report: bool = True) -> Path:
     log.info("benchmark: %d models, %d already measured in %s, %d to go", len(jobs), len(jobs) - len(todo), run_dir,
              len(todo))
     if todo:
-        options = BenchOptions(repeats=cfg.repeats, batch=cfg.batch, provider=cfg.provider, networks=networks,
-                               samples=cfg.samples, threads=cfg.threads, run_id=cfg.run, seed=cfg.seed,
+        options = BenchOptions(repeats=cfg.repeats, batch=cfg.batch, provider=cfg.provider, hosts=cfg.hosts,
+                               networks=networks, samples=cfg.samples, threads=cfg.threads, run_id=cfg.run, seed=cfg.seed,
                                data_dir=next((e.data_dir for e in cfg.experiments if e.data_dir), None))
         for i, result in enumerate(bench_models([str(j.folder) for j in todo], options), 1):
             write_result(run_dir, result)

@@ -17,7 +17,7 @@ MODELS = [
 ]
 
 
-def fixture_run(run_dir, cost_only=False):
+def fixture_run(run_dir, cost_only=False, netns=False):
     rows, layers = [], []
     for model, method, budget, relus, acc, sent in MODELS:
         for network, bw, rtt in (("lan", 3000.0, 0.3), ("wan", 400.0, 40.0)):
@@ -26,7 +26,7 @@ def fixture_run(run_dir, cost_only=False):
                      dataset="digits", method=method, budget=budget, relus=relus, macs=1_000_000,
                      accuracy=None if cost_only else acc, cost_only=cost_only, mpc_agreement=1.0, mpc_accuracy=acc,
                      max_logit_error=0.001, mpc_samples=16, network=network, bandwidth_mbps=bw, rtt_ms=rtt,
-                     link="loopback", latency_s_median=0.1 + relus * 1e-5, latency_s_p10=0.09, latency_s_p90=0.12,
+                     link=f"netns:{bw:g}mbit" if netns else "loopback", latency_s_median=0.1 + relus * 1e-5, latency_s_p10=0.09, latency_s_p90=0.12,
                      latency_s_samples="0.1;0.1;0.1", compute_s=0.05, comm_s=0.05,
                      projected_latency_s=0.05 + 40 * rtt / 1000 + sent * 8 / (bw * 1e6), bytes_per_party=sent,
                      rounds=40, relu_bytes=464 * relus, linear_bytes=sent - 464 * relus, setup_s=0.1,
@@ -59,6 +59,11 @@ def test_paper_anchors_are_plotted(tmp_path):
     anchors = tmp_path / "anchors.csv"
     pd.DataFrame({"method": ["senet"], "relus": [2000], "accuracy": [97.0]}).to_csv(anchors, index=False)
     assert run / "figures" / "accuracy_vs_relus.png" in plot_run(run, anchors=anchors)
+
+
+def test_netns_run_draws_measured_latency_per_network(tmp_path):
+    run = fixture_run(tmp_path / "run", netns=True)
+    assert run / "figures" / "latency_vs_relus.png" in plot_run(run)
 
 
 def test_cost_only_run_skips_accuracy_figures(tmp_path):

@@ -60,6 +60,7 @@ def test_good_config_parses(tmp_path):
         (("cost_only", 0, "model"), "resnet19", r"cost_only\[0\]\.model: unknown model 'resnet19'"),
         (("cost_only", 1, "budgets"), [10**6], r"cost_only\[1\]\.budgets\[0\]"),
         (("provider",), "dealer", r"provider: unknown provider 'dealer'"),
+        (("hosts",), "cloud", r"hosts: unknown hosts 'cloud' \(known: local, netns\)"),
     ],
 )
 def test_bad_config_names_the_key_before_any_work(tmp_path, monkeypatch, keys, value, message):
