@@ -31,7 +31,7 @@ test-all: install
 	$(VENV)/bin/pytest -q --runslow
 
 bench: install
-	$(VENV)/bin/pytest -q benchmarks --benchmark-only
+	$(VENV)/bin/pytest -q -s benchmarks --benchmark-only
 
 clean:
 	rm -rf $(VENV)
