@@ -116,6 +116,8 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> SweepConfig:
     cost_only = raw.pop("cost_only", None) or []
     cfg = _build(SweepConfig, raw, source)
     cfg.experiments = [_build(Experiment, e, f"{source}: experiments[{i}]") for i, e in enumerate(experiments)]
+    for exp in cfg.experiments:  # `senet:` with no settings parses as None
+        exp.methods = {method: kwargs or {} for method, kwargs in (exp.methods or {}).items()}
     cfg.cost_only = [_build(CostOnly, c, f"{source}: cost_only[{i}]") for i, c in enumerate(cost_only)]
     validate(cfg, source)
     return cfg
@@ -169,7 +171,6 @@ def validate(cfg: SweepConfig, source: str) -> None:
             _check(lambda: METHODS.get(method), f"{where}.methods.{method}")
             settings = {k: v for k, v in (kwargs or {}).items() if k not in RUN_KEYS or k == "epochs"}
             _check(lambda: make_settings(method, **settings), f"{where}.methods.{method}")
-            exp.methods[method] = kwargs or {}
         if exp.methods and not exp.budgets:
             raise ConfigError(f"{where}.budgets: methods need at least one budget")
         for j, b in enumerate(exp.budgets):
