@@ -88,6 +88,11 @@ class SweepConfig:
     def run_dir(self) -> Path:
         return Path(self.results_dir) / self.run
 
+    @property
+    def data_dir(self) -> str | None:
+        """The dataset folder the experiments share (validation allows only one)."""
+        return next((e.data_dir for e in self.experiments if e.data_dir), None)
+
 
 def _build(cls: type, raw: Any, where: str) -> Any:
     """Instantiate a dataclass from a mapping, naming unknown or missing keys by path."""
@@ -175,6 +180,10 @@ def validate(cfg: SweepConfig, source: str) -> None:
             raise ConfigError(f"{where}.budgets: methods need at least one budget")
         for j, b in enumerate(exp.budgets):
             _check(lambda: parse_budget(b, relus), f"{where}.budgets[{j}]")
+    data_dirs = {exp.data_dir for exp in cfg.experiments} - {None}
+    if len(data_dirs) > 1:
+        raise ConfigError(f"{source}: experiments[*].data_dir: the benchmark reads test inputs from one folder; "
+                          f"put the datasets under one data_dir (got {sorted(data_dirs)})")
     for i, entry in enumerate(cfg.cost_only):
         where = f"{source}: cost_only[{i}]"
         if (entry.model is None) == (entry.arch is None):

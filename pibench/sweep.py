@@ -170,7 +170,7 @@ def run_sweep(config_path: str | Path, *, report: bool = True) -> Path:
     if todo:
         options = BenchOptions(repeats=cfg.repeats, batch=cfg.batch, provider=cfg.provider, hosts=cfg.hosts,
                                networks=networks, samples=cfg.samples, threads=cfg.threads, run_id=cfg.run, seed=cfg.seed,
-                               data_dir=next((e.data_dir for e in cfg.experiments if e.data_dir), None))
+                               data_dir=cfg.data_dir)
         for i, result in enumerate(bench_models([str(j.folder) for j in todo], options), 1):
             write_result(run_dir, result)
             row = result.rows[0]
