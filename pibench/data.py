@@ -64,7 +64,22 @@ class Augment:
         return x
 
 
-class TensorImages(Dataset):
+class _Images(Dataset):
+    """What every image dataset here does on access: scale to [0, 1], normalize, augment."""
+
+    def __init__(self, info: DatasetInfo, augment: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        self.info = info
+        self.augment = augment
+        self._mean = torch.tensor(info.mean).view(-1, 1, 1)
+        self._std = torch.tensor(info.std).view(-1, 1, 1)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        x = (x - self._mean) / self._std
+        return self.augment(x) if self.augment is not None else x
+
+
+class TensorImages(_Images):
     """In-memory images (N, C, H, W) uint8 or float, normalized on access, optionally augmented."""
 
     def __init__(
@@ -74,35 +89,24 @@ class TensorImages(Dataset):
         info: DatasetInfo,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
+        super().__init__(info, augment)
         self.images = images
         self.labels = labels.long()
-        self.info = info
-        self.augment = augment
-        self._mean = torch.tensor(info.mean).view(-1, 1, 1)
-        self._std = torch.tensor(info.std).view(-1, 1, 1)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = self.images[i]
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        x = (x - self._mean) / self._std
-        if self.augment is not None:
-            x = self.augment(x)
-        return x, int(self.labels[i])
+        return self._prepare(self.images[i]), int(self.labels[i])
 
 
-class ImageFiles(Dataset):
+class ImageFiles(_Images):
     """Images read lazily from files (TinyImageNet), normalized and optionally augmented."""
 
     def __init__(self, files: Sequence[Path], labels: Sequence[int], info: DatasetInfo, augment=None) -> None:
+        super().__init__(info, augment)
         self.files = list(files)
         self.labels = list(labels)
-        self.info = info
-        self.augment = augment
-        self._mean = torch.tensor(info.mean).view(-1, 1, 1)
-        self._std = torch.tensor(info.std).view(-1, 1, 1)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -112,11 +116,7 @@ class ImageFiles(Dataset):
 
         with Image.open(self.files[i]) as img:
             arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
-        x = (x - self._mean) / self._std
-        if self.augment is not None:
-            x = self.augment(x)
-        return x, self.labels[i]
+        return self._prepare(torch.from_numpy(arr.copy()).permute(2, 0, 1)), self.labels[i]
 
 
 @dataclass(frozen=True)
