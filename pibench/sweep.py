@@ -13,6 +13,7 @@ no accuracy, which marks their rows cost-only.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,11 @@ from typing import Any, Callable
 
 import torch
 
+from pibench.budget import parse_budget
 from pibench.config import CostOnly, Experiment, SweepConfig, experiment_relus, load_config
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class ModelJob:
@@ -33,14 +36,9 @@ class ModelJob:
     make: Callable[[], Any]
 
 
-def _budget_count(budget: Any, total: int) -> int:
-    from pibench.budget import parse_budget
-
-    return parse_budget(budget, total)
-
-
-def _teacher_folder(cfg: SweepConfig, exp: Experiment) -> Path:
-    return Path(cfg.models_dir) / f"{exp.dataset}_{exp.arch}_baseline"
+def _args_suffix(arch_args: dict[str, Any]) -> str:
+    """Build options in a folder name, so models built differently never share a folder."""
+    return "".join("_" + k + re.sub(r"[^\w.]+", "-", str(v)).strip("-") for k, v in sorted(arch_args.items()))
 
 
 def experiment_jobs(cfg: SweepConfig, exp: Experiment) -> list[ModelJob]:
@@ -48,14 +46,15 @@ def experiment_jobs(cfg: SweepConfig, exp: Experiment) -> list[ModelJob]:
     from pibench.linearize import linearize_many
     from pibench.train import train_baseline
 
-    teacher = _teacher_folder(cfg, exp)
+    prefix = Path(cfg.models_dir) / f"{exp.dataset}_{exp.arch}{_args_suffix(exp.arch_args)}"
+    teacher = prefix.with_name(prefix.name + "_baseline")
     jobs = [ModelJob(teacher, f"train {exp.arch} on {exp.dataset}", lambda: train_baseline(
         exp.arch, exp.dataset, teacher, data_dir=exp.data_dir, seed=cfg.seed, arch_kwargs=exp.arch_args or None,
         **exp.teacher))]
     total = experiment_relus(exp)
     for method, kwargs in exp.methods.items():
-        counts = [_budget_count(b, total) for b in exp.budgets]
-        folders = [Path(cfg.models_dir) / f"{teacher.name.removesuffix('_baseline')}_{method}_{c}" for c in counts]
+        counts = [parse_budget(b, total) for b in exp.budgets]
+        folders = [prefix.with_name(f"{prefix.name}_{method}_{c}") for c in counts]
 
         def make_missing(method: str = method, counts: list[int] = counts, folders: list[Path] = folders,
                          kwargs: dict[str, Any] = kwargs) -> None:
@@ -87,8 +86,9 @@ def cost_only_jobs(cfg: SweepConfig, entry: CostOnly) -> list[ModelJob]:
     from pibench.relu import count_relus, relu_counts, set_masks
 
     root = Path(cfg.models_dir) / "cost_only"
+    suffix = _args_suffix(entry.arch_args)
     if entry.model is not None:
-        folder = root / entry.model
+        folder = root / f"{entry.model}{suffix}"
         method = "deepreduce" if entry.model in DRD_CONFIGS else "baseline"
 
         def make_registry() -> None:
@@ -101,8 +101,8 @@ def cost_only_jobs(cfg: SweepConfig, entry: CostOnly) -> list[ModelJob]:
     jobs = []
     total = count_relus(create_model(entry.arch, **entry.arch_args))
     for budget in entry.budgets:
-        count = _budget_count(budget, total)
-        folder = root / f"{entry.arch}_{entry.allocation}_{count}"
+        count = parse_budget(budget, total)
+        folder = root / f"{entry.arch}{suffix}_{entry.allocation}_{count}"
 
         def make_allocated(count: int = count, folder: Path = folder) -> None:
             torch.manual_seed(cfg.seed)
