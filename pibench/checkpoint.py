@@ -133,7 +133,7 @@ def load_card(folder: str | Path) -> ModelCard:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e}); the file is corrupt, re-export the model") from e
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a pibench model card (expected \"format\": \"{FORMAT}\")")
+        raise CheckpointError(f'{path}: not a pibench model card (expected "format": "{FORMAT}")')
     known = set(ModelCard.__dataclass_fields__)
     unknown = sorted(set(raw) - known)
     missing = sorted(k for k in ("name", "arch", "arch_args", "dataset", "input_shape", "num_classes") if k not in raw)
@@ -193,7 +193,9 @@ def load_model(folder: str | Path) -> tuple[ModelCard, nn.Module]:
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if missing or extra:
-        raise CheckpointError(f"{weights_path}: weights do not fit {card.arch}: missing {missing[:5]}, unexpected {extra[:5]}")
+        raise CheckpointError(
+            f"{weights_path}: weights do not fit {card.arch}: missing {missing[:5]}, unexpected {extra[:5]}"
+        )
     bad = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
     if bad:
         raise CheckpointError(f"{weights_path}: tensors with the wrong shape for {card.arch}: {bad[:5]}")

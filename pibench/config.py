@@ -103,7 +103,8 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(fields)})")
     required = [
-        n for n, f in fields.items()
+        n
+        for n, f in fields.items()
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
     ]
     missing = [n for n in required if n not in raw]
@@ -182,12 +183,16 @@ def validate(cfg: SweepConfig, source: str) -> None:
             _check(lambda: parse_budget(b, relus), f"{where}.budgets[{j}]")
     data_dirs = {exp.data_dir for exp in cfg.experiments} - {None}
     if len(data_dirs) > 1:
-        raise ConfigError(f"{source}: experiments[*].data_dir: the benchmark reads test inputs from one folder; "
-                          f"put the datasets under one data_dir (got {sorted(data_dirs)})")
+        raise ConfigError(
+            f"{source}: experiments[*].data_dir: the benchmark reads test inputs from one folder; "
+            f"put the datasets under one data_dir (got {sorted(data_dirs)})"
+        )
     for i, entry in enumerate(cfg.cost_only):
         where = f"{source}: cost_only[{i}]"
         if (entry.model is None) == (entry.arch is None):
-            raise ConfigError(f"{where}: give either 'model' (a registry name) or 'arch' with 'allocation' and 'budgets'")
+            raise ConfigError(
+                f"{where}: give either 'model' (a registry name) or 'arch' with 'allocation' and 'budgets'"
+            )
         if entry.model is not None:
             if entry.budgets or entry.allocation:
                 raise ConfigError(f"{where}: 'budgets'/'allocation' need 'arch', not 'model'")

@@ -43,8 +43,9 @@ def value_at(front: pd.DataFrame, budget: float, cost: str = "relus", value: str
     return float(fits[value].max()) if len(fits) else math.nan
 
 
-def _compare(a: pd.DataFrame, b: pd.DataFrame, points: Sequence[float], read: Callable[..., float],
-             cost: str, value: str) -> list[tuple[float, float, float]]:
+def _compare(
+    a: pd.DataFrame, b: pd.DataFrame, points: Sequence[float], read: Callable[..., float], cost: str, value: str
+) -> list[tuple[float, float, float]]:
     """(point, A's reading, B's reading) off both frontiers at each point."""
     fa, fb = pareto_front(a, cost, value), pareto_front(b, cost, value)
     return [(p, read(fa, p, cost, value), read(fb, p, cost, value)) for p in points]
@@ -65,6 +66,8 @@ def iso_relu_accuracy_gain(
     a: pd.DataFrame, b: pd.DataFrame, budgets: Sequence[float], cost: str = "relus", value: str = "accuracy"
 ) -> pd.DataFrame:
     """For each ReLU budget: the best accuracy of each method within it, and A − B."""
-    rows = [{"budget": r, f"{value}_a": va, f"{value}_b": vb, "gain": va - vb}
-            for r, va, vb in _compare(a, b, budgets, value_at, cost, value)]
+    rows = [
+        {"budget": r, f"{value}_a": va, f"{value}_b": vb, "gain": va - vb}
+        for r, va, vb in _compare(a, b, budgets, value_at, cost, value)
+    ]
     return pd.DataFrame(rows)

@@ -125,7 +125,8 @@ def _linear_floor(layers: pd.DataFrame, profile_rows: pd.DataFrame | None) -> pd
             ops = linear.loc[row.model]
             compute = ops["time_s"] * row.compute_s / row.latency_s_median
             floor[row.model] = NetworkProfile(row.network, row.bandwidth_mbps, row.rtt_ms).project(
-                compute, ops["rounds"], ops["bytes"])
+                compute, ops["rounds"], ops["bytes"]
+            )
     return pd.Series(floor, dtype=float)
 
 
@@ -139,7 +140,9 @@ def latency_vs_relus(results: pd.DataFrame, out_dir: Path, layers: pd.DataFrame 
     """
     rows = _ok_rows(results)
     measured_per_network = rows.groupby("model")["link"].nunique().max() > 1
-    panels = [] if measured_per_network else [(f"measured ({rows['link'].iloc[0]})", rows.drop_duplicates("model"), None)]
+    panels = (
+        [] if measured_per_network else [(f"measured ({rows['link'].iloc[0]})", rows.drop_duplicates("model"), None)]
+    )
     panels += [(f"{net} (projected)", group, group) for net, group in rows.groupby("network")]
     fig, axes = plt.subplots(1, len(panels), figsize=(0.75 * COLUMN_WIDTH_IN * len(panels), 2.5), squeeze=False)
     colors = _method_colors(rows)
@@ -184,8 +187,9 @@ def accuracy_vs_latency(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Accuracy against projected latency, one panel per network profile, frontier per method."""
     rows = _ok_rows(results).dropna(subset=["accuracy"])
     networks = sorted(rows["network"].unique())
-    fig, axes = plt.subplots(1, len(networks), figsize=(COLUMN_WIDTH_IN * max(1, len(networks)) / 1.4, 2.5),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(networks), figsize=(COLUMN_WIDTH_IN * max(1, len(networks)) / 1.4, 2.5), sharey=True, squeeze=False
+    )
     colors = _method_colors(rows)
     for ax, network in zip(axes[0], networks):
         for method, group in rows[rows["network"] == network].groupby("method"):
@@ -210,7 +214,9 @@ def layer_breakdown(layers: pd.DataFrame, out_dir: Path, models: list[str] | Non
     time = data.pivot_table(index="model", columns="kind", values="time_s", aggfunc="sum", fill_value=0)
     sent = data.pivot_table(index="model", columns="kind", values="bytes", aggfunc="sum", fill_value=0) / 1e6
     order = time.sum(axis=1).sort_values().index
-    fig, (ax_t, ax_b) = plt.subplots(1, 2, figsize=(2 * COLUMN_WIDTH_IN, max(2.0, 0.25 * len(order) + 1.0)), sharey=True)
+    fig, (ax_t, ax_b) = plt.subplots(
+        1, 2, figsize=(2 * COLUMN_WIDTH_IN, max(2.0, 0.25 * len(order) + 1.0)), sharey=True
+    )
     time.loc[order].plot.barh(stacked=True, ax=ax_t, width=0.7)
     sent.loc[order].plot.barh(stacked=True, ax=ax_b, width=0.7, legend=False)
     ax_t.set_xlabel("time per inference (s)")

@@ -103,8 +103,7 @@ def set_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
         mask = masks[name]
         if layer.mask is not None and tuple(mask.shape) != tuple(layer.mask.shape):
             raise ValueError(
-                f"mask {name!r} has shape {tuple(mask.shape)} but the layer's feature map is "
-                f"{tuple(layer.mask.shape)}"
+                f"mask {name!r} has shape {tuple(mask.shape)} but the layer's feature map is {tuple(layer.mask.shape)}"
             )
         layer.set_mask(mask)
 

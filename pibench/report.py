@@ -13,8 +13,20 @@ import pandas as pd
 from pibench.pareto import iso_relu_accuracy_gain
 from pibench.plots import FIGURES, plot_run
 
-SETTINGS = ("run_id", "provider", "threads", "batch", "repeats", "link", "mpc_samples", "torch_version",
-            "crypten_version", "pibench_version", "git_commit", "host")
+SETTINGS = (
+    "run_id",
+    "provider",
+    "threads",
+    "batch",
+    "repeats",
+    "link",
+    "mpc_samples",
+    "torch_version",
+    "crypten_version",
+    "pibench_version",
+    "git_commit",
+    "host",
+)
 FIGURE_CAPTIONS = {
     "accuracy_vs_relus": "Accuracy vs ReLUs (Pareto frontier per method)",
     "latency_vs_relus": "Latency vs ReLUs (measured and projected per network)",
@@ -82,7 +94,11 @@ def write_report(run_dir: str | Path, replot: bool = True) -> Path:
     if replot:
         plot_run(run_dir)
     results = pd.read_csv(run_dir / "results.csv")
-    failed = results[results["error"].notna() & (results["error"].astype(str) != "")] if "error" in results else results.iloc[:0]
+    failed = (
+        results[results["error"].notna() & (results["error"].astype(str) != "")]
+        if "error" in results
+        else results.iloc[:0]
+    )
     ok = results.drop(failed.index)
     first = results.iloc[0]
     lines = [f"# pibench report: {run_dir.name}", "", "## Settings", ""]

@@ -48,21 +48,44 @@ def experiment_jobs(cfg: SweepConfig, exp: Experiment) -> list[ModelJob]:
 
     prefix = Path(cfg.models_dir) / f"{exp.dataset}_{exp.arch}{_args_suffix(exp.arch_args)}"
     teacher = prefix.with_name(prefix.name + "_baseline")
-    jobs = [ModelJob(teacher, f"train {exp.arch} on {exp.dataset}", lambda: train_baseline(
-        exp.arch, exp.dataset, teacher, data_dir=exp.data_dir, seed=cfg.seed, arch_kwargs=exp.arch_args or None,
-        **exp.teacher))]
+    jobs = [
+        ModelJob(
+            teacher,
+            f"train {exp.arch} on {exp.dataset}",
+            lambda: train_baseline(
+                exp.arch,
+                exp.dataset,
+                teacher,
+                data_dir=exp.data_dir,
+                seed=cfg.seed,
+                arch_kwargs=exp.arch_args or None,
+                **exp.teacher,
+            ),
+        )
+    ]
     total = experiment_relus(exp)
     for method, kwargs in exp.methods.items():
         counts = [parse_budget(b, total) for b in exp.budgets]
         folders = [prefix.with_name(f"{prefix.name}_{method}_{c}") for c in counts]
 
-        def make_missing(method: str = method, counts: list[int] = counts, folders: list[Path] = folders,
-                         kwargs: dict[str, Any] = kwargs) -> None:
+        def make_missing(
+            method: str = method,
+            counts: list[int] = counts,
+            folders: list[Path] = folders,
+            kwargs: dict[str, Any] = kwargs,
+        ) -> None:
             from pibench.checkpoint import is_model_folder
 
             todo = [(c, f) for c, f in zip(counts, folders) if not is_model_folder(f)]
-            linearize_many(method, teacher, [c for c, _ in todo], [f for _, f in todo], data_dir=exp.data_dir,
-                           seed=cfg.seed, **kwargs)
+            linearize_many(
+                method,
+                teacher,
+                [c for c, _ in todo],
+                [f for _, f in todo],
+                data_dir=exp.data_dir,
+                seed=cfg.seed,
+                **kwargs,
+            )
 
         jobs += [ModelJob(f, f"{method} at {c:,} ReLUs", make_missing) for c, f in zip(counts, folders)]
     return jobs
@@ -93,8 +116,13 @@ def cost_only_jobs(cfg: SweepConfig, entry: CostOnly) -> list[ModelJob]:
 
         def make_registry() -> None:
             torch.manual_seed(cfg.seed)
-            save_model(create_model(entry.model, **entry.arch_args), folder, dataset="synthetic", method=method,
-                       provenance={"cost_only": True, "weights": f"random, seed {cfg.seed}"})
+            save_model(
+                create_model(entry.model, **entry.arch_args),
+                folder,
+                dataset="synthetic",
+                method=method,
+                provenance={"cost_only": True, "weights": f"random, seed {cfg.seed}"},
+            )
 
         return [ModelJob(folder, f"{entry.model} (cost only)", make_registry)]
 
@@ -111,13 +139,23 @@ def cost_only_jobs(cfg: SweepConfig, entry: CostOnly) -> list[ModelJob]:
             counts = allocate(count, [c.size for c in layers], structural_eta(len(layers)))
             shapes = {c.name: c.shape for c in layers}
             set_masks(model, random_masks(shapes, dict(zip(shapes, counts)), cfg.seed))
-            save_model(model, folder, dataset="synthetic", method=entry.allocation, budget=count,
-                       provenance={"cost_only": True, "allocation": "SENet rule, sensitivity rising with depth",
-                                   "positions": f"random, seed {cfg.seed}"},
-                       method_info={"allocation": dict(zip(shapes, counts))})
+            save_model(
+                model,
+                folder,
+                dataset="synthetic",
+                method=entry.allocation,
+                budget=count,
+                provenance={
+                    "cost_only": True,
+                    "allocation": "SENet rule, sensitivity rising with depth",
+                    "positions": f"random, seed {cfg.seed}",
+                },
+                method_info={"allocation": dict(zip(shapes, counts))},
+            )
 
-        jobs.append(ModelJob(folder, f"{entry.arch} {entry.allocation}-style at {count:,} ReLUs (cost only)",
-                             make_allocated))
+        jobs.append(
+            ModelJob(folder, f"{entry.arch} {entry.allocation}-style at {count:,} ReLUs (cost only)", make_allocated)
+        )
     return jobs
 
 
@@ -165,16 +203,34 @@ def run_sweep(config_path: str | Path, *, report: bool = True) -> Path:
     networks = parse_networks(cfg.networks)
     done = finished_models(run_dir, [n.name for n in networks])
     todo = [j for j in jobs if j.folder.name not in done]
-    log.info("benchmark: %d models, %d already measured in %s, %d to go", len(jobs), len(jobs) - len(todo), run_dir,
-             len(todo))
+    log.info(
+        "benchmark: %d models, %d already measured in %s, %d to go",
+        len(jobs),
+        len(jobs) - len(todo),
+        run_dir,
+        len(todo),
+    )
     if todo:
-        options = BenchOptions(repeats=cfg.repeats, batch=cfg.batch, provider=cfg.provider, hosts=cfg.hosts,
-                               networks=networks, samples=cfg.samples, threads=cfg.threads, run_id=cfg.run, seed=cfg.seed,
-                               data_dir=cfg.data_dir)
+        options = BenchOptions(
+            repeats=cfg.repeats,
+            batch=cfg.batch,
+            provider=cfg.provider,
+            hosts=cfg.hosts,
+            networks=networks,
+            samples=cfg.samples,
+            threads=cfg.threads,
+            run_id=cfg.run,
+            seed=cfg.seed,
+            data_dir=cfg.data_dir,
+        )
         for i, result in enumerate(bench_models([str(j.folder) for j in todo], options), 1):
             write_result(run_dir, result)
             row = result.rows[0]
-            status = f"FAILED: {row.error}" if row.error else f"{row.latency_s_median:.3f} s, {row.bytes_per_party / 1e6:.2f} MB/party"
+            status = (
+                f"FAILED: {row.error}"
+                if row.error
+                else f"{row.latency_s_median:.3f} s, {row.bytes_per_party / 1e6:.2f} MB/party"
+            )
             log.info("measured %d/%d: %s (%s ReLUs): %s", i, len(todo), result.model, f"{row.relus or 0:,}", status)
     if report:
         from pibench.report import write_report

@@ -114,7 +114,9 @@ def test_unknown_architecture(saved):
     card = json.loads((folder / CARD_FILE).read_text())
     card["arch"] = "resnet_digitz"
     (folder / CARD_FILE).write_text(json.dumps(card))
-    with pytest.raises(CheckpointError, match=r"model\.json: unknown model 'resnet_digitz'.*Did you mean resnet_digits"):
+    with pytest.raises(
+        CheckpointError, match=r"model\.json: unknown model 'resnet_digitz'.*Did you mean resnet_digits"
+    ):
         load_public(folder)
 
 

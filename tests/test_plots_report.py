@@ -22,21 +22,68 @@ def fixture_run(run_dir, cost_only=False, netns=False):
     for model, method, budget, relus, acc, sent in MODELS:
         for network, bw, rtt in (("lan", 3000.0, 0.3), ("wan", 400.0, 40.0)):
             rows.append(
-                dict(run_id="fixture", timestamp="2026-11-22T00:00:00+00:00", model=model, arch="resnet_digits",
-                     dataset="digits", method=method, budget=budget, relus=relus, macs=1_000_000,
-                     accuracy=None if cost_only else acc, cost_only=cost_only, mpc_agreement=1.0, mpc_accuracy=acc,
-                     max_logit_error=0.001, mpc_samples=16, network=network, bandwidth_mbps=bw, rtt_ms=rtt,
-                     link=f"netns:{bw:g}mbit" if netns else "loopback", latency_s_median=0.1 + relus * 1e-5, latency_s_p10=0.09, latency_s_p90=0.12,
-                     latency_s_samples="0.1;0.1;0.1", compute_s=0.05, comm_s=0.05,
-                     projected_latency_s=0.05 + 40 * rtt / 1000 + sent * 8 / (bw * 1e6), bytes_per_party=sent,
-                     rounds=40, relu_bytes=464 * relus, linear_bytes=sent - 464 * relus, setup_s=0.1,
-                     setup_bytes=100, offline_bytes=0, batch=1, repeats=3, provider="tfp", threads=1,
-                     torch_version="2.13.0", crypten_version="0.4.1", pibench_version="0.1.0", git_commit="abc",
-                     host="ci", error=None)
+                dict(
+                    run_id="fixture",
+                    timestamp="2026-11-22T00:00:00+00:00",
+                    model=model,
+                    arch="resnet_digits",
+                    dataset="digits",
+                    method=method,
+                    budget=budget,
+                    relus=relus,
+                    macs=1_000_000,
+                    accuracy=None if cost_only else acc,
+                    cost_only=cost_only,
+                    mpc_agreement=1.0,
+                    mpc_accuracy=acc,
+                    max_logit_error=0.001,
+                    mpc_samples=16,
+                    network=network,
+                    bandwidth_mbps=bw,
+                    rtt_ms=rtt,
+                    link=f"netns:{bw:g}mbit" if netns else "loopback",
+                    latency_s_median=0.1 + relus * 1e-5,
+                    latency_s_p10=0.09,
+                    latency_s_p90=0.12,
+                    latency_s_samples="0.1;0.1;0.1",
+                    compute_s=0.05,
+                    comm_s=0.05,
+                    projected_latency_s=0.05 + 40 * rtt / 1000 + sent * 8 / (bw * 1e6),
+                    bytes_per_party=sent,
+                    rounds=40,
+                    relu_bytes=464 * relus,
+                    linear_bytes=sent - 464 * relus,
+                    setup_s=0.1,
+                    setup_bytes=100,
+                    offline_bytes=0,
+                    batch=1,
+                    repeats=3,
+                    provider="tfp",
+                    threads=1,
+                    torch_version="2.13.0",
+                    crypten_version="0.4.1",
+                    pibench_version="0.1.0",
+                    git_commit="abc",
+                    host="ci",
+                    error=None,
+                )
             )
-        for i, (op, t, b) in enumerate((("conv", 0.03, 300_000), ("relu", relus * 1e-5, 464 * relus), ("linear", 0.001, 1000))):
-            layers.append(dict(run_id="fixture", model=model, op_index=i, op=op, layer=f"l{i}", relus=relus if op == "relu" else 0,
-                               time_s=t, bytes=b, rounds=9 if op == "relu" else 1))
+        for i, (op, t, b) in enumerate(
+            (("conv", 0.03, 300_000), ("relu", relus * 1e-5, 464 * relus), ("linear", 0.001, 1000))
+        ):
+            layers.append(
+                dict(
+                    run_id="fixture",
+                    model=model,
+                    op_index=i,
+                    op=op,
+                    layer=f"l{i}",
+                    relus=relus if op == "relu" else 0,
+                    time_s=t,
+                    bytes=b,
+                    rounds=9 if op == "relu" else 1,
+                )
+            )
     rows.append({**rows[-1], "model": "broken", "error": "RuntimeError: boom"})
     # Written through the result schema, so these files have exactly the columns a run writes.
     append_rows(run_dir / RESULTS_FILE, [ResultRow(**r) for r in rows])
@@ -80,7 +127,10 @@ def test_report_tables_and_figures(tmp_path):
     assert "wan s (proj.)" in text
     assert "![Accuracy vs ReLUs" in text
     assert "broken (wan): RuntimeError: boom" in text
-    assert "senet − deepreduce" not in text and "deepreduce − senet, accuracy points at equal ReLU budget: 230: -10.00" in text
+    assert (
+        "senet − deepreduce" not in text
+        and "deepreduce − senet, accuracy points at equal ReLU budget: 230: -10.00" in text
+    )
 
 
 def test_plot_without_results_names_the_fix(tmp_path):

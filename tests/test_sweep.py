@@ -17,8 +17,13 @@ from pibench.results import LAYER_COLUMNS, RESULT_COLUMNS
 GOOD = {
     "run": "t",
     "experiments": [
-        {"dataset": "digits", "arch": "resnet_digits", "teacher": {"epochs": 1},
-         "methods": {"senet": {"epochs": 1}}, "budgets": [0.5, "1k"]}
+        {
+            "dataset": "digits",
+            "arch": "resnet_digits",
+            "teacher": {"epochs": 1},
+            "methods": {"senet": {"epochs": 1}},
+            "budgets": [0.5, "1k"],
+        }
     ],
     "cost_only": [{"model": "cnn_digits"}, {"arch": "resnet_digits", "allocation": "senet", "budgets": [100]}],
 }
@@ -50,8 +55,16 @@ def test_good_config_parses(tmp_path):
     [
         (("repeatz",), 3, r"unknown key 'repeatz'"),
         (("experiments", 0, "budgetz"), [1], r"experiments\[0\]: unknown key 'budgetz'"),
-        (("experiments", 0, "methods"), {"senet2": {}}, r"experiments\[0\]\.methods\.senet2: unknown linearization method 'senet2'"),
-        (("experiments", 0, "methods"), {"senet": {"epochz": 1}}, r"methods\.senet: unknown senet settings \['epochz'\]"),
+        (
+            ("experiments", 0, "methods"),
+            {"senet2": {}},
+            r"experiments\[0\]\.methods\.senet2: unknown linearization method 'senet2'",
+        ),
+        (
+            ("experiments", 0, "methods"),
+            {"senet": {"epochz": 1}},
+            r"methods\.senet: unknown senet settings \['epochz'\]",
+        ),
         (("experiments", 0, "arch"), "resnet_digitz", r"experiments\[0\]\.arch: unknown model 'resnet_digitz'"),
         (("experiments", 0, "dataset"), "cifar1000", r"experiments\[0\]\.dataset: unknown dataset 'cifar1000'"),
         (("experiments", 0, "teacher"), {"epoch": 1}, r"experiments\[0\]\.teacher: .*epoch"),
@@ -80,7 +93,10 @@ COST_ONLY_SWEEP = {
     "networks": ["lan", "wan"],
     "repeats": 1,
     "samples": 1,
-    "cost_only": [{"model": "cnn_digits"}, {"arch": "resnet_digits", "allocation": "senet", "budgets": [4000, 2000, 1000, 500, 250]}],
+    "cost_only": [
+        {"model": "cnn_digits"},
+        {"arch": "resnet_digits", "allocation": "senet", "budgets": [4000, 2000, 1000, 500, 250]},
+    ],
 }
 
 
@@ -91,8 +107,13 @@ def _pibench(*args):
 def test_killed_sweep_resumes_without_repeating_rows(tmp_path):
     config = write(tmp_path, COST_ONLY_SWEEP)
     results = tmp_path / "results" / "resume" / "results.csv"
-    proc = subprocess.Popen(_pibench("sweep", str(config), "--no-report"), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        _pibench("sweep", str(config), "--no-report"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if results.is_file() and len(pd.read_csv(results)) >= 4:  # two models measured
@@ -105,8 +126,9 @@ def test_killed_sweep_resumes_without_repeating_rows(tmp_path):
     finished = set(first["model"])
     assert 2 <= len(finished) < 6
 
-    done = subprocess.run(_pibench("sweep", str(config), "--no-report"), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        _pibench("sweep", str(config), "--no-report"), cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{len(finished)} already measured" in done.stderr
     final = pd.read_csv(results)

@@ -9,7 +9,9 @@ HELP = "draw accuracy / latency / communication vs ReLU figures for a results ru
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a results/<run> folder holding results.csv (and layers.csv)")
-    p.add_argument("--anchors", default=None, help="CSV of paper points (method, relus, top-1 accuracy in %) to overlay")
+    p.add_argument(
+        "--anchors", default=None, help="CSV of paper points (method, relus, top-1 accuracy in %) to overlay"
+    )
     p.add_argument("--models", nargs="*", default=None, help="models to show in the per-layer breakdown (default all)")
 
 
