@@ -30,7 +30,7 @@ from pibench.registry import Registry
 
 log = logging.getLogger(__name__)
 
-# Method name -> "module:attribute" of its module, imported on first use.
+# Method name -> the module implementing it, imported on first use.
 METHODS: Registry[str] = Registry("linearization method")
 METHODS.register("deepreduce", "pibench.linearize.deepreduce")
 METHODS.register("senet", "pibench.linearize.senet")
@@ -115,6 +115,15 @@ def settings_key(teacher: Teacher, *parts: Any) -> str:
     data = [len(teacher.train_loader.dataset), teacher.dataset_options]
     payload = json.dumps([teacher.card.weights_sha256, data, teacher.seed, teacher.batch_size, *parts], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def train_config(teacher: Teacher, settings: Any, epochs: int, **overrides: Any):
+    """A method's training phase: its settings' optimizer and schedule, the teacher's seed; `overrides` win."""
+    from pibench.train import TrainConfig
+
+    base = dict(epochs=epochs, lr=settings.lr, optimizer=settings.optimizer, weight_decay=settings.weight_decay,
+                schedule=settings.schedule, seed=teacher.seed)
+    return TrainConfig(**{**base, **overrides})
 
 
 def provenance(teacher: Teacher, method: str, settings: Any) -> dict[str, Any]:

@@ -31,14 +31,14 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 import torch
 
-from pibench.linearize import Teacher, save_linearized, settings_key
+from pibench.linearize import Teacher, save_linearized, settings_key, train_config
 from pibench.models import create_model
 from pibench.pareto import pareto_front
 from pibench.relu import count_relus
@@ -132,9 +132,8 @@ def _check_resnet(teacher: Teacher) -> int:
     return len(teacher.model.layers)
 
 
-def _kd_config(settings: Settings, epochs: int, seed: int) -> TrainConfig:
-    return TrainConfig(epochs=epochs, lr=settings.lr, optimizer=settings.optimizer, weight_decay=settings.weight_decay,
-                       schedule=settings.schedule, ce=1.0 - settings.kd, kd=settings.kd, seed=seed)
+def _kd_config(teacher: Teacher, settings: Settings, epochs: int) -> TrainConfig:
+    return train_config(teacher, settings, epochs, ce=1.0 - settings.kd, kd=settings.kd)
 
 
 def _build(teacher: Teacher, kwargs: dict[str, Any]) -> torch.nn.Module:
@@ -150,8 +149,8 @@ def _build(teacher: Teacher, kwargs: dict[str, Any]) -> torch.nn.Module:
 
 def criticality(teacher: Teacher, settings: Settings, stages: int) -> dict[str, Any]:
     """Per-stage accuracy, ReLUs and accuracy per ReLU of keep-only-stage-k variants (cached)."""
-    fields = {k: getattr(settings, k) for k in ("criticality_epochs", "lr", "optimizer", "weight_decay", "schedule", "kd")}
-    cache = teacher.cache_dir / f"deepreduce-criticality-{settings_key(teacher, 'drd-crit', fields)}.json"
+    cfg = _kd_config(teacher, settings, settings.criticality_epochs)
+    cache = teacher.cache_dir / f"deepreduce-criticality-{settings_key(teacher, 'drd-crit', asdict(cfg))}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
     result: dict[str, Any] = {"stages": {}}
@@ -159,7 +158,6 @@ def criticality(teacher: Teacher, settings: Settings, stages: int) -> dict[str, 
         kwargs = dict(culled=[s for s in range(1, stages + 1) if s != k], stem_relu=False)
         model = _build(teacher, kwargs)
         relus = count_relus(model)
-        cfg = _kd_config(settings, settings.criticality_epochs, teacher.seed)
         history = fit(model, teacher.train_loader, teacher.test_loader, cfg, teacher=teacher.model,
                       device=teacher.device, desc=f"deepreduce criticality stage {k}")
         acc = history[-1]
@@ -170,14 +168,13 @@ def criticality(teacher: Teacher, settings: Settings, stages: int) -> dict[str, 
     return result
 
 
-def train_candidate(teacher: Teacher, cand: Candidate, settings: Settings, folder: Path) -> float:
+def train_candidate(teacher: Teacher, cand: Candidate, cfg: TrainConfig, folder: Path) -> float:
     """Train (or reuse from the cache) one candidate; returns its test accuracy."""
     from pibench.checkpoint import is_model_folder, load_card, save_model
 
     if is_model_folder(folder):
         return float(load_card(folder).accuracy)
     model = _build(teacher, cand.kwargs)
-    cfg = _kd_config(settings, settings.epochs, teacher.seed)
     history = fit(model, teacher.train_loader, teacher.test_loader, cfg, teacher=teacher.model,
                   checkpoint=folder.parent / f"{folder.name}.pt", device=teacher.device,
                   desc=f"deepreduce {cand.name}")
@@ -219,12 +216,11 @@ def run(teacher: Teacher, budgets: list[int], outs: list[Path], settings: Settin
             "add smaller alphas / larger stem_strides, or use senet or snl"
         )
     wanted = select_for_training(candidates, budgets, settings.per_budget)
-    key = settings_key(teacher, "drd-cand", {k: getattr(settings, k) for k in ("epochs", "lr", "optimizer",
-                                                                            "weight_decay", "schedule", "kd")})
-    work = teacher.cache_dir / f"deepreduce-{key}"
+    cfg = _kd_config(teacher, settings, settings.epochs)
+    work = teacher.cache_dir / f"deepreduce-{settings_key(teacher, 'drd-cand', asdict(cfg))}"
     rows = []
     for cand in sorted(wanted, key=lambda c: -c.relus):
-        acc = train_candidate(teacher, cand, settings, work / cand.name)
+        acc = train_candidate(teacher, cand, cfg, work / cand.name)
         rows.append({"candidate": cand.name, "relus": cand.relus, "accuracy": acc, **{k: json.dumps(v) for k, v in cand.kwargs.items()}})
     table = pd.DataFrame(rows)
     frontier = pareto_front(table).reset_index(drop=True)

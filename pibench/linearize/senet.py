@@ -32,14 +32,14 @@ import copy
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from pibench.linearize import Teacher, save_linearized, settings_key
+from pibench.linearize import Teacher, save_linearized, settings_key, train_config
 from pibench.relu import masked_relus, relu_counts
 from pibench.train import Callback, TrainConfig, evaluate, fit
 
@@ -123,8 +123,8 @@ class _Pruning(Callback):
 
 def sensitivity(teacher: Teacher, settings: Settings) -> dict[str, float]:
     """eta_l per ReLU layer from a short sparse-training run; cached in the teacher's cache folder."""
-    fields = ["sensitivity_epochs", "density", "sensitivity_lr", "optimizer", "weight_decay"]
-    key = settings_key(teacher, "senet-sensitivity", {f: getattr(settings, f) for f in fields})
+    cfg = train_config(teacher, settings, settings.sensitivity_epochs, lr=settings.sensitivity_lr, schedule="constant")
+    key = settings_key(teacher, "senet-sensitivity", asdict(cfg), settings.density)
     cache = teacher.cache_dir / f"senet-sensitivity-{key}.json"
     if cache.is_file():
         log.info("SENet sensitivity from cache %s", cache)
@@ -134,14 +134,6 @@ def sensitivity(teacher: Teacher, settings: Settings) -> dict[str, float]:
     modules = dict(model.named_modules())
     convs = {n: m for n, m in modules.items() if isinstance(m, nn.Conv2d)}
     pruning = _Pruning(convs, settings.density)
-    cfg = TrainConfig(
-        epochs=settings.sensitivity_epochs,
-        lr=settings.sensitivity_lr,
-        optimizer=settings.optimizer,
-        weight_decay=settings.weight_decay,
-        schedule="constant",
-        seed=teacher.seed,
-    )
     fit(model, teacher.train_loader, None, cfg, callback=pruning, device=teacher.device, desc="senet sensitivity")
     density = {n: float(m.float().mean()) for n, m in pruning.masks.items()}
     eta = {relu: 1.0 - density[conv] for relu, conv in feeding.items()}
@@ -268,18 +260,9 @@ class MaskSearch(Callback):
             h.remove()
 
 
-def _loss_config(settings: Settings, epochs: int, schedule: str, seed: int) -> TrainConfig:
-    return TrainConfig(
-        epochs=epochs,
-        lr=settings.lr,
-        optimizer=settings.optimizer,
-        weight_decay=settings.weight_decay,
-        schedule=schedule,
-        ce=settings.gamma,
-        kd=settings.alpha,
-        at=settings.beta,
-        seed=seed,
-    )
+def _loss_config(teacher: Teacher, settings: Settings, epochs: int, **overrides: Any) -> TrainConfig:
+    """The PRAM loss (step 4), used by the mask search and the fine-tuning."""
+    return train_config(teacher, settings, epochs, ce=settings.gamma, kd=settings.alpha, at=settings.beta, **overrides)
 
 
 def linearize_one(teacher: Teacher, budget: int, out: Path, settings: Settings, eta: dict[str, float]):
@@ -305,12 +288,12 @@ def linearize_one(teacher: Teacher, budget: int, out: Path, settings: Settings, 
     else:
         raise ValueError(f"SENet masks must be 'search' or 'random', got {settings.masks!r}")
     try:
-        search_cfg = _loss_config(settings, settings.search_epochs, "constant", teacher.seed)
+        search_cfg = _loss_config(teacher, settings, settings.search_epochs, schedule="constant")
         fit(student, teacher.train_loader, None, search_cfg, teacher=t_model, callback=search,
             checkpoint=ckpt / "search.pt", device=teacher.device, desc=f"senet search {budget}")
     finally:
         search.close()
-    tune_cfg = _loss_config(settings, settings.epochs, settings.schedule, teacher.seed)
+    tune_cfg = _loss_config(teacher, settings, settings.epochs)
     history = fit(student, teacher.train_loader, teacher.test_loader, tune_cfg, teacher=t_model,
                   checkpoint=ckpt / "finetune.pt", device=teacher.device, desc=f"senet finetune {budget}")
     accuracy = history[-1] if history else evaluate(student, teacher.test_loader, teacher.device)

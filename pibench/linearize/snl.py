@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pibench.linearize import Teacher, save_linearized
+from pibench.linearize import Teacher, save_linearized, train_config
 from pibench.linearize.senet import topk_mask
 from pibench.relu import masked_relus
-from pibench.train import Callback, TrainConfig, evaluate, fit
+from pibench.train import Callback, evaluate, fit
 
 log = logging.getLogger(__name__)
 
@@ -156,15 +156,8 @@ def run(teacher: Teacher, budgets: list[int], outs: list[Path], settings: Settin
     model = copy.deepcopy(teacher.model).to(teacher.device)
     search = AlphaSearch(model, budgets, settings)
     work = outs[budgets.index(min(budgets))] / "checkpoints"
-    cfg = TrainConfig(
-        epochs=settings.search_epochs,
-        lr=settings.search_lr,
-        optimizer=settings.search_optimizer,
-        weight_decay=0.0,
-        schedule="constant",
-        kd=settings.kd,
-        seed=teacher.seed,
-    )
+    cfg = train_config(teacher, settings, settings.search_epochs, lr=settings.search_lr,
+                       optimizer=settings.search_optimizer, weight_decay=0.0, schedule="constant", kd=settings.kd)
     try:
         fit(model, teacher.train_loader, None, cfg, teacher=teacher.model, callback=search,
             checkpoint=work / "snl_search.pt", device=teacher.device, desc="snl search")
@@ -181,15 +174,7 @@ def run(teacher: Teacher, budgets: list[int], outs: list[Path], settings: Settin
         masks = binarize(snap["alphas"], budget, settings.threshold)
         for name, layer in masked_relus(student).items():
             layer.set_mask(masks[name.replace(".", "/")])
-        tune = TrainConfig(
-            epochs=settings.epochs,
-            lr=settings.lr,
-            optimizer=settings.optimizer,
-            weight_decay=settings.weight_decay,
-            schedule=settings.schedule,
-            kd=settings.kd,
-            seed=teacher.seed,
-        )
+        tune = train_config(teacher, settings, settings.epochs, kd=settings.kd)
         ckpt = out / "checkpoints" / "snl_finetune.pt"
         history = fit(student, teacher.train_loader, teacher.test_loader, tune, teacher=teacher.model,
                       checkpoint=ckpt, device=teacher.device, desc=f"snl finetune {budget}")
