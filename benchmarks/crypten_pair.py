@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from typing import Any, Callable
 
 import torch
@@ -146,16 +145,6 @@ class Pair:
 
     def run(self, op: str) -> Any:
         return self.ops[op]()
-
-    def time(self, op: str, repeats: int) -> list[float]:
-        self.prepare(op)
-        times = []
-        for _ in range(repeats):
-            self.announce(op)
-            t0 = time.perf_counter()
-            self.run(op)
-            times.append(time.perf_counter() - t0)
-        return times
 
     def close(self) -> None:
         _send({"cmd": "stop"}, SERVER)

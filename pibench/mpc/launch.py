@@ -28,7 +28,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Sequence
+from typing import Any
 
 from pibench.mpc.party import EVENT_PREFIX, ROLES
 
@@ -241,12 +241,3 @@ class Session:
         self.close(graceful=False)
         raise PartyError(message)
 
-
-def start_session(*, provider: str = "tfp", threads: int = 1, prefixes: dict[str, Sequence[str]] | None = None,
-                  **kwargs: Any) -> Session:
-    """Start a session (call `close()` or use it as a context manager)."""
-    cfg = SessionConfig(provider=provider, threads=threads,
-                        prefixes={k: list(v) for k, v in (prefixes or {}).items()}, **kwargs)
-    session = Session(cfg)
-    session.start()
-    return session
