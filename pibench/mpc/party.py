@@ -240,11 +240,11 @@ class Party:
         send()
         return other
 
-    def prepare(self, job: dict[str, Any]) -> tuple[Program, torch.Tensor | None, torch.Tensor | None]:
+    def prepare(self, job: dict[str, Any], spec: str) -> tuple[Program, torch.Tensor | None, torch.Tensor | None]:
         if self.rank == SERVER:
-            _, model = server_model(job["model"])
+            _, model = server_model(spec)
             return compile_model(model), None, None
-        card, model = public_model(job.get("client_model") or job["model"])
+        card, model = public_model(spec)
         program = compile_model(model).public()
         n = max(job["samples"], job["batch"])
         x, labels = model_inputs(card, program.input_shape, n, job["seed"], job.get("data_dir"))
@@ -254,7 +254,7 @@ class Party:
         spec = (job.get("client_model") or job["model"]) if self.rank == CLIENT else job["model"]
         status: dict[str, Any] = {"error": None, "spec": job["model"], "identity": None, "fingerprint": None}
         try:
-            program, x, labels = self.prepare(job)
+            program, x, labels = self.prepare(job, spec)
             status["identity"] = model_identity(spec)
             status["fingerprint"] = program.fingerprint()
         except Exception as e:  # reported to the peer and the evaluator; the session goes on
@@ -292,7 +292,7 @@ class Party:
         shape = (batch, *program.input_shape)
         with _Timed(self.meter, m, 0):
             xs = backend.share_input(x, shape)
-        y = run_program(program, backend, xs, meter if m else _untimed)
+        y = run_program(program, backend, xs, meter)
         with _Timed(self.meter, m, len(program.ops) + 1):
             return backend.reveal_to_client(y)
 
@@ -348,10 +348,6 @@ class _Timed:
     def __exit__(self, *exc: Any) -> None:
         if self.m and exc[0] is None:
             self.m.record(self.index, self.before, self.meter.read())
-
-
-def _untimed(index: int, op: Op) -> Any:
-    return _Timed(None, None, index)  # type: ignore[arg-type]
 
 
 def emit(event: dict[str, Any]) -> None:
