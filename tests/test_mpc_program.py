@@ -107,11 +107,18 @@ class WithCat(nn.Module):
         return torch.cat([x, x], 1).flatten(1)
 
 
+class WithScaledAdd(nn.Module):
+    def forward(self, x):
+        return x.add(x, alpha=2).flatten(1)
+
+
 def test_unsupported_ops_fail_at_compile_time_naming_op_and_layer():
     with pytest.raises(CompileError, match=r"GELU at layer 'act'"):
         compile_model(WithGelu(), (1, 8, 8))
     with pytest.raises(CompileError, match=r"function cat"):
         compile_model(WithCat(), (1, 8, 8))
+    with pytest.raises(CompileError, match=r"add with 2 arguments and keywords \['alpha'\]"):
+        compile_model(WithScaledAdd(), (1, 8, 8))  # x + 2x: compiling it as x + x would be wrong
 
 
 def test_identity_and_dropout_vanish():

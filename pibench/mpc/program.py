@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import operator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -148,7 +149,7 @@ class _Compiler:
 
     # -- helpers -----------------------------------------------------------------------
     def _emit(self, node: torch.fx.Node, kind: str, layer: str, inputs: list[torch.fx.Node], **kw: Any) -> None:
-        shape = tuple(node.meta["tensor_meta"].shape[1:])
+        shape = self._shape(node)
         weights = kw.pop("weights", {})
         attrs = kw.pop("attrs", {})
         attrs["weight_shapes"] = {k: list(v.shape) for k, v in weights.items()}
@@ -165,7 +166,8 @@ class _Compiler:
                             "(masked) relu, add, flatten, avg/adaptive-avg/max pooling, dropout and identity")
 
     @staticmethod
-    def _in_shape(node: torch.fx.Node) -> tuple[int, ...]:
+    def _shape(node: torch.fx.Node) -> tuple[int, ...]:
+        """Per-sample shape of the node's value (from shape propagation)."""
         return tuple(node.meta["tensor_meta"].shape[1:])
 
     # -- nodes ---------------------------------------------------------------------------
@@ -225,7 +227,7 @@ class _Compiler:
             if m.ceil_mode or m.return_indices or _pair(m.dilation) != (1, 1):
                 raise self._unsupported(node, "MaxPool2d with ceil_mode/return_indices/dilation")
             k = _pair(m.kernel_size)
-            out = node.meta["tensor_meta"].shape[1:].numel()
+            out = math.prod(self._shape(node))
             self._emit(node, "maxpool", name, [x], comparisons=out * (k[0] * k[1] - 1),
                        attrs={"kernel": k, "stride": _pair(m.stride or m.kernel_size), "padding": _pair(m.padding)})
         else:
@@ -243,7 +245,7 @@ class _Compiler:
         else:
             weight = m.weight.detach()
             bias = m.bias.detach() if m.bias is not None else torch.zeros(m.out_channels)
-        out = node.meta["tensor_meta"].shape[1:].numel()
+        out = math.prod(self._shape(node))
         k = m.kernel_size
         self._emit(node, "conv", name, [x], weights={"weight": weight, "bias": bias},
                    macs=out * (m.in_channels // m.groups) * k[0] * k[1],
@@ -265,7 +267,7 @@ class _Compiler:
             self._emit(node, "relu", name, [x], relus=kept, attrs={"index": index})
 
     def _relu(self, node: torch.fx.Node, name: str, x: torch.fx.Node) -> None:
-        self._emit(node, "relu", name, [x], relus=int(node.meta["tensor_meta"].shape[1:].numel()))
+        self._emit(node, "relu", name, [x], relus=math.prod(self._shape(node)))
 
     def _flatten(self, node: torch.fx.Node, name: str, x: torch.fx.Node, start: int, end: int) -> None:
         ndim = len(node.args[0].meta["tensor_meta"].shape) if isinstance(node.args[0], torch.fx.Node) else 0
@@ -273,9 +275,24 @@ class _Compiler:
             raise self._unsupported(node, f"flatten(start_dim={start}, end_dim={end}) (only flatten from dim 1)")
         self._emit(node, "flatten", name, [x])
 
+    def _flatten_call(self, node: torch.fx.Node) -> None:
+        """torch.flatten(x, ...) or x.flatten(...), dims given by position or keyword."""
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+        self._flatten(node, node.name, node.args[0], start, end)
+
+    def _add(self, node: torch.fx.Node) -> None:
+        """a + b of two tensors (operator, torch.add or Tensor.add); a scaling `alpha` has no op here."""
+        if len(node.args) != 2 or node.kwargs:
+            raise self._unsupported(node, f"add with {len(node.args)} arguments and keywords {sorted(node.kwargs)}")
+        a, b = node.args
+        if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)):
+            raise self._unsupported(node, "add of a tensor and a constant")
+        self._emit(node, "add", node.name, [a, b])
+
     def _adaptive_avg(self, node: torch.fx.Node, name: str, x: torch.fx.Node) -> None:
-        _, h, w = self._in_shape(x)
-        _, oh, ow = node.meta["tensor_meta"].shape[1:]
+        _, h, w = self._shape(x)
+        _, oh, ow = self._shape(node)
         if h % oh or w % ow:
             raise self._unsupported(node, f"AdaptiveAvgPool2d from {h}x{w} to {oh}x{ow} (sizes must divide)")
         k = (h // oh, w // ow)
@@ -283,15 +300,10 @@ class _Compiler:
 
     def _function(self, node: torch.fx.Node) -> None:
         fn = node.target
-        if fn in (operator.add, torch.add) and len(node.args) == 2 and not node.kwargs:
-            a, b = node.args
-            if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)):
-                raise self._unsupported(node, "add of a tensor and a constant")
-            self._emit(node, "add", node.name, [a, b])
+        if fn in (operator.add, torch.add):
+            self._add(node)
         elif fn is torch.flatten:
-            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-            self._flatten(node, node.name, node.args[0], start, end)
+            self._flatten_call(node)
         elif fn in (torch.relu, nn.functional.relu):
             self._relu(node, node.name, node.args[0])
         else:
@@ -299,13 +311,11 @@ class _Compiler:
 
     def _method(self, node: torch.fx.Node) -> None:
         if node.target == "flatten":
-            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-            self._flatten(node, node.name, node.args[0], start, end)
+            self._flatten_call(node)
         elif node.target == "relu":
             self._relu(node, node.name, node.args[0])
-        elif node.target == "add" and len(node.args) == 2 and isinstance(node.args[1], torch.fx.Node):
-            self._emit(node, "add", node.name, list(node.args))
+        elif node.target == "add":
+            self._add(node)
         else:
             raise self._unsupported(node, f"method .{node.target}()")
 
