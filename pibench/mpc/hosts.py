@@ -35,10 +35,14 @@ class Link:
     profiles: tuple[NetworkProfile, ...]
 
 
-def measurement_links(hosts: str, networks: list[NetworkProfile], local_link: str = "loopback") -> list[Link]:
-    """The links to measure each model on, in the order of the first profile that needs each."""
+def _check_hosts(hosts: str) -> None:
     if hosts not in HOSTS:
         raise ValueError(f"unknown --hosts {hosts!r}; use one of {', '.join(HOSTS)}")
+
+
+def measurement_links(hosts: str, networks: list[NetworkProfile], local_link: str = "loopback") -> list[Link]:
+    """The links to measure each model on, in the order of the first profile that needs each."""
+    _check_hosts(hosts)
     if hosts == "local":
         return [Link(local_link, None, tuple(networks))]
     groups: dict[float | None, list[NetworkProfile]] = {}
@@ -62,8 +66,7 @@ def place_parties(hosts: str, cfg: SessionConfig) -> Iterator[tuple[NetnsHosts |
     process inside the namespaces is stopped and the namespaces and links are deleted
     on exit, also when a party crashed or the caller raised.
     """
-    if hosts not in HOSTS:
-        raise ValueError(f"unknown --hosts {hosts!r}; use one of {', '.join(HOSTS)}")
+    _check_hosts(hosts)
     if hosts == "local":
         yield None, cfg
         return
