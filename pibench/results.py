@@ -125,16 +125,17 @@ def append_rows(path: str | Path, rows: Iterable[ResultRow | LayerRow]) -> int:
     return len(rows)
 
 
+def _csv(path: str | Path, name: str) -> Path:
+    """`path` itself, or the file `name` inside it when it is a folder."""
+    path = Path(path)
+    return path / name if path.is_dir() else path
+
+
 def load_results(path: str | Path) -> pd.DataFrame:
     """results.csv (or a folder holding it) as a DataFrame; empty strings become NaN."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / RESULTS_FILE
-    return pd.read_csv(path, keep_default_na=True, dtype={"error": str, "dataset": str})
+    return pd.read_csv(_csv(path, RESULTS_FILE), keep_default_na=True, dtype={"error": str, "dataset": str})
 
 
 def load_layers(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    if path.is_dir():
-        path = path / LAYERS_FILE
-    return pd.read_csv(path)
+    """layers.csv (or a folder holding it) as a DataFrame."""
+    return pd.read_csv(_csv(path, LAYERS_FILE))
