@@ -120,15 +120,17 @@ def _client_view(spec: str) -> Iterator[str]:
 
 
 def _reference(spec: str, n: int, options: BenchOptions) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
-    """The evaluator's plaintext logits on the same inputs the client uses."""
+    """The evaluator's plaintext logits on the same inputs the client uses (the first n it draws)."""
     card, model = server_model(spec)
     if n == 0:
         return card, None, None
     args = model.pibench_args
-    x, labels = model_inputs(card, (args["in_chans"], args["input_size"], args["input_size"]), n,
-                             options.seed, options.data_dir)
+    # Draw as many as the client does (`Party.prepare`): seeded noise for n samples is not
+    # always the first n of a longer draw (torch.randn fills in blocks of 16 numbers).
+    x, labels = model_inputs(card, (args["in_chans"], args["input_size"], args["input_size"]),
+                             max(n, options.batch), options.seed, options.data_dir)
     with torch.no_grad():
-        return card, model(x[:n]), labels
+        return card, model(x[:n]), labels[:n] if labels is not None else None
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -57,6 +57,15 @@ def test_masked_nets_match_plaintext_in_mpc(tmp_path):
     assert next(r for r in results if r.model == "vgg_avg").rows[0].maxpool_bytes == 0
 
 
+def test_fewer_samples_than_a_batch_are_checked_on_the_clients_inputs(tmp_path):
+    """36 numbers per input: seeded noise for 1 input is not the first of 4, so the reference must draw 4 too."""
+    folder = save(tmp_path, "odd", randomize(create_model("resnet_digits", input_size=6)), dataset="random")
+    (result,) = bench_models([folder], BenchOptions(repeats=1, samples=1, batch=4))
+    row = result.rows[0]
+    assert row.error == "" and row.mpc_samples == 1
+    assert row.max_logit_error < 1e-3 and row.mpc_agreement == 1.0
+
+
 def with_density(density: float, seed: int):
     """resnet_digits with exactly round(density * size) kept ReLUs per layer."""
     model = randomize(create_model("resnet_digits"), seed=seed)
