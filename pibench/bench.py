@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import importlib.metadata
 import logging
 import shutil
@@ -28,7 +29,7 @@ import socket
 import statistics
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 import pibench
-from pibench.checkpoint import CARD_FILE, MASKS_FILE, is_model_folder
+from pibench.checkpoint import CARD_FILE, MASKS_FILE, is_model_folder, load_card
 from pibench.mpc.hosts import Link, measurement_links, place_parties
 from pibench.mpc.launch import Session, SessionConfig
 from pibench.mpc.network import NETWORKS, NetworkProfile
@@ -61,7 +62,7 @@ class BenchOptions:
     seed: int = 0  # random inputs of models without a dataset
     link: str = "loopback"  # what the parties' traffic crossed with hosts="local"; recorded in every row
     hosts: str = "local"  # local (loopback) | netns (one namespace per party, every profile measured at its cap)
-    session: SessionConfig | None = None  # prefixes / rendezvous host / timeouts (provider and threads come from here)
+    session: SessionConfig | None = None  # prefixes / rendezvous host / timeouts; provider and threads are overridden
 
     def __post_init__(self) -> None:
         if self.repeats < 1 or self.batch < 1 or (self.samples is not None and self.samples < 0):
@@ -89,7 +90,9 @@ class BenchResult:
         return self.rows[0].error
 
 
+@functools.cache
 def _environment() -> dict[str, str]:
+    """Versions and host, written in every row (asked once: the git commit is a subprocess)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(pibench.__file__).parent,
                                 capture_output=True, text=True, timeout=10).stdout.strip()
@@ -192,8 +195,7 @@ def bench_models(models: Iterable[str], options: BenchOptions | None = None) -> 
     Raises `PartyError` if a party dies, never connects or stalls (the parties are gone then).
     """
     options = options or BenchOptions()
-    cfg = options.session or SessionConfig()
-    cfg.provider, cfg.threads = options.provider, options.threads
+    cfg = replace(options.session or SessionConfig(), provider=options.provider, threads=options.threads)
     env = _environment()
     n = options.n_samples
     links = measurement_links(options.hosts, options.networks, options.link)
@@ -221,8 +223,6 @@ def bench_models(models: Iterable[str], options: BenchOptions | None = None) -> 
                     events = [{"error": f"plaintext reference failed: {type(e).__name__}: {e}"}] * len(links)
             elif is_model_folder(spec):
                 with contextlib.suppress(Exception):
-                    from pibench.checkpoint import load_card
-
                     card = load_card(spec)
             results = [result_rows(spec, card, event, ref, labels, options, env, link)
                        for link, event in zip(links, events)]
@@ -236,8 +236,6 @@ def client_result(spec: str, event: dict[str, Any], options: BenchOptions) -> Be
     The client has no weights, so there is no plaintext reference: mpc_agreement and
     max_logit_error stay empty; mpc_accuracy is filled when the model's dataset has labels.
     """
-    from pibench.checkpoint import load_card
-
     card = load_card(spec) if is_model_folder(spec) else None
     labels = torch.tensor(event["labels"]) if event.get("labels") is not None else None
     link = Link(options.link, None, tuple(options.networks))
