@@ -12,7 +12,6 @@ plain containers and numpy arrays, so a crafted file cannot run code.
 from __future__ import annotations
 
 import io
-import logging
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,6 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from pibench.registry import Registry
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -156,14 +156,6 @@ class TrainConfig:
     at: float = 0.0
     seed: int = 0
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | None, **overrides: Any) -> "TrainConfig":
-        merged = {**(values or {}), **{k: v for k, v in overrides.items() if v is not None}}
-        unknown = sorted(set(merged) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown training settings {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**merged)
-
 
 def _optimizer(params: list, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
