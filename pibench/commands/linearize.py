@@ -32,18 +32,17 @@ def parse_settings(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        key = key.replace("-", "_")
         try:
-            settings[key.replace("-", "_")] = json.loads(value)
+            settings[key] = json.loads(value)
         except json.JSONDecodeError:
-            settings[key.replace("-", "_")] = value
+            settings[key] = value
     return settings
 
 
 def run(args: argparse.Namespace) -> int:
     from pibench.linearize import linearize_many
 
-    if len(args.budget) != len(args.out):
-        raise ValueError(f"{len(args.budget)} budgets but {len(args.out)} --out folders; give one folder per budget")
     cards = linearize_many(
         args.method,
         args.teacher,
