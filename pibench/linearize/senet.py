@@ -21,8 +21,8 @@ Efficient Private Inference", ICLR 2023): sensitivity, allocation, mask search, 
 4. Fine-tune with frozen masks: gamma*CE + alpha*KL(T=4) + beta*AT (PRAM; gamma=0.1,
    alpha=0.5, beta=1000), AT on the ResNet stage outputs.
 
-`masks="random"` replaces steps 1's and 3's choice of positions by random positions
-with the same per-layer counts, trained identically: the ablation that shows the
+`masks="random"` replaces step 3's choice of positions by random positions with the
+same per-layer counts (steps 1-2), trained identically: the ablation that shows the
 search matters.
 """
 
@@ -273,20 +273,19 @@ def linearize_one(teacher: Teacher, budget: int, out: Path, settings: Settings, 
     counts = dict(zip(names, allocate(budget, [c.size for c in layers], [eta[n] for n in names])))
     t_model = teacher.model.to(teacher.device).eval()
     student.to(teacher.device)
+    student_relus = masked_relus(student)
     ckpt = out / "checkpoints"
     if settings.masks == "search":
         search = MaskSearch(student, t_model, counts, update=True)
         with torch.no_grad():
-            for layer in masked_relus(student).values():
+            for layer in student_relus.values():
                 layer.mask.zero_()
         search.score_pass(student, t_model, teacher.train_loader, teacher.device)
-    elif settings.masks == "random":
+    else:
         shapes = {c.name: c.shape for c in layers}
         for name, mask in random_masks(shapes, counts, teacher.seed).items():
-            masked_relus(student)[name].set_mask(mask.to(teacher.device))
+            student_relus[name].set_mask(mask.to(teacher.device))
         search = MaskSearch(student, t_model, counts, update=False)
-    else:
-        raise ValueError(f"SENet masks must be 'search' or 'random', got {settings.masks!r}")
     try:
         search_cfg = _loss_config(teacher, settings, settings.search_epochs, schedule="constant")
         fit(student, teacher.train_loader, None, search_cfg, teacher=t_model, callback=search,
@@ -315,6 +314,8 @@ def linearize_one(teacher: Teacher, budget: int, out: Path, settings: Settings, 
 
 def run(teacher: Teacher, budgets: list[int], outs: list[Path], settings: Settings) -> list:
     """SENet at every budget; the sensitivity run is shared (and cached)."""
+    if settings.masks not in ("search", "random"):
+        raise ValueError(f"SENet masks must be 'search' or 'random', got {settings.masks!r}")
     eta = sensitivity(teacher, settings)
     log.info("SENet sensitivity: %s", {k: round(v, 3) for k, v in eta.items()})
     return [linearize_one(teacher, b, o, settings, eta) for b, o in zip(budgets, outs)]

@@ -6,8 +6,10 @@ outputs alpha*relu(x) + (1-alpha)*x. The student (teacher weights) trains alphas
 weights jointly on CE + kd*KD(T=4) + lambda*||alpha||_1; after each epoch, lambda is
 multiplied by `lambda_growth` (1.1) if the count of alphas above `threshold` (1e-2)
 did not fall. Choices the paper leaves open: alphas are clipped to [0, 1] after each
-step and get their own Adam learning rate (`alpha_lr`) so they move at a steady rate
-whatever the scale of the loss; the L1 term is the plain sum over positions.
+step and get their own learning rate (`alpha_lr`, no weight decay) in the search's
+optimizer (`search_optimizer`, Adam by default, so they move at a steady rate whatever
+the scale of the loss); the weights train without weight decay during the search; the
+L1 term is the plain sum over positions.
 
 Budgets. One search serves all budgets, largest first: when the count first drops to
 or below a budget, the alphas and weights are snapshot for it, and the search stops
