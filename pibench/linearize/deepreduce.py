@@ -21,9 +21,9 @@ ICML 2021): structural ReLU removal on ResNets, trained with KD, Pareto frontier
    budget are trained (the closest to a budget are the likeliest to win it);
    `per_budget=None` trains every candidate within the largest budget.
 4. The Pareto frontier of (ReLUs, accuracy) over trained candidates is saved in
-   method_info and as frontier.csv in each output folder; for a budget, the candidate
-   with the best test accuracy at or under it is the output (as the paper reports the
-   frontier on test accuracy).
+   method_info and as frontier.csv (all trained candidates as candidates.csv) in each
+   output folder; for a budget, the candidate with the best test accuracy at or under
+   it is the output (as the paper reports the frontier on test accuracy).
 """
 
 from __future__ import annotations
