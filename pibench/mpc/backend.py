@@ -39,14 +39,15 @@ class Backend:
         self.program = program
         self.weights: list[dict[str, Any]] = [{} for _ in program.ops]
 
-    def load_weights(self, convert: Callable[[Op, str, torch.Tensor | None, tuple[int, ...]], Any]) -> None:
+    def load_weights(self, convert: Callable[[torch.Tensor | None, tuple[int, ...]], Any]) -> None:
+        """Every weight through `convert(value, shape)`; channel vectors as (1, C, 1, 1)."""
         for op, store in zip(self.program.ops, self.weights):
             for name, value in op.weights.items():
                 shape = tuple(op.attrs["weight_shapes"][name])
                 if (op.kind, name) in _CHANNEL_WEIGHTS:
                     shape = (1, shape[0], 1, 1)
                     value = value.view(shape) if value is not None else None
-                store[name] = convert(op, name, value, shape)
+                store[name] = convert(value, shape)
 
     def apply(self, index: int, op: Op, args: list[Any]) -> Any:
         w = self.weights[index]
@@ -110,7 +111,7 @@ class TorchBackend(Backend):
         if not program.has_weights:
             raise ValueError("TorchBackend needs a program with weights")
         super().__init__(program)
-        self.load_weights(lambda op, name, value, shape: value)
+        self.load_weights(lambda value, shape: value)
 
     def conv(self, x: torch.Tensor, weight: torch.Tensor, attrs: dict[str, Any]) -> torch.Tensor:
         return F.conv2d(x, weight, None, attrs["stride"], attrs["padding"], attrs["dilation"], attrs["groups"])
@@ -153,7 +154,7 @@ class CryptenBackend(Backend):
         """Secret-share every weight from the server (one-time setup per model)."""
         import crypten
 
-        def share(op: Op, name: str, value: torch.Tensor | None, shape: tuple[int, ...]) -> Any:
+        def share(value: torch.Tensor | None, shape: tuple[int, ...]) -> Any:
             plain = value if self.rank == SERVER else torch.zeros(shape)
             return crypten.cryptensor(plain.float(), src=SERVER)
 
