@@ -207,7 +207,6 @@ class NetnsHosts:
             raise ValueError(f"rate_mbit must be positive, got {rate_mbit}")
         if not re.match(r"^[a-z][a-z0-9]*$", prefix):
             raise ValueError(f"prefix {prefix!r}: use lowercase letters and digits")
-        self.names = names
         self.prefix = prefix
         self.rate_mbit: float | None = None
         self._initial_rate = rate_mbit
@@ -220,7 +219,7 @@ class NetnsHosts:
         try:
             return self.hosts[name]
         except KeyError:
-            raise KeyError(f"no host {name!r}; hosts are {', '.join(self.names)}") from None
+            raise KeyError(f"no host {name!r}; hosts are {', '.join(self.hosts)}") from None
 
     @property
     def namespaces(self) -> list[str]:
