@@ -8,11 +8,13 @@ own loss term or per-epoch step through a `Callback`; the loss is
 with AT (Zagoruyko & Komodakis, 2017) the squared distance of the L2-normalized
 channel-mean-squared attention maps of post-ReLU features (stage outputs of a ResNet,
 every ReLU layer otherwise). A checkpoint is written after every epoch; calling `fit`
-again with the same checkpoint path resumes after the last finished epoch.
+again with the same checkpoint path, config and run key resumes after the last
+finished epoch.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -194,11 +196,14 @@ def fit(
     checkpoint: str | Path | None = None,
     device: str | torch.device | None = None,
     desc: str = "train",
+    run_key: str = "",
 ) -> list[float]:
     """Train `model` in place for `cfg.epochs`; returns the test accuracy after each epoch.
 
     With `checkpoint`, the state after every epoch is saved there and a later call
-    resumes from it (same config required). KD and AT need `teacher`.
+    resumes from it when it has the same config and `run_key` (what else the run
+    depends on, e.g. its teacher, data and budget); otherwise training starts over.
+    KD and AT need `teacher`.
     """
     device = pick_device(device)
     callback = callback or Callback()
@@ -215,7 +220,7 @@ def fit(
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     if ckpt_path is not None and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if state.get("config") == asdict(cfg):
+        if state.get("config") == asdict(cfg) and state.get("run_key", "") == run_key:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
@@ -266,6 +271,7 @@ def fit(
                 _save_atomic(
                     {
                         "config": asdict(cfg),
+                        "run_key": run_key,
                         "epoch": epoch + 1 if not stop else cfg.epochs,
                         "model": model.state_dict(),
                         "optimizer": opt.state_dict(),
@@ -322,7 +328,9 @@ def train_baseline(
     cfg = TrainConfig(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, seed=seed)
     out = Path(out_folder)
     ckpt = out / "checkpoints" / "train.pt"
-    history = fit(model, train_loader, test_loader, cfg, checkpoint=ckpt, device=device, desc=f"train {arch}")
+    run_key = json.dumps([arch, dataset, build, options, batch_size, train_subset], sort_keys=True)
+    history = fit(model, train_loader, test_loader, cfg, checkpoint=ckpt, device=device, desc=f"train {arch}",
+                  run_key=run_key)
     accuracy = history[-1] if history else evaluate(model, test_loader, device)
     provenance = {"train": {**asdict(cfg), "batch_size": batch_size, "dataset_options": options, "history": history}}
     card = save_model(model.cpu(), out, dataset=dataset, method="baseline", accuracy=accuracy, provenance=provenance)

@@ -86,3 +86,22 @@ def test_train_baseline_upsampled_digits(tmp_path):
         "resnet_digits", "digits", tmp_path / "b16", epochs=1, batch_size=64, train_subset=64, arch_kwargs={"input_size": 16}
     )
     assert card.input_shape == [1, 16, 16] and card.provenance["train"]["dataset_options"] == {"size": 16}
+
+
+class _Epochs(Callback):
+    def __init__(self):
+        self.ran = 0
+
+    def end_epoch(self, epoch, accuracy):
+        self.ran += 1
+        return False
+
+
+def test_checkpoint_of_another_run_is_not_resumed(tmp_path):
+    cfg, ckpt = TrainConfig(epochs=1, lr=0.05), tmp_path / "run.pt"
+    fit(create_model("cnn_digits"), *_loaders(), cfg, checkpoint=ckpt, device="cpu", run_key="budget 100")
+    same, other = _Epochs(), _Epochs()
+    fit(create_model("cnn_digits"), *_loaders(), cfg, callback=same, checkpoint=ckpt, device="cpu", run_key="budget 100")
+    fit(create_model("cnn_digits"), *_loaders(), cfg, callback=other, checkpoint=ckpt, device="cpu", run_key="budget 50")
+    assert (same.ran, other.ran) == (0, 1)
+    assert torch.load(ckpt, weights_only=True)["run_key"] == "budget 50"

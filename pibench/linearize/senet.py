@@ -275,6 +275,7 @@ def linearize_one(teacher: Teacher, budget: int, out: Path, settings: Settings, 
     student.to(teacher.device)
     student_relus = masked_relus(student)
     ckpt = out / "checkpoints"
+    run_key = settings_key(teacher, "senet", budget, asdict(settings))
     if settings.masks == "search":
         search = MaskSearch(student, t_model, counts, update=True)
         with torch.no_grad():
@@ -289,12 +290,13 @@ def linearize_one(teacher: Teacher, budget: int, out: Path, settings: Settings, 
     try:
         search_cfg = _loss_config(teacher, settings, settings.search_epochs, schedule="constant")
         fit(student, teacher.train_loader, None, search_cfg, teacher=t_model, callback=search,
-            checkpoint=ckpt / "search.pt", device=teacher.device, desc=f"senet search {budget}")
+            checkpoint=ckpt / "search.pt", device=teacher.device, desc=f"senet search {budget}", run_key=run_key)
     finally:
         search.close()
     tune_cfg = _loss_config(teacher, settings, settings.epochs)
     history = fit(student, teacher.train_loader, teacher.test_loader, tune_cfg, teacher=t_model,
-                  checkpoint=ckpt / "finetune.pt", device=teacher.device, desc=f"senet finetune {budget}")
+                  checkpoint=ckpt / "finetune.pt", device=teacher.device, desc=f"senet finetune {budget}",
+                  run_key=run_key)
     accuracy = history[-1] if history else evaluate(student, teacher.test_loader, teacher.device)
     info = {
         "sensitivity": eta,

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from pibench.linearize import Teacher, save_linearized, train_config
+from pibench.linearize import Teacher, save_linearized, settings_key, train_config
 from pibench.linearize.senet import topk_mask
 from pibench.relu import masked_relus
 from pibench.train import Callback, evaluate, fit
@@ -158,11 +158,12 @@ def run(teacher: Teacher, budgets: list[int], outs: list[Path], settings: Settin
     model = copy.deepcopy(teacher.model).to(teacher.device)
     search = AlphaSearch(model, budgets, settings)
     work = outs[budgets.index(min(budgets))] / "checkpoints"
+    run_key = settings_key(teacher, "snl", sorted(budgets), asdict(settings))
     cfg = train_config(teacher, settings, settings.search_epochs, lr=settings.search_lr,
                        optimizer=settings.search_optimizer, weight_decay=0.0, schedule="constant", kd=settings.kd)
     try:
         fit(model, teacher.train_loader, None, cfg, teacher=teacher.model, callback=search,
-            checkpoint=work / "snl_search.pt", device=teacher.device, desc="snl search")
+            checkpoint=work / "snl_search.pt", device=teacher.device, desc="snl search", run_key=run_key)
     finally:
         search.close()
     for budget in search.pending:  # not reached within search_epochs: keep the largest alphas
@@ -179,7 +180,8 @@ def run(teacher: Teacher, budgets: list[int], outs: list[Path], settings: Settin
         tune = train_config(teacher, settings, settings.epochs, kd=settings.kd)
         ckpt = out / "checkpoints" / "snl_finetune.pt"
         history = fit(student, teacher.train_loader, teacher.test_loader, tune, teacher=teacher.model,
-                      checkpoint=ckpt, device=teacher.device, desc=f"snl finetune {budget}")
+                      checkpoint=ckpt, device=teacher.device, desc=f"snl finetune {budget}",
+                      run_key=f"{run_key} {budget}")
         accuracy = history[-1] if history else evaluate(student, teacher.test_loader, teacher.device)
         info = {
             "search_counts": search.counts,
