@@ -160,7 +160,7 @@ def criticality(teacher: Teacher, settings: Settings, stages: int) -> dict[str, 
         relus = count_relus(model)
         history = fit(model, teacher.train_loader, teacher.test_loader, cfg, teacher=teacher.model,
                       device=teacher.device, desc=f"deepreduce criticality stage {k}")
-        acc = history[-1]
+        acc = history[-1] if history else evaluate(model, teacher.test_loader, teacher.device)
         result["stages"][str(k)] = {"relus": relus, "accuracy": acc, "criticality": acc / relus}
     result["order"] = sorted(range(1, stages + 1), key=lambda s: result["stages"][str(s)]["criticality"])
     cache.parent.mkdir(parents=True, exist_ok=True)
