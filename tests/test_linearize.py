@@ -121,6 +121,11 @@ def test_snl_end_to_end(teacher, tmp_path):
         _check(card, out, b, "snl")
         assert len(card.method_info["search_counts"]) <= 2
     assert not (outs[1] / "checkpoints").exists()
+    # A re-run after an interruption keeps the budgets already finished.
+    finished = (outs[0] / "weights.safetensors").stat().st_mtime_ns
+    again = linearize_many("snl", teacher, budgets, outs, epochs=1, search_epochs=2, lam=1e-2, **FAST)
+    assert (outs[0] / "weights.safetensors").stat().st_mtime_ns == finished
+    assert [c.relus for c in again] == [c.relus for c in cards]
 
 
 def test_cli_train_and_linearize(tmp_path, capsys):

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pibench.checkpoint import is_model_folder, load_card
 from pibench.linearize import Teacher, save_linearized, settings_key, train_config
 from pibench.linearize.senet import topk_mask
 from pibench.relu import masked_relus
@@ -171,6 +172,9 @@ def run(teacher: Teacher, budgets: list[int], outs: list[Path], settings: Settin
         search.snapshots[budget] = search.snapshot(len(search.counts) - 1)
     cards = []
     for budget, out in zip(budgets, outs):
+        if is_model_folder(out):  # finished by an interrupted earlier call with the same budgets
+            cards.append(load_card(out))
+            continue
         snap = search.snapshots[budget]
         student = copy.deepcopy(teacher.model)
         student.load_state_dict(snap["weights"])

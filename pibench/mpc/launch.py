@@ -197,10 +197,13 @@ class Session:
     # -- events ---------------------------------------------------------------------------
     def _read_stdout(self, proc: _Proc) -> None:
         for line in proc.popen.stdout:
-            if line.startswith(EVENT_PREFIX):
-                self.events.put((proc.role, json.loads(line[len(EVENT_PREFIX):])))
-            else:
+            if not line.startswith(EVENT_PREFIX):
                 log.debug("%s: %s", proc.role, line.rstrip())
+                continue
+            try:
+                self.events.put((proc.role, json.loads(line[len(EVENT_PREFIX):])))
+            except json.JSONDecodeError:  # keep reading: a dead reader would stall the session until job_timeout
+                log.error("%s printed a malformed event line: %s", proc.role, line.rstrip()[:200])
 
     def _read_stderr(self, proc: _Proc) -> None:
         for line in proc.popen.stderr:
