@@ -334,14 +334,12 @@ def train_baseline(
     accuracy = history[-1] if history else evaluate(model, test_loader, device)
     provenance = {"train": {**asdict(cfg), "batch_size": batch_size, "dataset_options": options, "history": history}}
     card = save_model(model.cpu(), out, dataset=dataset, method="baseline", accuracy=accuracy, provenance=provenance)
-    _remove_checkpoints(out)
+    remove_checkpoint(ckpt)
     return card
 
 
-def _remove_checkpoints(folder: Path) -> None:
-    """Drop a finished run's resume files; the model folder is what stays."""
-    ckpt_dir = folder / "checkpoints"
-    if ckpt_dir.is_dir():
-        for f in ckpt_dir.iterdir():
-            f.unlink()
-        ckpt_dir.rmdir()
+def remove_checkpoint(path: Path) -> None:
+    """Drop a finished run's resume file, and its folder once nothing else is in it."""
+    path.unlink(missing_ok=True)
+    if path.parent.is_dir() and not any(path.parent.iterdir()):
+        path.parent.rmdir()

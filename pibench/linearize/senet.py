@@ -41,7 +41,7 @@ from torch import nn
 
 from pibench.linearize import Teacher, save_linearized, settings_key, train_config
 from pibench.relu import masked_relus, relu_counts
-from pibench.train import Callback, TrainConfig, evaluate, fit
+from pibench.train import Callback, TrainConfig, evaluate, fit, remove_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -308,9 +308,7 @@ def linearize_one(teacher: Teacher, budget: int, out: Path, settings: Settings, 
     card = save_linearized(student, out, teacher, method="senet", budget=budget, accuracy=accuracy,
                            settings=settings, method_info=info)
     for f in ("search.pt", "finetune.pt"):
-        (ckpt / f).unlink(missing_ok=True)
-    if ckpt.is_dir() and not any(ckpt.iterdir()):
-        ckpt.rmdir()
+        remove_checkpoint(ckpt / f)
     return card
 
 

@@ -34,7 +34,7 @@ from pibench.checkpoint import is_model_folder, load_card
 from pibench.linearize import Teacher, save_linearized, settings_key, train_config
 from pibench.linearize.senet import topk_mask
 from pibench.relu import masked_relus
-from pibench.train import Callback, evaluate, fit
+from pibench.train import Callback, evaluate, fit, remove_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -196,9 +196,6 @@ def run(teacher: Teacher, budgets: list[int], outs: list[Path], settings: Settin
         }
         cards.append(save_linearized(student, out, teacher, method="snl", budget=budget, accuracy=accuracy,
                                      settings=settings, method_info=info))
-        ckpt.unlink(missing_ok=True)
-    (work / "snl_search.pt").unlink(missing_ok=True)
-    for out in outs:
-        if (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):
-            (out / "checkpoints").rmdir()
+        remove_checkpoint(ckpt)
+    remove_checkpoint(work / "snl_search.pt")
     return cards
