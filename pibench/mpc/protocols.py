@@ -1,0 +1,49 @@
+"""Security modes: which MPC backend runs a program, under which protocol, and what it protects.
+
+Every results row carries `backend`, `protocol` and `security` from here, so a number
+is never read without its threat model. All modes assume *semi-honest* parties (they
+follow the protocol and try to learn from what they see); none is secure against a
+party that deviates from it.
+
+    crypten:dealer  client + server + a dealer process that generates all correlated
+                    randomness ahead of the online phase. Secure against a semi-honest
+                    client or server as long as the dealer colludes with neither.
+    crypten:tfp     CrypTen's trusted *first* party: the client (rank 0) generates every
+                    Beaver triple in plaintext, so it could recover the server's weights.
+                    INSECURE; kept to benchmark the online cost only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pibench.registry import Registry
+
+
+@dataclass(frozen=True)
+class Protocol:
+    backend: str  # crypten | spu
+    name: str  # dealer | tfp | ...
+    security: str  # the label written in every results row and the report
+    secure: bool  # False: a benchmarking mode that leaks a party's secret
+    dealer: bool  # True: a third process (the dealer) takes part
+
+    @property
+    def key(self) -> str:
+        return f"{self.backend}:{self.name}"
+
+
+PROTOCOLS: Registry[Protocol] = Registry("protocol")
+PROTOCOLS.register("crypten:dealer", Protocol(
+    "crypten", "dealer", "semi-honest client/server; non-colluding dealer", secure=True, dealer=True))
+PROTOCOLS.register("crypten:tfp", Protocol(
+    "crypten", "tfp", "INSECURE: the client generates the randomness and could recover the weights; online cost only",
+    secure=False, dealer=False))
+
+DEFAULT_PROTOCOL = "crypten:dealer"
+
+
+def get_protocol(spec: str, backend: str | None = None) -> Protocol:
+    """A protocol from "backend:name", or from "name" and `backend` (e.g. "tfp", "crypten")."""
+    key = spec if ":" in spec else f"{backend or 'crypten'}:{spec}"
+    return PROTOCOLS.get(key)
