@@ -1,11 +1,14 @@
 # pibench set-up: `make demo` runs the digits demo, `make test` runs the tests.
-# Both create/update .venv through `make install`.
+# Both create/update .venv through `make install`; `make install EXTRAS=test,spu` adds the
+# SecretFlow SPU backend (resolved in the same pip call as everything else: spu needs numpy<2).
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= test
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-STAMP := $(VENV)/.installed
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: install demo test test-all bench clean
 
@@ -18,7 +21,8 @@ $(STAMP): pyproject.toml Makefile
 	# crypten 0.4.1 declares the dead `sklearn` package and torchvision: install it
 	# without its metadata deps; its real runtime needs are listed in pyproject.toml.
 	$(PIP) install -q --no-deps crypten==0.4.1
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.installed*
 	touch $(STAMP)
 
 demo: install
