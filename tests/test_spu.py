@@ -1,0 +1,107 @@
+"""SecretFlow SPU (CHEETAH, SEMI2K) as a second MPC backend: two real party processes over SPU's brpc link."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import torch
+
+from pibench.models import create_model
+from pibench.mpc.backend import run_plain
+from pibench.mpc.launch import free_port
+from pibench.mpc.party import EVENT_PREFIX, model_inputs, server_model
+from pibench.mpc.program import compile_model
+
+from test_mpc_parties import gone, save, with_density
+from test_mpc_program import NETS, randomize
+
+pytest.importorskip("spu", reason="SecretFlow SPU is not installed: make install EXTRAS=test,spu")
+
+SLOPE = {"semi2k": 144, "cheetah": 100}  # bytes per kept ReLU per party, sent + received (DESIGN.md §7)
+PARTY = ("import sys, json; from pibench.mpc.spu_party import run_spu_party; from pibench.mpc.party import read_jobs;"
+         "run_spu_party(sys.argv[1], sys.argv[2], protocol=sys.argv[3], connect_timeout=float(sys.argv[4]),"
+         " jobs=read_jobs(sys.stdin))")
+
+
+def run_parties(protocol, jobs, connect_timeout=60, roles=("client", "server"), timeout=900):
+    """Two SPU party processes serving `jobs`; the client's events and both return codes."""
+    rendezvous = f"tcp://127.0.0.1:{free_port()}"
+    lines = "".join(json.dumps({"id": i, **job}) + "\n" for i, job in enumerate(jobs))
+    procs = []
+    for role in roles:
+        jobs_file = tempfile.TemporaryFile("w+")  # all jobs, then EOF: the parties end together
+        jobs_file.write(lines)
+        jobs_file.seek(0)
+        procs.append(subprocess.Popen([sys.executable, "-c", PARTY, role, rendezvous, protocol, str(connect_timeout)],
+                                      stdin=jobs_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    events = [json.loads(line[len(EVENT_PREFIX):]) for line in outs[0][0].splitlines()
+              if line.startswith(EVENT_PREFIX)]
+    return events, [p.returncode for p in procs], [err for _, err in outs]
+
+
+def plaintext_logits(folder, n):
+    card, model = server_model(folder)
+    program = compile_model(model)
+    x, _ = model_inputs(card, program.input_shape, n, 0, None)
+    return run_plain(program, x)
+
+
+def job(model, samples=8, batch=8, repeats=1):
+    return {"model": model, "samples": samples, "batch": batch, "repeats": repeats, "seed": 0, "data_dir": None}
+
+
+@pytest.mark.parametrize("protocol", ["semi2k", "cheetah"])
+def test_bytes_follow_kept_relus_and_logits_match_plaintext(tmp_path, protocol):
+    densities = [0.0, 0.25, 0.5, 0.75, 1.0]
+    folders = [save(tmp_path, f"d{int(d * 100)}", with_density(d, i)) for i, d in enumerate(densities)]
+    events, codes, errs = run_parties(protocol, [job(f) for f in folders])
+    assert codes == [0, 0], errs
+    results = [e for e in events if e["event"] == "result"]
+    assert len(results) == len(folders), events
+    for folder, r in zip(folders, results):
+        reference = plaintext_logits(folder, 8)
+        logits = torch.tensor(r["logits"], dtype=torch.float64)
+        assert (logits - reference).abs().max() <= 1e-2
+        assert (logits.argmax(1) == reference.argmax(1)).float().mean() >= 0.99
+        assert r["ops"][0]["op"] == "input" and r["ops"][-1]["op"] == "output"
+        assert r["offline_bytes"] == 0 and r["setup_bytes"] > 0 and r["rounds"] > 0
+    kept = torch.tensor([8.0 * r["program"]["relus"] for r in results])  # a batch of 8
+    sent = torch.tensor([float(r["bytes"]) for r in results])
+    fit = torch.linalg.lstsq(torch.stack([kept, torch.ones_like(kept)], 1), sent.unsqueeze(1)).solution[:, 0]
+    slope, base = float(fit[0]), float(fit[1])
+    assert kept[0] == 0 and base == pytest.approx(float(sent[0]), rel=0.02)
+    for n, b in zip(kept, sent):
+        assert abs(b - (base + slope * n)) <= 0.02 * b
+    assert slope == pytest.approx(SLOPE[protocol], rel=0.15)
+    relu_bytes = [sum(op["bytes"] for op in r["ops"] if op["op"] == "relu") for r in results]
+    assert relu_bytes[0] == 0 and relu_bytes[-1] == pytest.approx(slope * float(kept[-1]), rel=0.02)
+
+
+@pytest.mark.parametrize("net", ["vgg_max", "wrn_preact"])
+def test_maxpool_and_preactivation_nets_match_plaintext(tmp_path, net):
+    kwargs = dict(NETS[net])
+    folder = save(tmp_path, net, randomize(create_model(kwargs.pop("name"), **kwargs)))
+    events, codes, errs = run_parties("semi2k", [job(folder)])
+    assert codes == [0, 0], errs
+    (result,) = [e for e in events if e["event"] == "result"]
+    logits = torch.tensor(result["logits"], dtype=torch.float64)
+    assert (logits - plaintext_logits(folder, 8)).abs().max() <= 1e-2
+    if net == "vgg_max":
+        assert next(op for op in result["ops"] if op["op"] == "maxpool")["bytes"] > 0
+
+
+def test_a_model_that_fails_to_load_is_an_error_event_and_the_session_goes_on():
+    events, codes, errs = run_parties("semi2k", [job("no_such_model"), job("cnn_digits", samples=0, batch=1)])
+    assert codes == [0, 0], errs
+    assert events[1]["event"] == "error" and "unknown model 'no_such_model'" in events[1]["error"]
+    assert events[2]["event"] == "result" and events[2]["error"] is None
+
+
+def test_a_peer_that_never_connects_ends_the_party_with_a_clear_message():
+    events, codes, errs = run_parties("semi2k", [], connect_timeout=3, roles=("client",), timeout=60)
+    assert codes[0] != 0 and not events
+    assert "did not connect" in errs[0] or "connect" in errs[0].lower()
