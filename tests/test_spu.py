@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 import torch
@@ -54,9 +55,9 @@ def job(model, samples=8, batch=8, repeats=1):
     return {"model": model, "samples": samples, "batch": batch, "repeats": repeats, "seed": 0, "data_dir": None}
 
 
-@pytest.mark.parametrize("protocol", ["semi2k", "cheetah"])
+@pytest.mark.parametrize("protocol", ["semi2k", pytest.param("cheetah", marks=pytest.mark.slow)])
 def test_bytes_follow_kept_relus_and_logits_match_plaintext(tmp_path, protocol):
-    densities = [0.0, 0.25, 0.5, 0.75, 1.0]
+    densities = [0.0, 0.25, 0.5, 1.0]
     folders = [save(tmp_path, f"d{int(d * 100)}", with_density(d, i)) for i, d in enumerate(densities)]
     events, codes, errs = run_parties(protocol, [job(f) for f in folders])
     assert codes == [0, 0], errs
@@ -102,6 +103,8 @@ def test_a_model_that_fails_to_load_is_an_error_event_and_the_session_goes_on():
 
 
 def test_a_peer_that_never_connects_ends_the_party_with_a_clear_message():
+    t0 = time.monotonic()
     events, codes, errs = run_parties("semi2k", [], connect_timeout=3, roles=("client",), timeout=60)
-    assert codes[0] != 0 and not events
-    assert "did not connect" in errs[0] or "connect" in errs[0].lower()
+    assert time.monotonic() - t0 < 30
+    assert codes == [2] and not events
+    assert "the client did not connect to its peers at tcp://127.0.0.1:" in errs[0]
