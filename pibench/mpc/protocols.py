@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from pibench.registry import Registry
 
+CLIENT, SERVER, DEALER = 0, 1, 2  # ranks: the client owns the input, the server the weights
+
 
 @dataclass(frozen=True)
 class Protocol:
