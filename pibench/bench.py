@@ -188,8 +188,8 @@ def result_rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor |
     rows = [ResultRow(**base, **measured, network=p.name, bandwidth_mbps=p.bandwidth_mbps, rtt_ms=p.rtt_ms,
                       projected_latency_s=p.project(compute, event["rounds"], one_way))
             for p in link.profiles]
-    layers = [LayerRow(options.run_id, name, i, o["op"], o["layer"], o["relus"], o["time_s"], o["bytes"], o["rounds"])
-              for i, o in enumerate(ops)]
+    layers = [LayerRow(options.run_id, name, i, o["op"], o["layer"], o["relus"], o["time_s"], o["bytes"], o["rounds"],
+                       protocol.key) for i, o in enumerate(ops)]
     return BenchResult(name, rows, layers)
 
 

@@ -89,6 +89,7 @@ class LayerRow:
     time_s: float
     bytes: int
     rounds: int
+    protocol: str = ""  # backend:name the op was measured under
 
 
 RESULT_COLUMNS = [f.name for f in fields(ResultRow)]
@@ -154,5 +155,5 @@ def _security(key: str) -> str | None:
 
 
 def load_layers(path: str | Path) -> pd.DataFrame:
-    """layers.csv (or a folder holding it) as a DataFrame."""
-    return pd.read_csv(_csv(path, LAYERS_FILE))
+    """layers.csv (or a folder holding it) as a DataFrame (older files: `protocol` empty)."""
+    return pd.read_csv(_csv(path, LAYERS_FILE)).reindex(columns=LAYER_COLUMNS)

@@ -47,14 +47,25 @@ class FixedWeight:
     w: torch.Tensor | None = None  # W in the ring (fixed point), the server's only
 
 
+def local_share(op: str, kwargs: dict[str, Any], rank: int, e: torch.Tensor, a: torch.Tensor, c: torch.Tensor,
+                weight: FixedWeight) -> torch.Tensor:
+    """This party's share of op(x, W) at scale^2, from the opened E and its shares of A and C."""
+    z = ring_op(op, a, weight.d, kwargs) + c
+    if rank == SERVER:
+        z += ring_op(op, e, weight.w, kwargs)
+    return z
+
+
+def truncate_share(z: torch.Tensor, scale: int) -> torch.Tensor:
+    """Each party divides its own share (CrypTen's two-party truncation after a product)."""
+    return z.div(scale, rounding_mode="trunc")
+
+
 def weights_fixed_op(x: MPCTensor, weight: FixedWeight, op: str, kwargs: dict[str, Any],
                      provider: PreprocessedProvider, rank: int) -> MPCTensor:
     """op(x, W) on shares of x, opening only E = x - A; the result is truncated back to x's scale."""
     share = x._tensor.share
     a, c = provider.weights_fixed_pair(weight.key, tuple(share.shape), tuple(weight.d.shape), op, kwargs)
     e = ArithmeticSharedTensor.from_shares(share - a, precision=0).reveal()
-    z = ring_op(op, a, weight.d, kwargs) + c
-    if rank == SERVER:
-        z += ring_op(op, e, weight.w, kwargs)
-    scale = x._tensor.encoder.scale
-    return MPCTensor.from_shares(z.div(scale, rounding_mode="trunc"))
+    z = local_share(op, kwargs, rank, e, a, c, weight)
+    return MPCTensor.from_shares(truncate_share(z, x._tensor.encoder.scale))
