@@ -27,6 +27,7 @@ served from the local queue: the online figures contain no dealer traffic.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -443,10 +444,13 @@ def run_party(role: str, rendezvous: str, *, protocol: str = DEFAULT_PROTOCOL, t
         provider = PreprocessedProvider(DealerLink(ROLES[role], comm.get().ttp_group))
         use_provider(provider)
     emit({"event": "ready", "role": role, "threads": torch.get_num_threads()})
-    Party(role, crypten, provider).serve(jobs, on_event)
-    if provider is not None:
-        provider.source.close()  # the dealer leaves on "bye"; CrypTen must not send it its own "terminate"
-        comm.get().ttp_initialized = False
+    try:
+        Party(role, crypten, provider).serve(jobs, on_event)
+    finally:
+        if provider is not None:  # also on a refused model: the dealer must not wait forever
+            with contextlib.suppress(RuntimeError):
+                provider.source.close()
+            comm.get().ttp_initialized = False  # the dealer left on "bye"; CrypTen must not send its "terminate"
     crypten.uninit()
 
 
