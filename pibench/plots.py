@@ -205,23 +205,29 @@ def communication_vs_relus(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     return _save(fig, out_dir, "communication_vs_relus")
 
 
+def _time_and_bytes_bars(time: pd.DataFrame, sent_mb: pd.DataFrame, bytes_label: str, title: str,
+                         out_dir: Path, name: str) -> list[Path]:
+    """Two panels of stacked horizontal bars sharing their rows: seconds, and MB."""
+    fig, (ax_t, ax_b) = plt.subplots(
+        1, 2, figsize=(2 * COLUMN_WIDTH_IN, max(2.0, 0.25 * len(time) + 1.0)), sharey=True
+    )
+    time.plot.barh(stacked=True, ax=ax_t, width=0.7)
+    sent_mb.plot.barh(stacked=True, ax=ax_b, width=0.7, legend=False)
+    ax_t.set_xlabel("time per inference (s)")
+    ax_b.set_xlabel(bytes_label)
+    ax_t.set_ylabel("")
+    ax_t.set_title(title)
+    ax_t.legend(title=None)
+    return _save(fig, out_dir, name)
+
+
 def online_vs_offline(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Per model, the online phase and the offline (preprocessing) phase stacked: time and bytes."""
     per_model = _ok_rows(results).drop_duplicates("entry").set_index("entry").sort_values("relus")
     time = pd.DataFrame({"online": per_model["latency_s_median"], "offline": per_model["offline_s"].fillna(0)})
-    sent = pd.DataFrame({"online": per_model["bytes_per_party"],
-                         "offline": per_model["offline_bytes"].fillna(0)}) / 1e6
-    fig, (ax_t, ax_b) = plt.subplots(
-        1, 2, figsize=(2 * COLUMN_WIDTH_IN, max(2.0, 0.25 * len(per_model) + 1.0)), sharey=True
-    )
-    time.plot.barh(stacked=True, ax=ax_t, width=0.7)
-    sent.plot.barh(stacked=True, ax=ax_b, width=0.7, legend=False)
-    ax_t.set_xlabel("time per inference (s)")
-    ax_b.set_xlabel("MB per inference (online: per party; offline: client-dealer)")
-    ax_t.set_ylabel("")
-    ax_t.set_title("Online and offline (preprocessing) phases")
-    ax_t.legend(title=None)
-    return _save(fig, out_dir, "online_vs_offline")
+    sent = pd.DataFrame({"online": per_model["bytes_per_party"], "offline": per_model["offline_bytes"].fillna(0)})
+    return _time_and_bytes_bars(time, sent / 1e6, "MB per inference (online: per party; offline: client-dealer)",
+                                "Online and offline (preprocessing) phases", out_dir, "online_vs_offline")
 
 
 def accuracy_vs_latency(results: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -255,17 +261,8 @@ def layer_breakdown(layers: pd.DataFrame, out_dir: Path, models: list[str] | Non
     time = data.pivot_table(index="entry", columns="kind", values="time_s", aggfunc="sum", fill_value=0)
     sent = data.pivot_table(index="entry", columns="kind", values="bytes", aggfunc="sum", fill_value=0) / 1e6
     order = time.sum(axis=1).sort_values().index
-    fig, (ax_t, ax_b) = plt.subplots(
-        1, 2, figsize=(2 * COLUMN_WIDTH_IN, max(2.0, 0.25 * len(order) + 1.0)), sharey=True
-    )
-    time.loc[order].plot.barh(stacked=True, ax=ax_t, width=0.7)
-    sent.loc[order].plot.barh(stacked=True, ax=ax_b, width=0.7, legend=False)
-    ax_t.set_xlabel("time per inference (s)")
-    ax_b.set_xlabel("communication per party (MB)")
-    ax_t.set_ylabel("")
-    ax_t.set_title("Per-layer cost breakdown")
-    ax_t.legend(title=None)
-    return _save(fig, out_dir, "layer_breakdown")
+    return _time_and_bytes_bars(time.loc[order], sent.loc[order], "communication per party (MB)",
+                                "Per-layer cost breakdown", out_dir, "layer_breakdown")
 
 
 def plot_run(run_dir: str | Path, anchors: str | Path | None = None, models: list[str] | None = None) -> list[Path]:
