@@ -226,7 +226,7 @@ def online_vs_offline(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     per_model = _ok_rows(results).drop_duplicates("entry").set_index("entry").sort_values("relus")
     time = pd.DataFrame({"online": per_model["latency_s_median"], "offline": per_model["offline_s"].fillna(0)})
     sent = pd.DataFrame({"online": per_model["bytes_per_party"], "offline": per_model["offline_bytes"].fillna(0)})
-    return _time_and_bytes_bars(time, sent / 1e6, "MB per inference (online: per party; offline: client-dealer)",
+    return _time_and_bytes_bars(time, sent / 1e6, "MB per inference\n(online: per party; offline: client-dealer)",
                                 "Online and offline (preprocessing) phases", out_dir, "online_vs_offline")
 
 
