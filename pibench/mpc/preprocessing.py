@@ -149,11 +149,9 @@ class Plan:
 class PreprocessedProvider(TupleProvider):
     """CrypTen's tuple provider for the dealer protocol: live while recording, from a queue online.
 
-    `source(requests)` returns this party's full share of each requested tuple (the
-    client's comes with the dealer's c0 appended); see `pibench.mpc.dealer`.
+    `source.make(plan)` returns this party's full share of each tuple of the plan (the
+    client's comes with the dealer's c0 appended); see `pibench.mpc.dealer.DealerLink`.
     """
-
-    NAME = "dealer"
 
     def __init__(self, source: Any) -> None:
         super().__init__()
