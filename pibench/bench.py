@@ -41,7 +41,8 @@ from pibench.checkpoint import CARD_FILE, MASKS_FILE, is_model_folder, load_card
 from pibench.mpc.hosts import Link, measurement_links, place_parties
 from pibench.mpc.launch import Session, SessionConfig
 from pibench.mpc.network import NETWORKS, NetworkProfile
-from pibench.mpc.party import model_inputs, server_model
+from pibench.mpc.party import model_inputs, protocol_of, server_model
+from pibench.mpc.protocols import DEFAULT_PROTOCOL, get_protocol
 from pibench.results import LAYERS_FILE, RESULTS_FILE, LayerRow, ResultRow, append_rows
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ LINEAR_OPS = ("conv", "linear", "affine")
 class BenchOptions:
     repeats: int = 3  # timed inferences per model, after the warm-up
     batch: int = 1  # inputs per inference
-    provider: str = "tfp"  # tfp | ttp
+    protocol: str = DEFAULT_PROTOCOL  # backend:name, see pibench.mpc.protocols (a bare name means crypten)
     networks: list[NetworkProfile] = field(default_factory=lambda: [NETWORKS.get("lan"), NETWORKS.get("wan")])
     samples: int | None = None  # inputs for agreement/accuracy (None: one batch, also the warm-up; 0: neither)
     threads: int = 1  # torch threads per party
@@ -62,7 +63,7 @@ class BenchOptions:
     seed: int = 0  # random inputs of models without a dataset
     link: str = "loopback"  # what the parties' traffic crossed with hosts="local"; recorded in every row
     hosts: str = "local"  # local (loopback) | netns (one namespace per party, every profile measured at its cap)
-    session: SessionConfig | None = None  # prefixes / rendezvous host / timeouts; provider and threads are overridden
+    session: SessionConfig | None = None  # prefixes / rendezvous host / timeouts; protocol and threads are overridden
 
     def __post_init__(self) -> None:
         if self.repeats < 1 or self.batch < 1 or (self.samples is not None and self.samples < 0):
@@ -71,6 +72,7 @@ class BenchOptions:
             raise ValueError("at least one network profile is needed (e.g. lan)")
         if self.run_id is None:
             self.run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        self.protocol = protocol_of(self.protocol).key
 
     @property
     def n_samples(self) -> int:
@@ -144,14 +146,15 @@ def result_rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor |
                 labels: torch.Tensor | None, options: BenchOptions, env: dict[str, str], link: Link) -> BenchResult:
     """One measurement's rows (one per profile of `link`); no agreement without a reference `ref`."""
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    protocol = get_protocol(options.protocol)
     name = card.name if card else spec
     base = dict(run_id=options.run_id, timestamp=now, model=name, arch=card.arch if card else spec,
                 dataset=card.dataset if card else "", method=card.method if card else "registry",
                 budget=card.budget if card else None, accuracy=card.accuracy if card else None,
                 # untrained (no accuracy on the card) or no labelled inputs: only the cost columns mean something
                 cost_only=card is None or card.accuracy is None or labels is None,
-                batch=options.batch, repeats=options.repeats,
-                provider=options.provider, threads=options.threads, link=link.name, **env)
+                batch=options.batch, repeats=options.repeats, backend=protocol.backend, protocol=protocol.name,
+                security=protocol.security, threads=options.threads, link=link.name, **env)
     if event.get("error"):
         rows = [ResultRow(**base, network=p.name, bandwidth_mbps=p.bandwidth_mbps, rtt_ms=p.rtt_ms,
                           error=event["error"]) for p in link.profiles]
@@ -176,7 +179,8 @@ def result_rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor |
         relu_bytes=sum(o["bytes"] for o in ops if o["op"] == "relu"),
         maxpool_bytes=sum(o["bytes"] for o in ops if o["op"] == "maxpool"),
         linear_bytes=sum(o["bytes"] for o in ops if o["op"] in LINEAR_OPS),
-        setup_s=event["setup_s"], setup_bytes=event["setup_bytes"], offline_bytes=event["offline_bytes"],
+        setup_s=event["setup_s"], setup_bytes=event["setup_bytes"],
+        offline_s=event["offline_s"], offline_bytes=event["offline_bytes"],
     )
     # CrypTen counts what a party sends plus what it receives; on a full-duplex link each
     # direction carries half of it (checked against a 100 Mbit/s tbf-shaped netns link).
@@ -184,8 +188,8 @@ def result_rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor |
     rows = [ResultRow(**base, **measured, network=p.name, bandwidth_mbps=p.bandwidth_mbps, rtt_ms=p.rtt_ms,
                       projected_latency_s=p.project(compute, event["rounds"], one_way))
             for p in link.profiles]
-    layers = [LayerRow(options.run_id, name, i, o["op"], o["layer"], o["relus"], o["time_s"], o["bytes"], o["rounds"])
-              for i, o in enumerate(ops)]
+    layers = [LayerRow(options.run_id, name, i, o["op"], o["layer"], o["relus"], o["time_s"], o["bytes"], o["rounds"],
+                       protocol.key) for i, o in enumerate(ops)]
     return BenchResult(name, rows, layers)
 
 
@@ -195,7 +199,7 @@ def bench_models(models: Iterable[str], options: BenchOptions | None = None) -> 
     Raises `PartyError` if a party dies, never connects or stalls (the parties are gone then).
     """
     options = options or BenchOptions()
-    cfg = replace(options.session or SessionConfig(), provider=options.provider, threads=options.threads)
+    cfg = replace(options.session or SessionConfig(), protocol=options.protocol, threads=options.threads)
     env = _environment()
     n = options.n_samples
     links = measurement_links(options.hosts, options.networks, options.link)
@@ -253,11 +257,13 @@ def summary(result: BenchResult) -> dict[str, Any]:
     """The headline numbers of one model (what `pibench bench --json` prints)."""
     row = result.rows[0]
     return {
-        "model": result.model, "error": row.error, "relus": row.relus, "macs": row.macs,
-        "bytes_per_party": row.bytes_per_party, "rounds": row.rounds, "latency_s_median": row.latency_s_median,
+        "model": result.model, "error": row.error, "protocol": f"{row.backend}:{row.protocol}",
+        "security": row.security, "relus": row.relus, "macs": row.macs, "bytes_per_party": row.bytes_per_party,
+        "linear_bytes": row.linear_bytes, "relu_bytes": row.relu_bytes, "rounds": row.rounds, "latency_s_median": row.latency_s_median,
         "latency_s_p10": row.latency_s_p10, "latency_s_p90": row.latency_s_p90,
         "agreement": row.mpc_agreement, "max_logit_error": row.max_logit_error, "mpc_accuracy": row.mpc_accuracy,
-        "offline_bytes": row.offline_bytes, "setup_s": row.setup_s,
+        "offline_s": row.offline_s, "offline_bytes": row.offline_bytes, "setup_s": row.setup_s,
+        "setup_bytes": row.setup_bytes,
         "projected_latency_s": {r.network: r.projected_latency_s for r in result.rows},
         "measured": {r.network: {"link": r.link, "latency_s_median": r.latency_s_median, "comm_s": r.comm_s}
                      for r in result.rows},

@@ -3,7 +3,7 @@
     run: demo                      # results go to results/<run>/
     models_dir: models             # linearized models are stored/reused here
     networks: [lan, wan]           # network profiles (pibench.mpc.network)
-    provider: tfp                  # tfp | ttp
+    protocols: [crypten:dealer]    # MPC protocols, each measured on every model (pibench.mpc.protocols)
     hosts: local                   # local (loopback) | netns (namespaces, each profile measured; root)
     repeats: 3                     # timed inferences per model (after one warm-up)
     batch: 1
@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from pibench.mpc.protocols import DEFAULT_PROTOCOL, get_protocol
 
 
 # linearize_many's own keyword arguments; every other key of a method's entry is a Settings field.
@@ -76,7 +78,7 @@ class SweepConfig:
     models_dir: str = "models"
     results_dir: str = "results"
     networks: list[str] = field(default_factory=lambda: ["lan", "wan"])
-    provider: str = "tfp"
+    protocols: list[str] = field(default_factory=lambda: [DEFAULT_PROTOCOL])
     hosts: str = "local"
     repeats: int = 3
     batch: int = 1
@@ -118,6 +120,9 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> SweepConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     raw = dict(raw)
+    if "provider" in raw:
+        raise ConfigError(f"{source}: provider: replaced by 'protocols', e.g. protocols: [crypten:dealer] "
+                          "(the old tfp is the insecure crypten:tfp, the old ttp the dealer protocol)")
     experiments = raw.pop("experiments", None) or []
     cost_only = raw.pop("cost_only", None) or []
     cfg = _build(SweepConfig, raw, source)
@@ -153,8 +158,10 @@ def validate(cfg: SweepConfig, source: str) -> None:
 
     if not cfg.experiments and not cfg.cost_only:
         raise ConfigError(f"{source}: nothing to run: add 'experiments' or 'cost_only'")
-    if cfg.provider not in ("tfp", "ttp"):
-        raise ConfigError(f"{source}: provider: unknown provider {cfg.provider!r} (known: tfp, ttp)")
+    if not isinstance(cfg.protocols, list) or not cfg.protocols:
+        raise ConfigError(f"{source}: protocols: a list of at least one protocol, e.g. [crypten:dealer]")
+    cfg.protocols = [_check(lambda: get_protocol(str(p)).key, f"{source}: protocols[{i}]")
+                     for i, p in enumerate(cfg.protocols)]
     if cfg.hosts not in HOSTS:
         raise ConfigError(f"{source}: hosts: unknown hosts {cfg.hosts!r} (known: {', '.join(HOSTS)})")
     for key in ("repeats", "batch", "samples", "threads"):

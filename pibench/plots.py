@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from pibench.pareto import pareto_front  # noqa: E402
+from pibench.results import load_layers, load_results  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ STYLE = {
     "lines.markersize": 4,
     "figure.dpi": 200,
 }
-FIGURES = ("accuracy_vs_relus", "latency_vs_relus", "communication_vs_relus", "accuracy_vs_latency", "layer_breakdown")
+FIGURES = ("accuracy_vs_relus", "latency_vs_relus", "communication_vs_relus", "online_vs_offline",
+           "accuracy_vs_latency", "layer_breakdown")
 # Which per-layer ops are linear (free of secure comparisons) for the breakdown figure.
 LINEAR_OPS = {"conv", "linear", "add", "affine", "avgpool", "flatten"}
 COMPARISON_OPS = {"relu", "maxpool"}
@@ -70,10 +72,22 @@ def _label(ax: plt.Axes, xlabel: str, ylabel: str, title: str) -> None:
     ax.legend()
 
 
-def _method_colors(rows: pd.DataFrame) -> dict[str, str]:
-    """One fixed colour per method, so a method looks the same in every figure."""
+def _series_colors(rows: pd.DataFrame) -> dict[str, str]:
+    """One fixed colour per series, so a method (and protocol) looks the same in every figure."""
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    return {m: cycle[i % len(cycle)] for i, m in enumerate(sorted(rows["method"].unique()))}
+    return {m: cycle[i % len(cycle)] for i, m in enumerate(sorted(rows["series"].unique()))}
+
+
+def with_series(results: pd.DataFrame, layers: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Label rows by what a figure tells apart: `series` (method, plus the protocol when a run
+    measured several) and `entry` (model, plus the protocol likewise); layers get `entry` too."""
+    keys = results["backend"].fillna("crypten") + ":" + results["protocol"].fillna("")
+    several = keys.nunique() > 1
+    suffix = (" · " + keys) if several else ""
+    results = results.assign(series=results["method"] + suffix, entry=results["model"] + suffix)
+    if layers is not None:
+        layers = layers.assign(entry=layers["model"] + ((" · " + layers["protocol"].fillna("")) if several else ""))
+    return results, layers
 
 
 def _ok_rows(results: pd.DataFrame) -> pd.DataFrame:
@@ -93,10 +107,10 @@ def _plot_front(ax: plt.Axes, group: pd.DataFrame, cost: str, color: str, label:
 
 def accuracy_vs_relus(results: pd.DataFrame, out_dir: Path, anchors: pd.DataFrame | None = None) -> list[Path]:
     """Accuracy against kept ReLUs per method, Pareto frontier marked, paper anchors optional."""
-    per_model = _ok_rows(results).dropna(subset=["accuracy"]).drop_duplicates("model")
+    per_model = _ok_rows(results).dropna(subset=["accuracy"]).drop_duplicates("entry")
     fig, ax = _figure()
-    colors = _method_colors(per_model)
-    for method, group in per_model.groupby("method"):
+    colors = _series_colors(per_model)
+    for method, group in per_model.groupby("series"):
         _plot_front(ax, group, "relus", colors[method], method)
     if anchors is not None and len(anchors):
         for method, group in anchors.groupby("method"):
@@ -116,15 +130,15 @@ def _linear_floor(layers: pd.DataFrame, profile_rows: pd.DataFrame | None) -> pd
     """
     from pibench.mpc.network import NetworkProfile
 
-    linear = layers[~layers["op"].isin(COMPARISON_OPS)].groupby("model")[["time_s", "rounds", "bytes"]].sum()
+    linear = layers[~layers["op"].isin(COMPARISON_OPS)].groupby("entry")[["time_s", "rounds", "bytes"]].sum()
     if profile_rows is None:
         return linear["time_s"]
     floor = {}
     for row in profile_rows.itertuples():
-        if row.model in linear.index:
-            ops = linear.loc[row.model]
+        if row.entry in linear.index:
+            ops = linear.loc[row.entry]
             compute = ops["time_s"] * row.compute_s / row.latency_s_median
-            floor[row.model] = NetworkProfile(row.network, row.bandwidth_mbps, row.rtt_ms).project(
+            floor[row.entry] = NetworkProfile(row.network, row.bandwidth_mbps, row.rtt_ms).project(
                 compute, ops["rounds"], ops["bytes"]
             )
     return pd.Series(floor, dtype=float)
@@ -139,24 +153,24 @@ def latency_vs_relus(results: pd.DataFrame, out_dir: Path, layers: pd.DataFrame 
     removing ReLUs cannot go below.
     """
     rows = _ok_rows(results)
-    measured_per_network = rows.groupby("model")["link"].nunique().max() > 1
+    measured_per_network = rows.groupby("entry")["link"].nunique().max() > 1
     panels = (
-        [] if measured_per_network else [(f"measured ({rows['link'].iloc[0]})", rows.drop_duplicates("model"), None)]
+        [] if measured_per_network else [(f"measured ({rows['link'].iloc[0]})", rows.drop_duplicates("entry"), None)]
     )
     panels += [(f"{net} (projected)", group, group) for net, group in rows.groupby("network")]
     fig, axes = plt.subplots(1, len(panels), figsize=(0.75 * COLUMN_WIDTH_IN * len(panels), 2.5), squeeze=False)
-    colors = _method_colors(rows)
+    colors = _series_colors(rows)
     for ax, (title, data, profile_rows) in zip(axes[0], panels):
         column = "latency_s_median" if profile_rows is None else "projected_latency_s"
         values = [data[column]]
-        for method, group in data.groupby("method"):
+        for method, group in data.groupby("series"):
             ax.plot(group["relus"], group[column], "o", color=colors[method], label=method)
             if measured_per_network:
                 ax.plot(group["relus"], group["latency_s_median"], "o", mfc="none", color=colors[method])
                 values.append(group["latency_s_median"])
         if layers is not None and len(layers):
             floor = _linear_floor(layers, profile_rows)
-            at = data.set_index("model")["relus"].reindex(floor.index).dropna()
+            at = data.set_index("entry")["relus"].reindex(floor.index).dropna()
             ax.plot(at, floor[at.index], "kx", label="linear layers only")
             values.append(floor)
         _log_if_wide(ax, data["relus"], "x")
@@ -170,17 +184,50 @@ def latency_vs_relus(results: pd.DataFrame, out_dir: Path, layers: pd.DataFrame 
 
 
 def communication_vs_relus(results: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Bytes per party (CrypTen counts sent + received) against ReLUs, one series per method."""
-    per_model = _ok_rows(results).drop_duplicates("model")
-    fig, ax = _figure()
-    colors = _method_colors(per_model)
-    for method, group in per_model.groupby("method"):
-        group = group.sort_values("relus")
-        ax.plot(group["relus"], group["bytes_per_party"] / 1e6, "o-", color=colors[method], label=method)
-    _log_if_wide(ax, per_model["relus"], "x")
-    _log_if_wide(ax, per_model["bytes_per_party"], "y")
-    _label(ax, "ReLUs kept", "communication per party (MB)", "Communication vs ReLUs (sent + received)")
+    """Bytes against ReLUs, one series per method: online per party, and offline (dealer) where measured."""
+    per_model = _ok_rows(results).drop_duplicates("entry")
+    panels = [("bytes_per_party", "online per party (MB)")]
+    if per_model["offline_bytes"].notna().any():
+        panels.append(("offline_bytes", "offline, client-dealer (MB)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(0.75 * COLUMN_WIDTH_IN * len(panels), 2.5), squeeze=False)
+    colors = _series_colors(per_model)
+    for ax, (column, ylabel) in zip(axes[0], panels):
+        for series, group in per_model.dropna(subset=[column]).groupby("series"):
+            group = group.sort_values("relus")
+            ax.plot(group["relus"], group[column] / 1e6, "o-", color=colors[series], label=series)
+        _log_if_wide(ax, per_model["relus"], "x")
+        _log_if_wide(ax, per_model[column].dropna(), "y")
+        ax.set_xlabel("ReLUs kept")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.suptitle("Communication vs ReLUs (sent + received)", fontsize=8)
     return _save(fig, out_dir, "communication_vs_relus")
+
+
+def _time_and_bytes_bars(time: pd.DataFrame, sent_mb: pd.DataFrame, bytes_label: str, title: str,
+                         out_dir: Path, name: str) -> list[Path]:
+    """Two panels of stacked horizontal bars sharing their rows: seconds, and MB."""
+    fig, (ax_t, ax_b) = plt.subplots(
+        1, 2, figsize=(2 * COLUMN_WIDTH_IN, max(2.0, 0.25 * len(time) + 1.0)), sharey=True
+    )
+    time.plot.barh(stacked=True, ax=ax_t, width=0.7)
+    sent_mb.plot.barh(stacked=True, ax=ax_b, width=0.7, legend=False)
+    ax_t.set_xlabel("time per inference (s)")
+    ax_b.set_xlabel(bytes_label)
+    ax_t.set_ylabel("")
+    ax_t.set_title(title)
+    ax_t.legend(title=None)
+    return _save(fig, out_dir, name)
+
+
+def online_vs_offline(results: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Per model, the online phase and the offline (preprocessing) phase stacked: time and bytes."""
+    per_model = _ok_rows(results).drop_duplicates("entry").set_index("entry").sort_values("relus")
+    time = pd.DataFrame({"online": per_model["latency_s_median"], "offline": per_model["offline_s"].fillna(0)})
+    sent = pd.DataFrame({"online": per_model["bytes_per_party"], "offline": per_model["offline_bytes"].fillna(0)})
+    return _time_and_bytes_bars(time, sent / 1e6, "MB per inference\n(online: per party; offline: client-dealer)",
+                                "Online and offline (preprocessing) phases", out_dir, "online_vs_offline")
 
 
 def accuracy_vs_latency(results: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -190,9 +237,9 @@ def accuracy_vs_latency(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     fig, axes = plt.subplots(
         1, len(networks), figsize=(COLUMN_WIDTH_IN * max(1, len(networks)) / 1.4, 2.5), sharey=True, squeeze=False
     )
-    colors = _method_colors(rows)
+    colors = _series_colors(rows)
     for ax, network in zip(axes[0], networks):
-        for method, group in rows[rows["network"] == network].groupby("method"):
+        for method, group in rows[rows["network"] == network].groupby("series"):
             _plot_front(ax, group, "projected_latency_s", colors[method], method)
         _log_if_wide(ax, rows.loc[rows["network"] == network, "projected_latency_s"], "x")
         ax.set_xlabel(f"latency, {network} (s, projected)")
@@ -211,20 +258,11 @@ def layer_breakdown(layers: pd.DataFrame, out_dir: Path, models: list[str] | Non
     data = layers.assign(kind=kind)
     if models:
         data = data[data["model"].isin(models)]
-    time = data.pivot_table(index="model", columns="kind", values="time_s", aggfunc="sum", fill_value=0)
-    sent = data.pivot_table(index="model", columns="kind", values="bytes", aggfunc="sum", fill_value=0) / 1e6
+    time = data.pivot_table(index="entry", columns="kind", values="time_s", aggfunc="sum", fill_value=0)
+    sent = data.pivot_table(index="entry", columns="kind", values="bytes", aggfunc="sum", fill_value=0) / 1e6
     order = time.sum(axis=1).sort_values().index
-    fig, (ax_t, ax_b) = plt.subplots(
-        1, 2, figsize=(2 * COLUMN_WIDTH_IN, max(2.0, 0.25 * len(order) + 1.0)), sharey=True
-    )
-    time.loc[order].plot.barh(stacked=True, ax=ax_t, width=0.7)
-    sent.loc[order].plot.barh(stacked=True, ax=ax_b, width=0.7, legend=False)
-    ax_t.set_xlabel("time per inference (s)")
-    ax_b.set_xlabel("communication per party (MB)")
-    ax_t.set_ylabel("")
-    ax_t.set_title("Per-layer cost breakdown")
-    ax_t.legend(title=None)
-    return _save(fig, out_dir, "layer_breakdown")
+    return _time_and_bytes_bars(time.loc[order], sent.loc[order], "communication per party (MB)",
+                                "Per-layer cost breakdown", out_dir, "layer_breakdown")
 
 
 def plot_run(run_dir: str | Path, anchors: str | Path | None = None, models: list[str] | None = None) -> list[Path]:
@@ -233,9 +271,8 @@ def plot_run(run_dir: str | Path, anchors: str | Path | None = None, models: lis
     results_csv = run_dir / "results.csv"
     if not results_csv.is_file():
         raise FileNotFoundError(f"{results_csv}: no results to plot; run `pibench bench` or `pibench sweep` first")
-    results = pd.read_csv(results_csv)
     layers_csv = run_dir / "layers.csv"
-    layers = pd.read_csv(layers_csv) if layers_csv.is_file() else None
+    results, layers = with_series(load_results(results_csv), load_layers(layers_csv) if layers_csv.is_file() else None)
     anchor_df = pd.read_csv(anchors) if anchors else None
     out_dir = run_dir / "figures"
     out_dir.mkdir(exist_ok=True)
@@ -248,6 +285,7 @@ def plot_run(run_dir: str | Path, anchors: str | Path | None = None, models: lis
             log.info("no accuracy in %s (cost-only run): skipping accuracy figures", results_csv)
         written += latency_vs_relus(results, out_dir, layers)
         written += communication_vs_relus(results, out_dir)
+        written += online_vs_offline(results, out_dir)
         if layers is not None:
             written += layer_breakdown(layers, out_dir, models)
     return written

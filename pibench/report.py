@@ -11,11 +11,11 @@ from pathlib import Path
 import pandas as pd
 
 from pibench.pareto import iso_relu_accuracy_gain
-from pibench.plots import FIGURES, plot_run
+from pibench.plots import FIGURES, plot_run, with_series
+from pibench.results import load_results
 
 SETTINGS = (
     "run_id",
-    "provider",
     "threads",
     "batch",
     "repeats",
@@ -29,8 +29,9 @@ SETTINGS = (
 )
 FIGURE_CAPTIONS = {
     "accuracy_vs_relus": "Accuracy vs ReLUs (Pareto frontier per method)",
-    "latency_vs_relus": "Latency vs ReLUs (measured and projected per network)",
-    "communication_vs_relus": "Communication vs ReLUs",
+    "latency_vs_relus": "Online latency vs ReLUs (measured and projected per network)",
+    "communication_vs_relus": "Communication vs ReLUs: online per party and offline (dealer)",
+    "online_vs_offline": "Online and offline phases per model",
     "accuracy_vs_latency": "Accuracy vs latency",
     "layer_breakdown": "Per-layer cost: linear vs ReLU",
 }
@@ -49,9 +50,10 @@ def _fmt(value: float, spec: str) -> str:
 
 
 def method_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """One line per model of a method: budget, ReLUs, accuracy, agreement, latencies, MB, rounds."""
-    per_model = rows.drop_duplicates("model").set_index("model")
-    projected = rows.pivot_table(index="model", columns="network", values="projected_latency_s", aggfunc="first")
+    """One line per model (and protocol) of a method: budget, ReLUs, accuracy, agreement, online
+    latencies, MB and rounds, then the offline phase."""
+    per_model = rows.drop_duplicates("entry").set_index("entry")
+    projected = rows.pivot_table(index="entry", columns="network", values="projected_latency_s", aggfunc="first")
     table = pd.DataFrame(
         {
             "model": per_model.index,
@@ -59,13 +61,15 @@ def method_table(rows: pd.DataFrame) -> pd.DataFrame:
             "ReLUs": [f"{int(v):,}" for v in per_model["relus"]],
             "accuracy %": [_fmt(v, ".2f") for v in per_model["accuracy"]],
             "MPC agreement %": [_fmt(100 * v, ".1f") for v in per_model["mpc_agreement"]],
-            "measured s": [_fmt(v, ".3f") for v in per_model["latency_s_median"]],
+            "online s": [_fmt(v, ".3f") for v in per_model["latency_s_median"]],
         }
     )
     for network in projected.columns:
         table[f"{network} s (proj.)"] = [_fmt(projected.loc[m, network], ".3f") for m in per_model.index]
-    table["MB / party"] = [_fmt(v / 1e6, ".2f") for v in per_model["bytes_per_party"]]
+    table["online MB / party"] = [_fmt(v / 1e6, ".2f") for v in per_model["bytes_per_party"]]
     table["rounds"] = [_fmt(v, ".0f") for v in per_model["rounds"]]
+    table["offline s"] = [_fmt(v, ".3f") for v in per_model["offline_s"]]
+    table["offline MB"] = [_fmt(v / 1e6, ".2f") for v in per_model["offline_bytes"]]
     order = per_model["relus"].sort_values(ascending=False).index
     return table.set_index("model").loc[order].reset_index()
 
@@ -88,12 +92,28 @@ def _comparisons(ok: pd.DataFrame) -> list[str]:
     return lines
 
 
+def protocol_lines(results: pd.DataFrame) -> list[str]:
+    """What each measured protocol protects, and which numbers it has (online / offline)."""
+    from pibench.mpc.protocols import PROTOCOLS
+
+    lines = ["## Protocols and threat model", ""]
+    for key in sorted((results["backend"] + ":" + results["protocol"]).dropna().unique()):
+        protocol = PROTOCOLS.get(key) if key in PROTOCOLS else None
+        security = protocol.security if protocol else "unknown protocol"
+        flag = "" if protocol and protocol.secure else " **(not secure: benchmark only)**"
+        parties = "client, server and a dealer" if protocol and protocol.dealer else "client and server"
+        lines.append(f"- `{key}`{flag}: {security}; parties: {parties}.")
+    lines += ["", "All latencies and MB / party are the online phase; offline columns are the dealer's "
+                  "preprocessing per inference (empty where the protocol has no separate offline phase).", ""]
+    return lines
+
+
 def write_report(run_dir: str | Path, replot: bool = True) -> Path:
     """Write run_dir/report.md (re-drawing the figures first unless `replot` is False)."""
     run_dir = Path(run_dir)
     if replot:
         plot_run(run_dir)
-    results = pd.read_csv(run_dir / "results.csv")
+    results, _ = with_series(load_results(run_dir))
     failed = (
         results[results["error"].notna() & (results["error"].astype(str) != "")]
         if "error" in results
@@ -109,6 +129,7 @@ def write_report(run_dir: str | Path, replot: bool = True) -> Path:
         "(latency measured on the link above; per-network latency is projected as "
         "compute + rounds × RTT + bytes ÷ bandwidth)",
         "",
+        *protocol_lines(results),
     ]
     for method, rows in ok.groupby("method", sort=True):
         cost_only = bool(rows["cost_only"].astype(str).str.lower().eq("true").all())

@@ -54,16 +54,19 @@ class ResultRow:
     comm_s: float | None = None  # median time inside CrypTen's communicator
     projected_latency_s: float | None = None  # compute_s + rounds*rtt + (bytes_per_party/2)/bandwidth, this profile
     bytes_per_party: int | None = None  # online bytes of one inference, max over the parties: CrypTen's counter, sent + received
-    rounds: int | None = None  # communicator calls of one inference, max over the parties
+    rounds: int | None = None  # online communicator calls of one inference, max over the parties
     relu_bytes: int | None = None  # bytes of ReLU ops
     maxpool_bytes: int | None = None  # bytes of max-pool ops (secure comparisons)
-    linear_bytes: int | None = None  # bytes of conv / linear / affine ops (shared weights are multiplied by Beaver triples)
-    setup_s: float | None = None  # one-time weight sharing
+    linear_bytes: int | None = None  # online bytes of conv / linear / affine ops
+    setup_s: float | None = None  # once per model: weight sharing / masking (and the dealer's masks)
     setup_bytes: int | None = None
-    offline_bytes: int | None = None  # bytes to/from the TTP dealer per inference (0 with TFP)
+    offline_s: float | None = None  # median offline phase per inference: the dealer's tuples made and delivered
+    offline_bytes: int | None = None  # bytes between the client and the dealer per inference, sent + received
     batch: int | None = None
     repeats: int | None = None
-    provider: str | None = None  # tfp | ttp
+    backend: str | None = None  # MPC framework: crypten
+    protocol: str | None = None  # dealer | tfp (pibench.mpc.protocols); offline_* empty where there is no offline phase
+    security: str | None = None  # what the protocol protects, against whom
     threads: int | None = None  # torch threads per party
     torch_version: str | None = None
     crypten_version: str | None = None
@@ -86,6 +89,7 @@ class LayerRow:
     time_s: float
     bytes: int
     rounds: int
+    protocol: str = ""  # backend:name the op was measured under
 
 
 RESULT_COLUMNS = [f.name for f in fields(ResultRow)]
@@ -132,10 +136,24 @@ def _csv(path: str | Path, name: str) -> Path:
 
 
 def load_results(path: str | Path) -> pd.DataFrame:
-    """results.csv (or a folder holding it) as a DataFrame; empty strings become NaN."""
-    return pd.read_csv(_csv(path, RESULTS_FILE), keep_default_na=True, dtype={"error": str, "dataset": str})
+    """results.csv (or a folder holding it) as a DataFrame; empty strings become NaN.
+
+    Files from older pibench versions load too: columns they lack are empty, and their
+    CrypTen `provider` (tfp, ttp) becomes the `protocol` of backend crypten.
+    """
+    df = pd.read_csv(_csv(path, RESULTS_FILE), keep_default_na=True, dtype={"error": str, "dataset": str})
+    if "provider" in df and "protocol" not in df:
+        df = df.rename(columns={"provider": "protocol"}).assign(backend="crypten")
+        df["security"] = df["protocol"].map(lambda name: _security(f"crypten:{name}"))
+    return df.reindex(columns=RESULT_COLUMNS + [c for c in df.columns if c not in RESULT_COLUMNS])
+
+
+def _security(key: str) -> str | None:
+    from pibench.mpc.protocols import PROTOCOLS
+
+    return PROTOCOLS.get(key).security if key in PROTOCOLS else None
 
 
 def load_layers(path: str | Path) -> pd.DataFrame:
-    """layers.csv (or a folder holding it) as a DataFrame."""
-    return pd.read_csv(_csv(path, LAYERS_FILE))
+    """layers.csv (or a folder holding it) as a DataFrame (older files: `protocol` empty)."""
+    return pd.read_csv(_csv(path, LAYERS_FILE)).reindex(columns=LAYER_COLUMNS)

@@ -177,20 +177,20 @@ def produce_models(jobs: list[ModelJob]) -> None:
         job.make()
 
 
-def finished_models(run_dir: Path, networks: list[str]) -> set[str]:
-    """Models with a row for every network in run_dir/results.csv (failed rows count: the error is the result)."""
+def finished_models(run_dir: Path, networks: list[str], protocol: str) -> set[str]:
+    """Models with a row for every network under `protocol` in run_dir/results.csv (failed rows count)."""
     from pibench.results import RESULTS_FILE, load_results
 
     if not (run_dir / RESULTS_FILE).is_file():
         return set()
     rows = load_results(run_dir)
+    rows = rows[rows["backend"] + ":" + rows["protocol"] == protocol]
     have = rows.groupby("model")["network"].agg(set)
     return {model for model, nets in have.items() if set(networks) <= nets}
 
 
 def run_sweep(config_path: str | Path, *, report: bool = True) -> Path:
     """Run (or resume) a sweep; returns the run folder."""
-    from pibench.bench import BenchOptions, bench_models, write_result
     from pibench.mpc.network import parse_networks
 
     cfg = load_config(config_path)
@@ -201,39 +201,31 @@ def run_sweep(config_path: str | Path, *, report: bool = True) -> Path:
     produce_models(jobs)
 
     networks = parse_networks(cfg.networks)
-    done = finished_models(run_dir, [n.name for n in networks])
-    todo = [j for j in jobs if j.folder.name not in done]
-    log.info(
-        "benchmark: %d models, %d already measured in %s, %d to go",
-        len(jobs),
-        len(jobs) - len(todo),
-        run_dir,
-        len(todo),
-    )
-    if todo:
-        options = BenchOptions(
-            repeats=cfg.repeats,
-            batch=cfg.batch,
-            provider=cfg.provider,
-            hosts=cfg.hosts,
-            networks=networks,
-            samples=cfg.samples,
-            threads=cfg.threads,
-            run_id=cfg.run,
-            seed=cfg.seed,
-            data_dir=cfg.data_dir,
-        )
-        for i, result in enumerate(bench_models([str(j.folder) for j in todo], options), 1):
-            write_result(run_dir, result)
-            row = result.rows[0]
-            status = (
-                f"FAILED: {row.error}"
-                if row.error
-                else f"{row.latency_s_median:.3f} s, {row.bytes_per_party / 1e6:.2f} MB/party"
-            )
-            log.info("measured %d/%d: %s (%s ReLUs): %s", i, len(todo), result.model, f"{row.relus or 0:,}", status)
+    for protocol in cfg.protocols:
+        done = finished_models(run_dir, [n.name for n in networks], protocol)
+        todo = [j for j in jobs if j.folder.name not in done]
+        log.info("benchmark (%s): %d models, %d already measured in %s, %d to go",
+                 protocol, len(jobs), len(jobs) - len(todo), run_dir, len(todo))
+        if todo:
+            bench_todo(cfg, protocol, networks, todo)
     if report:
         from pibench.report import write_report
 
         log.info("report: %s", write_report(run_dir))
     return run_dir
+
+
+def bench_todo(cfg: SweepConfig, protocol: str, networks: list[Any], todo: list[ModelJob]) -> None:
+    """Measure the models of `todo` under one protocol (one party session), writing rows as they come."""
+    from pibench.bench import BenchOptions, bench_models, write_result
+
+    options = BenchOptions(repeats=cfg.repeats, batch=cfg.batch, protocol=protocol, hosts=cfg.hosts,
+                           networks=networks, samples=cfg.samples, threads=cfg.threads, run_id=cfg.run,
+                           seed=cfg.seed, data_dir=cfg.data_dir)
+    for i, result in enumerate(bench_models([str(j.folder) for j in todo], options), 1):
+        write_result(cfg.run_dir, result)
+        row = result.rows[0]
+        status = f"FAILED: {row.error}" if row.error else (
+            f"{row.latency_s_median:.3f} s online, {row.bytes_per_party / 1e6:.2f} MB/party")
+        log.info("measured %d/%d (%s): %s (%s ReLUs): %s", i, len(todo), protocol, result.model,
+                 f"{row.relus or 0:,}", status)

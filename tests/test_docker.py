@@ -110,7 +110,7 @@ def test_compose_commands_are_pibench_party_invocations(services):
     url = urlparse(rendezvous.pop())
     assert url.scheme == "tcp" and url.hostname == "client" and url.port  # rank 0 hosts the store
     assert parsed["client"].model == parsed["server"].model == [f"/models/{MODEL}"]
-    assert len({args.provider for args in parsed.values()}) == 1
+    assert len({args.protocol for args in parsed.values()}) == 1
     if hasattr(parsed["client"], "out"):  # once `pibench party --out DIR` exists, the client writes ./results
         assert parsed["client"].out == "/results" and mounts(services["client"])["/results"] == ("../results", "rw")
 

@@ -1,6 +1,7 @@
-"""Real two-party (and TTP) CrypTen inference in separate processes: accuracy, cost, roles, failures."""
+"""Real two-party (and dealer) CrypTen inference in separate processes: accuracy, cost, roles, failures."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,13 +16,14 @@ from pibench.bench import BenchOptions, _client_view, bench_models, write_result
 from pibench.checkpoint import WEIGHTS_FILE, save_model
 from pibench.models import create_model
 from pibench.mpc.launch import PartyError, Session, SessionConfig, free_port
-from pibench.mpc.program import compile_model
+from pibench.mpc.program import INPUT, compile_model
+from pibench.mpc.protocols import PROTOCOLS
 from pibench.relu import masked_relus
 from pibench.results import load_layers, load_results
 
 from test_mpc_program import NETS, randomize
 
-BYTES_PER_RELU = 464  # CrypTen TFP, per kept ReLU per party (DESIGN.md §2)
+BYTES_PER_RELU = 464  # CrypTen's ReLU, per kept ReLU per party, online (DESIGN.md §2)
 
 
 def save(tmp_path, name, model, dataset="digits"):
@@ -111,22 +113,30 @@ def test_deepreduce_thinning_saves_exactly_the_removed_relus():
     assert diff == pytest.approx(BYTES_PER_RELU * 114_688, rel=0.01)
 
 
-def test_ttp_provider_books_dealer_traffic_as_offline():
-    tfp, = bench_models(["cnn_digits"], BenchOptions(repeats=1, provider="tfp"))
-    ttp, = bench_models(["cnn_digits"], BenchOptions(repeats=1, provider="ttp"))
-    assert tfp.rows[0].offline_bytes == 0
-    assert ttp.rows[0].error == "" and ttp.rows[0].offline_bytes > 0
-    assert ttp.rows[0].provider == "ttp"
-    # the online protocol is the same; only where the tuples come from differs
-    assert ttp.rows[0].bytes_per_party == pytest.approx(tfp.rows[0].bytes_per_party, rel=0.01)
-    assert ttp.rows[0].max_logit_error < 1e-2
+def test_dealer_is_the_default_and_keeps_weights_and_tuples_out_of_the_online_phase():
+    (dealer,) = bench_models(["cnn_digits"], BenchOptions(repeats=2, samples=8, batch=4))
+    (tfp,) = bench_models(["cnn_digits"], BenchOptions(repeats=2, samples=8, batch=4, protocol="tfp"))
+    d, t = dealer.rows[0], tfp.rows[0]
+    assert (d.backend, d.protocol, d.security) == ("crypten", "dealer", PROTOCOLS.get("crypten:dealer").security)
+    assert (t.protocol, t.security) == ("tfp", PROTOCOLS.get("crypten:tfp").security)
+    assert t.security.startswith("INSECURE")
+    assert d.error == "" and d.mpc_agreement == 1.0 and d.max_logit_error < 1e-2
+    assert d.offline_bytes > 0 and d.offline_s > 0 and t.offline_bytes is None and t.offline_s is None
+    assert d.relu_bytes == t.relu_bytes  # the comparisons run the same protocol online
+    # a weights-fixed product opens its input only: 8 bytes an element, sent and received
+    program = compile_model(create_model("cnn_digits"))
+    shape = {INPUT: program.input_shape, **{i: op.shape for i, op in enumerate(program.ops)}}
+    opened = {op.layer: 16 * 4 * math.prod(shape[op.inputs[0]]) for op in program.ops if op.weights}
+    assert {row.layer: row.bytes for row in dealer.layers if row.layer in opened} == opened
+    assert d.linear_bytes == sum(opened.values()) < t.linear_bytes / 3
+    assert [row.protocol for row in dealer.layers] == ["crypten:dealer"] * len(dealer.layers)
 
 
 DECODE_PARTY = textwrap.dedent(
     """
     import sys, torch
     from pibench.mpc.crypten_compat import import_crypten
-    from pibench.mpc.backend import CryptenBackend
+    from pibench.mpc.crypten_backend import CryptenBackend
     from pibench.mpc.program import Program
     crypten = import_crypten()
     crypten.init()
@@ -209,7 +219,7 @@ def test_party_that_never_connects_times_out_with_a_clear_message():
     sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
     session = Session(SessionConfig(prefixes={"server": sleeper}, connect_timeout=8))
     t0 = time.monotonic()
-    with pytest.raises(PartyError, match=r"timed out while connecting .*not connected: client, server"):
+    with pytest.raises(PartyError, match=r"timed out while connecting .*not connected: client, dealer, server"):
         session.start()
     assert time.monotonic() - t0 < 30
     assert not session.procs

@@ -87,9 +87,9 @@ def test_two_party_commands_with_dealer_write_the_clients_rows(tmp_path):
     server_folder = save(tmp_path / "server" / "m", create_model("cnn_digits"))
     client_folder = public_copy(server_folder, tmp_path / "client" / "m")
     port, out = free_port(), tmp_path / "results"
-    common = ["--provider", "ttp", "--samples", "8", "--batch", "4", "--repeats", "2"]
+    common = ["--samples", "8", "--batch", "4", "--repeats", "2"]
     server = party("server", port, "--model", server_folder, *common)
-    dealer = party("dealer", port, "--provider", "ttp")
+    dealer = party("dealer", port)
     client = party("client", port, "--model", client_folder, *common, "--out", str(out), "--network",
                    "lan,100mbit", "--link", "two-hosts", "--run-id", "t2")
     for proc in (client, server, dealer):
@@ -102,11 +102,11 @@ def test_two_party_commands_with_dealer_write_the_clients_rows(tmp_path):
     assert row["relus"] == 4096 and row["mpc_samples"] == 8 and 0 <= row["mpc_accuracy"] <= 1
     # no weights on the client, so no plaintext reference
     assert pd.isna(row["mpc_agreement"]) and pd.isna(row["max_logit_error"])
-    assert row["offline_bytes"] > 0 and row["provider"] == "ttp"  # dealer traffic booked apart from online
+    assert row["offline_bytes"] > 0 and row["offline_s"] > 0 and row["protocol"] == "dealer"  # apart from online
     assert df.iloc[1]["projected_latency_s"] == pytest.approx(
         row["compute_s"] + row["bytes_per_party"] / 2 * 8 / 100e6)
     # the same bytes and rounds as the launcher's own loopback run of this model
-    (ref,) = bench_models([server_folder], BenchOptions(repeats=1, samples=8, batch=4, provider="ttp",
+    (ref,) = bench_models([server_folder], BenchOptions(repeats=1, samples=8, batch=4,
                                                          networks=parse_networks("lan")))
     assert (row["bytes_per_party"], row["rounds"], row["offline_bytes"]) == (
         ref.rows[0].bytes_per_party, ref.rows[0].rounds, ref.rows[0].offline_bytes)
@@ -124,6 +124,7 @@ def test_parties_with_different_masks_refuse_to_run(tmp_path):
     client_folder = public_copy(other, tmp_path / "client" / "b")
     port = free_port()
     server = party("server", port, "--model", server_folder)
+    dealer = party("dealer", port)
     client = party("client", port, "--model", client_folder, "--out", str(tmp_path / "results"))
     expected = (f"client and server loaded different models: client masks/arch hash {public_hash(other)[:16]} "
                 f"({client_folder}) vs server masks/arch hash {public_hash(server_folder)[:16]} ({server_folder}); "
@@ -132,6 +133,8 @@ def test_parties_with_different_masks_refuse_to_run(tmp_path):
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 2
         assert expected in err, err[-2000:]
+    dealer.communicate(timeout=60)
+    assert dealer.returncode == 0  # the client said bye before leaving
     assert not (tmp_path / "results").exists()  # nothing was measured
 
 
@@ -169,9 +172,9 @@ def test_shaped_namespace_run_matches_loopback_bytes_and_the_bandwidth_projectio
 @needs_root
 def test_dealer_runs_on_its_own_host_and_its_traffic_stays_offline():
     job = {**JOB, "model": "resnet_digits"}
-    with Session(SessionConfig(provider="ttp")) as session:
+    with Session(SessionConfig()) as session:
         local = session.run(job)
-    with place_parties("netns", SessionConfig(provider="ttp")) as (net, cfg), Session(cfg) as session:
+    with place_parties("netns", SessionConfig()) as (net, cfg), Session(cfg) as session:
         assert cfg.prefixes["dealer"][:4] == ["ip", "netns", "exec", net["dealer"].namespace]
         assert cfg.rendezvous_host == net["client"].ip
         dealer_pid = session.pids()["dealer"]
@@ -181,6 +184,8 @@ def test_dealer_runs_on_its_own_host_and_its_traffic_stays_offline():
         shaped = session.run(job)
     for event in (local, shaped):
         assert event["error"] is None and event["offline_bytes"] > 0
+    # the dealer's link is capped too: its tuples (c0 shares, dealer -> client) take their time offline
+    assert shaped["offline_s"] >= 0.9 * shaped["offline_bytes"] * 8 / 100e6
     assert (shaped["bytes"], shaped["rounds"], shaped["offline_bytes"]) == (
         local["bytes"], local["rounds"], local["offline_bytes"])
     assert not [ns for ns in net.namespaces if ns in list_namespaces()]
@@ -202,7 +207,7 @@ def test_killing_the_server_in_a_namespace_run_ends_the_command_and_leaves_nothi
         else:
             pytest.fail("bench never started measuring:\n" + "".join(lines[-20:]))
         ours = [ns for ns in list_namespaces() if ns.startswith(stem)]
-        assert len(ours) == 3  # client, server and the switch
+        assert len(ours) == 4  # client, server, dealer and the switch
         pids = {ns: netns._namespace_pids(ns) for ns in ours}
         server_ns = next(ns for ns in ours if ns.endswith("-server"))
         time.sleep(1.0)

@@ -3,9 +3,10 @@
 import pandas as pd
 import pytest
 
+from pibench.mpc.protocols import PROTOCOLS
 from pibench.plots import FIGURES, plot_run
 from pibench.report import write_report
-from pibench.results import LAYERS_FILE, RESULTS_FILE, LayerRow, ResultRow, append_rows
+from pibench.results import LAYERS_FILE, RESULT_COLUMNS, RESULTS_FILE, LayerRow, ResultRow, append_rows, load_results
 
 MODELS = [
     # model, method, budget, relus, accuracy, bytes
@@ -17,9 +18,10 @@ MODELS = [
 ]
 
 
-def fixture_run(run_dir, cost_only=False, netns=False):
+def fixture_run(run_dir, cost_only=False, netns=False, protocols=("crypten:dealer",)):
     rows, layers = [], []
-    for model, method, budget, relus, acc, sent in MODELS:
+    for (model, method, budget, relus, acc, sent), key in ((m, k) for k in protocols for m in MODELS):
+        protocol = PROTOCOLS.get(key)
         for network, bw, rtt in (("lan", 3000.0, 0.3), ("wan", 400.0, 40.0)):
             rows.append(
                 dict(
@@ -55,10 +57,13 @@ def fixture_run(run_dir, cost_only=False, netns=False):
                     linear_bytes=sent - 464 * relus,
                     setup_s=0.1,
                     setup_bytes=100,
-                    offline_bytes=0,
+                    offline_s=0.2 if protocol.dealer else None,
+                    offline_bytes=sent // 3 if protocol.dealer else None,
                     batch=1,
                     repeats=3,
-                    provider="tfp",
+                    backend=protocol.backend,
+                    protocol=protocol.name,
+                    security=protocol.security,
                     threads=1,
                     torch_version="2.13.0",
                     crypten_version="0.4.1",
@@ -82,6 +87,7 @@ def fixture_run(run_dir, cost_only=False, netns=False):
                     time_s=t,
                     bytes=b,
                     rounds=9 if op == "relu" else 1,
+                    protocol=key,
                 )
             )
     rows.append({**rows[-1], "model": "broken", "error": "RuntimeError: boom"})
@@ -116,7 +122,33 @@ def test_netns_run_draws_measured_latency_per_network(tmp_path):
 def test_cost_only_run_skips_accuracy_figures(tmp_path):
     run = fixture_run(tmp_path / "run", cost_only=True)
     names = {p.stem for p in plot_run(run)}
-    assert names == {"latency_vs_relus", "communication_vs_relus", "layer_breakdown"}
+    assert names == {"latency_vs_relus", "communication_vs_relus", "online_vs_offline", "layer_breakdown"}
+
+
+def test_two_protocols_side_by_side_in_figures_and_report(tmp_path):
+    run = fixture_run(tmp_path / "run", protocols=("crypten:dealer", "crypten:tfp"))
+    assert {p.stem for p in plot_run(run)} == set(FIGURES)
+    text = write_report(run).read_text()
+    assert "- `crypten:dealer`: semi-honest client/server; non-colluding dealer; parties: client, server and a dealer." in text
+    assert "- `crypten:tfp` **(not secure: benchmark only)**: INSECURE: the client generates" in text
+    # one line per model and protocol; tfp has no offline phase, so its offline cells are empty
+    assert "| senet_5 · crypten:dealer | 230 | 230 | 90.00 | 100.0 |" in text
+    tfp_line = next(line for line in text.splitlines() if line.startswith("| senet_5 · crypten:tfp |"))
+    assert tfp_line.endswith("| 0.62 | 40 |  |  |")
+
+
+def test_results_of_older_versions_load_plot_and_report(tmp_path):
+    """A results.csv from before the protocol columns (CrypTen `provider`, no offline_s) still works."""
+    run = fixture_run(tmp_path / "run")
+    old = pd.read_csv(run / RESULTS_FILE).drop(columns=["backend", "protocol", "security", "offline_s"])
+    old.insert(old.columns.get_loc("threads"), "provider", "tfp")
+    old.to_csv(run / RESULTS_FILE, index=False)
+    df = load_results(run)
+    assert list(df.columns) == RESULT_COLUMNS
+    assert set(df["backend"]) == {"crypten"} and set(df["protocol"]) == {"tfp"}
+    assert df["security"].str.startswith("INSECURE").all() and df["offline_s"].isna().all()
+    assert {p.stem for p in plot_run(run)} == set(FIGURES)
+    assert "**(not secure: benchmark only)**" in write_report(run).read_text()
 
 
 def test_report_tables_and_figures(tmp_path):
@@ -124,6 +156,7 @@ def test_report_tables_and_figures(tmp_path):
     text = write_report(run).read_text()
     assert "## senet" in text and "## deepreduce" in text and "## baseline" in text
     assert "| senet_5 | 230 | 230 | 90.00 | 100.0 |" in text
+    assert "online MB / party | rounds | offline s | offline MB |" in text
     assert "wan s (proj.)" in text
     assert "![Accuracy vs ReLUs" in text
     assert "broken (wan): RuntimeError: boom" in text

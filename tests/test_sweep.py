@@ -72,7 +72,9 @@ def test_good_config_parses(tmp_path):
         (("networks",), ["lan", "moon"], r"networks\[1\]: bad network profile 'moon'"),
         (("cost_only", 0, "model"), "resnet19", r"cost_only\[0\]\.model: unknown model 'resnet19'"),
         (("cost_only", 1, "budgets"), [10**6], r"cost_only\[1\]\.budgets\[0\]"),
-        (("provider",), "dealer", r"provider: unknown provider 'dealer'"),
+        (("protocols",), ["crypten:dealer", "crypten:ttp"], r"protocols\[1\]: unknown protocol 'crypten:ttp'"),
+        (("protocols",), [], r"protocols: a list of at least one protocol"),
+        (("provider",), "tfp", r"provider: replaced by 'protocols'.*crypten:tfp"),
         (("hosts",), "cloud", r"hosts: unknown hosts 'cloud' \(known: local, netns\)"),
     ],
 )

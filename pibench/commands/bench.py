@@ -19,8 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model folder (models/<name>) or registry name (random weights: a cost-only run)")
     p.add_argument("--repeats", type=int, default=3, help="timed inferences per model (after a warm-up)")
     p.add_argument("--batch", type=int, default=1, help="inputs per inference")
-    p.add_argument("--provider", choices=["tfp", "ttp"], default="tfp",
-                   help="CrypTen tuple provider; ttp starts a third dealer process (its traffic is offline_bytes)")
+    add_protocol_argument(p)
     p.add_argument("--network", default="lan,wan",
                    help="network profiles: lan, wan, unshaped, a rate like 100mbit, or name:rate_mbps:rtt_ms; "
                         "projected from the measurement (--hosts local) or measured at their bandwidth (--hosts netns)")
@@ -38,12 +37,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON summary per model")
 
 
+def add_protocol_argument(p: argparse.ArgumentParser) -> None:
+    from pibench.mpc.protocols import DEFAULT_PROTOCOL, PROTOCOLS
+
+    lines = "; ".join(f"{key}: {PROTOCOLS.get(key).security}" for key in PROTOCOLS)
+    p.add_argument("--protocol", default=DEFAULT_PROTOCOL, metavar="BACKEND:NAME",
+                   help=f"MPC protocol (default {DEFAULT_PROTOCOL}; all assume semi-honest parties). {lines}")
+
+
 def run(args: argparse.Namespace) -> int:
     from pibench.bench import BenchOptions, bench_models, summary, write_result
     from pibench.mpc.network import parse_networks
 
     options = BenchOptions(
-        repeats=args.repeats, batch=args.batch, provider=args.provider, networks=parse_networks(args.network),
+        repeats=args.repeats, batch=args.batch, protocol=args.protocol, networks=parse_networks(args.network),
         samples=args.samples, threads=args.threads, data_dir=args.data_dir, run_id=args.run_id, hosts=args.hosts,
     )
     if args.hosts == "netns":  # SIGTERM unwinds like Ctrl-C, so the namespaces are deleted

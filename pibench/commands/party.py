@@ -13,13 +13,15 @@ import argparse
 import os
 import sys
 
-HELP = "run one party (client, server or TTP dealer) of a secure-inference session"
+from pibench.commands.bench import add_protocol_argument
+
+HELP = "run one party (client, server or dealer) of a secure-inference session"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--role", required=True, choices=["client", "server", "dealer"])
     p.add_argument("--rendezvous", required=True, help="tcp://HOST:PORT of rank 0 (the client)")
-    p.add_argument("--provider", default="tfp", choices=["tfp", "ttp"], help="CrypTen tuple provider")
+    add_protocol_argument(p)
     p.add_argument("--threads", type=int, default=1, help="torch threads of this party")
     p.add_argument("--connect-timeout", type=float, default=300.0,
                    help="seconds to wait for the other parties before giving up (0: wait forever)")
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         jobs = static_jobs(args.model, **options)
     else:
         jobs = read_jobs(sys.stdin)
-    run_party(args.role, args.rendezvous, provider=args.provider, threads=args.threads, jobs=jobs,
+    run_party(args.role, args.rendezvous, protocol=args.protocol, threads=args.threads, jobs=jobs,
               on_event=on_event, connect_timeout=args.connect_timeout or None)
     return 0
 
@@ -71,7 +73,7 @@ def _result_writer(args: argparse.Namespace):
         raise ValueError(f"--out: only the client learns the results; drop --out from the {args.role}")
     if not args.model:
         raise ValueError("--out needs the models as --model arguments")
-    options = BenchOptions(repeats=args.repeats, batch=args.batch, provider=args.provider,
+    options = BenchOptions(repeats=args.repeats, batch=args.batch, protocol=args.protocol,
                            networks=parse_networks(args.network), samples=args.samples, threads=args.threads,
                            data_dir=args.data_dir, run_id=args.run_id, seed=args.seed, link=args.link)
 

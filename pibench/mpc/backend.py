@@ -1,29 +1,28 @@
 """Backends: *how* a compiled `Program` is computed.
 
 `run_program` walks the ops; a backend supplies the tensor operations. `TorchBackend`
-computes in plaintext (checks the compiler against the model); `CryptenBackend`
-computes on CrypTen secret shares between the client (rank 0, input owner) and the
-server (rank 1, weights owner). A further MPC framework (e.g. SecretFlow SPU) plugs in
-as another subclass with the same five operations.
+computes in plaintext (checks the compiler against the model); secure backends live
+in their own modules (`pibench.mpc.crypten_backend`) and override the operations
+whose secure form differs: the products with weights (conv, matmul, scale) and pooling.
 
 Ops whose semantics are the same on torch tensors and CrypTen MPCTensors (add, ReLU,
-flatten, linear, affine, partial ReLU by gather/scatter) are written once in `Backend`.
+flatten, partial ReLU by gather/scatter, the bias additions) are written once in `Backend`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from pibench.mpc.program import INPUT, Op, Program
 
-CLIENT, SERVER = 0, 1
-
 # Weights that broadcast over (B, C, H, W) feature maps are stored as (1, C, 1, 1).
 _CHANNEL_WEIGHTS = {("conv", "bias"), ("affine", "scale"), ("affine", "shift")}
+# Weights that multiply the input (the rest are added to a product).
+PRODUCT_WEIGHTS = {("conv", "weight"), ("linear", "weight_t"), ("affine", "scale")}
 
 OpMeter = Callable[[int, Op], ContextManager[None]]
 
@@ -39,15 +38,20 @@ class Backend:
         self.program = program
         self.weights: list[dict[str, Any]] = [{} for _ in program.ops]
 
-    def load_weights(self, convert: Callable[[torch.Tensor | None, tuple[int, ...]], Any]) -> None:
-        """Every weight through `convert(value, shape)`; channel vectors as (1, C, 1, 1)."""
-        for op, store in zip(self.program.ops, self.weights):
+    def weight_items(self) -> Iterator[tuple[int, Op, str, torch.Tensor | None, tuple[int, ...]]]:
+        """(op index, op, name, value, shape) of every weight; channel vectors as (1, C, 1, 1)."""
+        for i, op in enumerate(self.program.ops):
             for name, value in op.weights.items():
                 shape = tuple(op.attrs["weight_shapes"][name])
                 if (op.kind, name) in _CHANNEL_WEIGHTS:
                     shape = (1, shape[0], 1, 1)
                     value = value.view(shape) if value is not None else None
-                store[name] = convert(value, shape)
+                yield i, op, name, value, shape
+
+    def load_weights(self, convert: Callable[[torch.Tensor | None, tuple[int, ...]], Any]) -> None:
+        """Every weight through `convert(value, shape)`."""
+        for i, _, name, value, shape in self.weight_items():
+            self.weights[i][name] = convert(value, shape)
 
     def apply(self, index: int, op: Op, args: list[Any]) -> Any:
         w = self.weights[index]
@@ -59,9 +63,9 @@ class Backend:
         if op.kind == "flatten":
             return x.reshape(x.size(0), -1)
         if op.kind == "linear":
-            return x.matmul(w["weight_t"]) + w["bias"]
+            return self.matmul(x, w["weight_t"]) + w["bias"]
         if op.kind == "affine":
-            return x * w["scale"] + w["shift"]
+            return self.scale(x, w["scale"]) + w["shift"]
         if op.kind == "conv":
             return self.conv(x, w["weight"], op.attrs) + w["bias"]
         if op.kind == "avgpool":
@@ -77,6 +81,12 @@ class Backend:
         flat = x.reshape(size[0], -1)
         kept = flat.index_select(1, index)
         return flat.index_add(1, index, kept.relu() - kept).reshape(size)
+
+    def matmul(self, x: Any, weight: Any) -> Any:
+        return x.matmul(weight)
+
+    def scale(self, x: Any, weight: Any) -> Any:
+        return x * weight
 
     def conv(self, x: Any, weight: Any, attrs: dict[str, Any]) -> Any:
         raise NotImplementedError
@@ -135,50 +145,3 @@ def decode_ring(ring: torch.Tensor, scale: int) -> torch.Tensor:
     off by one for some values (-2.99998617 decodes to -3.99998); plain division is exact.
     """
     return ring.double() / scale
-
-
-class CryptenBackend(Backend):
-    """Secure execution on CrypTen arithmetic shares; weights are shared by the server.
-
-    Every party builds it from the same program; only the server's program carries
-    weight values (the client's is `Program.public()`, shapes only).
-    """
-
-    def __init__(self, program: Program, rank: int) -> None:
-        super().__init__(program)
-        self.rank = rank
-        if rank == SERVER and not program.has_weights:
-            raise ValueError("the server's program must carry the weights")
-
-    def share_weights(self) -> None:
-        """Secret-share every weight from the server (one-time setup per model)."""
-        import crypten
-
-        def share(value: torch.Tensor | None, shape: tuple[int, ...]) -> Any:
-            plain = value if self.rank == SERVER else torch.zeros(shape)
-            return crypten.cryptensor(plain.float(), src=SERVER)
-
-        self.load_weights(share)
-
-    def share_input(self, x: torch.Tensor | None, shape: tuple[int, ...]) -> Any:
-        """The client's input as shares; the server only knows its shape."""
-        import crypten
-
-        plain = x if self.rank == CLIENT else torch.zeros(shape)
-        return crypten.cryptensor(plain.float(), src=CLIENT)
-
-    def reveal_to_client(self, y: Any) -> torch.Tensor | None:
-        """Open `y` to the client only, decoding the ring integers exactly; None on the server."""
-        ring = y._tensor.reveal(dst=CLIENT)
-        return decode_ring(ring, y.encoder.scale) if self.rank == CLIENT else None
-
-    def conv(self, x: Any, weight: Any, attrs: dict[str, Any]) -> Any:
-        return x.conv2d(weight, stride=attrs["stride"], padding=attrs["padding"],
-                        dilation=attrs["dilation"], groups=attrs["groups"])
-
-    def avgpool(self, x: Any, attrs: dict[str, Any]) -> Any:
-        return x.avg_pool2d(attrs["kernel"], stride=attrs["stride"], padding=attrs["padding"])
-
-    def maxpool(self, x: Any, attrs: dict[str, Any]) -> Any:
-        return x.max_pool2d(attrs["kernel"], padding=attrs["padding"], stride=attrs["stride"])
-

@@ -49,3 +49,18 @@ def import_crypten() -> types.ModuleType:
     import crypten
 
     return crypten
+
+
+def use_provider(provider: Any) -> None:
+    """Serve CrypTen's tuples from `provider` (under CrypTen's "TTP" name).
+
+    CrypTen starts the third process's communication groups only when its TTP provider
+    is configured, and picks the provider from a module-level table at every
+    multiplication; pibench's dealer needs that third process, so its provider takes
+    the TTP entry of the table (`crypten.cfg.mpc.provider` must be "TTP").
+    """
+    import crypten
+
+    if crypten.cfg.mpc.provider != "TTP":
+        raise RuntimeError("use_provider needs crypten.cfg.mpc.provider == 'TTP' before crypten.init()")
+    vars(crypten.mpc)["__SUPPORTED_PROVIDERS"]["TTP"] = provider

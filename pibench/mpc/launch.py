@@ -2,7 +2,7 @@
 
     client  rank 0  `pibench party --role client`   (hosts the rendezvous)
     server  rank 1  `pibench party --role server`
-    dealer  rank 2  `pibench party --role dealer`   (only with the TTP provider)
+    dealer  rank 2  `pibench party --role dealer`   (only with the crypten:dealer protocol)
 
 They talk over TCP through torch.distributed/gloo. The launcher only hands out jobs
 (JSON lines on the parties' stdin) and reads their events (stdout); it never sees
@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any
 
 from pibench.mpc.party import EVENT_PREFIX, ROLES
+from pibench.mpc.protocols import DEFAULT_PROTOCOL, get_protocol
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class _Proc:
 class SessionConfig:
     """How to start the parties; everything the parties must agree on is here."""
 
-    provider: str = "tfp"
+    protocol: str = DEFAULT_PROTOCOL  # a key of pibench.mpc.protocols.PROTOCOLS
     threads: int = 1
     rendezvous_host: str = "127.0.0.1"  # the client's address as the other parties reach it
     port: int | None = None  # rendezvous port (default: a free local port)
@@ -74,12 +75,12 @@ class SessionConfig:
 
     @property
     def roles(self) -> list[str]:
-        return ["client", "server", "dealer"] if self.provider == "ttp" else ["client", "server"]
+        return ["client", "server", "dealer"] if get_protocol(self.protocol).dealer else ["client", "server"]
 
 
 def party_command(role: str, rendezvous: str, cfg: SessionConfig) -> list[str]:
     return [sys.executable, "-m", "pibench.cli", "party", "--role", role, "--rendezvous", rendezvous,
-            "--provider", cfg.provider, "--threads", str(cfg.threads)]
+            "--protocol", cfg.protocol, "--threads", str(cfg.threads)]
 
 
 class Session:
@@ -122,9 +123,9 @@ class Session:
                 self.procs[role] = proc
                 threading.Thread(target=self._read_stdout, args=(proc,), daemon=True).start()
                 threading.Thread(target=self._read_stderr, args=(proc,), daemon=True).start()
-            log.info("started %s (rendezvous %s, provider %s, %d thread(s) per party)",
+            log.info("started %s (rendezvous %s, protocol %s, %d thread(s) per party)",
                      ", ".join(f"{r} pid {p.popen.pid}" for r, p in self.procs.items()),
-                     rendezvous, cfg.provider, cfg.threads)
+                     rendezvous, cfg.protocol, cfg.threads)
             self._wait_ready(rendezvous)
         except BaseException:
             self.close(graceful=False)

@@ -2,7 +2,8 @@
 
 Roles: the client (rank 0) owns the inputs and is the only one that learns the
 logits; the server (rank 1) owns the weights and is the only process that opens a
-weights file; the optional dealer (rank 2) is CrypTen's TTP and only serves tuples.
+weights file; the dealer (rank 2, protocol `dealer`) only makes correlated randomness
+(`pibench.mpc.dealer`) and never sees an input, a weight or a share of either.
 
 Jobs arrive as JSON lines (stdin, or `--model` arguments); both parties take them in
 the same order and stay in lock step through the MPC protocol. Each party writes
@@ -17,10 +18,16 @@ program fingerprint; parties that loaded different models refuse to run
 while a model that fails to load on either side skips the job on both. Then share
 the weights (setup), run the sample inputs (the first batch is the warm-up), then
 `repeats` timed inferences with CrypTen's counters read around every op.
+
+With the dealer, the first inference of a batch size records its tuple plan (live,
+untimed); every later one is an offline phase (the whole plan made and delivered,
+timed as `offline_s`, its bytes `offline_bytes`), a barrier, then the online phase
+served from the local queue: the online figures contain no dealer traffic.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,18 +36,23 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 
-from pibench.mpc.backend import CLIENT, SERVER, CryptenBackend, run_program
+from pibench.mpc.backend import run_program
+from pibench.mpc.channel import recv_json, send_json
 from pibench.mpc.program import Op, Program, compile_model
+from pibench.mpc.protocols import CLIENT, DEALER, DEFAULT_PROTOCOL, SERVER, Protocol, get_protocol
+
+if TYPE_CHECKING:  # CrypTen is imported by the party processes only, not by the evaluator
+    from pibench.mpc.crypten_backend import CryptenBackend
+    from pibench.mpc.preprocessing import Plan, PreprocessedProvider
 
 log = logging.getLogger(__name__)
 
-ROLES = {"client": CLIENT, "server": SERVER, "dealer": 2}
+ROLES = {"client": CLIENT, "server": SERVER, "dealer": DEALER}
 EVENT_PREFIX = "PIBENCH "
-PROVIDERS = {"tfp": "TFP", "ttp": "TTP"}
 MODEL_SEED = 0  # registry names: the server's random weights (and the evaluator's copy)
 
 
@@ -133,37 +145,18 @@ class OpStats:
 
 
 class CommMeter:
-    """Reads CrypTen's communication counters around ops; TTP traffic is booked as offline."""
+    """Reads CrypTen's communication counters around ops (dealer traffic never passes through them)."""
 
     def __init__(self, comm: Any) -> None:
         self.comm = comm
-        self.offline_bytes = 0.0
-        self.offline_rounds = 0
-
-    def track_dealer(self, ttp_client: Any) -> None:
-        """Move the traffic of every tuple request to the dealer out of the online counters."""
-        request = ttp_client.ttp_request
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            before = self.comm.get_communication_stats()
-            try:
-                return request(*args, **kwargs)
-            finally:
-                after = self.comm.get_communication_stats()
-                self.offline_bytes += after["bytes"] - before["bytes"]
-                self.offline_rounds += after["rounds"] - before["rounds"]
-
-        ttp_client.ttp_request = counted
 
     def reset(self) -> None:
         self.comm.reset_communication_stats()
-        self.offline_bytes = 0.0
-        self.offline_rounds = 0
 
     def read(self) -> tuple[float, float, int, float]:
-        """(wall clock, online bytes, online rounds, communication seconds) so far."""
+        """(wall clock, bytes, rounds, communication seconds) so far."""
         s = self.comm.get_communication_stats()
-        return time.perf_counter(), s["bytes"] - self.offline_bytes, s["rounds"] - self.offline_rounds, s["time"]
+        return time.perf_counter(), s["bytes"], s["rounds"], s["time"]
 
 
 class Measurement:
@@ -175,9 +168,10 @@ class Measurement:
         self.ops.append(OpStats("output", "output", 0))
         self.latencies: list[float] = []
         self.comm_s: list[float] = []
+        self.offline_s: list[float] = []
         self.bytes = 0
         self.rounds = 0
-        self.offline_bytes = 0
+        self.offline_bytes: int | None = None  # None: the protocol has no offline phase
 
     def record(self, index: int, before: tuple, after: tuple) -> None:
         stats = self.ops[index]
@@ -191,6 +185,7 @@ class Measurement:
             "comm_s": self.comm_s,
             "bytes": self.bytes,
             "rounds": self.rounds,
+            "offline_s": statistics.median(self.offline_s) if self.offline_s else None,
             "offline_bytes": self.offline_bytes,
             "ops": [{"op": s.kind, "layer": s.layer, "relus": s.relus,
                      "time_s": statistics.median(s.times) if s.times else 0.0,
@@ -200,44 +195,25 @@ class Measurement:
 
 # -- the party ---------------------------------------------------------------------------------
 class Party:
-    def __init__(self, role: str, crypten: Any) -> None:
+    def __init__(self, role: str, crypten: Any, provider: PreprocessedProvider | None = None) -> None:
         self.role = role
         self.rank = ROLES[role]
         self.crypten = crypten
+        self.provider = provider  # None: CrypTen's TFP provider, no dealer
         import crypten.communicator as comm
 
         self.comm = comm.get()
         self.meter = CommMeter(self.comm)
-        if crypten.mpc.ttp_required():
-            from crypten.mpc.provider.ttp_provider import TTPClient
-
-            if self.rank == CLIENT:  # only rank 0 talks to the dealer
-                self.meter.track_dealer(TTPClient.get())
 
     # Plain JSON over the parties' channel: no pickle, not counted as protocol traffic.
     def exchange(self, obj: dict[str, Any]) -> dict[str, Any]:
-        import torch.distributed as dist
-
         peer = 1 - self.rank
         group = self.comm.main_group
-        payload = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
-
-        def send() -> None:
-            dist.send(torch.tensor([payload.numel()], dtype=torch.long), peer, group=group)
-            dist.send(payload, peer, group=group)
-
-        def recv() -> dict[str, Any]:
-            size = torch.zeros(1, dtype=torch.long)
-            dist.recv(size, peer, group=group)
-            data = torch.zeros(int(size.item()), dtype=torch.uint8)
-            dist.recv(data, peer, group=group)
-            return json.loads(bytes(data.numpy()).decode())
-
         if self.rank == CLIENT:
-            send()
-            return recv()
-        other = recv()
-        send()
+            send_json(obj, peer, group)
+            return recv_json(peer, group)[0]
+        other, _ = recv_json(peer, group)
+        send_json(obj, peer, group)
         return other
 
     def prepare(self, job: dict[str, Any], spec: str) -> tuple[Program, torch.Tensor | None, torch.Tensor | None]:
@@ -266,13 +242,13 @@ class Party:
         if error:
             return {"event": "error" if self.rank == CLIENT else "done", "job": job["id"], "error": error}
         result = self.measure(job, program, x)
-        theirs = self.exchange({"ops": result["ops"], "bytes": result["bytes"], "rounds": result["rounds"],
-                                "setup_bytes": result["setup_bytes"]})
+        totals = ("bytes", "rounds", "setup_bytes", "offline_s", "offline_bytes")
+        theirs = self.exchange({"ops": result["ops"], **{k: result[k] for k in totals}})
         if self.rank != CLIENT:
             return {"event": "done", "job": job["id"], "error": None}
-        result["bytes"] = max(result["bytes"], theirs["bytes"])
-        result["rounds"] = max(result["rounds"], theirs["rounds"])
-        result["setup_bytes"] = max(result["setup_bytes"], theirs["setup_bytes"])
+        for k in totals:  # None (no offline phase) on both sides or on neither
+            if result[k] is not None:
+                result[k] = max(result[k], theirs[k])
         for mine, other in zip(result["ops"], theirs["ops"]):
             mine["bytes"] = max(mine["bytes"], other["bytes"])
             mine["rounds"] = max(mine["rounds"], other["rounds"])
@@ -297,35 +273,74 @@ class Party:
             return backend.reveal_to_client(y)
 
     def measure(self, job: dict[str, Any], program: Program, x: torch.Tensor | None) -> dict[str, Any]:
-        backend = CryptenBackend(program, self.rank)
+        from pibench.mpc.crypten_backend import CryptenBackend
+
+        backend = CryptenBackend(program, self.rank, self.provider)
+        dealer_bytes = self.provider.source.bytes if self.provider else 0
         self.meter.reset()
         t0 = time.perf_counter()
         backend.share_weights()
         setup_s = time.perf_counter() - t0
-        setup_bytes = int(self.meter.read()[1])
+        setup_bytes = int(self.meter.read()[1]) + (self.provider.source.bytes - dealer_bytes if self.provider else 0)
         log.info("%s: %s: weights shared in %.2f s", self.role, job["model"], setup_s)
 
+        plans: dict[int, Plan] = {}
         logits = []
         for start, stop in iter_batches(job["samples"], job["batch"]):
-            out = self.infer(backend, program, x[start:stop] if x is not None else None, stop - start)
+            out = self.untimed_inference(backend, program, x[start:stop] if x is not None else None, stop - start,
+                                         plans)
             if out is not None:
                 logits.append(out)
         m = Measurement(program)
         first = x[: job["batch"]] if x is not None else None
+        if self.provider is not None and job["batch"] not in plans:  # no samples: record the plan now
+            self.untimed_inference(backend, program, first, job["batch"], plans)
         for r in range(job["repeats"]):
+            if self.provider is not None:
+                offline_s, m.offline_bytes = self.offline(plans[job["batch"]])
+                m.offline_s.append(offline_s)
             self.meter.reset()
             before = self.meter.read()
             self.infer(backend, program, first, job["batch"], m)
             after = self.meter.read()
+            if self.provider is not None:
+                self.provider.finish_online()
             m.latencies.append(after[0] - before[0])
             m.comm_s.append(after[3] - before[3])
             m.bytes, m.rounds = int(round(after[1] - before[1])), int(after[2] - before[2])
-            m.offline_bytes = int(round(self.meter.offline_bytes))
-            log.info("%s: %s: repeat %d/%d %.3f s", self.role, job["model"], r + 1, job["repeats"], m.latencies[-1])
+            log.info("%s: %s: repeat %d/%d %.3f s online", self.role, job["model"], r + 1, job["repeats"],
+                     m.latencies[-1])
         result = m.summary()
         result.update(setup_s=setup_s, setup_bytes=setup_bytes,
                       logits=torch.cat(logits).tolist() if logits else [])
         return result
+
+    def untimed_inference(self, backend: CryptenBackend, program: Program, x: torch.Tensor | None, batch: int,
+                          plans: dict[int, Plan]) -> torch.Tensor | None:
+        """An inference outside the timed repeats; with a dealer, the first at a batch size records its plan."""
+        if self.provider is None:
+            return self.infer(backend, program, x, batch)
+        if batch not in plans:
+            with self.provider.record() as plan:
+                out = self.infer(backend, program, x, batch)
+            self.provider.source.register(plan)
+            plans[batch] = plan
+            log.info("%s: recorded a plan of %d tuples for batch %d", self.role, len(plan.requests), batch)
+            return out
+        self.offline(plans[batch])
+        out = self.infer(backend, program, x, batch)
+        self.provider.finish_online()
+        return out
+
+    def offline(self, plan: Plan) -> tuple[float, int]:
+        """The offline phase of one inference: all its tuples made and delivered, then both parties in step.
+
+        Returns (seconds, bytes this party exchanged with the dealer)."""
+        link = self.provider.source
+        t0, b0 = time.perf_counter(), link.bytes
+        self.provider.preprocess(plan)
+        self.exchange({})  # the online clock starts when both parties hold their tuples
+        return time.perf_counter() - t0, link.bytes - b0
 
     def serve(self, jobs: Iterable[dict[str, Any]], on_event: Callable[[dict, dict], None] | None = None) -> None:
         for job in jobs:
@@ -387,13 +402,13 @@ def _exit_unless_connected(role: str, rendezvous: str, timeout: float) -> thread
     return timer
 
 
-def run_party(role: str, rendezvous: str, *, provider: str = "tfp", threads: int = 1,
+def run_party(role: str, rendezvous: str, *, protocol: str = DEFAULT_PROTOCOL, threads: int = 1,
               jobs: Iterable[dict[str, Any]] = (), on_event: Callable[[dict, dict], None] | None = None,
               connect_timeout: float | None = None) -> None:
-    """Join the session at `rendezvous` as `role` and serve `jobs` (the dealer serves tuples).
+    """Join the session at `rendezvous` as `role` and serve `jobs` (the dealer serves the client's requests).
 
-    With `connect_timeout`, a client or server that has not connected by then exits with
-    status 2 and says so (the dealer serves for the whole session, so it has no limit).
+    With `connect_timeout`, a party that has not connected by then exits with status 2
+    and says so.
 
     `on_event(job, event)` is called with each job's event after it is printed (the
     client's "result" or "error"; the server's "done"). Raises ModelMismatch when the
@@ -401,28 +416,47 @@ def run_party(role: str, rendezvous: str, *, provider: str = "tfp", threads: int
     """
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
-    if provider not in PROVIDERS:
-        raise ValueError(f"unknown provider {provider!r}; use one of {', '.join(PROVIDERS)}")
-    if role == "dealer" and provider != "ttp":
-        raise ValueError("a dealer party only exists with --provider ttp")
+    proto = protocol_of(protocol)
+    if role == "dealer" and not proto.dealer:
+        raise ValueError(f"protocol {proto.key} has no dealer; a dealer party only exists with crypten:dealer")
     torch.set_num_threads(threads)
     os.environ.update(RENDEZVOUS=rendezvous, WORLD_SIZE="2", RANK=str(ROLES[role]), DISTRIBUTED_BACKEND="gloo")
-    from pibench.mpc.crypten_compat import import_crypten
+    from pibench.mpc.crypten_compat import import_crypten, use_provider
 
     crypten = import_crypten()
-    crypten.cfg.mpc.provider = PROVIDERS[provider]
+    crypten.cfg.mpc.provider = "TTP" if proto.dealer else "TFP"  # TTP: CrypTen sets up rank 2's groups
     crypten.cfg.communicator.verbose = True
-    if role == "dealer":
-        from crypten.mpc.provider.ttp_provider import TTPServer
-
-        emit({"event": "ready", "role": role})
-        TTPServer()  # returns when the client shuts the session down
-        return
     watchdog = _exit_unless_connected(role, rendezvous, connect_timeout) if connect_timeout else None
     crypten.init()
     if watchdog is not None:
         watchdog.cancel()
+    import crypten.communicator as comm
+
+    from pibench.mpc.dealer import DealerLink, serve_dealer
+    from pibench.mpc.preprocessing import PreprocessedProvider
+
+    if role == "dealer":
+        emit({"event": "ready", "role": role})
+        serve_dealer(comm.get().ttp_group)
+        return
+    provider = None
+    if proto.dealer:
+        provider = PreprocessedProvider(DealerLink(ROLES[role], comm.get().ttp_group))
+        use_provider(provider)
     emit({"event": "ready", "role": role, "threads": torch.get_num_threads()})
-    Party(role, crypten).serve(jobs, on_event)
+    try:
+        Party(role, crypten, provider).serve(jobs, on_event)
+    finally:
+        if provider is not None:  # also on a refused model: the dealer must not wait forever
+            with contextlib.suppress(RuntimeError):
+                provider.source.close()
+            comm.get().ttp_initialized = False  # the dealer left on "bye"; CrypTen must not send its "terminate"
     crypten.uninit()
 
+
+def protocol_of(spec: str) -> Protocol:
+    """The protocol named by `spec` ("dealer", "crypten:tfp", ...), or a ValueError listing the known ones."""
+    try:
+        return get_protocol(spec)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None

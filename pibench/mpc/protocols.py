@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from pibench.registry import Registry
 
+CLIENT, SERVER, DEALER = 0, 1, 2  # ranks: the client owns the input, the server the weights
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -37,7 +39,8 @@ PROTOCOLS: Registry[Protocol] = Registry("protocol")
 PROTOCOLS.register("crypten:dealer", Protocol(
     "crypten", "dealer", "semi-honest client/server; non-colluding dealer", secure=True, dealer=True))
 PROTOCOLS.register("crypten:tfp", Protocol(
-    "crypten", "tfp", "INSECURE: the client generates the randomness and could recover the weights; online cost only",
+    "crypten", "tfp", "INSECURE: the client generates the randomness and could recover the weights; "
+    "benchmark only (CrypTen's stock protocol: tuples made during the inference, weights re-opened per product)",
     secure=False, dealer=False))
 
 DEFAULT_PROTOCOL = "crypten:dealer"

@@ -1,0 +1,140 @@
+"""The dealer (rank 2): a third process that makes all correlated randomness, and the parties' link to it.
+
+Trust: the dealer learns nothing of the inputs or weights by itself, but it knows
+every tuple and mask, so dealer + server could recover the client's input and
+dealer + client the server's weights. The protocol is secure against a semi-honest
+client or server as long as the dealer colludes with neither.
+
+Messages (client -> dealer, JSON; the server never talks to the dealer after the keys):
+
+    masks {shapes}       once per model: draw the weight masks B from the server's stream
+    plan {requests}      register a recorded plan; the dealer answers nothing, ids count up from 0
+    run {id}             make one inference's tuples of a registered plan (offline phase)
+    live {requests}      make these tuples now (the recording inference)
+    bye                  end of the session
+
+Answer to run/live: the client's c0 shares, one flat int64 tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from pibench.mpc.channel import recv_json, recv_tensor, send_json, send_tensor
+from pibench.mpc.preprocessing import KEY_BYTES, Plan, Prg, Request, party_draws
+from pibench.mpc.protocols import CLIENT, DEALER, SERVER
+
+log = logging.getLogger(__name__)
+
+
+def _key_to_tensor(key: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(key), dtype=torch.long).clone()
+
+
+def client_share(request: Request, prgs: list[Prg], masks: list[torch.Tensor]) -> torch.Tensor:
+    """The client's last share of a tuple: the correct value minus everything else (drawn as the parties do)."""
+    mine = party_draws(request, prgs[CLIENT], CLIENT)
+    theirs = party_draws(request, prgs[SERVER], SERVER)
+    kind = request.kind
+    if kind == "additive":
+        return request.ring_op(mine[0] + theirs[0], mine[1] + theirs[1]) - theirs[2]
+    if kind == "binary":
+        return ((mine[0] ^ theirs[0]) & (mine[1] ^ theirs[1])) ^ theirs[2]
+    if kind == "b2a":
+        return (mine[0] ^ theirs[0]) - theirs[1]
+    if kind == "fixed":
+        return request.ring_op(mine[0] + theirs[0], masks[request.key]) - theirs[1]
+    raise ValueError(f"unknown tuple kind {kind!r}")
+
+
+def serve_dealer(group: Any) -> None:
+    """The dealer's loop: hand each party a fresh key, then answer the client until it says bye."""
+    # crypten.init() in each party starts CrypTen's own TTP client, which waits for a
+    # generator seed and a barrier; pibench's provider never draws from that generator.
+    for rank in (CLIENT, SERVER):
+        dist.send(torch.tensor(secrets.randbits(63)), rank, group=group)
+    dist.barrier(group=group)
+    keys = [secrets.token_bytes(KEY_BYTES) for _ in (CLIENT, SERVER)]
+    for rank, key in zip((CLIENT, SERVER), keys):
+        send_tensor(_key_to_tensor(key), rank, group)
+    prgs = [Prg(key) for key in keys]
+    masks: list[torch.Tensor] = []
+    plans: list[list[Request]] = []
+    while True:
+        msg, _ = recv_json(CLIENT, group)
+        kind = msg["kind"]
+        if kind == "bye":
+            log.info("dealer: session over")
+            return
+        if kind == "masks":
+            masks = [prgs[SERVER].ring(tuple(shape)) for shape in msg["shapes"]]
+            log.info("dealer: %d weight masks drawn", len(masks))
+        elif kind == "plan":
+            plans.append([Request.from_json(r) for r in msg["requests"]])
+            log.info("dealer: plan %d registered (%d tuples)", len(plans) - 1, len(plans[-1]))
+        elif kind in ("run", "live"):
+            requests = plans[msg["id"]] if kind == "run" else [Request.from_json(r) for r in msg["requests"]]
+            shares = [client_share(r, prgs, masks).reshape(-1) for r in requests]
+            send_tensor(torch.cat(shares) if shares else torch.zeros(0, dtype=torch.long), CLIENT, group)
+        else:
+            raise ValueError(f"dealer: unknown message {kind!r} from the client")
+
+
+class DealerLink:
+    """A party's side of the dealer: its key stream, and (client) the messages to the dealer.
+
+    `make(plan)` returns this party's full share of every tuple in the plan; the client
+    counts the bytes it exchanges with the dealer in `bytes` (sent + received).
+    """
+
+    def __init__(self, rank: int, group: Any) -> None:
+        self.rank = rank
+        self.group = group
+        key, _ = recv_tensor(DEALER, group)
+        self.prg = Prg(key.numpy().tobytes())
+        self.bytes = 0
+        self.plans = 0
+
+    def _send(self, obj: dict[str, Any]) -> None:
+        self.bytes += send_json(obj, DEALER, self.group)
+
+    def masks(self, shapes: list[tuple[int, ...]]) -> list[torch.Tensor] | None:
+        """Once per model: the server draws the weight masks B (the dealer the same); the client gets none."""
+        if self.rank == CLIENT:
+            self._send({"kind": "masks", "shapes": [list(s) for s in shapes]})
+            return None
+        return [self.prg.ring(tuple(s)) for s in shapes]
+
+    def register(self, plan: Plan) -> None:
+        """Give the dealer a recorded plan once, so each offline phase only names it."""
+        if self.rank == CLIENT:
+            self._send({"kind": "plan", "requests": [r.to_json() for r in plan.requests]})
+        plan.dealer_id = self.plans
+        self.plans += 1
+
+    def make(self, plan: Plan) -> list[list[torch.Tensor]]:
+        if self.rank == CLIENT:
+            if plan.dealer_id >= 0:
+                self._send({"kind": "run", "id": plan.dealer_id})
+            else:
+                self._send({"kind": "live", "requests": [r.to_json() for r in plan.requests]})
+        shares = [party_draws(r, self.prg, self.rank) for r in plan.requests]
+        if self.rank == CLIENT:
+            flat, nbytes = recv_tensor(DEALER, self.group)
+            self.bytes += nbytes
+            start = 0
+            for request, mine in zip(plan.requests, shares):
+                size = request.output_size()
+                n = int(torch.Size(size).numel())
+                mine.append(flat[start:start + n].reshape(size))
+                start += n
+        return shares
+
+    def close(self) -> None:
+        if self.rank == CLIENT:
+            self._send({"kind": "bye"})
