@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
@@ -12,7 +13,8 @@ import torch
 
 from pibench.models import create_model
 from pibench.mpc.backend import run_plain
-from pibench.mpc.launch import free_port
+from pibench.bench import BenchOptions, bench_models
+from pibench.mpc.launch import PartyError, Session, SessionConfig, free_port
 from pibench.mpc.party import EVENT_PREFIX, model_inputs, server_model
 from pibench.mpc.program import compile_model
 
@@ -36,7 +38,7 @@ def run_parties(protocol, jobs, connect_timeout=60, roles=("client", "server"), 
         jobs_file = tempfile.TemporaryFile("w+")  # all jobs, then EOF: the parties end together
         jobs_file.write(lines)
         jobs_file.seek(0)
-        procs.append(subprocess.Popen([sys.executable, "-c", PARTY, role, rendezvous, protocol, str(connect_timeout)],
+        procs.append(subprocess.Popen([sys.executable, "-c", PARTY, role, rendezvous, f"spu:{protocol}", str(connect_timeout)],
                                       stdin=jobs_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=timeout) for p in procs]
     events = [json.loads(line[len(EVENT_PREFIX):]) for line in outs[0][0].splitlines()
@@ -108,3 +110,27 @@ def test_a_peer_that_never_connects_ends_the_party_with_a_clear_message():
     assert time.monotonic() - t0 < 30
     assert codes == [2] and not events
     assert "the client did not connect to its peers at tcp://127.0.0.1:" in errs[0]
+
+
+def test_bench_runs_spu_parties_through_the_launcher(tmp_path):
+    folder = save(tmp_path, "half", with_density(0.5, 1))
+    (result,) = bench_models([folder], BenchOptions(protocol="spu:semi2k", repeats=2, samples=8, batch=8))
+    row = result.rows[0]
+    assert row.error == "", row.error
+    assert (row.backend, row.protocol) == ("spu", "semi2k") and row.security.startswith("INSECURE")
+    assert row.mpc_samples == 8 and row.mpc_agreement >= 0.99 and row.max_logit_error <= 1e-2
+    assert row.relu_bytes > 0 and row.linear_bytes > 0 and row.bytes_per_party > row.relu_bytes
+    assert row.offline_bytes == 0 and len(str(row.latency_s_samples).split(";")) == 2
+
+
+def test_killing_an_spu_party_mid_run_fails_fast_without_orphans():
+    session = Session(SessionConfig(protocol="spu:semi2k", job_timeout=300))
+    session.start()
+    pids = session.pids()
+    killer = threading.Timer(2.0, lambda: os.kill(pids["server"], 9))
+    killer.start()
+    t0 = time.monotonic()
+    with pytest.raises(PartyError, match="server party .* exited"):
+        session.run({"model": "resnet18", "repeats": 20, "batch": 1, "samples": 1, "seed": 0, "data_dir": None})
+    assert time.monotonic() - t0 < 60
+    assert all(gone(pid) for pid in pids.values())

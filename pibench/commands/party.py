@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pibench.mpc.party import read_jobs, run_party, static_jobs
+    from pibench.mpc.party import protocol_of, read_jobs, run_party, static_jobs
 
     on_event = None
     if args.out is not None:
@@ -59,7 +59,10 @@ def run(args: argparse.Namespace) -> int:
         jobs = static_jobs(args.model, **options)
     else:
         jobs = read_jobs(sys.stdin)
-    run_party(args.role, args.rendezvous, protocol=args.protocol, threads=args.threads, jobs=jobs,
+    runner = run_party
+    if protocol_of(args.protocol).backend == "spu":
+        from pibench.mpc.spu_party import run_spu_party as runner
+    runner(args.role, args.rendezvous, protocol=args.protocol, threads=args.threads, jobs=jobs,
               on_event=on_event, connect_timeout=args.connect_timeout or None)
     return 0
 

@@ -11,6 +11,12 @@ party that deviates from it.
     crypten:tfp     CrypTen's trusted *first* party: the client (rank 0) generates every
                     Beaver triple in plaintext, so it could recover the server's weights.
                     INSECURE; kept to benchmark the online cost only.
+    spu:cheetah     SecretFlow SPU's CHEETAH: two parties, no dealer (HE for linear layers,
+                    silent OT for comparisons; its preprocessing runs inside the online
+                    protocol). Secure against a semi-honest client or server.
+    spu:semi2k      SPU's SEMI2K, whose only beaver provider in spu 0.9.5 is
+                    `BeaverTfpUnsafe`: the client (rank 0) generates the triples, like
+                    crypten:tfp. INSECURE against the client; a benchmark of the online cost.
 """
 
 from __future__ import annotations
@@ -42,6 +48,13 @@ PROTOCOLS.register("crypten:tfp", Protocol(
     "crypten", "tfp", "INSECURE: the client generates the randomness and could recover the weights; "
     "benchmark only (CrypTen's stock protocol: tuples made during the inference, weights re-opened per product)",
     secure=False, dealer=False))
+
+PROTOCOLS.register("spu:cheetah", Protocol(
+    "spu", "cheetah", "semi-honest client/server; no dealer (CHEETAH: HE + silent OT, preprocessing inside the online "
+    "phase)", secure=True, dealer=False))
+PROTOCOLS.register("spu:semi2k", Protocol(
+    "spu", "semi2k", "INSECURE: SPU 0.9.5's SEMI2K beaver is BeaverTfpUnsafe, the client generates the triples and "
+    "could recover the weights; benchmark only", secure=False, dealer=False))
 
 DEFAULT_PROTOCOL = "crypten:dealer"
 

@@ -25,8 +25,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from pibench.mpc.backend import CLIENT, SERVER, Backend
+from pibench.mpc.backend import Backend
 from pibench.mpc.program import INPUT, Op, Program
+from pibench.mpc.protocols import CLIENT, SERVER
 from pibench.mpc.spu_link import SpuLink, import_spu
 
 # 64-bit ring, 18 fractional bits: logits agree with plaintext to ~1e-4 on ResNet18-sized

@@ -27,9 +27,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from pibench.mpc.backend import run_program
 from pibench.mpc.party import (ROLES, Measurement, ModelMismatch, Party, _exit_unless_connected, emit,
-                               iter_batches)
+                               iter_batches, protocol_of)
 from pibench.mpc.program import Program
 from pibench.mpc.spu_backend import SpuBackend, runtime_config, set_up_runtime
 from pibench.mpc.spu_link import SpuLink
@@ -102,10 +101,15 @@ def run_spu_party(role: str, rendezvous: str, *, protocol: str, threads: int = 1
                   connect_timeout: float | None = None) -> None:
     """Join the SPU session at `rendezvous` (client at its port, server at port + 1) and serve `jobs`.
 
+    `protocol`: spu:cheetah or spu:semi2k.
+
     `threads`: the party is pinned to that many CPUs (SPU sizes its thread pools to the
     machine, so pinning is what makes parties comparable). A party whose peer has not
     connected within `connect_timeout` s exits with status 2 and says so.
     """
+    proto = protocol_of(protocol)
+    if proto.backend != "spu":
+        raise ValueError(f"protocol {proto.key} is not an SPU protocol; use spu:cheetah or spu:semi2k")
     if role not in ("client", "server"):
         raise ValueError(f"an SPU party is a client or a server, not {role!r}; SPU's protocols need no dealer")
     cpus = sorted(os.sched_getaffinity(0))
@@ -118,9 +122,9 @@ def run_spu_party(role: str, rendezvous: str, *, protocol: str, threads: int = 1
     watchdog = _exit_unless_connected(role, rendezvous, timeout)
     try:
         link = SpuLink(ROLES[role], rendezvous, os.path.join(log_dir, "spu.log"), timeout)
-        party = SpuParty(role, protocol, link)
+        party = SpuParty(role, proto.name, link)
         watchdog.cancel()
-        emit({"event": "ready", "role": role, "threads": threads, "protocol": f"spu:{protocol}"})
+        emit({"event": "ready", "role": role, "threads": threads, "protocol": proto.key})
         party.serve(jobs, on_event)
         link.close()
     finally:
