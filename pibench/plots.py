@@ -33,7 +33,7 @@ STYLE = {
     "figure.dpi": 200,
 }
 FIGURES = ("accuracy_vs_relus", "latency_vs_relus", "communication_vs_relus", "online_vs_offline",
-           "accuracy_vs_latency", "layer_breakdown")
+           "accuracy_vs_latency", "layer_breakdown", "protocol_costs")
 # Which per-layer ops are linear (free of secure comparisons) for the breakdown figure.
 LINEAR_OPS = {"conv", "linear", "add", "affine", "avgpool", "flatten"}
 COMPARISON_OPS = {"relu", "maxpool"}
@@ -265,6 +265,34 @@ def layer_breakdown(layers: pd.DataFrame, out_dir: Path, models: list[str] | Non
                                 "Per-layer cost breakdown", out_dir, "layer_breakdown")
 
 
+def protocol_costs(results: pd.DataFrame, layers: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """What each protocol charges: bytes per kept ReLU, and the time and bytes of each model's linear layers.
+
+    The two costs pull in opposite directions (CHEETAH: few bytes per ReLU but slow HE
+    convolutions), which is why a ReLU budget ranks models differently per protocol.
+    """
+    rows = _ok_rows(results)
+    rows = rows[rows["relus"] > 0].assign(key=rows["backend"] + ":" + rows["protocol"])
+    per_relu = (rows["relu_bytes"] / (rows["relus"] * rows["batch"])).groupby(rows["key"]).median()
+    linear = layers[layers["op"].isin(["conv", "linear", "affine"])].fillna({"protocol": "unknown"})
+    time = linear.pivot_table(index="model", columns="protocol", values="time_s", aggfunc="sum")
+    sent = linear.pivot_table(index="model", columns="protocol", values="bytes", aggfunc="sum") / 1e6
+    fig, axes = plt.subplots(1, 3, figsize=(2 * COLUMN_WIDTH_IN, max(2.0, 0.3 * len(time) + 1.2)))
+    per_relu.plot.bar(ax=axes[0], color="tab:gray")
+    axes[0].set_ylabel("bytes per kept ReLU per party")
+    axes[0].set_xlabel("")
+    axes[0].set_title("ReLU")
+    for ax, data, xlabel in ((axes[1], time, "linear layers (s)"), (axes[2], sent, "linear layers (MB per party)")):
+        data.plot.barh(ax=ax, width=0.8, legend=ax is axes[1])
+        _log_if_wide(ax, data.stack(), "x")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("")
+        ax.grid(alpha=0.3, axis="x")
+    axes[1].set_title("Linear layers per model")
+    axes[2].set_yticklabels([])
+    return _save(fig, out_dir, "protocol_costs")
+
+
 def plot_run(run_dir: str | Path, anchors: str | Path | None = None, models: list[str] | None = None) -> list[Path]:
     """All figures for a run folder into run_dir/figures; returns the files written."""
     run_dir = Path(run_dir)
@@ -288,4 +316,5 @@ def plot_run(run_dir: str | Path, anchors: str | Path | None = None, models: lis
         written += online_vs_offline(results, out_dir)
         if layers is not None:
             written += layer_breakdown(layers, out_dir, models)
+            written += protocol_costs(results, layers, out_dir)
     return written

@@ -34,6 +34,7 @@ FIGURE_CAPTIONS = {
     "online_vs_offline": "Online and offline phases per model",
     "accuracy_vs_latency": "Accuracy vs latency",
     "layer_breakdown": "Per-layer cost: linear vs ReLU",
+    "protocol_costs": "Per protocol: bytes per kept ReLU, and linear-layer time and bytes per model",
 }
 
 

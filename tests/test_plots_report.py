@@ -122,15 +122,17 @@ def test_netns_run_draws_measured_latency_per_network(tmp_path):
 def test_cost_only_run_skips_accuracy_figures(tmp_path):
     run = fixture_run(tmp_path / "run", cost_only=True)
     names = {p.stem for p in plot_run(run)}
-    assert names == {"latency_vs_relus", "communication_vs_relus", "online_vs_offline", "layer_breakdown"}
+    assert names == {"latency_vs_relus", "communication_vs_relus", "online_vs_offline", "layer_breakdown",
+                     "protocol_costs"}
 
 
 def test_two_protocols_side_by_side_in_figures_and_report(tmp_path):
-    run = fixture_run(tmp_path / "run", protocols=("crypten:dealer", "crypten:tfp"))
+    run = fixture_run(tmp_path / "run", protocols=("crypten:dealer", "crypten:tfp", "spu:cheetah"))
     assert {p.stem for p in plot_run(run)} == set(FIGURES)
     text = write_report(run).read_text()
     assert "- `crypten:dealer`: semi-honest client/server; non-colluding dealer; parties: client, server and a dealer." in text
     assert "- `crypten:tfp` **(not secure: benchmark only)**: INSECURE: the client generates" in text
+    assert "- `spu:cheetah`: semi-honest client/server; no dealer (CHEETAH" in text
     # one line per model and protocol; tfp has no offline phase, so its offline cells are empty
     assert "| senet_5 · crypten:dealer | 230 | 230 | 90.00 | 100.0 |" in text
     tfp_line = next(line for line in text.splitlines() if line.startswith("| senet_5 · crypten:tfp |"))

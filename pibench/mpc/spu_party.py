@@ -11,8 +11,9 @@ What the numbers mean here:
   per-run link statistics plus the shares pibench sends (input, logits).
 - rounds: messages (link send actions) the busier party sends, an upper bound on rounds.
 - comm_s: SPU does not split out communication time; reported as zeros.
-- offline: none of these protocols has a dealer; CHEETAH generates its correlations
-  (silent OT) inside the online run, so offline_s = offline_bytes = 0 and that cost is online.
+- offline: neither protocol has a separate offline phase (no dealer): CHEETAH makes its
+  correlations (silent OT) inside the online run, so offline_s and offline_bytes are
+  empty (None) and that cost is part of the online numbers.
 - ops: per program op (each op is its own SPU executable), plus input and output.
 """
 
@@ -91,7 +92,7 @@ class SpuParty(Party):
             log.info("%s: %s: repeat %d/%d %.3f s", self.role, job["model"], r + 1, job["repeats"], m.latencies[-1])
         backend.free_weights()
         result = m.summary()
-        result.update(setup_s=setup_s, setup_bytes=setup_bytes, offline_s=0.0, offline_bytes=0,
+        result.update(setup_s=setup_s, setup_bytes=setup_bytes, offline_s=None, offline_bytes=None,
                       logits=torch.cat(logits).tolist() if logits else [])
         return result
 
