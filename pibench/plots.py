@@ -283,13 +283,14 @@ def protocol_costs(results: pd.DataFrame, layers: pd.DataFrame, out_dir: Path) -
     axes[0].set_xlabel("")
     axes[0].set_title("ReLU")
     for ax, data, xlabel in ((axes[1], time, "linear layers (s)"), (axes[2], sent, "linear layers (MB per party)")):
-        data.plot.barh(ax=ax, width=0.8, legend=ax is axes[1])
+        data.plot.barh(ax=ax, width=0.8, legend=ax is axes[2])
         _log_if_wide(ax, data.stack(), "x")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("")
         ax.grid(alpha=0.3, axis="x")
     axes[1].set_title("Linear layers per model")
     axes[2].set_yticklabels([])
+    axes[2].legend(title=None, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, out_dir, "protocol_costs")
 
 

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+import yaml
 
 from pibench.models import create_model
 from pibench.mpc.backend import run_plain
@@ -17,6 +18,7 @@ from pibench.bench import BenchOptions, bench_models
 from pibench.mpc.launch import PartyError, Session, SessionConfig, free_port
 from pibench.mpc.party import EVENT_PREFIX, model_inputs, server_model
 from pibench.mpc.program import compile_model
+from pibench.results import load_results
 
 from test_mpc_parties import gone, save, with_density
 from test_mpc_program import NETS, randomize
@@ -134,3 +136,27 @@ def test_killing_an_spu_party_mid_run_fails_fast_without_orphans():
         session.run({"model": "resnet18", "repeats": 20, "batch": 1, "samples": 1, "seed": 0, "data_dir": None})
     assert time.monotonic() - t0 < 60
     assert all(gone(pid) for pid in pids.values())
+
+
+@pytest.mark.slow
+def test_a_sweep_measures_crypten_and_spu_side_by_side(tmp_path):
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump({
+        "run": "both", "networks": ["lan"], "repeats": 1, "samples": 1,
+        "protocols": ["crypten:dealer", "spu:cheetah", "spu:semi2k"],
+        "cost_only": [{"model": "cnn_digits"}, {"arch": "resnet_digits", "allocation": "senet", "budgets": [1000]}],
+    }))
+    done = subprocess.run([sys.executable, "-m", "pibench.cli", "sweep", str(config)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = tmp_path / "results" / "both"
+    results = load_results(run)
+    assert sorted((results["backend"] + ":" + results["protocol"]).unique()) == [
+        "crypten:dealer", "spu:cheetah", "spu:semi2k"]
+    assert len(results) == 6 and results["error"].isna().all() and (results["mpc_agreement"] == 1.0).all()
+    assert results.groupby("model")["protocol"].nunique().eq(3).all()
+    report = (run / "report.md").read_text()
+    assert "- `spu:cheetah`: semi-honest client/server; no dealer" in report
+    assert "- `spu:semi2k` **(not secure: benchmark only)**: INSECURE: SPU 0.9.5's SEMI2K" in report
+    assert "parties: client, server and a dealer" in report  # crypten:dealer
+    assert (run / "figures" / "protocol_costs.png").stat().st_size > 1000
