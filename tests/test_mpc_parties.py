@@ -203,7 +203,12 @@ def test_client_view_of_a_folder_has_no_weights(tmp_path):
 
 
 def test_killing_a_party_mid_run_fails_fast_without_orphans():
-    session = Session(SessionConfig(job_timeout=300))
+    kill_server_mid_run(SessionConfig(job_timeout=300))
+
+
+def kill_server_mid_run(cfg: SessionConfig) -> None:
+    """Kill the server 2 s into a long job: the session fails within a minute and every party is gone."""
+    session = Session(cfg)
     session.start()
     pids = session.pids()
     killer = threading.Timer(2.0, lambda: os.kill(pids["server"], 9))

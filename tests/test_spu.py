@@ -1,26 +1,24 @@
 """SecretFlow SPU (CHEETAH, SEMI2K) as a second MPC backend: two real party processes over SPU's brpc link."""
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import pytest
 import torch
 import yaml
 
+from pibench.bench import BenchOptions, bench_models
 from pibench.models import create_model
 from pibench.mpc.backend import run_plain
-from pibench.bench import BenchOptions, bench_models
-from pibench.mpc.launch import PartyError, Session, SessionConfig, free_port
+from pibench.mpc.launch import SessionConfig, free_port
 from pibench.mpc.party import EVENT_PREFIX, model_inputs, server_model
 from pibench.mpc.program import compile_model
 from pibench.results import load_results
 
-from test_mpc_parties import gone, save, with_density
+from test_mpc_parties import kill_server_mid_run, save, with_density
 from test_mpc_program import NETS, randomize
 
 pytest.importorskip("spu", reason="SecretFlow SPU is not installed: make install EXTRAS=test,spu")
@@ -126,16 +124,7 @@ def test_bench_runs_spu_parties_through_the_launcher(tmp_path):
 
 
 def test_killing_an_spu_party_mid_run_fails_fast_without_orphans():
-    session = Session(SessionConfig(protocol="spu:semi2k", job_timeout=300))
-    session.start()
-    pids = session.pids()
-    killer = threading.Timer(2.0, lambda: os.kill(pids["server"], 9))
-    killer.start()
-    t0 = time.monotonic()
-    with pytest.raises(PartyError, match="server party .* exited"):
-        session.run({"model": "resnet18", "repeats": 20, "batch": 1, "samples": 1, "seed": 0, "data_dir": None})
-    assert time.monotonic() - t0 < 60
-    assert all(gone(pid) for pid in pids.values())
+    kill_server_mid_run(SessionConfig(protocol="spu:semi2k", job_timeout=300))
 
 
 @pytest.mark.slow
