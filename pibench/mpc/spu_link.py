@@ -7,8 +7,8 @@ and adds up those lines, plus the shares pibench itself sends (input, weights,
 logits), so `read()` works like CrypTen's counters: cumulative bytes sent + received
 by this party and its send actions (messages sent; rounds are at most that many).
 
-Parties find each other at the rendezvous: the client listens on its port, the
-server on port + 1.
+Parties find each other at the rendezvous (`peer_addresses`): the server tells the
+client where its link listens, so the parties may be in other namespaces or machines.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import struct
 import time
 from typing import Any
@@ -38,12 +39,38 @@ def import_spu() -> Any:
     return libspu
 
 
-def peer_addresses(rendezvous: str) -> list[str]:
-    """host:port of the client and the server from "tcp://HOST:PORT" (server at PORT + 1)."""
+def peer_addresses(rank: int, rendezvous: str, timeout: float) -> list[str]:
+    """host:port of the client's and the server's SPU link, agreed at the rendezvous.
+
+    The client listens at the rendezvous (tcp://HOST:PORT) and will serve its link at
+    HOST:PORT+1; the server connects, and tells the client where its own link will be:
+    its address as the client reaches it (another namespace or machine) and a free port.
+    """
     url = urlparse(rendezvous if "://" in rendezvous else f"tcp://{rendezvous}")
     if not url.hostname or not url.port:
         raise ValueError(f"rendezvous {rendezvous!r} is not tcp://HOST:PORT")
-    return [f"{url.hostname}:{url.port}", f"{url.hostname}:{url.port + 1}"]
+    client = f"{url.hostname}:{url.port + 1}"
+    if rank == 0:
+        with socket.create_server((url.hostname, url.port)) as listener:
+            listener.settimeout(timeout)
+            connection, _ = listener.accept()
+            with connection, connection.makefile("r") as reader:
+                return [client, reader.readline().strip()]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            connection = socket.create_connection((url.hostname, url.port), timeout=5)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(_CONNECT_RETRY_MS / 1000)
+    with connection:
+        host = connection.getsockname()[0]
+        with socket.create_server((host, 0)) as probe:  # a free port on that address
+            server = f"{host}:{probe.getsockname()[1]}"
+        connection.sendall(f"{server}\n".encode())
+    return [client, server]
 
 
 def _pack(parts: list[bytes]) -> bytes:
@@ -72,7 +99,7 @@ class SpuLink:
         options.system_log_path = log_path
         libspu.logging.setup_logging(options)
         desc = libspu.link.Desc()
-        for party, address in zip(PARTY_IDS, peer_addresses(rendezvous)):
+        for party, address in zip(PARTY_IDS, peer_addresses(rank, rendezvous, connect_timeout)):
             desc.add_party(party, address)
         desc.connect_retry_interval_ms = _CONNECT_RETRY_MS
         desc.connect_retry_times = max(1, int(connect_timeout * 1000 / _CONNECT_RETRY_MS))

@@ -100,7 +100,7 @@ class SpuParty(Party):
 def run_spu_party(role: str, rendezvous: str, *, protocol: str, threads: int = 1,
                   jobs: Iterable[dict[str, Any]] = (), on_event: Callable[[dict, dict], None] | None = None,
                   connect_timeout: float | None = None) -> None:
-    """Join the SPU session at `rendezvous` (client at its port, server at port + 1) and serve `jobs`.
+    """Join the SPU session at `rendezvous` (the client listens there; see `spu_link.peer_addresses`), serve `jobs`.
 
     `protocol`: spu:cheetah or spu:semi2k.
 
