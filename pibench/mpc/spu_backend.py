@@ -148,6 +148,7 @@ class SpuBackend(Backend):
         self.libspu = import_spu()
         self.shapes: dict[str, tuple[int, ...]] = {}  # weight variable -> shape
         self.executables: dict[tuple[int, int], Any] = {}  # (op index, batch) -> executable
+        self.batch = 0  # inputs of the current inference (set by share_input)
 
     # -- setup ----------------------------------------------------------------------------
     def share_weights(self) -> None:
