@@ -97,6 +97,18 @@ class SpuParty(Party):
         return result
 
 
+def _log_dir() -> str:
+    """A fresh folder for this party's SPU log; those of parties that were killed are removed."""
+    root = os.path.join(tempfile.gettempdir(), "pibench-spu")
+    os.makedirs(root, exist_ok=True)
+    for name in os.listdir(root):
+        if name.isdigit() and not os.path.exists(f"/proc/{name}"):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    path = os.path.join(root, str(os.getpid()))
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def run_spu_party(role: str, rendezvous: str, *, protocol: str, threads: int = 1,
                   jobs: Iterable[dict[str, Any]] = (), on_event: Callable[[dict, dict], None] | None = None,
                   connect_timeout: float | None = None) -> None:
@@ -118,7 +130,7 @@ def run_spu_party(role: str, rendezvous: str, *, protocol: str, threads: int = 1
         start = ROLES[role] * threads % len(cpus)
         os.sched_setaffinity(0, (cpus + cpus)[start: start + threads])
     torch.set_num_threads(threads)
-    log_dir = tempfile.mkdtemp(prefix=f"pibench-spu-{role}-")
+    log_dir = _log_dir()
     timeout = connect_timeout or 300.0
     watchdog = _exit_unless_connected(role, rendezvous, timeout)
     try:
