@@ -13,7 +13,9 @@ import yaml
 from pibench.bench import BenchOptions, bench_models
 from pibench.models import create_model
 from pibench.mpc.backend import run_plain
+from pibench.mpc import netns
 from pibench.mpc.launch import SessionConfig, free_port
+from pibench.mpc.network import parse_network
 from pibench.mpc.party import EVENT_PREFIX, model_inputs, server_model
 from pibench.mpc.program import compile_model
 from pibench.results import load_results
@@ -149,3 +151,12 @@ def test_a_sweep_measures_crypten_and_spu_side_by_side(tmp_path):
     assert "- `spu:semi2k` **(not secure: benchmark only)**: INSECURE: SPU 0.9.5's SEMI2K" in report
     assert "parties: client, server and a dealer" in report  # crypten:dealer
     assert (run / "figures" / "protocol_costs.png").stat().st_size > 1000
+
+
+@pytest.mark.skipif(netns.unavailable_reason() is not None, reason=str(netns.unavailable_reason()))
+def test_spu_parties_in_separate_network_namespaces():
+    """The server tells the client where its link listens, so parties on other hosts find each other."""
+    (result,) = bench_models(["cnn_digits"], BenchOptions(protocol="spu:semi2k", hosts="netns", repeats=1,
+                                                          networks=[parse_network("100mbit")]))
+    row = result.rows[0]
+    assert row.error == "" and row.link == "netns:100mbit" and row.mpc_agreement == 1.0 and row.bytes_per_party > 0
