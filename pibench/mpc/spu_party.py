@@ -43,7 +43,7 @@ class SpuParty(Party):
     def __init__(self, role: str, protocol: str, link: SpuLink) -> None:  # no CrypTen: Party.__init__ is not called
         import spu
 
-        self.role, self.rank, self.protocol = role, ROLES[role], protocol
+        self.role, self.rank = role, ROLES[role]
         self.link = self.meter = link
         cfg = runtime_config(protocol)
         self.runtime = spu.Runtime(link.context, cfg)
