@@ -177,3 +177,17 @@ def test_configs_are_valid(name):
 
     cfg = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")  # validates every key and budget
     assert cfg.run == name
+
+
+def test_report_lists_how_each_budget_was_reached(tmp_path):
+    from pibench.checkpoint import save_model
+    from pibench.report import budget_lines
+
+    run, models = tmp_path / "results" / "r", tmp_path / "models"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(f"run: r\nmodels_dir: {models}\n")
+    save_model(create_model("cnn_digits"), models / "snl_5", dataset="digits", method="snl", budget=204,
+               budget_reached="fallback: top-B alpha after 7 epochs")
+    save_model(create_model("cnn_digits"), models / "base", dataset="digits")
+    lines = budget_lines(run, ["base", "snl_5", "gone"])
+    assert lines == ["- snl_5 (snl, budget 204): fallback: top-B alpha after 7 epochs"]
