@@ -120,7 +120,7 @@ class Callback:
     """Method-specific additions to `fit`; every hook is optional."""
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """Extra optimizer parameter groups (e.g. SNL's alphas with their own learning rate)."""
+        """Extra optimizer parameter groups (e.g. SNL's alphas, trained with the weights)."""
         return []
 
     def extra_loss(self) -> torch.Tensor | None:

@@ -2,7 +2,7 @@
 ICML 2022): learnable per-pixel ReLU/identity mixing, L1 sparsity, binarize, fine-tune.
 
 Follows the official code (github.com/NYU-DICE-Lab/selective_network_linearization,
-snl_finetune_unstructured.py, train_utils/utils.py):
+snl_finetune_unstructured.py and utils.py):
 
 Search. Every ReLU position gets a learnable alpha, initialized to 1; a layer outputs
 alpha*relu(x) + (1-alpha)*x. Alphas and weights train together with one Adam
