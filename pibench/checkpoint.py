@@ -50,6 +50,7 @@ class ModelCard:
     relus: int = 0
     layers: list[dict[str, Any]] = field(default_factory=list)
     accuracy: float | None = None
+    budget_reached: str = ""  # how a method met its budget, e.g. "search reached budget at epoch 12"
     provenance: dict[str, Any] = field(default_factory=dict)
     method_info: dict[str, Any] = field(default_factory=dict)
     masks_sha256: str = ""
@@ -84,6 +85,7 @@ def save_model(
     accuracy: float | None = None,
     provenance: dict[str, Any] | None = None,
     method_info: dict[str, Any] | None = None,
+    budget_reached: str = "",
 ) -> ModelCard:
     """Write a model built by `create_model` as a model folder; returns its card."""
     if not hasattr(model, "pibench_arch"):
@@ -107,6 +109,7 @@ def save_model(
         relus=sum(c.relus for c in counts),
         layers=[{"name": c.name, "shape": list(c.shape), "relus": c.relus} for c in counts],
         accuracy=accuracy,
+        budget_reached=budget_reached,
         provenance=provenance or {},
         method_info=method_info or {},
         masks_sha256=_sha256(folder / MASKS_FILE),

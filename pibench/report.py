@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from pibench.pareto import iso_relu_accuracy_gain
 from pibench.plots import FIGURES, plot_run, with_series
@@ -109,6 +110,22 @@ def protocol_lines(results: pd.DataFrame) -> list[str]:
     return lines
 
 
+def budget_lines(run_dir: Path, models: list[str]) -> list[str]:
+    """How each linearized model met its budget, from its card (`budget_reached`) in the run's models_dir.
+
+    The cards are found through the copy of the sweep config in the run folder; models
+    whose folder is gone, or whose card predates the field, are left out.
+    """
+    from pibench.checkpoint import is_model_folder, load_card
+
+    config = run_dir / "config.yaml"
+    models_dir = Path((yaml.safe_load(config.read_text()) or {}).get("models_dir", "models")) if config.is_file() else None
+    if models_dir is None:
+        return []
+    cards = [load_card(models_dir / m) for m in models if is_model_folder(models_dir / m)]
+    return [f"- {c.name} ({c.method}, budget {c.budget:,}): {c.budget_reached}" for c in cards if c.budget_reached]
+
+
 def write_report(run_dir: str | Path, replot: bool = True) -> Path:
     """Write run_dir/report.md (re-drawing the figures first unless `replot` is False)."""
     run_dir = Path(run_dir)
@@ -136,6 +153,9 @@ def write_report(run_dir: str | Path, replot: bool = True) -> Path:
         cost_only = bool(rows["cost_only"].astype(str).str.lower().eq("true").all())
         lines += [f"## {method}" + (" (cost only: random weights, no accuracy)" if cost_only else ""), ""]
         lines += [markdown_table(method_table(rows)), ""]
+    reached = budget_lines(run_dir, sorted(ok["model"].unique()))
+    if reached:
+        lines += ["## How each budget was reached", "", *reached, ""]
     comparisons = _comparisons(ok)
     if comparisons:
         lines += ["## Comparisons", "", *comparisons, ""]

@@ -120,7 +120,7 @@ class Callback:
     """Method-specific additions to `fit`; every hook is optional."""
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """Extra optimizer parameter groups (e.g. SNL's alphas with their own learning rate)."""
+        """Extra optimizer parameter groups (e.g. SNL's alphas, trained with the weights)."""
         return []
 
     def extra_loss(self) -> torch.Tensor | None:
@@ -148,6 +148,7 @@ class TrainConfig:
     lr: float = 0.1
     optimizer: str = "sgd"  # sgd | adam
     momentum: float = 0.9
+    nesterov: bool = True  # SGD only
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # cosine | step | constant
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs (step)
@@ -161,7 +162,7 @@ class TrainConfig:
 
 def _optimizer(params: list, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adam")

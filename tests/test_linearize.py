@@ -5,7 +5,7 @@ from pibench.checkpoint import load_model
 from pibench.cli import main
 from pibench.linearize import METHODS, linearize, linearize_many, make_settings
 from pibench.linearize.senet import allocate, random_masks, relu_feeding_convs, topk_mask
-from pibench.linearize.snl import binarize
+from pibench.linearize.snl import AlphaSearch, Settings as SNLSettings, largest_alphas
 from pibench.models import create_model
 from pibench.relu import relu_counts
 from pibench.train import train_baseline
@@ -70,11 +70,32 @@ def test_feeding_conv_of_post_add_relu_is_conv2_not_shortcut():
     assert feeding["layers.1.0.relu2"] == "layers.1.0.conv2"
 
 
-def test_snl_binarize_threshold_then_topk():
+def test_snl_fallback_keeps_the_largest_alphas_overall():
     alphas = {"a": torch.tensor([0.5, 0.005, 0.9]), "b": torch.tensor([0.02, 0.0])}
-    assert [int(m.sum()) for m in binarize(alphas, 10, 1e-2).values()] == [2, 1]
-    masks = binarize(alphas, 2, 1e-2)
+    masks = largest_alphas(alphas, 2)
     assert masks["a"].tolist() == [True, False, True] and masks["b"].tolist() == [False, False]
+    assert [int(m.sum()) for m in largest_alphas(alphas, 4).values()] == [3, 1]
+
+
+def test_snl_lambda_schedule_and_stopping_rule_on_scripted_counts():
+    """The official rule: lambda x1.1 when the count is not below the lowest so far and epoch >= 5;
+    a budget's snapshot is the first epoch at or under it; the search stops at the smallest budget."""
+    search = AlphaSearch(create_model("cnn_digits"), [3000, 1000], SNLSettings(lam=1.0))
+    assert search.schedule.lowest == 4096
+    counts = [4096, 4000, 4100, 3900, 3950, 3950, 3800, 3800, 3900, 2900, 2950, 1500, 999]
+    grew, stops = [], []
+    for epoch, count in enumerate(counts):
+        before = search.schedule.lam
+        stops.append(search.record(epoch, count))
+        grew.append(search.schedule.lam > before)
+    # epochs 0-4 never grow (warm-up), even at 4100 >= lowest 4000; then: 3950 and 3950 not below 3900 (grow),
+    # 3800 new lowest (no), 3800 not below (grow), 3900 (grow), 2900 (no), 2950 (grow), 1500 (no), 999 (no)
+    assert grew == [False] * 5 + [True, False, True, True, False, True, False, False]
+    assert search.schedule.lam == pytest.approx(1.1 ** 4)
+    assert stops == [False] * 12 + [True]
+    assert {b: s["epoch"] for b, s in search.snapshots.items()} == {3000: 10, 1000: 13}
+    assert search.counts == counts and not search.pending
+    search.close()
 
 
 # ---------------------------------------------------------------- API and errors
@@ -111,6 +132,7 @@ def test_senet_end_to_end(teacher, tmp_path):
         info = card.method_info
         assert set(info["sensitivity"]) == set(info["allocation"]) and sum(info["allocation"].values()) == b
         assert card.relus == b  # SENet spends the whole budget
+        assert len(info["mask_overlaps"]) == 1 and card.budget_reached.startswith("allocation: budget split exactly")
     assert list((teacher / "cache").glob("senet-sensitivity-*.json"))
 
 
@@ -120,6 +142,8 @@ def test_snl_end_to_end(teacher, tmp_path):
     for card, out, b in zip(cards, outs, budgets):
         _check(card, out, b, "snl")
         assert len(card.method_info["search_counts"]) <= 2
+    # two search epochs cannot reach 5% from 100%: the fallback says so on the card
+    assert cards[1].budget_reached == "fallback: top-B alpha after 2 epochs"
     assert not (outs[1] / "checkpoints").exists()
     # A re-run after an interruption keeps the budgets already finished.
     finished = (outs[0] / "weights.safetensors").stat().st_mtime_ns
@@ -153,3 +177,17 @@ def test_configs_are_valid(name):
 
     cfg = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")  # validates every key and budget
     assert cfg.run == name
+
+
+def test_report_lists_how_each_budget_was_reached(tmp_path):
+    from pibench.checkpoint import save_model
+    from pibench.report import budget_lines
+
+    run, models = tmp_path / "results" / "r", tmp_path / "models"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(f"run: r\nmodels_dir: {models}\n")
+    save_model(create_model("cnn_digits"), models / "snl_5", dataset="digits", method="snl", budget=204,
+               budget_reached="fallback: top-B alpha after 7 epochs")
+    save_model(create_model("cnn_digits"), models / "base", dataset="digits")
+    lines = budget_lines(run, ["base", "snl_5", "gone"])
+    assert lines == ["- snl_5 (snl, budget 204): fallback: top-B alpha after 7 epochs"]

@@ -1,8 +1,10 @@
+import math
+
 import pytest
 
 from pibench.checkpoint import load_model
 from pibench.linearize import linearize, linearize_many
-from pibench.linearize.deepreduce import enumerate_candidates, select_for_training
+from pibench.linearize.deepreduce import criticality_scores, enumerate_candidates, select_for_training
 from pibench.models import create_model, model_defaults
 from pibench.models.resnet import DRD_CONFIGS
 from pibench.relu import count_relus
@@ -39,6 +41,20 @@ def test_candidates_reproduce_every_released_drd_model(prefix, defaults, order):
         assert match[0].relus == count_relus(create_model(name)), name
 
 
+def test_criticality_is_the_papers_metric_not_accuracy_per_relu():
+    """Hand-made keep-only-stage-k accuracies on ResNet18's stage sizes, all-linear at 20%: stage 4 adds
+    least over the linear network per log-ReLU after stage 1, so the paper's metric culls 1, then 4;
+    accuracy per ReLU would rank by ReLU count (1, 2, 3, 4) whatever the accuracies."""
+    stages = {1: (262144, 60.0), 2: (131072, 68.0), 3: (65536, 70.0), 4: (32768, 58.0)}
+    scores = criticality_scores(stages, linear_accuracy=20.0)
+    assert sorted(stages, key=scores.get) == [1, 4, 2, 3]
+    assert sorted(stages, key=lambda k: stages[k][1] / stages[k][0]) == [1, 2, 3, 4]
+    raw = {k: (acc - 20.0) / math.log(relus) for k, (relus, acc) in stages.items()}
+    assert scores == pytest.approx({k: v / raw[3] for k, v in raw.items()})  # kappa: most critical = 1
+    with pytest.raises(ValueError):
+        criticality_scores({1: (1, 50.0)}, 10.0)
+
+
 def test_select_for_training_takes_the_largest_under_each_budget():
     cands = enumerate_candidates("resnet_digits", create_model("resnet_digits").pibench_args, [1, 2, 3])
     chosen = select_for_training(cands, [2304, 230], per_budget=2)
@@ -67,6 +83,8 @@ def test_deepreduce_end_to_end(teacher, tmp_path):
         assert card.arch_args["stem_relu"] is False
     info = cards[0].method_info
     assert sorted(info["stage_order"]) == [1, 2, 3] and set(info["criticality"]) == {"1", "2", "3"}
+    assert 0 <= info["linear_accuracy"] <= 100
+    assert cards[1].budget_reached.startswith(f"candidate {cards[1].method_info['chosen']} (")
     assert cards[1].accuracy <= cards[0].accuracy  # the smaller budget chooses among a subset
     # a second call reuses the cached criticality and candidates
     again = linearize("deepreduce", teacher, 230, tmp_path / "again", epochs=1, criticality_epochs=1, per_budget=1,

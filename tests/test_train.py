@@ -105,3 +105,13 @@ def test_checkpoint_of_another_run_is_not_resumed(tmp_path):
     fit(create_model("cnn_digits"), *_loaders(), cfg, callback=other, checkpoint=ckpt, device="cpu", run_key="budget 50")
     assert (same.ran, other.ran) == (0, 1)
     assert torch.load(ckpt, weights_only=True)["run_key"] == "budget 50"
+
+
+def test_sgd_nesterov_is_a_choice():
+    """SNL's official fine-tuning uses plain momentum; the baseline keeps Nesterov."""
+    from pibench.train import _optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert _optimizer(params, TrainConfig()).defaults["nesterov"] is True
+    assert _optimizer(params, TrainConfig(nesterov=False)).defaults["nesterov"] is False
+    assert _optimizer(params, TrainConfig(momentum=0.0)).defaults["nesterov"] is False

@@ -149,8 +149,12 @@ def save_linearized(
     accuracy: float,
     settings: Any,
     method_info: dict[str, Any],
+    budget_reached: str,
 ):
-    """Save a linearized model, refusing one over its budget (that would be a method bug)."""
+    """Save a linearized model, refusing one over its budget (that would be a method bug).
+
+    `budget_reached` says how the method met the budget (e.g. SNL's search vs its fallback).
+    """
     from pibench.checkpoint import save_model
     from pibench.relu import count_relus
 
@@ -166,6 +170,7 @@ def save_linearized(
         accuracy=accuracy,
         provenance=provenance(teacher, method, settings),
         method_info=method_info,
+        budget_reached=budget_reached,
     )
 
 

@@ -1,13 +1,16 @@
 """DeepReDuce (Jha et al., "DeepReDuce: ReLU Reduction for Fast Private Inference",
 ICML 2021): structural ReLU removal on ResNets, trained with KD, Pareto frontier.
 
-1. Criticality. For each stage k, a variant that keeps only stage k's ReLUs (every
-   other stage culled, stem ReLU removed) is trained with KD from the teacher for
-   `criticality_epochs`; stage k's criticality is its accuracy per ReLU, and stages
-   are culled least critical first. (The paper's criticality also normalizes by the
-   all-linear accuracy; with the ranking as the only use, accuracy per ReLU orders
-   stages the same way whenever the per-stage accuracies are close, and is what we
-   use.) The ranking is cached per teacher.
+1. Criticality (the paper's section 3). For each stage k, a variant that keeps only
+   stage k's ReLUs (every other stage culled, stem ReLU removed) is trained with KD
+   from the teacher for `criticality_epochs`, and so is the all-linear variant (every
+   stage culled). Stage k's criticality is C_k = (Acc_k - Acc_lin) / (kappa * ln #ReLUs_k):
+   the accuracy the stage's ReLUs add over the linear network, per order of magnitude
+   of their count, so a stage with few ReLUs that add little is not ranked critical
+   merely for being small (accuracy per ReLU would order stages by ReLU count). kappa
+   scales the most critical stage to 1 and the base of the logarithm is immaterial:
+   neither changes the order. Stages are culled least critical first; the ranking is
+   cached per teacher.
 2. Candidates. For c = 0 .. stages-1 least critical stages culled, every combination
    of thinning (drop each block's post-add ReLU), width alpha (`alphas`), stem stride
    (`stem_strides`, 2 <=> rho = 0.5) and blocks per stage (`blocks`, None = the
@@ -31,6 +34,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -147,22 +151,35 @@ def _build(teacher: Teacher, kwargs: dict[str, Any]) -> torch.nn.Module:
     return model
 
 
+def criticality_scores(stages: dict[int, tuple[int, float]], linear_accuracy: float) -> dict[int, float]:
+    """C_k = (Acc_k - Acc_lin) / (kappa * ln ReLUs_k) per stage k -> (ReLUs_k, Acc_k); kappa: max C_k = 1."""
+    if any(relus < 2 for relus, _ in stages.values()):
+        raise ValueError(f"criticality needs at least 2 ReLUs per stage, got {stages}")
+    raw = {k: (acc - linear_accuracy) / math.log(relus) for k, (relus, acc) in stages.items()}
+    kappa = max(abs(v) for v in raw.values()) or 1.0
+    return {k: v / kappa for k, v in raw.items()}
+
+
 def criticality(teacher: Teacher, settings: Settings, stages: int) -> dict[str, Any]:
-    """Per-stage accuracy, ReLUs and accuracy per ReLU of keep-only-stage-k variants (cached)."""
+    """Per-stage ReLUs, accuracy and criticality of keep-only-stage-k variants, and the cull order (cached)."""
     cfg = _kd_config(teacher, settings, settings.criticality_epochs)
-    cache = teacher.cache_dir / f"deepreduce-criticality-{settings_key(teacher, 'drd-crit', asdict(cfg))}.json"
+    cache = teacher.cache_dir / f"deepreduce-criticality-{settings_key(teacher, 'drd-crit-log', asdict(cfg))}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    result: dict[str, Any] = {"stages": {}}
-    for k in range(1, stages + 1):
-        kwargs = dict(culled=[s for s in range(1, stages + 1) if s != k], stem_relu=False)
-        model = _build(teacher, kwargs)
-        relus = count_relus(model)
+    all_stages = list(range(1, stages + 1))
+    measured: dict[int, tuple[int, float]] = {}
+    for k in [0, *all_stages]:  # 0: the all-linear variant
+        model = _build(teacher, dict(culled=[s for s in all_stages if s != k], stem_relu=False))
         history = fit(model, teacher.train_loader, teacher.test_loader, cfg, teacher=teacher.model,
-                      device=teacher.device, desc=f"deepreduce criticality stage {k}")
-        acc = history[-1] if history else evaluate(model, teacher.test_loader, teacher.device)
-        result["stages"][str(k)] = {"relus": relus, "accuracy": acc, "criticality": acc / relus}
-    result["order"] = sorted(range(1, stages + 1), key=lambda s: result["stages"][str(s)]["criticality"])
+                      device=teacher.device, desc=f"deepreduce criticality stage {k or 'none'}")
+        measured[k] = (count_relus(model), history[-1] if history else evaluate(model, teacher.test_loader, teacher.device))
+    linear_accuracy = measured.pop(0)[1]
+    scores = criticality_scores(measured, linear_accuracy)
+    result: dict[str, Any] = {
+        "linear_accuracy": linear_accuracy,
+        "stages": {str(k): {"relus": r, "accuracy": a, "criticality": scores[k]} for k, (r, a) in measured.items()},
+        "order": sorted(all_stages, key=lambda k: (scores[k], k)),
+    }
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(result, indent=1))
     return result
@@ -235,11 +252,14 @@ def run(teacher: Teacher, budgets: list[int], outs: list[Path], settings: Settin
             "chosen": chosen["candidate"],
             "stage_order": order,
             "criticality": crit["stages"] if crit else None,
+            "linear_accuracy": crit["linear_accuracy"] if crit else None,
             "candidates": table[["candidate", "relus", "accuracy"]].to_dict("records"),
             "frontier": frontier[["candidate", "relus", "accuracy"]].to_dict("records"),
         }
         card = save_linearized(model, out, teacher, method="deepreduce", budget=budget,
-                               accuracy=float(chosen["accuracy"]), settings=settings, method_info=info)
+                               accuracy=float(chosen["accuracy"]), settings=settings, method_info=info,
+                               budget_reached=f"candidate {chosen['candidate']} ({int(chosen['relus']):,} ReLUs), the "
+                               f"most accurate of {len(fits)} trained at or under the budget")
         table.to_csv(out / "candidates.csv", index=False)
         frontier.to_csv(out / "frontier.csv", index=False)
         cards.append(card)
