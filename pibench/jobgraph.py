@@ -149,6 +149,7 @@ def run_submitted(
                 waiting.remove(job)
                 log.info("submitted %s as job %s (log %s)", job.name, submitted[job.name].job_id,
                          submitted[job.name].paths.stderr)
+        ended = len(outcomes)
         following = {name: sj for name, sj in submitted.items() if name not in outcomes}
         active = active_jobs(list(following.values()))
         for job in jobs:  # in dependency order, so skips reach every job downstream of a failure
@@ -164,7 +165,7 @@ def run_submitted(
                     log.error("%s failed: %s (log %s)", job.name, outcomes[job.name].error, outcomes[job.name].log)
         states = [active[sj.job_id] for name, sj in following.items() if name not in outcomes and sj.job_id in active]
         progress.show(len(waiting) + states.count("queued"), states.count("running"), outcomes)
-        if len(outcomes) < len(jobs):
+        if ended == len(outcomes) < len(jobs):  # nothing ended: wait; else submit what became ready now
             time.sleep(poll_s)
     return outcomes
 

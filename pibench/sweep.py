@@ -265,6 +265,8 @@ def sweep_graph(cfg: SweepConfig, *, in_process: bool) -> list[Job]:
                         f"{cfg.repeats} repeats, batch {cfg.batch}, {cfg.samples} samples, {cfg.threads} thread(s)")
             run = functools.partial(measure, todo, cfg.run_dir.absolute(), options, in_process)
             benches.append(Job(name, run, needs=[maker.job.name], kind="bench", settings=settings, done=not todo))
+    models = [f.name for m in makers for f in m.folders]
+    log.info("benchmark: %d models, %d already measured in %s", len(models), len(measured & set(models)), cfg.run_dir)
     return [m.job for m in makers] + benches
 
 
