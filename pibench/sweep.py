@@ -302,6 +302,10 @@ def run_sweep(config_path: str | Path, *, report: bool = True, executor: str = "
         raise ValueError(f"unknown executor {executor!r} (known: {', '.join(EXECUTORS)})")
     cfg = load_config(config_path)
     run_dir = cfg.run_dir
+    folder = Path(cfg.executor.folder or run_dir / "jobs").absolute()
+    # before any work: Slurm must answer
+    submitter = None if executor == "local" else make_executor("local" if executor == "processes" else executor,
+                                                                 cfg.executor, folder)
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(config_path, run_dir / "config.yaml")
     merge_parts(run_dir)  # parts a killed sweep left behind
@@ -309,11 +313,9 @@ def run_sweep(config_path: str | Path, *, report: bool = True, executor: str = "
     todo = pending(jobs)
     log.info("sweep %s: %d jobs, %d done already, %d to run (executor %s)", cfg.run, len(jobs), len(jobs) - len(todo),
              len(todo), executor)
-    if executor == "local":
+    if submitter is None:
         outcomes = run_in_process(todo)
     else:
-        folder = Path(cfg.executor.folder or run_dir / "jobs").absolute()
-        submitter = make_executor("slurm" if executor == "slurm" else "local", cfg.executor, folder)
         log.info("job scripts and logs: %s", folder)
         outcomes = run_submitted(todo, submitter, lambda job, after: job_parameters(cfg.executor, job.kind, job.name,
                                                                                     after), poll_s=poll_s)
