@@ -1,7 +1,7 @@
 """Submitit executors for a sweep's jobs: Slurm on a cluster, or processes on this machine.
 
     executor = make_executor("slurm", cfg.executor, folder)     # checks that Slurm answers first
-    executor.update_parameters(**job_parameters(cfg.executor, "bench", "bench:model", after=["123"]))
+    executor.update_parameters(**job_parameters(cfg.executor, job, after=["123"]))
 
 Every job asks for the resources of its kind (`train`: the teacher and each method,
 `bench`: one MPC benchmark, client and server party on one allocation) from the
@@ -20,6 +20,7 @@ from typing import Any
 from pibench.config import ExecutorConfig
 
 SLURM_COMMANDS = ("sbatch", "squeue", "scancel", "srun")
+LEDGER = "submitted.tsv"  # job name and id of every submission, in the executor's folder
 
 # squeue states of a job that has not started yet; every other listed state counts as running
 QUEUED_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "SUSPENDED"}
@@ -58,14 +59,14 @@ def make_executor(name: str, ex: ExecutorConfig, folder: str | Path):
     return submitit.AutoExecutor(folder=folder, cluster=name)
 
 
-def job_parameters(ex: ExecutorConfig, kind: str, name: str, after: list[str]) -> dict[str, Any]:
-    """submitit parameters of one job: its kind's resources, its Slurm name and dependencies."""
-    res = getattr(ex, kind)
+def job_parameters(ex: ExecutorConfig, job: Any, after: list[str]) -> dict[str, Any]:
+    """submitit parameters of a pibench.jobgraph.Job: its kind's resources, its name, its dependencies."""
+    res = getattr(ex, job.kind)
     extra = {"kill-on-invalid-dep": "yes", **ex.slurm}
     if after:
         extra["dependency"] = "afterok:" + ":".join(after)
     params: dict[str, Any] = dict(
-        name=name,
+        name=job.name,
         cpus_per_task=res.cpus,
         gpus_per_node=res.gpus,
         mem_gb=res.mem_gb,
@@ -77,19 +78,39 @@ def job_parameters(ex: ExecutorConfig, kind: str, name: str, after: list[str]) -
     return params
 
 
-def active_jobs(jobs: list[Any]) -> dict[str, str]:
-    """Job id -> "queued" or "running" for the submitit jobs still in the queue (others have ended)."""
+def active_jobs(jobs: list[Any]) -> dict[str, tuple[str, str]]:
+    """Job id -> ("queued" or "running", Slurm's reason for waiting) for the submitit jobs not ended yet."""
     import submitit
 
     slurm = [j for j in jobs if isinstance(j, submitit.SlurmJob)]
-    states = {j.job_id: ("running" if j.state == "RUNNING" else "ended") for j in jobs if j not in slurm}
+    states = {j.job_id: ("running", "") for j in jobs if not isinstance(j, submitit.SlurmJob) and j.state == "RUNNING"}
     if slurm:
         out = subprocess.run(
-            ["squeue", "-h", "-o", "%i %T", "-u", getpass.getuser()], capture_output=True, text=True, timeout=120
+            ["squeue", "-h", "-o", "%i %T %r", "-u", getpass.getuser()], capture_output=True, text=True, timeout=120
         )
-        if out.returncode != 0:  # a busy controller: report everything as still queued/running, ask again later
-            return {j.job_id: "running" for j in jobs}
-        listed = dict(line.split() for line in out.stdout.splitlines() if line.strip())
-        states |= {j.job_id: "queued" if listed[j.job_id] in QUEUED_STATES else "running"
-                   for j in slurm if j.job_id in listed}
-    return {k: v for k, v in states.items() if v != "ended"}
+        if out.returncode != 0:  # a busy controller: count every job as still running, ask again next time
+            return {j.job_id: ("running", "") for j in jobs}
+        listed = {fields[0]: fields[1:] for fields in (line.split(None, 2) for line in out.stdout.splitlines())}
+        for job in slurm:
+            if job.job_id in listed:
+                state, reason = (listed[job.job_id] + [""])[:2]
+                states[job.job_id] = ("queued", reason) if state in QUEUED_STATES else ("running", "")
+    return states
+
+
+def record_submission(folder: str | Path, name: str, job_id: str) -> None:
+    with open(Path(folder) / LEDGER, "a") as f:
+        f.write(f"{name}\t{job_id}\n")
+
+
+def still_queued(folder: str | Path) -> dict[str, Any]:
+    """Slurm jobs an earlier sweep submitted from `folder` that are still queued or running, by job name."""
+    import submitit
+
+    ledger = Path(folder) / LEDGER
+    if not ledger.is_file():
+        return {}
+    latest = dict(line.split("\t") for line in ledger.read_text().splitlines() if line.count("\t") == 1)
+    jobs = {name: submitit.SlurmJob(folder=folder, job_id=job_id) for name, job_id in latest.items()}
+    active = active_jobs(list(jobs.values()))
+    return {name: job for name, job in jobs.items() if job.job_id in active}

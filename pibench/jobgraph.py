@@ -18,7 +18,7 @@ import logging
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,11 @@ class Progress:
         self.total = total
         self.last = ""
 
-    def show(self, queued: int, running: int, outcomes: dict[str, Outcome]) -> None:
+    def show(self, queued: int, running: int, outcomes: dict[str, Outcome], reasons: Sequence[str] = ()) -> None:
+        """`reasons`: why queued jobs wait, as Slurm says (e.g. PartitionConfig: they ask more than it allows)."""
         states = [o.state for o in outcomes.values()]
-        line = (f"jobs: {queued} queued, {running} running, {states.count('done')} done, "
+        why = f" ({', '.join(reasons)})" if reasons else ""
+        line = (f"jobs: {queued} queued{why}, {running} running, {states.count('done')} done, "
                 f"{states.count('failed')} failed, {states.count('skipped')} skipped (of {self.total})")
         if line != self.last:
             log.info(line)
@@ -122,18 +124,24 @@ def run_submitted(
     executor: Any,
     parameters: Callable[[Job, list[str]], dict[str, Any]],
     *,
+    previous: dict[str, Any] | None = None,
     poll_s: float = 5.0,
 ) -> dict[str, Outcome]:
     """Submit jobs (in dependency order) through a submitit executor and follow them to the end.
 
     `parameters(job, after)` gives the executor parameters of a job, `after` being the
     ids of submitted jobs it must wait for (only on Slurm; elsewhere it is always empty).
+    `previous` holds jobs an earlier sweep submitted that are still queued or running,
+    by name: they are followed, not submitted again. Every submission is recorded in
+    the executor's folder (pibench.cluster.record_submission).
     """
-    from pibench.cluster import active_jobs
+    from pibench.cluster import active_jobs, record_submission
 
     dependencies = getattr(executor, "cluster", "") == "slurm"
-    waiting = list(jobs)
-    submitted: dict[str, Any] = {}
+    submitted: dict[str, Any] = {j.name: previous[j.name] for j in jobs if j.name in (previous or {})}
+    for name, sj in submitted.items():
+        log.info("following %s, job %s of an earlier sweep (log %s)", name, sj.job_id, sj.paths.stderr)
+    waiting = [j for j in jobs if j.name not in submitted]
     outcomes: dict[str, Outcome] = {}
     progress = Progress(len(jobs))
     while len(outcomes) < len(jobs):
@@ -146,6 +154,7 @@ def run_submitted(
                 after = [submitted[n].job_id for n in job.needs if n not in outcomes]
                 executor.update_parameters(**parameters(job, after))
                 submitted[job.name] = executor.submit(logged, job.run)
+                record_submission(executor.folder, job.name, submitted[job.name].job_id)
                 waiting.remove(job)
                 log.info("submitted %s as job %s (log %s)", job.name, submitted[job.name].job_id,
                          submitted[job.name].paths.stderr)
@@ -164,7 +173,8 @@ def run_submitted(
                 if outcomes[job.name].state == "failed":
                     log.error("%s failed: %s (log %s)", job.name, outcomes[job.name].error, outcomes[job.name].log)
         states = [active[sj.job_id] for name, sj in following.items() if name not in outcomes and sj.job_id in active]
-        progress.show(len(waiting) + states.count("queued"), states.count("running"), outcomes)
+        queued = [reason for state, reason in states if state == "queued"]
+        progress.show(len(waiting) + len(queued), len(states) - len(queued), outcomes, sorted(set(queued) - {"", "None"}))
         if ended == len(outcomes) < len(jobs):  # nothing ended: wait; else submit what became ready now
             time.sleep(poll_s)
     return outcomes

@@ -295,7 +295,7 @@ def describe(config_path: str | Path, executor: str = "local") -> str:
 
 def run_sweep(config_path: str | Path, *, report: bool = True, executor: str = "local", poll_s: float = 5.0) -> Path:
     """Run (or resume) a sweep; returns the run folder. Raises SweepFailed (after the report) if jobs failed."""
-    from pibench.cluster import job_parameters, make_executor
+    from pibench.cluster import job_parameters, make_executor, still_queued
     from pibench.result_parts import merge_parts
 
     if executor not in EXECUTORS:
@@ -317,8 +317,9 @@ def run_sweep(config_path: str | Path, *, report: bool = True, executor: str = "
         outcomes = run_in_process(todo)
     else:
         log.info("job scripts and logs: %s", folder)
-        outcomes = run_submitted(todo, submitter, lambda job, after: job_parameters(cfg.executor, job.kind, job.name,
-                                                                                    after), poll_s=poll_s)
+        previous = still_queued(folder) if executor == "slurm" else None
+        outcomes = run_submitted(todo, submitter, functools.partial(job_parameters, cfg.executor), previous=previous,
+                                 poll_s=poll_s)
     merge_parts(run_dir)
     if report and (run_dir / "results.csv").is_file():
         from pibench.report import write_report

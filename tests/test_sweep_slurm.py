@@ -73,6 +73,22 @@ def _squeue(env: dict) -> list[list[str]]:
     return [line.split() for line in out.stdout.splitlines()]
 
 
+def _start(cwd: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pibench.cli", "sweep", "c.yaml", "--no-report", "--executor",
+                             "slurm"], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(env: dict, name: str, states: tuple[str, ...], proc: subprocess.Popen) -> str | None:
+    """The id of the Slurm job `name` once it is in one of `states` (None if the sweep ends first)."""
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        found = next((i for i, job, state in _squeue(env) if job == name and state in states), None)
+        if found:
+            return found
+        time.sleep(0.5)
+    return None
+
+
 def _jobcomp(folder: Path) -> pd.DataFrame:
     """Slurm's record of finished jobs (jobcomp/filetxt): name, state, start, end."""
     rows = []
@@ -98,15 +114,9 @@ def test_digits_sweep_on_slurm_matches_local_and_resumes_after_scancel(slurm, tm
 
     # first Slurm run: cancel SNL's job while it runs; the rest must finish
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "pibench.cli", "sweep", "c.yaml", "--no-report"] + ["--executor",
-                            "slurm"], cwd=remote, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start(remote, env)
     try:
-        deadline = time.time() + 600
-        snl = None
-        while snl is None and time.time() < deadline and proc.poll() is None:
-            snl = next((i for i, name, state in _squeue(env) if name == "snl:digits_resnet_digits"
-                        and state == "RUNNING"), None)
-            time.sleep(0.5)
+        snl = _wait_for(env, "snl:digits_resnet_digits", ("RUNNING",), proc)
         assert snl, "SNL's job never ran"
         subprocess.run(["scancel", snl], env=env, check=True)
         _, err = proc.communicate(timeout=900)
@@ -122,12 +132,22 @@ def test_digits_sweep_on_slurm_matches_local_and_resumes_after_scancel(slurm, tm
     cards = {p: p.stat().st_mtime_ns for p in (remote / "models").glob("*/model.json")}
     assert len(cards) == 5
 
-    # re-run: only SNL and its two benchmarks are submitted
+    # re-run: only SNL and its two benchmarks are submitted; that sweep process is killed
+    # once they are queued, and the next one follows the same Slurm jobs instead of submitting them again
     t0 = time.time()
+    proc = _start(remote, env)
+    try:
+        # the last of the three it submits
+        assert _wait_for(env, "bench:digits_resnet_digits_snl_921", ("PENDING",), proc), "SNL's jobs not resubmitted"
+    finally:
+        proc.kill()
+        _, err = proc.communicate()
+    assert "11 jobs, 8 done already, 3 to run" in err
     again = _sweep(remote, env, "--executor", "slurm")
     rerun_s = time.time() - t0
     assert again.returncode == 0, again.stderr
     assert "11 jobs, 8 done already, 3 to run" in again.stderr
+    assert "following snl:digits_resnet_digits, job" in again.stderr and "submitted" not in again.stderr
     assert {p: p.stat().st_mtime_ns for p in cards} == cards  # finished models untouched
     final = pd.read_csv(remote / "results/digits/results.csv")
     assert final.iloc[:5]["timestamp"].tolist() == first["timestamp"].tolist()  # rows kept, none added twice
