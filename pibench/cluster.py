@@ -73,8 +73,8 @@ def job_parameters(ex: ExecutorConfig, job: Any, after: list[str]) -> dict[str, 
         timeout_min=res.time_min,
         slurm_additional_parameters=extra,
     )
-    if ex.partition:
-        params["slurm_partition"] = ex.partition
+    if res.partition or ex.partition:
+        params["slurm_partition"] = res.partition or ex.partition
     return params
 
 

@@ -27,7 +27,7 @@
     executor:                      # what each job asks of Slurm (`pibench sweep --executor slurm`)
       partition: gpu               # null: the cluster's default partition
       train: {gpus: 1, cpus: 8, mem_gb: 32, time_min: 1440}   # the teacher and each method's job
-      bench: {cpus: 2, mem_gb: 8, time_min: 120}              # one MPC benchmark per model
+      bench: {cpus: 2, mem_gb: 8, time_min: 120, partition: cpu}   # one MPC benchmark per model
       slurm: {account: mylab}      # any other sbatch option (long name without --)
       folder: null                 # job scripts and logs (default results/<run>/jobs; shared disk)
 
@@ -82,6 +82,7 @@ class Resources:
     gpus: int = 0
     mem_gb: float = 8
     time_min: int = 60
+    partition: str | None = None  # overrides the executor's partition for this kind of job
 
 
 @dataclass
@@ -245,14 +246,15 @@ def validate(cfg: SweepConfig, source: str) -> None:
 def validate_executor(ex: ExecutorConfig, where: str) -> None:
     for kind in ("train", "bench"):
         res = getattr(ex, kind)
-        for key in ("cpus", "gpus", "time_min"):
+        for key, least in (("cpus", 1), ("gpus", 0), ("time_min", 1)):
             value = getattr(res, key)
-            if not isinstance(value, int) or value < (0 if key == "gpus" else 1):
-                raise ConfigError(f"{where}.{kind}.{key}: must be a {'non-negative' if key == 'gpus' else 'positive'} integer, got {value!r}")
+            if not isinstance(value, int) or value < least:
+                raise ConfigError(f"{where}.{kind}.{key}: must be an integer of at least {least}, got {value!r}")
         if not isinstance(res.mem_gb, (int, float)) or res.mem_gb <= 0:
             raise ConfigError(f"{where}.{kind}.mem_gb: must be a positive number, got {res.mem_gb!r}")
     if ex.bench.cpus < 2:
-        raise ConfigError(f"{where}.bench.cpus: a benchmark job runs the client and the server party; give it at least 2")
+        raise ConfigError(f"{where}.bench.cpus: a benchmark job runs the client and the server party; "
+                          "give it at least 2")
     if not isinstance(ex.slurm, dict) or not all(isinstance(k, str) for k in ex.slurm):
         raise ConfigError(f"{where}.slurm: expected a mapping of sbatch option names to values, got {ex.slurm!r}")
 

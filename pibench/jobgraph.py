@@ -107,15 +107,16 @@ def _ended(submitted: Any) -> Outcome:
     error = submitted.exception()
     if error is None:
         return Outcome("done", log=str(paths.stderr))
-    trace = [line for line in str(error).splitlines() if line.strip() and not line.startswith("---")]
-    last = next((line for line in reversed(trace) if not line.startswith(("You can check", "or at paths", "  - "))),
-                str(error))
-    return Outcome("failed", last.strip(), str(paths.stderr))
+    # submitit's FailedJobError: a header, the job's traceback between two dashed lines, where the logs are
+    sections = str(error).split("-" * 22)
+    trace = sections[1] if len(sections) > 2 else str(error)
+    return Outcome("failed", trace.strip().splitlines()[-1], str(paths.stderr))
 
 
 def logged(run: Callable[[], Any]) -> Any:
     """A submitted job's entry point: pibench's progress lines go to the job's log."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+                        datefmt="%H:%M:%S")
     return run()
 
 
@@ -174,7 +175,8 @@ def run_submitted(
                     log.error("%s failed: %s (log %s)", job.name, outcomes[job.name].error, outcomes[job.name].log)
         states = [active[sj.job_id] for name, sj in following.items() if name not in outcomes and sj.job_id in active]
         queued = [reason for state, reason in states if state == "queued"]
-        progress.show(len(waiting) + len(queued), len(states) - len(queued), outcomes, sorted(set(queued) - {"", "None"}))
+        reasons = sorted(set(queued) - {"", "None"})
+        progress.show(len(waiting) + len(queued), len(states) - len(queued), outcomes, reasons)
         if ended == len(outcomes) < len(jobs):  # nothing ended: wait; else submit what became ready now
             time.sleep(poll_s)
     return outcomes

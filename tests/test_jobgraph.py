@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from pibench.cluster import ClusterError, check_slurm, make_executor
-from pibench.config import ConfigError, ExecutorConfig, load_config
+from pibench.cluster import ClusterError, check_slurm, job_parameters, make_executor
+from pibench.config import ConfigError, ExecutorConfig, Resources, load_config
 from pibench.jobgraph import Job, run_in_process, run_submitted, summary
 
 
@@ -132,3 +132,15 @@ def test_slurm_executor_without_slurm_names_what_is_missing(tmp_path, monkeypatc
                       "and they are not there: run the sweep on a Slurm login node (or install the client, e.g. "
                       "apt-get install slurm-client), or use --executor local"]
     assert shutil.which("sbatch") is None
+
+
+def test_job_parameters_ask_for_the_kind_resources_after_the_jobs_needed():
+    ex = ExecutorConfig(partition="gpu", bench=Resources(cpus=2, mem_gb=4, time_min=30, partition="cpu"),
+                        slurm={"account": "lab"})
+    assert job_parameters(ex, Job("bench:m", print, kind="bench"), ["11", "12"]) == {
+        "name": "bench:m", "cpus_per_task": 2, "gpus_per_node": 0, "mem_gb": 4, "timeout_min": 30,
+        "slurm_partition": "cpu",
+        "slurm_additional_parameters": {"kill-on-invalid-dep": "yes", "account": "lab", "dependency": "afterok:11:12"},
+    }
+    teacher = job_parameters(ex, Job("teacher:t", print), [])
+    assert teacher["slurm_partition"] == "gpu" and "dependency" not in teacher["slurm_additional_parameters"]
