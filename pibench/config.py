@@ -87,6 +87,8 @@ class Resources:
 
 @dataclass
 class ExecutorConfig:
+    """Where and with what a sweep's jobs run on a cluster (the `executor:` block)."""
+
     partition: str | None = None
     train: Resources = field(default_factory=lambda: Resources(cpus=4, mem_gb=16, time_min=24 * 60))
     bench: Resources = field(default_factory=lambda: Resources(cpus=2, mem_gb=8, time_min=120))
@@ -148,14 +150,15 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> SweepConfig:
     experiments = raw.pop("experiments", None) or []
     cost_only = raw.pop("cost_only", None) or []
     executor = raw.pop("executor", None) or {}
+    kinds = {}
+    if isinstance(executor, dict):
+        executor = dict(executor)
+        kinds = {kind: executor.pop(kind) for kind in ("train", "bench") if kind in executor}
     cfg = _build(SweepConfig, raw, source)
     cfg.executor = _build(ExecutorConfig, executor, f"{source}: executor")
-    for kind in ("train", "bench"):
-        raw_resources = getattr(cfg.executor, kind)
-        if not isinstance(raw_resources, Resources):  # defaults of the fields not given
-            base = dataclasses.asdict(getattr(ExecutorConfig(), kind))
-            merged = {**base, **raw_resources} if isinstance(raw_resources, dict) else raw_resources
-            setattr(cfg.executor, kind, _build(Resources, merged, f"{source}: executor.{kind}"))
+    for kind, given in kinds.items():  # the fields not given keep this kind's defaults
+        _build(Resources, given, f"{source}: executor.{kind}")
+        setattr(cfg.executor, kind, dataclasses.replace(getattr(cfg.executor, kind), **given))
     cfg.experiments = [_build(Experiment, e, f"{source}: experiments[{i}]") for i, e in enumerate(experiments)]
     for exp in cfg.experiments:  # `senet:` with no settings parses as None
         exp.methods = {method: kwargs or {} for method, kwargs in (exp.methods or {}).items()}
@@ -244,6 +247,7 @@ def validate(cfg: SweepConfig, source: str) -> None:
 
 
 def validate_executor(ex: ExecutorConfig, where: str) -> None:
+    """Resources Slurm can be asked for; a benchmark job holds two parties."""
     for kind in ("train", "bench"):
         res = getattr(ex, kind)
         for key, least in (("cpus", 1), ("gpus", 0), ("time_min", 1)):
