@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all test-slurm bench clean
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ test: install
 
 test-all: install
 	$(VENV)/bin/pytest -q --runslow
+
+# root: starts a one-node Slurm cluster (tests/slurm/cluster.sh install first)
+test-slurm: install
+	$(VENV)/bin/pytest -q --runslurm -m slurm
 
 bench: install
 	$(VENV)/bin/pytest -q -s benchmarks --benchmark-only

@@ -24,6 +24,12 @@
       - arch: resnet18             # or masks allocated by a method's rule at budgets
         allocation: senet
         budgets: [25k, 50k]
+    executor:                      # what each job asks of Slurm (`pibench sweep --executor slurm`)
+      partition: gpu               # null: the cluster's default partition
+      train: {gpus: 1, cpus: 8, mem_gb: 32, time_min: 1440}   # the teacher and each method's job
+      bench: {cpus: 2, mem_gb: 8, time_min: 120, partition: cpu}   # one MPC benchmark per model
+      slurm: {account: mylab}      # any other sbatch option (long name without --)
+      folder: null                 # job scripts and logs (default results/<run>/jobs; shared disk)
 
 Every key is checked: an unknown key, method, model or network, or a budget above a
 model's ReLU count fails with the key's path, before anything is trained or measured.
@@ -71,6 +77,28 @@ class CostOnly:
 
 
 @dataclass
+class Resources:
+    """What one Slurm job asks for."""
+
+    cpus: int = 1
+    gpus: int = 0
+    mem_gb: float = 8
+    time_min: int = 60
+    partition: str | None = None  # overrides the executor's partition for this kind of job
+
+
+@dataclass
+class ExecutorConfig:
+    """Where and with what a sweep's jobs run on a cluster (the `executor:` block)."""
+
+    partition: str | None = None
+    train: Resources = field(default_factory=lambda: Resources(cpus=4, mem_gb=16, time_min=24 * 60))
+    bench: Resources = field(default_factory=lambda: Resources(cpus=2, mem_gb=8, time_min=120))
+    slurm: dict[str, Any] = field(default_factory=dict)
+    folder: str | None = None
+
+
+@dataclass
 class SweepConfig:
     run: str
     experiments: list[Experiment] = field(default_factory=list)
@@ -85,6 +113,7 @@ class SweepConfig:
     samples: int = 64
     threads: int = 1
     seed: int = 0
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -125,7 +154,16 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> SweepConfig:
                           "(the old tfp is the insecure crypten:tfp, the old ttp the dealer protocol)")
     experiments = raw.pop("experiments", None) or []
     cost_only = raw.pop("cost_only", None) or []
+    executor = raw.pop("executor", None) or {}
+    kinds = {}
+    if isinstance(executor, dict):
+        executor = dict(executor)
+        kinds = {kind: executor.pop(kind) for kind in ("train", "bench") if kind in executor}
     cfg = _build(SweepConfig, raw, source)
+    cfg.executor = _build(ExecutorConfig, executor, f"{source}: executor")
+    for kind, given in kinds.items():  # the fields not given keep this kind's defaults
+        _build(Resources, given, f"{source}: executor.{kind}")
+        setattr(cfg.executor, kind, dataclasses.replace(getattr(cfg.executor, kind), **given))
     cfg.experiments = [_build(Experiment, e, f"{source}: experiments[{i}]") for i, e in enumerate(experiments)]
     for exp in cfg.experiments:  # `senet:` with no settings parses as None
         exp.methods = {method: kwargs or {} for method, kwargs in (exp.methods or {}).items()}
@@ -169,6 +207,7 @@ def validate(cfg: SweepConfig, source: str) -> None:
             raise ConfigError(f"{source}: {key}: must be a positive integer, got {getattr(cfg, key)!r}")
     for i, network in enumerate(cfg.networks):
         _check(lambda: parse_network(network), f"{source}: networks[{i}]")
+    validate_executor(cfg.executor, f"{source}: executor")
 
     def total_relus(arch: str, args: dict[str, Any], where: str) -> int:
         _check(lambda: MODELS.get(arch), where)
@@ -212,6 +251,23 @@ def validate(cfg: SweepConfig, source: str) -> None:
             raise ConfigError(f"{where}.allocation: unknown allocation {entry.allocation!r} (known: senet)")
         for j, b in enumerate(entry.budgets):
             _check(lambda: parse_budget(b, relus), f"{where}.budgets[{j}]")
+
+
+def validate_executor(ex: ExecutorConfig, where: str) -> None:
+    """Resources Slurm can be asked for; a benchmark job holds two parties."""
+    for kind in ("train", "bench"):
+        res = getattr(ex, kind)
+        for key, least in (("cpus", 1), ("gpus", 0), ("time_min", 1)):
+            value = getattr(res, key)
+            if not isinstance(value, int) or value < least:
+                raise ConfigError(f"{where}.{kind}.{key}: must be an integer of at least {least}, got {value!r}")
+        if not isinstance(res.mem_gb, (int, float)) or res.mem_gb <= 0:
+            raise ConfigError(f"{where}.{kind}.mem_gb: must be a positive number, got {res.mem_gb!r}")
+    if ex.bench.cpus < 2:
+        raise ConfigError(f"{where}.bench.cpus: a benchmark job runs the client and the server party; "
+                          "give it at least 2")
+    if not isinstance(ex.slurm, dict) or not all(isinstance(k, str) for k in ex.slurm):
+        raise ConfigError(f"{where}.slurm: expected a mapping of sbatch option names to values, got {ex.slurm!r}")
 
 
 def experiment_relus(exp: Experiment) -> int:

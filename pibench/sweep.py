@@ -1,9 +1,17 @@
 """`pibench sweep CONFIG.yaml`: teacher → linearized models → two-party MPC → figures and report.
 
+The sweep is a graph of jobs (pibench.jobgraph): the teacher; each method's job, which
+makes all of its budgets from the teacher; cost-only models; and MPC benchmark jobs
+that each need the job that made their models. `--executor local` runs the jobs one
+after the other in this process, a benchmark job per maker (one party session for its
+models); `--executor slurm` submits every job at once with Slurm dependencies and one
+benchmark job per model, so independent work runs side by side.
+
 A sweep is resumable at every level: model folders that already exist in
 `models_dir` are reused, and models that already have a row for every network in
-`results/<run>/results.csv` are not measured again. Rows are written as each model
-finishes, so killing a sweep loses at most the model being measured.
+`results/<run>/results.csv` are not measured again, so a re-run submits only what is
+missing. Benchmark jobs write their rows as one part per model, merged by the sweep
+(pibench.result_parts); in process, each model's rows are merged as soon as it is measured.
 
 Cost-only entries (random weights, no data) are written as model folders too, under
 `models_dir/cost_only/`, so the benchmark treats every model alike; their cards carry
@@ -12,28 +20,42 @@ no accuracy, which marks their rows cost-only.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import logging
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from pibench.budget import parse_budget
-from pibench.config import CostOnly, Experiment, SweepConfig, experiment_relus, load_config
+from pibench.config import RUN_KEYS, CostOnly, Experiment, SweepConfig, experiment_relus, load_config
+from pibench.jobgraph import Job, run_in_process, run_submitted, summary
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ModelJob:
-    """A model folder the sweep needs, and how to make it if it is missing."""
+EXECUTORS = {
+    "local": "one job after the other in this process (as on one machine before)",
+    "slurm": "every job submitted to Slurm through submitit, with dependencies; needs sbatch and squeue",
+    "processes": "each job a process on this machine through submitit's LocalExecutor (tests the job graph; "
+    "jobs running at the same time disturb each other's timings)",
+}
 
-    folder: Path
-    what: str  # shown in progress lines
-    make: Callable[[], Any]
+
+class SweepFailed(RuntimeError):
+    """Some jobs failed or were skipped; the message lists them with their logs."""
+
+
+@dataclasses.dataclass
+class Maker:
+    """A job that makes model folders, and the folders it makes."""
+
+    job: Job
+    folders: list[Path]
 
 
 def _args_suffix(arch_args: dict[str, Any]) -> str:
@@ -41,54 +63,62 @@ def _args_suffix(arch_args: dict[str, Any]) -> str:
     return "".join("_" + k + re.sub(r"[^\w.]+", "-", str(v)).strip("-") for k, v in sorted(arch_args.items()))
 
 
-def experiment_jobs(cfg: SweepConfig, exp: Experiment) -> list[ModelJob]:
-    """The teacher, then one folder per method × budget (a method makes all its budgets at once)."""
+def _settings_text(values: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in values.items() if v is not None)
+
+
+def _teacher_settings(exp: Experiment, seed: int) -> dict[str, Any]:
+    """train_baseline's effective training settings: its defaults, then the config's teacher block."""
+    from pibench.train import train_baseline
+
+    skip = {"arch", "dataset", "out_folder", "data_dir", "seed", "arch_kwargs"}
+    params = inspect.signature(train_baseline).parameters.values()
+    defaults = {p.name: p.default for p in params if p.name not in skip and p.default is not inspect.Parameter.empty}
+    return {**defaults, **exp.teacher, "seed": seed}
+
+
+def _method_settings(method: str, kwargs: dict[str, Any], seed: int) -> dict[str, Any]:
+    """A method's effective settings (its Settings with the config's values) and run options."""
+    from pibench.linearize import make_settings
+
+    settings = make_settings(method, **{k: v for k, v in kwargs.items() if k not in RUN_KEYS or k == "epochs"})
+    run = {k: v for k, v in kwargs.items() if k in RUN_KEYS and k != "epochs"}
+    return {**dataclasses.asdict(settings), **run, "seed": seed}
+
+
+def make_method_models(method: str, teacher: Path, counts: list[int], folders: list[Path], data_dir: str | None,
+                       seed: int, kwargs: dict[str, Any]) -> None:
+    """Linearize the teacher at the budgets whose folders are missing (one call shares the teacher-level work)."""
+    from pibench.checkpoint import is_model_folder
     from pibench.linearize import linearize_many
+
+    todo = [(c, f) for c, f in zip(counts, folders) if not is_model_folder(f)]
+    if todo:
+        linearize_many(method, teacher, [c for c, _ in todo], [f for _, f in todo], data_dir=data_dir, seed=seed,
+                       **kwargs)
+
+
+def experiment_makers(cfg: SweepConfig, exp: Experiment) -> list[Maker]:
+    """The teacher's job, then one job per method making all its budgets from the teacher."""
     from pibench.train import train_baseline
 
     prefix = Path(cfg.models_dir) / f"{exp.dataset}_{exp.arch}{_args_suffix(exp.arch_args)}"
     teacher = prefix.with_name(prefix.name + "_baseline")
-    jobs = [
-        ModelJob(
-            teacher,
-            f"train {exp.arch} on {exp.dataset}",
-            lambda: train_baseline(
-                exp.arch,
-                exp.dataset,
-                teacher,
-                data_dir=exp.data_dir,
-                seed=cfg.seed,
-                arch_kwargs=exp.arch_args or None,
-                **exp.teacher,
-            ),
-        )
-    ]
+    train = functools.partial(train_baseline, exp.arch, exp.dataset, teacher, data_dir=exp.data_dir, seed=cfg.seed,
+                              arch_kwargs=exp.arch_args or None, **exp.teacher)
+    teacher_job = Job(f"teacher:{teacher.name}", train,
+                      settings=f"train {exp.arch} on {exp.dataset}: {_settings_text(_teacher_settings(exp, cfg.seed))}")
+    makers = [Maker(teacher_job, [teacher])]
     total = experiment_relus(exp)
     for method, kwargs in exp.methods.items():
         counts = [parse_budget(b, total) for b in exp.budgets]
         folders = [prefix.with_name(f"{prefix.name}_{method}_{c}") for c in counts]
-
-        def make_missing(
-            method: str = method,
-            counts: list[int] = counts,
-            folders: list[Path] = folders,
-            kwargs: dict[str, Any] = kwargs,
-        ) -> None:
-            from pibench.checkpoint import is_model_folder
-
-            todo = [(c, f) for c, f in zip(counts, folders) if not is_model_folder(f)]
-            linearize_many(
-                method,
-                teacher,
-                [c for c, _ in todo],
-                [f for _, f in todo],
-                data_dir=exp.data_dir,
-                seed=cfg.seed,
-                **kwargs,
-            )
-
-        jobs += [ModelJob(f, f"{method} at {c:,} ReLUs", make_missing) for c, f in zip(counts, folders)]
-    return jobs
+        make = functools.partial(make_method_models, method, teacher, counts, folders, exp.data_dir, cfg.seed, kwargs)
+        what = f"{method} at {' / '.join(f'{c:,}' for c in counts)} ReLUs of {total:,}"
+        makers.append(Maker(Job(f"{method}:{prefix.name}", make, needs=[teacher_job.name],
+                                settings=f"{what}: {_settings_text(_method_settings(method, kwargs, cfg.seed))}"),
+                            folders))
+    return makers
 
 
 def structural_eta(n_layers: int) -> list[float]:
@@ -100,81 +130,72 @@ def structural_eta(n_layers: int) -> list[float]:
     return [float(i + 1) for i in range(n_layers)]
 
 
-def cost_only_jobs(cfg: SweepConfig, entry: CostOnly) -> list[ModelJob]:
-    """Folders with random weights: registry models as they are, or masks allocated at budgets."""
+def save_registry_model(model_name: str, arch_args: dict[str, Any], folder: Path, seed: int) -> None:
+    """A registry model as it is, with random weights."""
     from pibench.checkpoint import save_model
-    from pibench.linearize.senet import allocate, random_masks
     from pibench.models import create_model
     from pibench.models.resnet import DRD_CONFIGS
-    from pibench.relu import count_relus, relu_counts, set_masks
+
+    torch.manual_seed(seed)
+    save_model(
+        create_model(model_name, **arch_args),
+        folder,
+        dataset="synthetic",
+        method="deepreduce" if model_name in DRD_CONFIGS else "baseline",
+        provenance={"cost_only": True, "weights": f"random, seed {seed}"},
+    )
+
+
+def save_allocated_models(entry: CostOnly, counts: list[int], folders: list[Path], seed: int) -> None:
+    """Random-weight models with masks allocated by the method's rule at each budget (missing folders only)."""
+    from pibench.checkpoint import is_model_folder, save_model
+    from pibench.linearize.senet import allocate, random_masks
+    from pibench.models import create_model
+    from pibench.relu import relu_counts, set_masks
+
+    for count, folder in zip(counts, folders):
+        if is_model_folder(folder):
+            continue
+        torch.manual_seed(seed)
+        model = create_model(entry.arch, **entry.arch_args)
+        layers = relu_counts(model)
+        allocation = allocate(count, [c.size for c in layers], structural_eta(len(layers)))
+        shapes = {c.name: c.shape for c in layers}
+        set_masks(model, random_masks(shapes, dict(zip(shapes, allocation)), seed))
+        save_model(
+            model,
+            folder,
+            dataset="synthetic",
+            method=entry.allocation,
+            budget=count,
+            provenance={
+                "cost_only": True,
+                "allocation": "SENet rule, sensitivity rising with depth",
+                "positions": f"random, seed {seed}",
+            },
+            method_info={"allocation": dict(zip(shapes, allocation))},
+        )
+
+
+def cost_only_maker(cfg: SweepConfig, entry: CostOnly) -> Maker:
+    """Folders with random weights: a registry model as it is, or masks allocated at budgets."""
+    from pibench.models import create_model
+    from pibench.relu import count_relus
 
     root = Path(cfg.models_dir) / "cost_only"
     suffix = _args_suffix(entry.arch_args)
     if entry.model is not None:
         folder = root / f"{entry.model}{suffix}"
-        method = "deepreduce" if entry.model in DRD_CONFIGS else "baseline"
-
-        def make_registry() -> None:
-            torch.manual_seed(cfg.seed)
-            save_model(
-                create_model(entry.model, **entry.arch_args),
-                folder,
-                dataset="synthetic",
-                method=method,
-                provenance={"cost_only": True, "weights": f"random, seed {cfg.seed}"},
-            )
-
-        return [ModelJob(folder, f"{entry.model} (cost only)", make_registry)]
-
-    jobs = []
+        make = functools.partial(save_registry_model, entry.model, entry.arch_args, folder, cfg.seed)
+        return Maker(Job(f"cost_only:{folder.name}", make, settings=f"{entry.model}, random weights (seed {cfg.seed})"),
+                     [folder])
     total = count_relus(create_model(entry.arch, **entry.arch_args))
-    for budget in entry.budgets:
-        count = parse_budget(budget, total)
-        folder = root / f"{entry.arch}{suffix}_{entry.allocation}_{count}"
-
-        def make_allocated(count: int = count, folder: Path = folder) -> None:
-            torch.manual_seed(cfg.seed)
-            model = create_model(entry.arch, **entry.arch_args)
-            layers = relu_counts(model)
-            counts = allocate(count, [c.size for c in layers], structural_eta(len(layers)))
-            shapes = {c.name: c.shape for c in layers}
-            set_masks(model, random_masks(shapes, dict(zip(shapes, counts)), cfg.seed))
-            save_model(
-                model,
-                folder,
-                dataset="synthetic",
-                method=entry.allocation,
-                budget=count,
-                provenance={
-                    "cost_only": True,
-                    "allocation": "SENet rule, sensitivity rising with depth",
-                    "positions": f"random, seed {cfg.seed}",
-                },
-                method_info={"allocation": dict(zip(shapes, counts))},
-            )
-
-        jobs.append(
-            ModelJob(folder, f"{entry.arch} {entry.allocation}-style at {count:,} ReLUs (cost only)", make_allocated)
-        )
-    return jobs
-
-
-def plan(cfg: SweepConfig) -> list[ModelJob]:
-    jobs = [j for exp in cfg.experiments for j in experiment_jobs(cfg, exp)]
-    return jobs + [j for entry in cfg.cost_only for j in cost_only_jobs(cfg, entry)]
-
-
-def produce_models(jobs: list[ModelJob]) -> None:
-    """Make every missing model folder; existing ones are reused."""
-    from pibench.checkpoint import is_model_folder
-
-    missing = [j for j in jobs if not is_model_folder(j.folder)]
-    log.info("models: %d needed, %d already in place, %d to make", len(jobs), len(jobs) - len(missing), len(missing))
-    for i, job in enumerate(missing, 1):
-        if is_model_folder(job.folder):  # made by an earlier job of the same method
-            continue
-        log.info("model %d/%d: %s -> %s", i, len(missing), job.what, job.folder)
-        job.make()
+    counts = [parse_budget(b, total) for b in entry.budgets]
+    folders = [root / f"{entry.arch}{suffix}_{entry.allocation}_{c}" for c in counts]
+    make = functools.partial(save_allocated_models, entry, counts, folders, cfg.seed)
+    what = f"{entry.arch} {entry.allocation}-style at {' / '.join(f'{c:,}' for c in counts)} ReLUs"
+    return Maker(Job(f"cost_only:{entry.arch}{suffix}_{entry.allocation}", make,
+                     settings=f"{what}, random weights and positions (seed {cfg.seed})"), folders)
 
 
 def finished_models(run_dir: Path, networks: list[str], protocol: str) -> set[str]:
@@ -189,43 +210,133 @@ def finished_models(run_dir: Path, networks: list[str], protocol: str) -> set[st
     return {model for model, nets in have.items() if set(networks) <= nets}
 
 
-def run_sweep(config_path: str | Path, *, report: bool = True) -> Path:
-    """Run (or resume) a sweep; returns the run folder."""
+def bench_options(cfg: SweepConfig, protocol: str):
+    """How to benchmark every model of the sweep under one protocol."""
+    from pibench.bench import BenchOptions
     from pibench.mpc.network import parse_networks
 
+    return BenchOptions(
+        repeats=cfg.repeats,
+        batch=cfg.batch,
+        protocol=protocol,
+        hosts=cfg.hosts,
+        networks=parse_networks(cfg.networks),
+        samples=cfg.samples,
+        threads=cfg.threads,
+        run_id=cfg.run,
+        seed=cfg.seed,
+        data_dir=cfg.data_dir,
+    )
+
+
+def measure(models: list[str], run_dir: Path, options, merge: bool) -> None:
+    """Benchmark models in one party session; each model's rows become a part (merged at once if `merge`)."""
+    from pibench.bench import bench_models
+    from pibench.result_parts import merge_parts, write_part
+
+    for i, result in enumerate(bench_models(models, options), 1):
+        write_part(run_dir, result)
+        if merge:  # only when this process is the run's one writer
+            merge_parts(run_dir)
+        row = result.rows[0]
+        status = (f"FAILED: {row.error}" if row.error
+                  else f"{row.latency_s_median:.3f} s online, {row.bytes_per_party / 1e6:.2f} MB/party")
+        log.info("measured %d/%d (%s): %s (%s ReLUs): %s", i, len(models), options.protocol, result.model,
+                 f"{row.relus or 0:,}", status)
+
+
+def sweep_graph(cfg: SweepConfig, *, in_process: bool) -> list[Job]:
+    """Every job of the sweep in dependency order, each marked done when its outputs exist.
+
+    One bench job per maker and protocol in process (starting the parties costs seconds
+    per session); jobs run elsewhere benchmark one model under one protocol each.
+    """
+    from pibench.checkpoint import is_model_folder
+    from pibench.mpc.network import parse_networks
+
+    makers = [m for exp in cfg.experiments for m in experiment_makers(cfg, exp)]
+    makers += [cost_only_maker(cfg, entry) for entry in cfg.cost_only]
+    networks = [n.name for n in parse_networks(cfg.networks)]
+    models = [f.name for m in makers for f in m.folders]
+    benches = []
+    for protocol in cfg.protocols:
+        options = bench_options(cfg, protocol)
+        measured = finished_models(cfg.run_dir, networks, protocol)
+        log.info("benchmark (%s): %d models, %d already measured in %s", protocol, len(models),
+                 len(measured & set(models)), cfg.run_dir)
+        for maker in makers:
+            groups = [maker.folders] if in_process else [[f] for f in maker.folders]
+            for group in groups:
+                todo = [str(f) for f in group if f.name not in measured]
+                name = f"bench:{maker.job.name if in_process else group[0].name}@{protocol}"
+                settings = (f"MPC benchmark ({protocol}) of {', '.join(f.name for f in group)}: networks "
+                            f"{','.join(cfg.networks)}, {cfg.repeats} repeats, batch {cfg.batch}, "
+                            f"{cfg.samples} samples, {cfg.threads} thread(s)")
+                run = functools.partial(measure, todo, cfg.run_dir.absolute(), options, in_process)
+                benches.append(Job(name, run, needs=[maker.job.name], kind="bench", settings=settings,
+                                   done=not todo))
+    for maker in makers:
+        maker.job.done = all(is_model_folder(f) for f in maker.folders)
+    return [m.job for m in makers] + benches
+
+
+def pending(jobs: list[Job]) -> list[Job]:
+    """The jobs still to run, their needs narrowed to jobs still to run."""
+    todo = {j.name for j in jobs if not j.done}
+    return [dataclasses.replace(j, needs=[n for n in j.needs if n in todo]) for j in jobs if not j.done]
+
+
+def describe(config_path: str | Path, executor: str = "local") -> str:
+    """What a sweep would train and measure, job by job with settings and resources (no data, no work)."""
+    cfg = load_config(config_path)
+    jobs = sweep_graph(cfg, in_process=executor == "local")
+    todo = len(pending(jobs))
+    lines = [f"sweep {cfg.run} ({config_path}), executor {executor}: {len(jobs)} jobs, "
+             f"{len(jobs) - todo} done already, {todo} to run"]
+    for job in jobs:
+        res = getattr(cfg.executor, job.kind)
+        asks = (f" [asks {res.cpus} CPU(s), {res.gpus} GPU(s), {res.mem_gb:g} GB, {res.time_min} min]"
+                if executor == "slurm" else "")
+        needs = f" (needs {', '.join(job.needs)})" if job.needs else ""
+        lines.append(f"  {'done' if job.done else 'todo'}  {job.name}{needs}{asks}")
+        lines.append(f"        {job.settings}")
+    return "\n".join(lines)
+
+
+def run_sweep(config_path: str | Path, *, report: bool = True, executor: str = "local", poll_s: float = 5.0) -> Path:
+    """Run (or resume) a sweep; returns the run folder. Raises SweepFailed (after the report) if jobs failed."""
+    from pibench.cluster import job_parameters, make_executor, still_queued
+    from pibench.result_parts import merge_parts
+
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r} (known: {', '.join(EXECUTORS)})")
     cfg = load_config(config_path)
     run_dir = cfg.run_dir
+    folder = Path(cfg.executor.folder or run_dir / "jobs").absolute()
+    # before any work: Slurm must answer
+    submitter = None if executor == "local" else make_executor("local" if executor == "processes" else executor,
+                                                                 cfg.executor, folder)
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(config_path, run_dir / "config.yaml")
-    jobs = plan(cfg)
-    produce_models(jobs)
-
-    networks = parse_networks(cfg.networks)
-    for protocol in cfg.protocols:
-        done = finished_models(run_dir, [n.name for n in networks], protocol)
-        todo = [j for j in jobs if j.folder.name not in done]
-        log.info("benchmark (%s): %d models, %d already measured in %s, %d to go",
-                 protocol, len(jobs), len(jobs) - len(todo), run_dir, len(todo))
-        if todo:
-            bench_todo(cfg, protocol, networks, todo)
-    if report:
+    merge_parts(run_dir)  # parts a killed sweep left behind
+    jobs = sweep_graph(cfg, in_process=executor == "local")
+    todo = pending(jobs)
+    log.info("sweep %s: %d jobs, %d done already, %d to run (executor %s)", cfg.run, len(jobs), len(jobs) - len(todo),
+             len(todo), executor)
+    if submitter is None:
+        outcomes = run_in_process(todo)
+    else:
+        log.info("job scripts and logs: %s", folder)
+        previous = still_queued(folder) if executor == "slurm" else None
+        outcomes = run_submitted(todo, submitter, functools.partial(job_parameters, cfg.executor), previous=previous,
+                                 poll_s=poll_s)
+    merge_parts(run_dir)
+    if report and (run_dir / "results.csv").is_file():
         from pibench.report import write_report
 
         log.info("report: %s", write_report(run_dir))
+    failures = summary(outcomes)
+    if failures:
+        raise SweepFailed(f"{len(failures)} of {len(todo)} jobs did not succeed (re-run the same command to run "
+                          "only what is missing):\n" + "\n".join(failures))
     return run_dir
-
-
-def bench_todo(cfg: SweepConfig, protocol: str, networks: list[Any], todo: list[ModelJob]) -> None:
-    """Measure the models of `todo` under one protocol (one party session), writing rows as they come."""
-    from pibench.bench import BenchOptions, bench_models, write_result
-
-    options = BenchOptions(repeats=cfg.repeats, batch=cfg.batch, protocol=protocol, hosts=cfg.hosts,
-                           networks=networks, samples=cfg.samples, threads=cfg.threads, run_id=cfg.run,
-                           seed=cfg.seed, data_dir=cfg.data_dir)
-    for i, result in enumerate(bench_models([str(j.folder) for j in todo], options), 1):
-        write_result(cfg.run_dir, result)
-        row = result.rows[0]
-        status = f"FAILED: {row.error}" if row.error else (
-            f"{row.latency_s_median:.3f} s online, {row.bytes_per_party / 1e6:.2f} MB/party")
-        log.info("measured %d/%d (%s): %s (%s ReLUs): %s", i, len(todo), protocol, result.model,
-                 f"{row.relus or 0:,}", status)

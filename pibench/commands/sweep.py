@@ -8,14 +8,26 @@ HELP = "run (or resume) a sweep: teacher, methods × budgets, two-party MPC, fig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from pibench.sweep import EXECUTORS
+
     p.add_argument("config", help="sweep config YAML (see configs/demo.yaml)")
     p.add_argument("--no-report", action="store_true", help="skip figures and report.md")
+    p.add_argument(
+        "--executor",
+        choices=list(EXECUTORS),
+        default="local",
+        help="; ".join(f"{name}: {what}" for name, what in EXECUTORS.items()),
+    )
+    p.add_argument("--dry-run", action="store_true", help="list the jobs and their settings; train and measure nothing")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pibench.sweep import run_sweep
+    from pibench.sweep import describe, run_sweep
 
-    run_dir = run_sweep(args.config, report=not args.no_report)
+    if args.dry_run:
+        print(describe(args.config, args.executor))
+        return 0
+    run_dir = run_sweep(args.config, report=not args.no_report, executor=args.executor)
     print(f"results: {run_dir / 'results.csv'}")
     if not args.no_report:
         print(f"report:  {run_dir / 'report.md'}")
