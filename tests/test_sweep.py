@@ -142,3 +142,23 @@ def test_killed_sweep_resumes_without_repeating_rows(tmp_path):
     measured = ["relus", "bytes_per_party", "rounds", "latency_s_median", "projected_latency_s", "mpc_agreement"]
     assert final[measured].notna().all().all() and final["cost_only"].all() and final["accuracy"].isna().all()
     assert list(pd.read_csv(results.parent / "layers.csv").columns) == LAYER_COLUMNS
+
+
+def test_parts_of_one_model_under_two_protocols_both_merge_once(tmp_path):
+    """A model measured under crypten:dealer and spu:semi2k has two parts; neither hides the other."""
+    from pibench.bench import BenchResult
+    from pibench.result_parts import merge_parts, write_part
+    from pibench.results import LayerRow, ResultRow, load_results
+
+    def result(backend, protocol):
+        row = ResultRow("r", "now", "m", network="lan", backend=backend, protocol=protocol, bytes_per_party=1)
+        return BenchResult("m", [row], [LayerRow("r", "m", 0, "relu", "l", 1, 0.1, 1, 1, f"{backend}:{protocol}")])
+
+    write_part(tmp_path, result("crypten", "dealer"))
+    assert merge_parts(tmp_path) == 1
+    write_part(tmp_path, result("spu", "semi2k"))
+    write_part(tmp_path, result("crypten", "dealer"))  # measured again by a job a re-run could not see
+    assert merge_parts(tmp_path) == 1
+    rows = load_results(tmp_path)
+    assert sorted(rows["backend"] + ":" + rows["protocol"]) == ["crypten:dealer", "spu:semi2k"]
+    assert len(pd.read_csv(tmp_path / "layers.csv")) == 2
