@@ -11,7 +11,7 @@ import json
 import signal
 import sys
 
-HELP = "measure models in real two-party CrypTen inference (one pair of parties for all models)"
+HELP = "measure models in real two-party secure inference, CrypTen or SPU (one set of parties for all models)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,17 +38,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_protocol_argument(p: argparse.ArgumentParser) -> None:
-    from pibench.mpc.protocols import DEFAULT_PROTOCOL, PROTOCOLS
+    """`--backend` and `--protocol`; `resolve_protocol` turns them into one backend:name."""
+    from pibench.mpc.protocols import BACKEND_DEFAULTS, DEFAULT_PROTOCOL, PROTOCOLS
 
     lines = "; ".join(f"{key}: {PROTOCOLS.get(key).security}" for key in PROTOCOLS)
-    p.add_argument("--protocol", default=DEFAULT_PROTOCOL, metavar="BACKEND:NAME",
-                   help=f"MPC protocol (default {DEFAULT_PROTOCOL}; all assume semi-honest parties). {lines}")
+    defaults = ", ".join(f"{b}: {k.split(':')[1]}" for b, k in BACKEND_DEFAULTS.items())
+    p.add_argument("--backend", default=None, choices=sorted(BACKEND_DEFAULTS),
+                   help=f"MPC framework; without --protocol it runs its secure protocol ({defaults})")
+    p.add_argument("--protocol", default=None, metavar="[BACKEND:]NAME",
+                   help=f"MPC protocol (default {DEFAULT_PROTOCOL}; a bare NAME belongs to --backend; all assume "
+                        f"semi-honest parties). {lines}")
+
+
+def resolve_protocol(args: argparse.Namespace) -> None:
+    """Set args.protocol to the backend:name that --backend and --protocol name."""
+    from pibench.mpc.protocols import protocol_key
+
+    args.protocol = protocol_key(args.protocol, args.backend)
 
 
 def run(args: argparse.Namespace) -> int:
     from pibench.bench import BenchOptions, bench_models, summary, write_result
     from pibench.mpc.network import parse_networks
 
+    resolve_protocol(args)
     options = BenchOptions(
         repeats=args.repeats, batch=args.batch, protocol=args.protocol, networks=parse_networks(args.network),
         samples=args.samples, threads=args.threads, data_dir=args.data_dir, run_id=args.run_id, hosts=args.hosts,

@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from pibench.commands.bench import add_protocol_argument
+from pibench.commands.bench import add_protocol_argument, resolve_protocol
 
 HELP = "run one party (client, server or dealer) of a secure-inference session"
 
@@ -47,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pibench.mpc.party import protocol_of, read_jobs, run_party, static_jobs
 
+    resolve_protocol(args)
     on_event = None
     if args.out is not None:
         on_event = _result_writer(args)

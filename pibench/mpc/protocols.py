@@ -57,9 +57,31 @@ PROTOCOLS.register("spu:semi2k", Protocol(
     "could recover the weights; benchmark only", secure=False, dealer=False))
 
 DEFAULT_PROTOCOL = "crypten:dealer"
+BACKEND_DEFAULTS = {"crypten": "crypten:dealer", "spu": "spu:cheetah"}  # each backend's secure protocol
 
 
 def get_protocol(spec: str, backend: str | None = None) -> Protocol:
     """A protocol from "backend:name", or from "name" and `backend` (e.g. "tfp", "crypten")."""
     key = spec if ":" in spec else f"{backend or 'crypten'}:{spec}"
     return PROTOCOLS.get(key)
+
+
+def protocol_key(protocol: str | None, backend: str | None = None) -> str:
+    """The "backend:name" that `--protocol` and `--backend` name together.
+
+    A bare protocol name takes the backend (crypten by default); no protocol means the
+    backend's secure default (crypten:dealer, spu:cheetah). Raises ValueError naming the fix.
+    """
+    if backend is not None and backend not in BACKEND_DEFAULTS:
+        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKEND_DEFAULTS)}")
+    if protocol is None:
+        return BACKEND_DEFAULTS[backend] if backend else DEFAULT_PROTOCOL
+    try:
+        found = get_protocol(protocol, backend)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    if backend is not None and found.backend != backend:
+        names = ", ".join(k.split(":")[1] for k in PROTOCOLS.names(f"{backend}:*"))
+        raise ValueError(f"--protocol {protocol} is not a {backend} protocol; with --backend {backend} use one of "
+                         f"{names}, or drop --backend")
+    return found.key
