@@ -267,7 +267,10 @@ def fit(
             acc = evaluate(model, test_loader, device) if test_loader is not None else float("nan")
             history.append(acc)
             stop = callback.end_epoch(epoch, acc)
-            log.info("%s epoch %d/%d: test accuracy %.2f%%", desc, epoch + 1, cfg.epochs, acc)
+            if test_loader is None:
+                log.info("%s epoch %d/%d done", desc, epoch + 1, cfg.epochs)
+            else:
+                log.info("%s epoch %d/%d: test accuracy %.2f%%", desc, epoch + 1, cfg.epochs, acc)
             if ckpt_path is not None:
                 _save_atomic(
                     {
