@@ -45,7 +45,10 @@ def _log_if_wide(ax: plt.Axes, values: pd.Series, axis: str) -> None:
     if len(v) and v.max() / v.min() > 10:
         target = ax.xaxis if axis == "x" else ax.yaxis
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
-        target.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        # 1-2-5 ticks over up to two decades, decades beyond (an explicit numticks: matplotlib's
+        # "auto" leaves a narrow panel with no ticks at all)
+        subs = (1.0, 2.0, 5.0) if v.max() / v.min() <= 100 else (1.0,)
+        target.set_major_locator(LogLocator(subs=subs, numticks=12))
         target.set_major_formatter(EngFormatter(sep=""))
         target.set_minor_formatter(NullFormatter())
 
@@ -64,27 +67,33 @@ def _figure() -> tuple[plt.Figure, plt.Axes]:
     return plt.subplots(figsize=(COLUMN_WIDTH_IN, 2.5))
 
 
-def _label(ax: plt.Axes, xlabel: str, ylabel: str, title: str) -> None:
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+MARKERS = "osD^vP*X"
 
 
-def _series_colors(rows: pd.DataFrame) -> dict[str, str]:
-    """One fixed colour per series, so a method (and protocol) looks the same in every figure."""
+def _series_styles(rows: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """One fixed colour and marker per series, so a series looks the same in every figure.
+
+    With one protocol the colour tells the methods apart; with several, the colour is
+    the protocol and the marker the method, so each protocol reads as one family.
+    """
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    return {m: cycle[i % len(cycle)] for i, m in enumerate(sorted(rows["series"].unique()))}
+    series = rows.drop_duplicates("series").set_index("series").sort_index()
+    several = series["key"].nunique() > 1
+    methods = sorted(series["method"].unique())
+    keys = sorted(series["key"].unique())
+    return {name: {"color": cycle[(keys.index(r.key) if several else methods.index(r.method)) % len(cycle)],
+                   "marker": MARKERS[methods.index(r.method) % len(MARKERS)] if several else "o"}
+            for name, r in series.iterrows()}
 
 
 def with_series(results: pd.DataFrame, layers: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """Label rows by what a figure tells apart: `series` (method, plus the protocol when a run
-    measured several) and `entry` (model, plus the protocol likewise); layers get `entry` too."""
+    """Label rows by what a figure tells apart: `key` (backend:protocol), `series` (method, plus
+    the protocol when a run measured several) and `entry` (model, plus the protocol likewise);
+    layers get `entry` too."""
     keys = results["backend"].fillna("crypten") + ":" + results["protocol"].fillna("")
     several = keys.nunique() > 1
     suffix = (" · " + keys) if several else ""
-    results = results.assign(series=results["method"] + suffix, entry=results["model"] + suffix)
+    results = results.assign(key=keys, series=results["method"] + suffix, entry=results["model"] + suffix)
     if layers is not None:
         layers = layers.assign(entry=layers["model"] + ((" · " + layers["protocol"].fillna("")) if several else ""))
     return results, layers
@@ -97,26 +106,41 @@ def _ok_rows(results: pd.DataFrame) -> pd.DataFrame:
     return results
 
 
-def _plot_front(ax: plt.Axes, group: pd.DataFrame, cost: str, color: str, label: str) -> None:
+def _plot_front(ax: plt.Axes, group: pd.DataFrame, cost: str, style: dict[str, str], label: str) -> None:
     """A method's models: Pareto-optimal ones filled and joined by a line, dominated ones hollow."""
     front = pareto_front(group, cost=cost)
     dominated = group.drop(front.index)
-    ax.plot(front[cost], front["accuracy"], "o-", color=color, label=label)
-    ax.plot(dominated[cost], dominated["accuracy"], "o", mfc="none", color=color, alpha=0.7)
+    ax.plot(front[cost], front["accuracy"], "-", **style, label=label)
+    ax.plot(dominated[cost], dominated["accuracy"], ls="none", mfc="none", alpha=0.7, **style)
+
+
+def _legend(fig: plt.Figure, axes: list[plt.Axes]) -> None:
+    """One legend for the figure, below its panels, when there are many series; else in the first panel."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    if len(labels) <= 4:
+        axes[0].legend()
+        return
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(labels)),
+               frameon=False)
 
 
 def accuracy_vs_relus(results: pd.DataFrame, out_dir: Path, anchors: pd.DataFrame | None = None) -> list[Path]:
     """Accuracy against kept ReLUs per method, Pareto frontier marked, paper anchors optional."""
     per_model = _ok_rows(results).dropna(subset=["accuracy"]).drop_duplicates("entry")
     fig, ax = _figure()
-    colors = _series_colors(per_model)
-    for method, group in per_model.groupby("series"):
-        _plot_front(ax, group, "relus", colors[method], method)
+    styles = _series_styles(per_model)
+    for series, group in per_model.groupby("series"):
+        _plot_front(ax, group, "relus", styles[series], series)
     if anchors is not None and len(anchors):
         for method, group in anchors.groupby("method"):
-            ax.plot(group["relus"], group["accuracy"], "x", color=colors.get(method), label=f"{method} (paper)")
+            color = styles[method]["color"] if method in styles else None
+            ax.plot(group["relus"], group["accuracy"], "x", color=color, label=f"{method} (paper)")
     _log_if_wide(ax, per_model["relus"], "x")
-    _label(ax, "ReLUs kept", "top-1 accuracy (%)", "Accuracy vs ReLUs (filled: Pareto frontier)")
+    ax.set_xlabel("ReLUs kept")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title("Accuracy vs ReLUs (filled: Pareto frontier)")
+    ax.grid(alpha=0.3)
+    _legend(fig, [ax])
     return _save(fig, out_dir, "accuracy_vs_relus")
 
 
@@ -159,19 +183,24 @@ def latency_vs_relus(results: pd.DataFrame, out_dir: Path, layers: pd.DataFrame 
     )
     panels += [(f"{net} (projected)", group, group) for net, group in rows.groupby("network")]
     fig, axes = plt.subplots(1, len(panels), figsize=(0.75 * COLUMN_WIDTH_IN * len(panels), 2.5), squeeze=False)
-    colors = _series_colors(rows)
+    styles = _series_styles(rows)
+    several = rows["key"].nunique() > 1
     for ax, (title, data, profile_rows) in zip(axes[0], panels):
         column = "latency_s_median" if profile_rows is None else "projected_latency_s"
         values = [data[column]]
-        for method, group in data.groupby("series"):
-            ax.plot(group["relus"], group[column], "o", color=colors[method], label=method)
+        for series, group in data.groupby("series"):
+            ax.plot(group["relus"], group[column], ls="none", **styles[series], label=series)
             if measured_per_network:
-                ax.plot(group["relus"], group["latency_s_median"], "o", mfc="none", color=colors[method])
+                ax.plot(group["relus"], group["latency_s_median"], ls="none", mfc="none", **styles[series])
                 values.append(group["latency_s_median"])
         if layers is not None and len(layers):
             floor = _linear_floor(layers, profile_rows)
-            at = data.set_index("entry")["relus"].reindex(floor.index).dropna()
-            ax.plot(at, floor[at.index], "kx", label="linear layers only")
+            by_entry = data.set_index("entry")
+            at = by_entry["relus"].reindex(floor.index).dropna()
+            # with several protocols, a cross takes its protocol's colour
+            colors = ([styles[s]["color"] for s in by_entry.loc[at.index, "series"]] if several else "k")
+            ax.scatter(at, floor[at.index], marker="x", c=colors, s=12, linewidths=0.8,
+                       label="linear layers only" + (" (protocol's colour)" if several else ""))
             values.append(floor)
         _log_if_wide(ax, data["relus"], "x")
         _log_if_wide(ax, pd.concat(values), "y")
@@ -179,7 +208,7 @@ def latency_vs_relus(results: pd.DataFrame, out_dir: Path, layers: pd.DataFrame 
         ax.set_xlabel("ReLUs kept")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("latency per inference (s)")
-    axes[0][0].legend()
+    _legend(fig, list(axes[0]))
     return _save(fig, out_dir, "latency_vs_relus")
 
 
@@ -190,17 +219,17 @@ def communication_vs_relus(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     if per_model["offline_bytes"].notna().any():
         panels.append(("offline_bytes", "offline, client-dealer (MB)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(0.75 * COLUMN_WIDTH_IN * len(panels), 2.5), squeeze=False)
-    colors = _series_colors(per_model)
+    styles = _series_styles(per_model)
     for ax, (column, ylabel) in zip(axes[0], panels):
         for series, group in per_model.dropna(subset=[column]).groupby("series"):
             group = group.sort_values("relus")
-            ax.plot(group["relus"], group[column] / 1e6, "o-", color=colors[series], label=series)
+            ax.plot(group["relus"], group[column] / 1e6, "-", **styles[series], label=series)
         _log_if_wide(ax, per_model["relus"], "x")
         _log_if_wide(ax, per_model[column].dropna(), "y")
         ax.set_xlabel("ReLUs kept")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[0][0].legend()
+    _legend(fig, list(axes[0]))
     fig.suptitle("Communication vs ReLUs (sent + received)", fontsize=8)
     return _save(fig, out_dir, "communication_vs_relus")
 
@@ -237,15 +266,15 @@ def accuracy_vs_latency(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     fig, axes = plt.subplots(
         1, len(networks), figsize=(COLUMN_WIDTH_IN * max(1, len(networks)) / 1.4, 2.5), sharey=True, squeeze=False
     )
-    colors = _series_colors(rows)
+    styles = _series_styles(rows)
     for ax, network in zip(axes[0], networks):
-        for method, group in rows[rows["network"] == network].groupby("series"):
-            _plot_front(ax, group, "projected_latency_s", colors[method], method)
+        for series, group in rows[rows["network"] == network].groupby("series"):
+            _plot_front(ax, group, "projected_latency_s", styles[series], series)
         _log_if_wide(ax, rows.loc[rows["network"] == network, "projected_latency_s"], "x")
         ax.set_xlabel(f"latency, {network} (s, projected)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("top-1 accuracy (%)")
-    axes[0][0].legend()
+    _legend(fig, list(axes[0]))
     fig.suptitle("Accuracy vs latency", fontsize=8)
     return _save(fig, out_dir, "accuracy_vs_latency")
 
@@ -272,25 +301,33 @@ def protocol_costs(results: pd.DataFrame, layers: pd.DataFrame, out_dir: Path) -
     convolutions), which is why a ReLU budget ranks models differently per protocol.
     """
     rows = _ok_rows(results)
-    rows = rows[rows["relus"] > 0].assign(key=rows["backend"] + ":" + rows["protocol"])
+    rows = rows[rows["relus"] > 0]
     per_relu = (rows["relu_bytes"] / (rows["relus"] * rows["batch"])).groupby(rows["key"]).median()
     linear = layers[layers["op"].isin(["conv", "linear", "affine"])].fillna({"protocol": "unknown"})
     time = linear.pivot_table(index="model", columns="protocol", values="time_s", aggfunc="sum")
     sent = linear.pivot_table(index="model", columns="protocol", values="bytes", aggfunc="sum") / 1e6
-    fig, axes = plt.subplots(1, 3, figsize=(2 * COLUMN_WIDTH_IN, max(2.0, 0.3 * len(time) + 1.2)))
-    per_relu.plot.bar(ax=axes[0], color="tab:gray")
-    axes[0].set_ylabel("bytes per kept ReLU per party")
-    axes[0].set_xlabel("")
-    axes[0].set_title("ReLU")
-    for ax, data, xlabel in ((axes[1], time, "linear layers (s)"), (axes[2], sent, "linear layers (MB per party)")):
-        data.plot.barh(ax=ax, width=0.8, legend=ax is axes[2])
-        _log_if_wide(ax, data.stack(), "x")
+    height = max(2.0, 0.12 * time.size + 1.0)
+    # model names on the left, protocol names on the right: no gap between panels wastes width
+    fig, (ax_t, ax_b, ax_r) = plt.subplots(1, 3, figsize=(2 * COLUMN_WIDTH_IN, height),
+                                           gridspec_kw={"width_ratios": [1, 1, 0.7]})
+    for ax, data, xlabel in ((ax_t, time, "time per inference (s)"), (ax_b, sent, "MB per party")):
+        data.plot.barh(ax=ax, width=0.8, legend=False)
+        values = data.stack()
+        _log_if_wide(ax, values, "x")
+        if ax.get_xscale() == "log":  # bars start at 0: keep the axis where the bars end
+            ax.set_xlim(values[values > 0].min() / 2, values.max() * 1.5)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("")
+        ax.set_title("Linear layers per model" if ax is ax_t else "Linear layers")
         ax.grid(alpha=0.3, axis="x")
-    axes[1].set_title("Linear layers per model")
-    axes[2].set_yticklabels([])
-    axes[2].legend(title=None, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax_b.tick_params(labelleft=False)
+    per_relu.sort_index(ascending=False).plot.barh(ax=ax_r, color="tab:gray", width=0.7)
+    ax_r.yaxis.tick_right()
+    ax_r.set_ylabel("")
+    ax_r.set_xlabel("bytes per kept ReLU\nper party")
+    ax_r.set_title("ReLU")
+    handles, labels = ax_t.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.4, 0.0), ncol=len(labels), frameon=False)
     return _save(fig, out_dir, "protocol_costs")
 
 
