@@ -171,3 +171,33 @@ def test_report_tables_and_figures(tmp_path):
 def test_plot_without_results_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `pibench bench` or `pibench sweep` first"):
         plot_run(tmp_path)
+
+
+def test_with_several_protocols_colour_is_the_protocol_and_marker_the_method(tmp_path):
+    from pibench.plots import _series_styles, with_series
+
+    run = fixture_run(tmp_path / "run", protocols=("crypten:dealer", "spu:cheetah"))
+    results, _ = with_series(load_results(run))
+    styles = _series_styles(results)
+    assert styles["senet · crypten:dealer"]["color"] == styles["baseline · crypten:dealer"]["color"]
+    assert styles["senet · crypten:dealer"]["color"] != styles["senet · spu:cheetah"]["color"]
+    assert styles["senet · crypten:dealer"]["marker"] == styles["senet · spu:cheetah"]["marker"]
+    assert styles["senet · crypten:dealer"]["marker"] != styles["baseline · crypten:dealer"]["marker"]
+    one, _ = with_series(load_results(fixture_run(tmp_path / "one")))
+    single = _series_styles(one)
+    assert {s["marker"] for s in single.values()} == {"o"} and len({s["color"] for s in single.values()}) == 3
+
+
+def test_a_narrow_log_axis_still_has_tick_labels():
+    import matplotlib.pyplot as plt
+
+    from pibench.plots import _log_if_wide
+
+    fig, ax = plt.subplots(figsize=(1.2, 2))
+    values = pd.Series([0.012, 0.5, 1.9])
+    ax.barh([0, 1, 2], values)
+    _log_if_wide(ax, values, "x")
+    ax.set_xlim(0.006, 2.8)
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels() if 0.006 <= t.get_position()[0] <= 2.8] == ["10m", "100m", "1"]
+    plt.close(fig)
