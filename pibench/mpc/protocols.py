@@ -14,9 +14,11 @@ party that deviates from it.
     spu:cheetah     SecretFlow SPU's CHEETAH: two parties, no dealer (HE for linear layers,
                     silent OT for comparisons; its preprocessing runs inside the online
                     protocol). Secure against a semi-honest client or server.
-    spu:semi2k      SPU's SEMI2K, whose only beaver provider in spu 0.9.5 is
+    spu:semi2k      SPU's SEMI2K with the one beaver provider spu 0.9.5 can run here,
                     `BeaverTfpUnsafe`: the client (rank 0) generates the triples, like
                     crypten:tfp. INSECURE against the client; a benchmark of the online cost.
+                    (Its `MultiParty` beaver is rejected, "unsupported beaver type 2";
+                    `TrustedThirdParty` needs SPU's beaver server, not in the wheel.)
 """
 
 from __future__ import annotations
