@@ -68,11 +68,12 @@ def job_parameters(ex: ExecutorConfig, job: Any, after: list[str]) -> dict[str, 
     params: dict[str, Any] = dict(
         name=job.name,
         cpus_per_task=res.cpus,
-        gpus_per_node=res.gpus,
         mem_gb=res.mem_gb,
         timeout_min=res.time_min,
         slurm_additional_parameters=extra,
     )
+    if res.gpus:  # no --gpus-per-node=0: clusters without GPU gres reject it
+        params["gpus_per_node"] = res.gpus
     if res.partition or ex.partition:
         params["slurm_partition"] = res.partition or ex.partition
     return params

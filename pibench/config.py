@@ -198,8 +198,8 @@ def validate(cfg: SweepConfig, source: str) -> None:
         raise ConfigError(f"{source}: nothing to run: add 'experiments' or 'cost_only'")
     if not isinstance(cfg.protocols, list) or not cfg.protocols:
         raise ConfigError(f"{source}: protocols: a list of at least one protocol, e.g. [crypten:dealer]")
-    cfg.protocols = [_check(lambda: get_protocol(str(p)).key, f"{source}: protocols[{i}]")
-                     for i, p in enumerate(cfg.protocols)]
+    keys = [_check(lambda: get_protocol(str(p)).key, f"{source}: protocols[{i}]") for i, p in enumerate(cfg.protocols)]
+    cfg.protocols = list(dict.fromkeys(keys))  # "dealer" and "crypten:dealer" are one protocol
     if cfg.hosts not in HOSTS:
         raise ConfigError(f"{source}: hosts: unknown hosts {cfg.hosts!r} (known: {', '.join(HOSTS)})")
     for key in ("repeats", "batch", "samples", "threads"):

@@ -14,6 +14,7 @@ Progress is logged as counts of queued / running / done / failed jobs whenever t
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import traceback
@@ -72,8 +73,17 @@ def _skip(job: Job, need: str, outcomes: dict[str, Outcome]) -> None:
     log.warning("%s skipped: %s", job.name, outcomes[job.name].error)
 
 
+def check_unique(jobs: list[Job]) -> None:
+    """Jobs are followed by name: two jobs of one name would be run twice and never both end."""
+    seen: set[str] = set()
+    twice = sorted({j.name for j in jobs if j.name in seen or seen.add(j.name)})
+    if twice:
+        raise ValueError(f"the job graph names {', '.join(twice)} more than once")
+
+
 def run_in_process(jobs: list[Job]) -> dict[str, Outcome]:
     """Run jobs (in dependency order) here, one at a time; an exception fails that job only."""
+    check_unique(jobs)
     outcomes: dict[str, Outcome] = {}
     progress = Progress(len(jobs))
     for i, job in enumerate(jobs):
@@ -138,6 +148,7 @@ def run_submitted(
     """
     from pibench.cluster import active_jobs, record_submission
 
+    check_unique(jobs)
     dependencies = getattr(executor, "cluster", "") == "slurm"
     submitted: dict[str, Any] = {j.name: previous[j.name] for j in jobs if j.name in (previous or {})}
     for name, sj in submitted.items():
@@ -153,8 +164,11 @@ def run_submitted(
                 waiting.remove(job)
             elif all(n in outcomes or (dependencies and n in submitted) for n in job.needs):
                 after = [submitted[n].job_id for n in job.needs if n not in outcomes]
-                executor.update_parameters(**parameters(job, after))
-                submitted[job.name] = executor.submit(logged, job.run)
+                # a copy per job: submitit keeps parameters across updates, so one job's
+                # partition or GPUs would otherwise stick to the jobs after it
+                job_executor = copy.deepcopy(executor)
+                job_executor.update_parameters(**parameters(job, after))
+                submitted[job.name] = job_executor.submit(logged, job.run)
                 record_submission(executor.folder, job.name, submitted[job.name].job_id)
                 waiting.remove(job)
                 log.info("submitted %s as job %s (log %s)", job.name, submitted[job.name].job_id,

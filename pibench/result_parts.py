@@ -3,9 +3,10 @@
 Jobs on a cluster measure models at the same time; instead of appending to one CSV
 together, each job writes one model's rows under one protocol to
 `parts/<model>@<backend>-<protocol>/` (written in a temporary folder, then renamed, so a
-part is whole or absent). The sweep merges parts into the run's files, skipping
-(model, protocol) pairs that already have rows there, then removes them, so a part
-merged twice (a sweep killed between merging and removing) adds nothing twice.
+part is whole or absent). The sweep merges parts into the run's files, adding only
+the rows whose (model, protocol, network) is not there yet, then removes them, so a
+part merged twice (a sweep killed between merging and removing) adds nothing twice,
+and a network added to a config later adds its rows.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ log = logging.getLogger(__name__)
 PARTS_DIR = "parts"
 
 
-def _key(row: ResultRow) -> tuple[str, str, str]:
-    """What a part holds: one model measured under one protocol."""
-    return row.model, row.backend, row.protocol
+def _key(row: ResultRow) -> tuple[str, str, str, str]:
+    """What a results row is of: one model under one protocol on one network profile."""
+    return row.model, row.backend, row.protocol, row.network
 
 
 def write_part(run_dir: str | Path, result) -> Path:
@@ -53,30 +54,33 @@ def _read(path: Path, row_type: type) -> list:
         return [row_type(**row) for row in csv.DictReader(f)]
 
 
-def _keys_in(run_dir: Path) -> set[tuple[str, str, str]]:
-    """(model, backend, protocol) of the rows in run_dir/results.csv (older files load as crypten rows)."""
-    if not (run_dir / RESULTS_FILE).is_file():
+def measured(run_dir: str | Path) -> set[tuple[str, str, str, str]]:
+    """(model, backend, protocol, network) of every row in run_dir/results.csv (failed rows count).
+
+    Older files load as crypten rows (pibench.results.load_results).
+    """
+    if not (Path(run_dir) / RESULTS_FILE).is_file():
         return set()
     rows = load_results(run_dir)
-    return set(zip(rows["model"], rows["backend"], rows["protocol"]))
+    return set(zip(rows["model"], rows["backend"], rows["protocol"], rows["network"]))
 
 
 def merge_parts(run_dir: str | Path) -> int:
     """Append every finished part to run_dir's results.csv and layers.csv; returns parts merged."""
     run_dir = Path(run_dir)
     parts = sorted(p for p in (run_dir / PARTS_DIR).glob("*") if p.is_dir() and not p.name.startswith("."))
-    have = _keys_in(run_dir)
+    have = measured(run_dir)
     merged = 0
     for part in parts:
-        rows = _read(part / RESULTS_FILE, ResultRow)
-        key = _key(rows[0]) if rows else None
-        if rows and key not in have:
-            # layers first: a part counts as merged once its results rows are in
-            append_rows(run_dir / LAYERS_FILE, _read(part / LAYERS_FILE, LayerRow))
+        rows = [r for r in _read(part / RESULTS_FILE, ResultRow) if _key(r) not in have]
+        if rows:
+            # layers.csv has no network column: a model's per-op rows come with its first rows
+            if not any(k[:3] == _key(rows[0])[:3] for k in have):
+                append_rows(run_dir / LAYERS_FILE, _read(part / LAYERS_FILE, LayerRow))
             append_rows(run_dir / RESULTS_FILE, rows)
-            have.add(key)
+            have.update(_key(r) for r in rows)
             merged += 1
         shutil.rmtree(part)
     if merged:
-        log.info("merged %d part(s) (model, protocol) into %s", merged, run_dir / RESULTS_FILE)
+        log.info("merged %d part(s) into %s", merged, run_dir / RESULTS_FILE)
     return merged

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from pibench.budget import parse_budget
-from pibench.config import RUN_KEYS, CostOnly, Experiment, SweepConfig, experiment_relus, load_config
+from pibench.config import RUN_KEYS, ConfigError, CostOnly, Experiment, SweepConfig, experiment_relus, load_config
 from pibench.jobgraph import Job, run_in_process, run_submitted, summary
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def experiment_makers(cfg: SweepConfig, exp: Experiment) -> list[Maker]:
     makers = [Maker(teacher_job, [teacher])]
     total = experiment_relus(exp)
     for method, kwargs in exp.methods.items():
-        counts = [parse_budget(b, total) for b in exp.budgets]
+        counts = list(dict.fromkeys(parse_budget(b, total) for b in exp.budgets))  # 25k and 25000 are one
         folders = [prefix.with_name(f"{prefix.name}_{method}_{c}") for c in counts]
         make = functools.partial(make_method_models, method, teacher, counts, folders, exp.data_dir, cfg.seed, kwargs)
         what = f"{method} at {' / '.join(f'{c:,}' for c in counts)} ReLUs of {total:,}"
@@ -190,7 +190,7 @@ def cost_only_maker(cfg: SweepConfig, entry: CostOnly) -> Maker:
         return Maker(Job(f"cost_only:{folder.name}", make, settings=f"{entry.model}, random weights (seed {cfg.seed})"),
                      [folder])
     total = count_relus(create_model(entry.arch, **entry.arch_args))
-    counts = [parse_budget(b, total) for b in entry.budgets]
+    counts = list(dict.fromkeys(parse_budget(b, total) for b in entry.budgets))
     folders = [root / f"{entry.arch}{suffix}_{entry.allocation}_{c}" for c in counts]
     make = functools.partial(save_allocated_models, entry, counts, folders, cfg.seed)
     what = f"{entry.arch} {entry.allocation}-style at {' / '.join(f'{c:,}' for c in counts)} ReLUs"
@@ -200,13 +200,13 @@ def cost_only_maker(cfg: SweepConfig, entry: CostOnly) -> Maker:
 
 def finished_models(run_dir: Path, networks: list[str], protocol: str) -> set[str]:
     """Models with a row for every network under `protocol` in run_dir/results.csv (failed rows count)."""
-    from pibench.results import RESULTS_FILE, load_results
+    from pibench.result_parts import measured
 
-    if not (run_dir / RESULTS_FILE).is_file():
-        return set()
-    rows = load_results(run_dir)
-    rows = rows[rows["backend"] + ":" + rows["protocol"] == protocol]
-    have = rows.groupby("model")["network"].agg(set)
+    backend, name = protocol.split(":")
+    have: dict[str, set[str]] = {}
+    for model, b, p, network in measured(run_dir):
+        if (b, p) == (backend, name):
+            have.setdefault(model, set()).add(network)
     return {model for model, nets in have.items() if set(networks) <= nets}
 
 
@@ -245,6 +245,22 @@ def measure(models: list[str], run_dir: Path, options, merge: bool) -> None:
                  f"{row.relus or 0:,}", status)
 
 
+def unique_makers(makers: list[Maker]) -> list[Maker]:
+    """Each job once where entries share it (e.g. two experiments on one teacher).
+
+    Entries that would make one job differently (same folders, other settings) are a
+    config error: one would overwrite the other's models.
+    """
+    first: dict[str, Maker] = {}
+    for maker in makers:
+        seen = first.setdefault(maker.job.name, maker)
+        if seen.job.settings != maker.job.settings:
+            raise ConfigError(f"two entries make {maker.job.name} (the same model folders) with different settings:\n"
+                              f"  {seen.job.settings}\n  {maker.job.settings}\ngive them one setting, or another "
+                              "dataset, arch or arch_args")
+    return list(first.values())
+
+
 def sweep_graph(cfg: SweepConfig, *, in_process: bool) -> list[Job]:
     """Every job of the sweep in dependency order, each marked done when its outputs exist.
 
@@ -255,7 +271,7 @@ def sweep_graph(cfg: SweepConfig, *, in_process: bool) -> list[Job]:
     from pibench.mpc.network import parse_networks
 
     makers = [m for exp in cfg.experiments for m in experiment_makers(cfg, exp)]
-    makers += [cost_only_maker(cfg, entry) for entry in cfg.cost_only]
+    makers = unique_makers(makers + [cost_only_maker(cfg, entry) for entry in cfg.cost_only])
     networks = [n.name for n in parse_networks(cfg.networks)]
     models = [f.name for m in makers for f in m.folders]
     benches = []

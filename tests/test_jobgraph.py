@@ -138,9 +138,31 @@ def test_job_parameters_ask_for_the_kind_resources_after_the_jobs_needed():
     ex = ExecutorConfig(partition="gpu", bench=Resources(cpus=2, mem_gb=4, time_min=30, partition="cpu"),
                         slurm={"account": "lab"})
     assert job_parameters(ex, Job("bench:m", print, kind="bench"), ["11", "12"]) == {
-        "name": "bench:m", "cpus_per_task": 2, "gpus_per_node": 0, "mem_gb": 4, "timeout_min": 30,
+        "name": "bench:m", "cpus_per_task": 2, "mem_gb": 4, "timeout_min": 30,  # no --gpus-per-node=0
         "slurm_partition": "cpu",
         "slurm_additional_parameters": {"kill-on-invalid-dep": "yes", "account": "lab", "dependency": "afterok:11:12"},
     }
     teacher = job_parameters(ex, Job("teacher:t", print), [])
     assert teacher["slurm_partition"] == "gpu" and "dependency" not in teacher["slurm_additional_parameters"]
+
+
+def _write_visible_gpus(out: Path) -> Job:
+    """A job (a real process) that writes the GPUs submitit made visible to it."""
+    return functools.partial(subprocess.run, ["sh", "-c", f'printf "%s" "$CUDA_VISIBLE_DEVICES" > "{out}"'],
+                             check=True)
+
+
+def test_one_jobs_parameters_do_not_stick_to_the_next(tmp_path):
+    """submitit keeps parameters across updates; each job is submitted with only its own."""
+    jobs = [Job("gpu", _write_visible_gpus(tmp_path / "gpu")),
+            Job("cpu", _write_visible_gpus(tmp_path / "cpu"), needs=["gpu"])]
+    asks = {"gpu": {"timeout_min": 5, "gpus_per_node": 1}, "cpu": {"timeout_min": 5}}
+    executor = make_executor("local", ExecutorConfig(), tmp_path / "jobs")
+    outcomes = run_submitted(jobs, executor, lambda job, after: asks[job.name], poll_s=0.5)
+    assert {n: o.state for n, o in outcomes.items()} == {"gpu": "done", "cpu": "done"}
+    assert (tmp_path / "gpu").read_text() == "0" and (tmp_path / "cpu").read_text() == ""
+
+
+def test_a_graph_naming_a_job_twice_is_refused():
+    with pytest.raises(ValueError, match="the job graph names a more than once"):
+        run_in_process([Job("a", print), Job("a", print)])

@@ -144,15 +144,16 @@ def test_killed_sweep_resumes_without_repeating_rows(tmp_path):
     assert list(pd.read_csv(results.parent / "layers.csv").columns) == LAYER_COLUMNS
 
 
-def test_parts_of_one_model_under_two_protocols_both_merge_once(tmp_path):
+def test_parts_merge_each_model_protocol_and_network_once(tmp_path):
     """A model measured under crypten:dealer and spu:semi2k has two parts; neither hides the other."""
     from pibench.bench import BenchResult
     from pibench.result_parts import merge_parts, write_part
     from pibench.results import LayerRow, ResultRow, load_results
 
-    def result(backend, protocol):
-        row = ResultRow("r", "now", "m", network="lan", backend=backend, protocol=protocol, bytes_per_party=1)
-        return BenchResult("m", [row], [LayerRow("r", "m", 0, "relu", "l", 1, 0.1, 1, 1, f"{backend}:{protocol}")])
+    def result(backend, protocol, networks=("lan",)):
+        rows = [ResultRow("r", "now", "m", network=n, backend=backend, protocol=protocol, bytes_per_party=1)
+                for n in networks]
+        return BenchResult("m", rows, [LayerRow("r", "m", 0, "relu", "l", 1, 0.1, 1, 1, f"{backend}:{protocol}")])
 
     write_part(tmp_path, result("crypten", "dealer"))
     assert merge_parts(tmp_path) == 1
@@ -162,3 +163,29 @@ def test_parts_of_one_model_under_two_protocols_both_merge_once(tmp_path):
     rows = load_results(tmp_path)
     assert sorted(rows["backend"] + ":" + rows["protocol"]) == ["crypten:dealer", "spu:semi2k"]
     assert len(pd.read_csv(tmp_path / "layers.csv")) == 2
+    # a network added to the config later: its rows join, the old ones stay, per-op rows are not repeated
+    write_part(tmp_path, result("crypten", "dealer", networks=("lan", "wan")))
+    assert merge_parts(tmp_path) == 1
+    rows = load_results(tmp_path)
+    assert sorted(rows["protocol"] + "@" + rows["network"]) == ["dealer@lan", "dealer@wan", "semi2k@lan"]
+    assert len(pd.read_csv(tmp_path / "layers.csv")) == 2
+    from pibench.sweep import finished_models
+
+    assert finished_models(tmp_path, ["lan", "wan"], "crypten:dealer") == {"m"}
+    assert finished_models(tmp_path, ["lan", "wan"], "spu:semi2k") == set()
+
+
+def test_entries_that_share_a_job_make_it_once(tmp_path):
+    """Two experiments on one teacher, one budget given twice, one protocol named twice: each job once."""
+    from pibench.sweep import sweep_graph
+
+    exp = {"dataset": "digits", "arch": "resnet_digits", "teacher": {"epochs": 1}, "budgets": [1000, "1k"]}
+    raw = {"run": "t", "protocols": ["dealer", "crypten:dealer"],
+           "experiments": [{**exp, "methods": {"senet": {"epochs": 1}}}, {**exp, "methods": {"snl": {"epochs": 1}}}]}
+    jobs = sweep_graph(load_config(write(tmp_path, raw)), in_process=False)
+    names = [j.name for j in jobs]
+    assert len(names) == len(set(names)) == 6, names  # teacher, senet, snl, a bench for each of their 3 models
+    assert names.count("teacher:digits_resnet_digits_baseline") == 1
+    raw["experiments"][1]["teacher"] = {"epochs": 2}
+    with pytest.raises(ConfigError, match="two entries make teacher:digits_resnet_digits_baseline"):
+        sweep_graph(load_config(write(tmp_path, raw)), in_process=False)
