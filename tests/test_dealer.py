@@ -135,3 +135,16 @@ def test_online_phase_that_leaves_the_recorded_plan_fails_loudly():
     provider.B2A_rng((2,))
     with pytest.raises(PreprocessingError, match="has no preprocessed tuple"):
         provider.B2A_rng((2,))
+
+
+def test_plans_that_differ_in_any_request_have_different_digests():
+    provider = PreprocessedProvider(LocalSource())
+    plans = []
+    for sizes in ((2,), (2,), (3,)):
+        with provider.record() as plan:
+            provider.generate_binary_triple(sizes, sizes)
+            provider.B2A_rng(sizes)
+        plans.append(plan)
+    assert plans[0].digest() == plans[1].digest() != plans[2].digest()
+    reordered = Plan(plans[0].requests[::-1])
+    assert reordered.digest() != plans[0].digest()

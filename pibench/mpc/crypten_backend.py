@@ -13,20 +13,11 @@ from typing import Any
 
 import torch
 
-from pibench.mpc.backend import PRODUCT_WEIGHTS, Backend
+from pibench.mpc.backend import PRODUCT_WEIGHTS, Backend, decode_ring
 from pibench.mpc.preprocessing import PreprocessedProvider
 from pibench.mpc.program import Program
 from pibench.mpc.protocols import CLIENT, SERVER
 from pibench.mpc.weights_fixed import FixedWeight, weights_fixed_op
-
-
-def decode_ring(ring: torch.Tensor, scale: int) -> torch.Tensor:
-    """Fixed-point ring integers to floats, exactly.
-
-    CrypTen 0.4.1's `FixedPointEncoder.decode` divides negatives by `scale - 1` and is
-    off by one for some values (-2.99998617 decodes to -3.99998); plain division is exact.
-    """
-    return ring.double() / scale
 
 
 class CryptenBackend(Backend):

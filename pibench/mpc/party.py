@@ -323,6 +323,10 @@ class Party:
         if batch not in plans:
             with self.provider.record() as plan:
                 out = self.infer(backend, program, x, batch)
+            theirs = self.exchange({"plan": plan.digest()})["plan"]
+            if theirs != plan.digest():  # the dealer's and the server's key streams would part ways
+                raise RuntimeError(f"{self.role}: client and server recorded different tuple plans for batch {batch} "
+                                   f"({plan.digest()[:12]} vs {theirs[:12]}); the parties must run the same pibench")
             self.provider.source.register(plan)
             plans[batch] = plan
             log.info("%s: recorded a plan of %d tuples for batch %d", self.role, len(plan.requests), batch)

@@ -21,6 +21,7 @@ values such as D = W - B whose high bits are those of B, so a predictable genera
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,6 +145,11 @@ class Plan:
 
     requests: list[Request] = field(default_factory=list)
     dealer_id: int = -1
+
+    def digest(self) -> str:
+        """The requests' fingerprint: client and server compare theirs, since the dealer deals the
+        client's shares from the client's plan while the server draws its own from its plan."""
+        return hashlib.sha256(json.dumps([r.to_json() for r in self.requests]).encode()).hexdigest()
 
 
 class PreprocessedProvider(TupleProvider):

@@ -108,7 +108,6 @@ class SpuLink:
         self._log_offset = 0
         self.bytes = 0  # sent + received by this party
         self.actions = 0  # messages sent by this party
-        self.offline_bytes = 0  # no dealer: nothing is booked as offline
 
     # -- counters ------------------------------------------------------------------------
     def read(self) -> tuple[float, float, int, float]:

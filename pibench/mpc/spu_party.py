@@ -133,13 +133,15 @@ def run_spu_party(role: str, rendezvous: str, *, protocol: str, threads: int = 1
     log_dir = _log_dir()
     timeout = connect_timeout or 300.0
     watchdog = _exit_unless_connected(role, rendezvous, timeout)
+    link = None
     try:
         link = SpuLink(ROLES[role], rendezvous, os.path.join(log_dir, "spu.log"), timeout)
         party = SpuParty(role, proto.name, link)
         watchdog.cancel()
         emit({"event": "ready", "role": role, "threads": threads, "protocol": proto.key})
         party.serve(jobs, on_event)
-        link.close()
     finally:
         watchdog.cancel()
+        if link is not None:  # stops brpc's threads and listening port on every exit
+            link.close()
         shutil.rmtree(log_dir, ignore_errors=True)
