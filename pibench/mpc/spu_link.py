@@ -39,23 +39,39 @@ def import_spu() -> Any:
     return libspu
 
 
+def _free_address(host: str) -> str:
+    """host:port with a port free on `host` now (brpc binds it moments later)."""
+    with socket.create_server((host, 0)) as probe:
+        return f"{host}:{probe.getsockname()[1]}"
+
+
+def _read_address(reader: Any, peer: str) -> str:
+    line = reader.readline().strip()
+    if not line:
+        raise ConnectionError(f"the {peer} closed the rendezvous before naming its SPU link address")
+    return line
+
+
 def peer_addresses(rank: int, rendezvous: str, timeout: float) -> list[str]:
     """host:port of the client's and the server's SPU link, agreed at the rendezvous.
 
-    The client listens at the rendezvous (tcp://HOST:PORT) and will serve its link at
-    HOST:PORT+1; the server connects, and tells the client where its own link will be:
-    its address as the client reaches it (another namespace or machine) and a free port.
+    The client listens at the rendezvous (tcp://HOST:PORT); the server connects and
+    names its link's address as the client reaches it (another namespace or machine)
+    with a free port; the client answers with a free port of its own on HOST.
     """
     url = urlparse(rendezvous if "://" in rendezvous else f"tcp://{rendezvous}")
     if not url.hostname or not url.port:
         raise ValueError(f"rendezvous {rendezvous!r} is not tcp://HOST:PORT")
-    client = f"{url.hostname}:{url.port + 1}"
     if rank == 0:
         with socket.create_server((url.hostname, url.port)) as listener:
             listener.settimeout(timeout)
             connection, _ = listener.accept()
+            connection.settimeout(timeout)
             with connection, connection.makefile("r") as reader:
-                return [client, reader.readline().strip()]
+                server = _read_address(reader, "server")
+                client = _free_address(url.hostname)
+                connection.sendall(f"{client}\n".encode())
+                return [client, server]
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -65,12 +81,11 @@ def peer_addresses(rank: int, rendezvous: str, timeout: float) -> list[str]:
             if time.monotonic() > deadline:
                 raise
             time.sleep(_CONNECT_RETRY_MS / 1000)
-    with connection:
-        host = connection.getsockname()[0]
-        with socket.create_server((host, 0)) as probe:  # a free port on that address
-            server = f"{host}:{probe.getsockname()[1]}"
+    with connection, connection.makefile("r") as reader:
+        connection.settimeout(timeout)
+        server = _free_address(connection.getsockname()[0])
         connection.sendall(f"{server}\n".encode())
-    return [client, server]
+        return [_read_address(reader, "client"), server]
 
 
 def _pack(parts: list[bytes]) -> bytes:
