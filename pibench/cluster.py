@@ -24,6 +24,14 @@ LEDGER = "submitted.tsv"  # job name and id of every submission, in the executor
 
 # squeue states of a job that has not started yet; every other listed state counts as running
 QUEUED_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "SUSPENDED"}
+# Reasons for which a pending job will never start (it asks for more than its partition,
+# account or QOS allows per job); clusters that do not enforce limits at submission keep it pending.
+NEVER_STARTS = {
+    "PartitionTimeLimit", "PartitionNodeLimit", "BadConstraints", "InvalidAccount", "InvalidQOS",
+    "AssocMaxWallDurationPerJobLimit", "AssocMaxCpuPerJobLimit", "AssocMaxNodePerJobLimit", "AssocMaxGRESPerJob",
+    "AssocMaxMemPerJob", "QOSMaxWallDurationPerJobLimit", "QOSMaxCpuPerJobLimit", "QOSMaxNodePerJobLimit",
+    "QOSMaxGRESPerJob", "QOSMaxMemoryPerJob",
+}
 
 
 class ClusterError(RuntimeError):

@@ -53,7 +53,7 @@ class Progress:
         self.last = ""
 
     def show(self, queued: int, running: int, outcomes: dict[str, Outcome], reasons: Sequence[str] = ()) -> None:
-        """`reasons`: why queued jobs wait, as Slurm says (e.g. PartitionConfig: they ask more than it allows)."""
+        """`reasons`: why queued jobs wait, as Slurm says (e.g. Resources, Priority, Dependency)."""
         states = [o.state for o in outcomes.values()]
         why = f" ({', '.join(reasons)})" if reasons else ""
         line = (f"jobs: {queued} queued{why}, {running} running, {states.count('done')} done, "
@@ -146,7 +146,7 @@ def run_submitted(
     by name: they are followed, not submitted again. Every submission is recorded in
     the executor's folder (pibench.cluster.record_submission).
     """
-    from pibench.cluster import active_jobs, record_submission
+    from pibench.cluster import NEVER_STARTS, active_jobs, record_submission
 
     check_unique(jobs)
     dependencies = getattr(executor, "cluster", "") == "slurm"
@@ -179,14 +179,19 @@ def run_submitted(
         for job in jobs:  # in dependency order, so skips reach every job downstream of a failure
             if job.name not in following:
                 continue
-            need = _blocked_by(job, outcomes)
+            sj, need = following[job.name], _blocked_by(job, outcomes)
             if need:  # Slurm cancels it too (kill-on-invalid-dep); say so explicitly in case it is pending
-                following[job.name].cancel(check=False)
+                sj.cancel(check=False)
                 _skip(job, need, outcomes)
-            elif following[job.name].job_id not in active:
-                outcomes[job.name] = _ended(following[job.name])
-                if outcomes[job.name].state == "failed":
-                    log.error("%s failed: %s (log %s)", job.name, outcomes[job.name].error, outcomes[job.name].log)
+            elif sj.job_id not in active:
+                outcomes[job.name] = _ended(sj)
+            elif active[sj.job_id][1] in NEVER_STARTS:
+                sj.cancel(check=False)
+                outcomes[job.name] = Outcome("failed", f"Slurm will never start it ({active[sj.job_id][1]}: it asks "
+                                             "for more than its partition, account or QOS allows); change the "
+                                             "executor: block", str(sj.paths.stderr))
+            if job.name in outcomes and outcomes[job.name].state == "failed":
+                log.error("%s failed: %s (log %s)", job.name, outcomes[job.name].error, outcomes[job.name].log)
         states = [active[sj.job_id] for name, sj in following.items() if name not in outcomes and sj.job_id in active]
         queued = [reason for state, reason in states if state == "queued"]
         reasons = sorted(set(queued) - {"", "None"})

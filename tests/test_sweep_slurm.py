@@ -1,5 +1,6 @@
 """A digits sweep through a real one-node Slurm cluster: same rows as a local run, jobs side by side,
-a cancelled job re-run without redoing what finished (root; installs slurm-wlm and munge; --runslurm)."""
+a cancelled job re-run without redoing what finished, a job Slurm will never start failed at once
+(root; installs slurm-wlm and munge; --runslurm)."""
 
 import os
 import subprocess
@@ -166,3 +167,24 @@ def test_digits_sweep_on_slurm_matches_local_and_resumes_after_scancel(slurm, tm
     assert overlapping, jobs
     print(f"\nlocal {local_s:.0f} s; slurm {first_s:.0f} s (SNL cancelled) + {rerun_s:.0f} s re-run; "
           f"overlapping jobs: {overlapping}")
+
+
+def test_a_job_slurm_will_never_start_fails_and_skips_what_needs_it(slurm, tmp_path, monkeypatch):
+    """Asking the 1-minute `short` partition for 5 minutes pends forever (PartitionTimeLimit) on a cluster
+    that does not enforce limits at submission: the sweep's runner cancels it and goes on."""
+    from pibench.cluster import make_executor
+    from pibench.config import ExecutorConfig
+    from pibench.jobgraph import Job, run_submitted
+
+    env, _ = slurm
+    monkeypatch.setenv("SLURM_CONF", env["SLURM_CONF"])  # this process talks to the test cluster
+    jobs = [Job("too_long", print), Job("after", print, needs=["too_long"]), Job("fine", print)]
+    asks = {"too_long": {"slurm_partition": "short", "timeout_min": 5}, "after": {"timeout_min": 1},
+            "fine": {"timeout_min": 1}}
+    executor = make_executor("slurm", ExecutorConfig(), tmp_path / "jobs")
+    t0 = time.time()
+    outcomes = run_submitted(jobs, executor, lambda job, after: {**asks[job.name], "name": job.name}, poll_s=1)
+    assert time.time() - t0 < 120
+    assert {n: o.state for n, o in outcomes.items()} == {"too_long": "failed", "after": "skipped", "fine": "done"}
+    assert "Slurm will never start it (PartitionTimeLimit" in outcomes["too_long"].error
+    assert not [row for row in _squeue(env) if row[1] in asks]  # nothing left pending

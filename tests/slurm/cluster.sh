@@ -8,6 +8,8 @@
 # The node line comes from `slurmd -C` (this host's cores and memory). There is no
 # slurmdbd: finished jobs are recorded by jobcomp/filetxt in DIR/jobcomp.log (start
 # and end time of every job), and cgroups are not used, so it runs in containers.
+# Partitions: `debug` (the default, no time limit) and `short` (1 min), where a job that
+# asks for more pends forever with reason PartitionTimeLimit, as on real clusters.
 set -euo pipefail
 
 cmd=${1:?usage: cluster.sh install | start DIR | stop DIR}
@@ -77,6 +79,7 @@ KillWait=5
 MinJobAge=600
 $node State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PartitionName=short Nodes=ALL MaxTime=1 State=UP
 CONF
 sed -i "s/^NodeName=[^ ]*/NodeName=$host/" "$SLURM_CONF"
 
@@ -87,8 +90,8 @@ cp /run/munge/munged.pid "$dir/munged.pid"
 slurmctld
 slurmd
 for _ in $(seq 60); do
-    if [[ $(sinfo -h -o %T 2>/dev/null) == idle ]]; then
-        echo "slurm up: $(sinfo -h -o '%n %c CPUs %m MB')"
+    if [[ $(sinfo -h -p debug -o %T 2>/dev/null) == idle ]]; then
+        echo "slurm up: $(sinfo -h -p debug -o '%n %c CPUs %m MB')"
         exit 0
     fi
     sleep 1
