@@ -43,7 +43,7 @@ import torch
 from pibench.mpc.backend import run_program
 from pibench.mpc.channel import recv_json, send_json
 from pibench.mpc.program import Op, Program, compile_model
-from pibench.mpc.protocols import CLIENT, DEALER, DEFAULT_PROTOCOL, SERVER, Protocol, get_protocol
+from pibench.mpc.protocols import CLIENT, DEALER, DEFAULT_PROTOCOL, SERVER, Protocol, get_protocol, protocol_key
 
 if TYPE_CHECKING:  # CrypTen is imported by the party processes only, not by the evaluator
     from pibench.mpc.crypten_backend import CryptenBackend
@@ -323,10 +323,11 @@ class Party:
         if batch not in plans:
             with self.provider.record() as plan:
                 out = self.infer(backend, program, x, batch)
-            theirs = self.exchange({"plan": plan.digest()})["plan"]
-            if theirs != plan.digest():  # the dealer's and the server's key streams would part ways
+            ours = plan.digest()
+            theirs = self.exchange({"plan": ours})["plan"]
+            if theirs != ours:  # the dealer's and the server's key streams would part ways
                 raise RuntimeError(f"{self.role}: client and server recorded different tuple plans for batch {batch} "
-                                   f"({plan.digest()[:12]} vs {theirs[:12]}); the parties must run the same pibench")
+                                   f"({ours[:12]} vs {theirs[:12]}); the parties must run the same pibench")
             self.provider.source.register(plan)
             plans[batch] = plan
             log.info("%s: recorded a plan of %d tuples for batch %d", self.role, len(plan.requests), batch)
@@ -460,7 +461,4 @@ def run_party(role: str, rendezvous: str, *, protocol: str = DEFAULT_PROTOCOL, t
 
 def protocol_of(spec: str) -> Protocol:
     """The protocol named by `spec` ("dealer", "crypten:tfp", ...), or a ValueError listing the known ones."""
-    try:
-        return get_protocol(spec)
-    except KeyError as e:
-        raise ValueError(e.args[0]) from None
+    return get_protocol(protocol_key(spec))
