@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 import pibench
-from pibench.checkpoint import CARD_FILE, MASKS_FILE, is_model_folder, load_card
+from pibench.checkpoint import (CARD_FILE, MASKS_FILE, CheckpointError, is_model_folder, load_card,
+                                public_card_json)
 from pibench.mpc.hosts import Link, measurement_links, place_parties
 from pibench.mpc.launch import Session, SessionConfig
 from pibench.mpc.network import NETWORKS, NetworkProfile
@@ -118,9 +119,12 @@ def _client_view(spec: str) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="pibench-public-") as tmp:
         public = Path(tmp) / Path(spec).resolve().name
         public.mkdir()
-        for name in (CARD_FILE, MASKS_FILE):
-            if (Path(spec) / name).is_file():
-                shutil.copy2(Path(spec) / name, public / name)
+        try:
+            (public / CARD_FILE).write_text(public_card_json(spec))
+        except CheckpointError:  # a broken card: the client's load of it reports the problem in the job
+            shutil.copy2(Path(spec) / CARD_FILE, public / CARD_FILE)
+        if (Path(spec) / MASKS_FILE).is_file():
+            shutil.copy2(Path(spec) / MASKS_FILE, public / MASKS_FILE)
         yield str(public)
 
 

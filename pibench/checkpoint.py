@@ -1,12 +1,19 @@
-"""Linearized model folders: a public part (architecture + masks) and a private part (weights).
+"""Linearized model folders: a public part (what fixes the protocol) and a private part (the server's).
 
-    models/<name>/model.json          public: architecture, input, method, budget, counts
+    models/<name>/model.json          public: architecture, input shape, classes, dataset name,
+                                      per-layer kept ReLU counts, the masks' digest
     models/<name>/masks.safetensors   public: one boolean (C, H, W) mask per ReLU layer
-    models/<name>/weights.safetensors private: parameters and BN statistics, server only
+    models/<name>/private.json        private: name, method, budget, accuracy, training recipe
+                                      and seeds (provenance), method details, the weights' digest
+    models/<name>/weights.safetensors private: parameters and BN statistics
 
 The client of a secure inference needs the architecture and the masks (they fix the
-protocol) but must never read the weights; `load_public` builds the model from the
-public part alone. Nothing is unpickled: tensors live in safetensors files.
+protocol) but must never read the weights, nor anything that would let it rebuild
+them: with the recipe and seed of a model trained on a public dataset, re-training
+gives the weights bit for bit (and a weight digest confirms it). So the card is split,
+and `public_card_json` is all a client is handed. Folders written before the split
+(one model.json with every field) still load; `public_card_json` strips them.
+Nothing is unpickled: tensors live in safetensors files.
 """
 
 from __future__ import annotations
@@ -27,8 +34,13 @@ from pibench.relu import get_masks, masked_relus, relu_counts, set_masks
 
 FORMAT = "pibench-model/1"
 CARD_FILE = "model.json"
+PRIVATE_CARD_FILE = "private.json"
 MASKS_FILE = "masks.safetensors"
 WEIGHTS_FILE = "weights.safetensors"
+# What the client may know: exactly what `public_hash` covers, plus the dataset name (for its inputs),
+# the kept counts and the masks' digest (both follow from the masks).
+PUBLIC_FIELDS = ("format", "arch", "arch_args", "dataset", "input_shape", "num_classes", "relus", "layers",
+                 "masks_sha256")
 
 
 class CheckpointError(ValueError):
@@ -37,7 +49,7 @@ class CheckpointError(ValueError):
 
 @dataclass
 class ModelCard:
-    """The public description of a linearized model (what model.json holds)."""
+    """A model folder's description: `PUBLIC_FIELDS` in model.json, the rest in private.json."""
 
     name: str
     arch: str
@@ -57,8 +69,22 @@ class ModelCard:
     weights_sha256: str = ""
     format: str = FORMAT
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+    def public(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k in PUBLIC_FIELDS}
+
+    def private(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in PUBLIC_FIELDS}
+
+
+def _json(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+
+def _write_atomic(path: Path, text: str, mode: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.chmod(mode)
+    tmp.replace(path)
 
 
 def _sha256(path: Path) -> str:
@@ -115,10 +141,10 @@ def save_model(
         masks_sha256=_sha256(folder / MASKS_FILE),
         weights_sha256=_sha256(folder / WEIGHTS_FILE),
     )
-    # The card is written last, so a folder with a model.json is complete.
-    tmp = folder / (CARD_FILE + ".tmp")
-    tmp.write_text(card.to_json())
-    tmp.replace(folder / CARD_FILE)
+    (folder / WEIGHTS_FILE).chmod(0o600)
+    _write_atomic(folder / PRIVATE_CARD_FILE, _json(card.private()), 0o600)
+    # The public card is written last, so a folder with a model.json is complete.
+    _write_atomic(folder / CARD_FILE, _json(card.public()), 0o644)
     return card
 
 
@@ -126,25 +152,50 @@ def is_model_folder(path: str | Path) -> bool:
     return (Path(path) / CARD_FILE).is_file()
 
 
-def load_card(folder: str | Path) -> ModelCard:
-    """Read and validate model.json (public)."""
-    path = Path(folder) / CARD_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file; a model folder needs {CARD_FILE}, {MASKS_FILE}, {WEIGHTS_FILE}")
+def _read_json(path: Path) -> dict[str, Any]:
     try:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e}); the file is corrupt, re-export the model") from e
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: not a pibench model card (a JSON object)")
+    return raw
+
+
+def load_card(folder: str | Path) -> ModelCard:
+    """Read and validate model.json, and private.json where present (the server's side, training, reports).
+
+    The client's copy of a folder has no private.json: its card carries the folder's name
+    and defaults for the private fields.
+    """
+    folder = Path(folder)
+    path = folder / CARD_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file; a model folder needs {CARD_FILE}, {MASKS_FILE}, {WEIGHTS_FILE}")
+    raw = _read_json(path)
+    if raw.get("format") != FORMAT:
         raise CheckpointError(f'{path}: not a pibench model card (expected "format": "{FORMAT}")')
+    private_path = folder / PRIVATE_CARD_FILE
+    if private_path.is_file():
+        private = _read_json(private_path)
+        leaked = sorted(set(private) & set(PUBLIC_FIELDS))
+        if leaked:
+            raise CheckpointError(f"{private_path}: holds public fields {leaked}; they belong in {CARD_FILE}")
+        raw = {**raw, **private}
+    raw.setdefault("name", folder.resolve().name)
     known = set(ModelCard.__dataclass_fields__)
     unknown = sorted(set(raw) - known)
-    missing = sorted(k for k in ("name", "arch", "arch_args", "dataset", "input_shape", "num_classes") if k not in raw)
+    missing = sorted(k for k in ("arch", "arch_args", "dataset", "input_shape", "num_classes") if k not in raw)
     if unknown or missing:
         raise CheckpointError(f"{path}: missing fields {missing}, unknown fields {unknown}")
     if raw["arch"] not in MODELS:
         raise CheckpointError(f"{path}: {MODELS.unknown_message(raw['arch'])}")
     return ModelCard(**raw)
+
+
+def public_card_json(folder: str | Path) -> str:
+    """model.json as the client may see it: only `PUBLIC_FIELDS`, also for a folder written before the split."""
+    return _json(load_card(folder).public())
 
 
 def _load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:

@@ -151,3 +151,40 @@ def test_count_cli_on_model_folder(saved, capsys):
     model, folder = saved
     assert main(["count", str(folder), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["total_relus"] == count_relus(model)
+
+
+RECIPE = {"seed": 0, "epochs": 15, "lr": 0.05, "batch_size": 64, "teacher_weights_sha256": "ab" * 32}
+
+
+def test_public_part_holds_no_recipe_seed_or_weight_digest(tmp_path):
+    """A client with a public-data model's recipe and seed could retrain its weights bit for bit."""
+    from pibench.checkpoint import PRIVATE_CARD_FILE, PUBLIC_FIELDS, load_card
+
+    folder = tmp_path / "m"
+    card = save_model(random_masked(), folder, dataset="digits", method="senet", budget=2000, accuracy=97.5,
+                      provenance=dict(RECIPE), method_info={"allocation": [1, 2]}, budget_reached="epoch 3")
+    public = json.loads((folder / CARD_FILE).read_text())
+    assert set(public) == set(PUBLIC_FIELDS)
+    text = (folder / CARD_FILE).read_text() + (folder / MASKS_FILE).read_bytes().decode("latin-1")
+    for secret in ("seed", "epochs", "lr", "batch_size", "sha256\": \"" + card.weights_sha256, RECIPE["teacher_weights_sha256"],
+                   "accuracy", "allocation", "senet", "provenance"):
+        assert secret not in text, secret
+    assert card.weights_sha256 and card.weights_sha256 not in text
+    private = json.loads((folder / PRIVATE_CARD_FILE).read_text())
+    assert private["provenance"] == RECIPE and private["weights_sha256"] == card.weights_sha256
+    assert (folder / PRIVATE_CARD_FILE).stat().st_mode & 0o077 == 0 and (folder / WEIGHTS_FILE).stat().st_mode & 0o077 == 0
+    assert load_card(folder) == card  # the server's side reads both parts
+
+
+def test_folder_from_before_the_split_loads_and_its_public_copy_is_stripped(saved):
+    from pibench.checkpoint import PRIVATE_CARD_FILE, PUBLIC_FIELDS, load_card, public_card_json
+
+    _, folder = saved
+    whole = {**json.loads((folder / PRIVATE_CARD_FILE).read_text()), **json.loads((folder / CARD_FILE).read_text())}
+    whole["provenance"] = dict(RECIPE)
+    (folder / CARD_FILE).write_text(json.dumps(whole))  # one model.json with every field, as before
+    (folder / PRIVATE_CARD_FILE).unlink()
+    card, _ = load_model(folder)
+    assert card.method == "senet" and card.provenance == RECIPE
+    assert set(json.loads(public_card_json(folder))) == set(PUBLIC_FIELDS)
+    assert load_card(folder).name == "m"

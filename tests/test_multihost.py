@@ -126,13 +126,17 @@ def test_parties_with_different_masks_refuse_to_run(tmp_path):
     server = party("server", port, "--model", server_folder)
     dealer = party("dealer", port)
     client = party("client", port, "--model", client_folder, "--out", str(tmp_path / "results"))
-    expected = (f"client and server loaded different models: client masks/arch hash {public_hash(other)[:16]} "
-                f"({client_folder}) vs server masks/arch hash {public_hash(server_folder)[:16]} ({server_folder}); "
-                "both must use the same model.json and masks.safetensors")
-    for proc in (client, server):
+    hashes = {"client": public_hash(other)[:16], "server": public_hash(server_folder)[:16]}
+    folders = {"client": client_folder, "server": server_folder}
+    for role, proc in (("client", client), ("server", server)):
+        peer = "server" if role == "client" else "client"
+        expected = (f"client and server loaded different models: this {role}'s {folders[role]} has masks/arch hash "
+                    f"{hashes[role]}, the {peer}'s has masks/arch hash {hashes[peer]}; both must use the same "
+                    "model.json and masks.safetensors")
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 2
         assert expected in err, err[-2000:]
+        assert folders[peer] not in err  # no path crosses to the peer
     dealer.communicate(timeout=60)
     assert dealer.returncode == 0  # the client said bye before leaving
     assert not (tmp_path / "results").exists()  # nothing was measured

@@ -75,9 +75,20 @@ class CryptenBackend(Backend):
         return crypten.cryptensor(plain.float(), src=CLIENT)
 
     def reveal_to_client(self, y: Any) -> torch.Tensor | None:
-        """Open `y` to the client only, decoding the ring integers exactly; None on the server."""
-        ring = y._tensor.reveal(dst=CLIENT)
-        return decode_ring(ring, y.encoder.scale) if self.rank == CLIENT else None
+        """Open `y` to the client only, point to point: the server sends its share, the client adds.
+
+        Not CrypTen's `reveal(dst=CLIENT)`: that is `torch.distributed.reduce`, which gloo runs
+        as reduce-scatter + gather, leaving the server holding the final sum (the client's
+        logits) of half the buffer. Ring integers are decoded exactly (see `decode_ring`).
+        """
+        import crypten.communicator as comm
+
+        share = y._tensor.share.contiguous()
+        if self.rank == SERVER:
+            comm.get().send(share, CLIENT)
+            return None
+        theirs = comm.get().recv(torch.empty_like(share), SERVER)
+        return decode_ring(share + theirs, y.encoder.scale)
 
     def _product(self, x: Any, weight: Any, op: str, kwargs: dict[str, Any]) -> Any:
         if isinstance(weight, FixedWeight):

@@ -26,14 +26,11 @@ import torch
 import torch.distributed as dist
 
 from pibench.mpc.channel import recv_json, recv_tensor, send_json, send_tensor
-from pibench.mpc.preprocessing import KEY_BYTES, Plan, Prg, Request, party_draws
+from pibench.mpc.keys import agree_key
+from pibench.mpc.preprocessing import Plan, Prg, Request, party_draws
 from pibench.mpc.protocols import CLIENT, DEALER, SERVER
 
 log = logging.getLogger(__name__)
-
-
-def _key_to_tensor(key: bytes) -> torch.Tensor:
-    return torch.frombuffer(bytearray(key), dtype=torch.long).clone()
 
 
 def client_share(request: Request, prgs: list[Prg], masks: list[torch.Tensor]) -> torch.Tensor:
@@ -52,17 +49,24 @@ def client_share(request: Request, prgs: list[Prg], masks: list[torch.Tensor]) -
     raise ValueError(f"unknown tuple kind {kind!r}")
 
 
+def weight_masks(server_stream: Prg, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+    """The masks B of a model's weights, drawn from the server's key stream (by the server and the dealer).
+
+    They come from the same stream as the server's tuple shares, further along: a mask
+    that repeated a block of that stream would let the client, who can compute some of the
+    server's shares, unmask the weights (the adversary tests inject exactly that).
+    """
+    return [server_stream.ring(shape) for shape in shapes]
+
+
 def serve_dealer(group: Any) -> None:
-    """The dealer's loop: hand each party a fresh key, then answer the client until it says bye."""
+    """The dealer's loop: agree a fresh key stream with each party (X25519), then answer the client until bye."""
     # crypten.init() in each party starts CrypTen's own TTP client, which waits for a
     # generator seed and a barrier; pibench's provider never draws from that generator.
     for rank in (CLIENT, SERVER):
         dist.send(torch.tensor(secrets.randbits(63)), rank, group=group)
     dist.barrier(group=group)
-    keys = [secrets.token_bytes(KEY_BYTES) for _ in (CLIENT, SERVER)]
-    for rank, key in zip((CLIENT, SERVER), keys):
-        send_tensor(_key_to_tensor(key), rank, group)
-    prgs = [Prg(key) for key in keys]
+    prgs = [Prg(agree_key(rank, group, rank, first=True)) for rank in (CLIENT, SERVER)]
     masks: list[torch.Tensor] = []
     plans: list[list[Request]] = []
     while True:
@@ -72,7 +76,7 @@ def serve_dealer(group: Any) -> None:
             log.info("dealer: session over")
             return
         if kind == "masks":
-            masks = [prgs[SERVER].ring(tuple(shape)) for shape in msg["shapes"]]
+            masks = weight_masks(prgs[SERVER], [tuple(shape) for shape in msg["shapes"]])
             log.info("dealer: %d weight masks drawn", len(masks))
         elif kind == "plan":
             plans.append([Request.from_json(r) for r in msg["requests"]])
@@ -95,8 +99,7 @@ class DealerLink:
     def __init__(self, rank: int, group: Any) -> None:
         self.rank = rank
         self.group = group
-        key, _ = recv_tensor(DEALER, group)
-        self.prg = Prg(key.numpy().tobytes())
+        self.prg = Prg(agree_key(DEALER, group, rank, first=False))
         self.bytes = 0
         self.plans = 0
 
@@ -108,7 +111,7 @@ class DealerLink:
         if self.rank == CLIENT:
             self._send({"kind": "masks", "shapes": [list(s) for s in shapes]})
             return None
-        return [self.prg.ring(tuple(s)) for s in shapes]
+        return weight_masks(self.prg, [tuple(s) for s in shapes])
 
     def register(self, plan: Plan) -> None:
         """Give the dealer a recorded plan once, so each offline phase only names it."""

@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from pibench.mpc.party import EVENT_PREFIX, ROLES
+from pibench.mpc.party import EVENT_PREFIX, PEER_FAILED, ROLES
 from pibench.mpc.protocols import DEFAULT_PROTOCOL, get_protocol
 
 log = logging.getLogger(__name__)
 
 _STDERR_TAIL = 15
+CLIENT_ONLY = ("seed", "data_dir")  # job fields that fix the client's inputs: never sent to the server
 _POLL_S = 0.2
 _EXIT_WAIT_S = 20.0
 
@@ -172,18 +173,26 @@ class Session:
 
     # -- jobs -----------------------------------------------------------------------------
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Hand one job to the client and the server; the client's event for it."""
+        """Hand one job to the client and the server; the client's event for it.
+
+        Each party gets only its own part: the client the public copy (`client_model`)
+        and where its inputs come from (`CLIENT_ONLY`), the server its model folder and
+        no input seed, so it cannot recompute the client's inputs. A load error of the
+        server reaches the evaluator (this process) through the server's event, never the client.
+        """
         job = {**job, "id": self._next_id}
         self._next_id += 1
-        server_job = {k: v for k, v in job.items() if k != "client_model"}
-        for role, payload in (("client", job), ("server", server_job)):
+        client_job = {k: v for k, v in job.items() if k != "client_model"}
+        client_job["model"] = job.get("client_model") or job["model"]
+        server_job = {k: v for k, v in job.items() if k not in ("client_model", *CLIENT_ONLY)}
+        for role, payload in (("client", client_job), ("server", server_job)):
             try:
                 self.procs[role].popen.stdin.write(json.dumps(payload) + "\n")
                 self.procs[role].popen.stdin.flush()
             except (BrokenPipeError, OSError):
                 self._fail(f"cannot send the job to the {role}: it has exited")
         client_event: dict[str, Any] | None = None
-        server_done = False
+        server_done, server_error = False, None
         deadline = time.monotonic() + self.cfg.job_timeout
         while client_event is None or not server_done:
             role, event = self._next_event(deadline, f"measuring {job['model']}")
@@ -193,6 +202,9 @@ class Session:
                 client_event = event
             elif role == "server":
                 server_done = True
+                server_error = event.get("error")
+        if server_error and client_event.get("error", "").startswith(PEER_FAILED.format(peer="server")):
+            client_event = {**client_event, "error": f"server: {server_error}"}
         return client_event
 
     # -- events ---------------------------------------------------------------------------

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 ROLES = {"client": CLIENT, "server": SERVER, "dealer": DEALER}
 EVENT_PREFIX = "PIBENCH "
+PEER_FAILED = "the {peer} could not prepare this model (its own log says why)"
 MODEL_SEED = 0  # registry names: the server's random weights (and the evaluator's copy)
 
 
@@ -88,18 +89,22 @@ def model_identity(spec: str) -> str:
     return f"registry model {spec}"
 
 
-def check_same_model(mine: dict[str, Any], theirs: dict[str, Any], role: str) -> None:
-    """Raise ModelMismatch naming both sides when the parties' models or programs differ."""
-    sides = {role: mine, ("server" if role == "client" else "client"): theirs}
-    client, server = sides["client"], sides["server"]
-    if client["identity"] and server["identity"] and client["identity"] != server["identity"]:
+def check_same_model(mine: dict[str, Any], theirs: dict[str, Any], role: str, spec: str) -> None:
+    """Raise ModelMismatch when the parties' models or programs differ.
+
+    Only identities (public digests) cross to the peer, never paths or file names, so the
+    message names this party's own model spec and both digests.
+    """
+    peer = "server" if role == "client" else "client"
+    if mine["identity"] and theirs["identity"] and mine["identity"] != theirs["identity"]:
         raise ModelMismatch(
-            f"client and server loaded different models: client {client['identity']} ({client['spec']}) vs server "
-            f"{server['identity']} ({server['spec']}); both must use the same model.json and masks.safetensors")
-    if client["fingerprint"] and server["fingerprint"] and client["fingerprint"] != server["fingerprint"]:
+            f"client and server loaded different models: this {role}'s {spec} has {mine['identity']}, the {peer}'s "
+            f"has {theirs['identity']}; both must use the same model.json and masks.safetensors")
+    if mine["fingerprint"] and theirs["fingerprint"] and mine["fingerprint"] != theirs["fingerprint"]:
         raise ModelMismatch(
-            f"client and server compiled different MPC programs from {client['spec']}: program fingerprint "
-            f"{client['fingerprint'][:16]} vs {server['fingerprint'][:16]}; run the same pibench version on both")
+            f"client and server compiled different MPC programs from {spec}: program fingerprint "
+            f"{mine['fingerprint'][:16]} ({role}) vs {theirs['fingerprint'][:16]} ({peer}); run the same pibench "
+            "version on both")
 
 
 def model_inputs(card: Any, input_shape: tuple[int, ...], n: int, seed: int,
@@ -227,18 +232,28 @@ class Party:
         return program, x, labels
 
     def run_job(self, job: dict[str, Any]) -> dict[str, Any]:
-        spec = (job.get("client_model") or job["model"]) if self.rank == CLIENT else job["model"]
-        status: dict[str, Any] = {"error": None, "spec": job["model"], "identity": None, "fingerprint": None}
+        """Prepare, check the peer holds the same model, measure; the client's event carries the results.
+
+        The peer learns whether this party could load the model and its public identity,
+        nothing else: not the path, and not the load error, which stays in this party's
+        own event and log.
+        """
+        spec = job["model"]
+        status: dict[str, Any] = {"failed": False, "identity": None, "fingerprint": None}
+        error = None
         try:
             program, x, labels = self.prepare(job, spec)
             status["identity"] = model_identity(spec)
             status["fingerprint"] = program.fingerprint()
-        except Exception as e:  # reported to the peer and the evaluator; the session goes on
-            log.debug("job %s failed to prepare", job["model"], exc_info=True)
-            status["error"] = f"{type(e).__name__}: {e}"
+        except Exception as e:  # the session goes on with the next job
+            log.debug("job %s failed to prepare", spec, exc_info=True)
+            log.error("%s: %s: %s: %s", self.role, spec, type(e).__name__, e)
+            error = f"{type(e).__name__}: {e}"
+            status["failed"] = True
         peer = self.exchange(status)
-        check_same_model(status, peer, self.role)
-        error = status["error"] or peer["error"]
+        check_same_model(status, peer, self.role, spec)
+        if error is None and peer["failed"]:
+            error = PEER_FAILED.format(peer="server" if self.rank == CLIENT else "client")
         if error:
             return {"event": "error" if self.rank == CLIENT else "done", "job": job["id"], "error": error}
         result = self.measure(job, program, x)

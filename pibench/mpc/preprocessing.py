@@ -9,7 +9,8 @@ plan (offline phase) and then runs the online phase from a local queue. A reques
 that differs from the plan's next one is a bug in the protocol, not a slow path:
 it raises `PreprocessingError`.
 
-How a tuple is split: the dealer shares a secret key with each party; a party's
+How a tuple is split: the dealer agrees a secret key with each party (X25519,
+`pibench.mpc.keys`: the key itself never travels); a party's
 shares are drawn from its key stream (`Prg`), the dealer draws the same streams, and
 only the client's last share (c0, the one that makes the tuple correct) travels from
 the dealer to the client. The server receives nothing from the dealer after the keys.
@@ -29,13 +30,12 @@ from typing import Any
 import torch
 
 from pibench.mpc.crypten_compat import import_crypten
+from pibench.mpc.keys import KEY_BYTES
 from pibench.mpc.protocols import CLIENT, SERVER
 
 import_crypten()
 from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor  # noqa: E402
 from crypten.mpc.provider.provider import TupleProvider  # noqa: E402
-
-KEY_BYTES = 32
 
 
 class PreprocessingError(RuntimeError):

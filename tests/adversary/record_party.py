@@ -1,0 +1,156 @@
+"""Run a pibench party while recording everything its process sees: a semi-honest party's view.
+
+    python record_party.py TRANSCRIPT INJECT python -m pibench.cli party --role ROLE ...
+
+(the launcher's command prefix for a party). Recorded, and saved to TRANSCRIPT when the
+party exits:
+- "seen": every tensor that arrives from a peer over torch.distributed (point to point or
+  through a collective; a collective's buffer is recorded after the call, so whatever the
+  party holds afterwards is in it), and every share pibench receives over SPU's link (raw
+  bytes; SPU's own protocol messages stay inside libspu);
+- "drawn": every random ring tensor this process draws (torch.randint: CrypTen's own
+  randomness; `Prg.ring`: the key streams);
+- "keys": the key of every key stream this process builds;
+- "input": the client's encoded input; "revealed": the logits the client opens (ring units).
+The party runs unchanged unless INJECT names a known bug to put back (positive controls
+that show the adversary tests catch what they claim):
+    reduce_reveal   open the logits with CrypTen's reveal(dst=client), a gloo reduce
+    counter_reset   draw the weight masks from a fresh copy of the server's key stream
+    key_in_clear    the dealer sends each party its key-stream key in the clear
+"""
+
+import atexit
+import sys
+
+import torch
+import torch.distributed as dist
+
+transcript = {"seen": [], "drawn": [], "keys": [], "input": [], "revealed": []}
+INJECT = sys.argv[2]
+
+
+class _Pending:
+    """An asynchronous receive: its tensor is recorded once the peer's data is in."""
+
+    def __init__(self, work, tensor):
+        self.work, self.tensor = work, tensor
+
+    def wait(self, *args, **kwargs):
+        result = self.work.wait(*args, **kwargs)
+        transcript["seen"].append(self.tensor.clone())
+        return result
+
+    def __getattr__(self, name):
+        return getattr(self.work, name)
+
+
+def _receiving(fn):
+    def wrapper(*args, **kwargs):
+        tensor = args[0] if args else kwargs.get("tensor")
+        work = fn(*args, **kwargs)
+        if kwargs.get("async_op") or fn.__name__ == "irecv":
+            return _Pending(work, tensor)
+        transcript["seen"].append(tensor.clone())
+        return work
+
+    return wrapper
+
+
+for name in ("recv", "irecv", "broadcast", "all_reduce", "reduce"):
+    setattr(dist, name, _receiving(getattr(dist, name)))
+
+_randint = torch.randint
+
+
+def _recorded_randint(*args, **kwargs):
+    out = _randint(*args, **kwargs)
+    transcript["drawn"].append(out.clone())
+    return out
+
+
+torch.randint = _recorded_randint
+
+
+def _record_crypten() -> None:
+    from pibench.mpc import crypten_backend, dealer, keys
+    from pibench.mpc.preprocessing import Prg
+
+    ring, init = Prg.ring, Prg.__init__
+
+    def recorded_ring(self, size):
+        out = ring(self, size)
+        transcript["drawn"].append(out.clone())
+        return out
+
+    def recorded_init(self, key):
+        init(self, key)
+        transcript["keys"].append(bytes(key))
+
+    Prg.ring, Prg.__init__ = recorded_ring, recorded_init
+    backend = crypten_backend.CryptenBackend
+    share_input, reveal = backend.share_input, backend.reveal_to_client
+
+    def recorded_share_input(self, x, shape):
+        if x is not None:
+            transcript["input"].append((x.float() * 2**16).long())  # as CrypTen's FixedPointEncoder encodes
+        return share_input(self, x, shape)
+
+    def reduce_reveal(self, y):
+        ring_values = y._tensor.reveal(dst=0)
+        return crypten_backend.decode_ring(ring_values, y.encoder.scale) if self.rank == 0 else None
+
+    def recorded_reveal(self, y):
+        out = (reduce_reveal if INJECT == "reduce_reveal" else reveal)(self, y)
+        if out is not None:
+            transcript["revealed"].append(torch.round(out * 2**16).long())
+        return out
+
+    backend.share_input, backend.reveal_to_client = recorded_share_input, recorded_reveal
+    if INJECT == "counter_reset":
+        dealer.weight_masks = lambda stream, shapes: [Prg(stream.key).ring(s) for s in shapes]
+    if INJECT == "key_in_clear":
+        import secrets
+
+        from pibench.mpc.channel import recv_tensor, send_tensor
+
+        def key_in_clear(peer, group, rank, *, first):
+            if first:  # the dealer
+                key = secrets.token_bytes(keys.KEY_BYTES)
+                send_tensor(torch.frombuffer(bytearray(key), dtype=torch.long).clone(), peer, group)
+                return key
+            return recv_tensor(peer, group)[0].numpy().tobytes()
+
+        dealer.agree_key = key_in_clear
+
+
+def _record_spu() -> None:
+    from pibench.mpc import spu_backend, spu_link
+
+    reveal = spu_backend.SpuBackend.reveal_to_client
+
+    def recorded_reveal(self, name):
+        out = reveal(self, name)
+        if out is not None:
+            transcript["revealed"].append(torch.round(out.double() * 2**18).long())  # SPU's 18 fractional bits
+        return out
+
+    spu_backend.SpuBackend.reveal_to_client = recorded_reveal
+
+    unpack = spu_link._unpack  # every share that arrives over SPU's link passes through it
+
+    def recorded_unpack(data):
+        transcript["seen"].append(bytes(data))
+        return unpack(data)
+
+    spu_link._unpack = recorded_unpack
+
+
+if __name__ == "__main__":
+    argv = sys.argv[3:]
+    party_args = argv[argv.index("pibench.cli") + 1:]
+    protocol = party_args[party_args.index("--protocol") + 1]
+    (_record_spu if protocol.startswith("spu:") else _record_crypten)()
+    atexit.register(lambda: torch.save(transcript, sys.argv[1]))
+    from pibench.cli import main
+
+    sys.exit(main(party_args))
