@@ -1,6 +1,6 @@
 import pytest
 
-from pibench.mpc.launch import free_port
+from pibench.mpc.parties.launch import free_port
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from pibench.mpc.crypten_compat import import_crypten
+from pibench.mpc.crypten.compat import import_crypten
 
 crypten = import_crypten()
 

@@ -12,7 +12,7 @@ The evaluator (this process) holds the model folders and computes the plaintext
 reference logits itself; the client party only receives a public copy of each folder
 (architecture and masks) and reports the logits it learned.
 
-`hosts` places the parties (pibench.mpc.hosts): "local" measures each model once on
+`hosts` places the parties (pibench.mpc.net.hosts): "local" measures each model once on
 loopback and projects every network profile; "netns" runs them in network namespaces
 and measures each model once per profile bandwidth, at that tbf cap.
 """
@@ -39,10 +39,10 @@ import torch
 import pibench
 from pibench.checkpoint import (CARD_FILE, MASKS_FILE, CheckpointError, is_model_folder, load_card,
                                 public_card_json)
-from pibench.mpc.hosts import Link, measurement_links, place_parties
-from pibench.mpc.launch import Session, SessionConfig
-from pibench.mpc.network import NETWORKS, NetworkProfile
-from pibench.mpc.party import model_inputs, protocol_of, server_model
+from pibench.mpc.net.hosts import Link, measurement_links, place_parties
+from pibench.mpc.parties.launch import Session, SessionConfig
+from pibench.mpc.net.network import NETWORKS, NetworkProfile
+from pibench.mpc.parties.party import model_inputs, protocol_of, server_model
 from pibench.mpc.protocols import DEFAULT_PROTOCOL, get_protocol
 from pibench.results import LAYERS_FILE, RESULTS_FILE, LayerRow, ResultRow, append_rows
 

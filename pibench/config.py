@@ -2,7 +2,7 @@
 
     run: demo                      # results go to results/<run>/
     models_dir: models             # linearized models are stored/reused here
-    networks: [lan, wan]           # network profiles (pibench.mpc.network)
+    networks: [lan, wan]           # network profiles (pibench.mpc.net.network)
     protocols: [crypten:dealer]    # MPC protocols, each measured on every model (pibench.mpc.protocols)
     hosts: local                   # local (loopback) | netns (namespaces, each profile measured; root)
     repeats: 3                     # timed inferences per model (after one warm-up)
@@ -189,8 +189,8 @@ def validate(cfg: SweepConfig, source: str) -> None:
     from pibench.data import DATASETS
     from pibench.linearize import METHODS, make_settings
     from pibench.models import MODELS, create_model
-    from pibench.mpc.hosts import HOSTS
-    from pibench.mpc.network import parse_network
+    from pibench.mpc.net.hosts import HOSTS
+    from pibench.mpc.net.network import parse_network
     from pibench.relu import count_relus
     from pibench.train import train_baseline
 

@@ -152,7 +152,7 @@ def _linear_floor(layers: pd.DataFrame, profile_rows: pd.DataFrame | None) -> pd
     as the op time scaled by the model's compute share (ops do not record their own
     communication time).
     """
-    from pibench.mpc.network import NetworkProfile
+    from pibench.mpc.net.network import NetworkProfile
 
     linear = layers[~layers["op"].isin(COMPARISON_OPS)].groupby("entry")[["time_s", "rounds", "bytes"]].sum()
     if profile_rows is None:

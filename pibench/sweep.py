@@ -213,7 +213,7 @@ def finished_models(run_dir: Path, networks: list[str], protocol: str) -> set[st
 def bench_options(cfg: SweepConfig, protocol: str):
     """How to benchmark every model of the sweep under one protocol."""
     from pibench.bench import BenchOptions
-    from pibench.mpc.network import parse_networks
+    from pibench.mpc.net.network import parse_networks
 
     return BenchOptions(
         repeats=cfg.repeats,
@@ -268,7 +268,7 @@ def sweep_graph(cfg: SweepConfig, *, in_process: bool) -> list[Job]:
     per session); jobs run elsewhere benchmark one model under one protocol each.
     """
     from pibench.checkpoint import is_model_folder
-    from pibench.mpc.network import parse_networks
+    from pibench.mpc.net.network import parse_networks
 
     makers = [m for exp in cfg.experiments for m in experiment_makers(cfg, exp)]
     makers = unique_makers(makers + [cost_only_maker(cfg, entry) for entry in cfg.cost_only])

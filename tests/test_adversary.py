@@ -24,8 +24,8 @@ import torch
 
 from pibench.bench import BenchOptions, bench_models
 from pibench.mpc.backend import PRODUCT_WEIGHTS
-from pibench.mpc.launch import SessionConfig
-from pibench.mpc.party import server_model
+from pibench.mpc.parties.launch import SessionConfig
+from pibench.mpc.parties.party import server_model
 from pibench.mpc.program import compile_model
 
 SCALE = 2**16  # CrypTen's fixed point; a weight guess counts as recovered within one unit of it

@@ -6,12 +6,12 @@ import subprocess
 import sys
 import textwrap
 
-from pibench.mpc.crypten_compat import import_crypten
+from pibench.mpc.crypten.compat import import_crypten
 
 PARTY = textwrap.dedent(
     """
     import torch
-    from pibench.mpc.crypten_compat import import_crypten
+    from pibench.mpc.crypten.compat import import_crypten
     crypten = import_crypten()
     crypten.init()
     rank = crypten.communicator.get().get_rank()

@@ -8,10 +8,10 @@ plan replay that must fail loudly when the online phase asks for something else.
 import pytest
 import torch
 
-from pibench.mpc.dealer import client_share
-from pibench.mpc.preprocessing import Plan, PreprocessedProvider, PreprocessingError, Prg, Request, party_draws
+from pibench.mpc.crypten.dealer import client_share
+from pibench.mpc.crypten.preprocessing import Plan, PreprocessedProvider, PreprocessingError, Prg, Request, party_draws
 from pibench.mpc.protocols import CLIENT, SERVER
-from pibench.mpc.weights_fixed import FixedWeight, local_share, truncate_share
+from pibench.mpc.crypten.weights_fixed import FixedWeight, local_share, truncate_share
 
 SCALE = 2**16
 PRODUCTS = [  # op, input shape, weight shape, keyword arguments

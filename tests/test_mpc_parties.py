@@ -15,7 +15,7 @@ import torch
 from pibench.bench import BenchOptions, _client_view, bench_models, write_result
 from pibench.checkpoint import WEIGHTS_FILE, save_model
 from pibench.models import create_model
-from pibench.mpc.launch import PartyError, Session, SessionConfig, free_port
+from pibench.mpc.parties.launch import PartyError, Session, SessionConfig, free_port
 from pibench.mpc.program import INPUT, compile_model
 from pibench.mpc.protocols import PROTOCOLS
 from pibench.relu import masked_relus
@@ -135,8 +135,8 @@ def test_dealer_is_the_default_and_keeps_weights_and_tuples_out_of_the_online_ph
 DECODE_PARTY = textwrap.dedent(
     """
     import sys, torch
-    from pibench.mpc.crypten_compat import import_crypten
-    from pibench.mpc.crypten_backend import CryptenBackend
+    from pibench.mpc.crypten.compat import import_crypten
+    from pibench.mpc.crypten.backend import CryptenBackend
     from pibench.mpc.program import Program
     crypten = import_crypten()
     crypten.init()

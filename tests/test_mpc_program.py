@@ -6,8 +6,8 @@ from torch import nn
 
 from pibench.models import create_model
 from pibench.mpc.backend import decode_ring, run_plain
-from pibench.mpc.crypten_compat import import_crypten
-from pibench.mpc.network import NetworkProfile, parse_network, parse_networks
+from pibench.mpc.crypten.compat import import_crypten
+from pibench.mpc.net.network import NetworkProfile, parse_network, parse_networks
 from pibench.mpc.program import CompileError, compile_model
 from pibench.relu import MaskedReLU, masked_relus
 from pibench.results import LayerRow, ResultRow, append_rows, load_results

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from pibench.mpc import netns
-from pibench.mpc.netns import NetnsHosts, check_available, cleanup_stale, list_namespaces
+from pibench.mpc.net import netns
+from pibench.mpc.net.netns import NetnsHosts, check_available, cleanup_stale, list_namespaces
 
 needs_root = pytest.mark.skipif(netns.unavailable_reason() is not None, reason=str(netns.unavailable_reason()))
 PREFIX = "pibtest"  # keeps these tests' namespaces apart from real runs'

@@ -13,10 +13,10 @@ import yaml
 from pibench.bench import BenchOptions, bench_models
 from pibench.models import create_model
 from pibench.mpc.backend import run_plain
-from pibench.mpc import netns
-from pibench.mpc.launch import SessionConfig, free_port
-from pibench.mpc.network import parse_network
-from pibench.mpc.party import EVENT_PREFIX, model_inputs, server_model
+from pibench.mpc.net import netns
+from pibench.mpc.parties.launch import SessionConfig, free_port
+from pibench.mpc.net.network import parse_network
+from pibench.mpc.parties.party import EVENT_PREFIX, model_inputs, server_model
 from pibench.mpc.program import compile_model
 from pibench.results import load_results
 
@@ -26,7 +26,7 @@ from test_mpc_program import NETS, randomize
 pytest.importorskip("spu", reason="SecretFlow SPU is not installed: make install EXTRAS=test,spu")
 
 SLOPE = {"semi2k": 144, "cheetah": 100}  # bytes per kept ReLU per party, sent + received (DESIGN.md §7)
-PARTY = ("import sys, json; from pibench.mpc.spu_party import run_spu_party; from pibench.mpc.party import read_jobs;"
+PARTY = ("import sys, json; from pibench.mpc.spu.party import run_spu_party; from pibench.mpc.parties.party import read_jobs;"
          "run_spu_party(sys.argv[1], sys.argv[2], protocol=sys.argv[3], connect_timeout=float(sys.argv[4]),"
          " jobs=read_jobs(sys.stdin))")
 

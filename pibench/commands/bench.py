@@ -1,7 +1,7 @@
 """`pibench bench MODEL...`: real two-party secure inference, latency / bytes / rounds per model.
 
 `--hosts netns` runs each party in its own network namespace and measures every
-network profile at its bandwidth cap (root only); see pibench.mpc.hosts.
+network profile at its bandwidth cap (root only); see pibench.mpc.net.hosts.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def resolve_protocol(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pibench.bench import BenchOptions, bench_models, summary, write_result
-    from pibench.mpc.network import parse_networks
+    from pibench.mpc.net.network import parse_networks
 
     resolve_protocol(args)
     options = BenchOptions(

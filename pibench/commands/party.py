@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pibench.mpc.party import protocol_of, read_jobs, run_party, static_jobs
+    from pibench.mpc.parties.party import protocol_of, read_jobs, run_party, static_jobs
 
     resolve_protocol(args)
     on_event = None
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         jobs = read_jobs(sys.stdin)
     runner = run_party
     if protocol_of(args.protocol).backend == "spu":
-        from pibench.mpc.spu_party import run_spu_party as runner
+        from pibench.mpc.spu.party import run_spu_party as runner
     runner(args.role, args.rendezvous, protocol=args.protocol, threads=args.threads, jobs=jobs,
               on_event=on_event, connect_timeout=args.connect_timeout or None)
     return 0
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 def _result_writer(args: argparse.Namespace):
     """The client's sink for its events: rows appended to --out as each model finishes."""
     from pibench.bench import BenchOptions, client_result, write_result
-    from pibench.mpc.network import parse_networks
+    from pibench.mpc.net.network import parse_networks
 
     if args.role != "client":
         raise ValueError(f"--out: only the client learns the results; drop --out from the {args.role}")

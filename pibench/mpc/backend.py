@@ -2,7 +2,7 @@
 
 `run_program` walks the ops; a backend supplies the tensor operations. `TorchBackend`
 computes in plaintext (checks the compiler against the model); secure backends live
-in their own modules (`pibench.mpc.crypten_backend`) and override the operations
+in their own modules (`pibench.mpc.crypten.backend`) and override the operations
 whose secure form differs: the products with weights (conv, matmul, scale) and pooling.
 
 Ops whose semantics are the same on torch tensors and CrypTen MPCTensors (add, ReLU,

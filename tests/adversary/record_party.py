@@ -72,8 +72,8 @@ torch.randint = _recorded_randint
 
 
 def _record_crypten() -> None:
-    from pibench.mpc import crypten_backend, dealer, keys
-    from pibench.mpc.preprocessing import Prg
+    from pibench.mpc.crypten import backend as crypten_backend, dealer, keys
+    from pibench.mpc.crypten.preprocessing import Prg
 
     ring, init = Prg.ring, Prg.__init__
 
@@ -111,7 +111,7 @@ def _record_crypten() -> None:
     if INJECT == "key_in_clear":
         import secrets
 
-        from pibench.mpc.channel import recv_tensor, send_tensor
+        from pibench.mpc.parties.channel import recv_tensor, send_tensor
 
         def key_in_clear(peer, group, rank, *, first):
             if first:  # the dealer
@@ -124,7 +124,7 @@ def _record_crypten() -> None:
 
 
 def _record_spu() -> None:
-    from pibench.mpc import spu_backend, spu_link
+    from pibench.mpc.spu import backend as spu_backend, link as spu_link
 
     reveal = spu_backend.SpuBackend.reveal_to_client
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from pibench.mpc.preprocessing import PreprocessedProvider, ring_op
+from pibench.mpc.crypten.preprocessing import PreprocessedProvider, ring_op
 from pibench.mpc.protocols import SERVER
 
 from crypten.mpc import MPCTensor  # noqa: E402 (after the compatibility shim, via preprocessing)

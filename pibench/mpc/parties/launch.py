@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from pibench.mpc.party import EVENT_PREFIX, PEER_FAILED, ROLES
+from pibench.mpc.parties.party import EVENT_PREFIX, PEER_FAILED, ROLES
 from pibench.mpc.protocols import DEFAULT_PROTOCOL, get_protocol
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ that differs from the plan's next one is a bug in the protocol, not a slow path:
 it raises `PreprocessingError`.
 
 How a tuple is split: the dealer agrees a secret key with each party (X25519,
-`pibench.mpc.keys`: the key itself never travels); a party's
+`pibench.mpc.crypten.keys`: the key itself never travels); a party's
 shares are drawn from its key stream (`Prg`), the dealer draws the same streams, and
 only the client's last share (c0, the one that makes the tuple correct) travels from
 the dealer to the client. The server receives nothing from the dealer after the keys.
@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from pibench.mpc.crypten_compat import import_crypten
-from pibench.mpc.keys import KEY_BYTES
+from pibench.mpc.crypten.compat import import_crypten
+from pibench.mpc.crypten.keys import KEY_BYTES
 from pibench.mpc.protocols import CLIENT, SERVER
 
 import_crypten()
@@ -72,7 +72,7 @@ class Request:
 
     additive: Beaver triple (a, b, c = op(a, b)); binary: AND triple (a, b, c = a & b);
     b2a: a random bit shared both ways (rA, rB); fixed: a weights-fixed pair (A, C = op(A, B))
-    for the mask B of weight `key` (see pibench.mpc.weights_fixed).
+    for the mask B of weight `key` (see pibench.mpc.crypten.weights_fixed).
     """
 
     kind: str
@@ -156,7 +156,7 @@ class PreprocessedProvider(TupleProvider):
     """CrypTen's tuple provider for the dealer protocol: live while recording, from a queue online.
 
     `source.make(plan)` returns this party's full share of each tuple of the plan (the
-    client's comes with the dealer's c0 appended); see `pibench.mpc.dealer.DealerLink`.
+    client's comes with the dealer's c0 appended); see `pibench.mpc.crypten.dealer.DealerLink`.
     """
 
     def __init__(self, source: Any) -> None:

@@ -3,7 +3,7 @@
     local  every party on this machine's loopback; one measurement per model, and every
            network profile is a projection from it (link "loopback").
     netns  each party (client, server, dealer) in its own network namespace, joined by
-           veth links (pibench.mpc.netns, root only). Each profile is *measured* with the
+           veth links (pibench.mpc.net.netns, root only). Each profile is *measured* with the
            links capped at its bandwidth by tbf (link "netns:100mbit"; the profile
            "unshaped" runs uncapped, link "netns:unshaped"); profiles that share a
            bandwidth share one measurement. The parties stay up while the cap changes.
@@ -19,9 +19,9 @@ import contextlib
 from dataclasses import dataclass, replace
 from typing import Iterator
 
-from pibench.mpc.launch import SessionConfig
-from pibench.mpc.netns import NetnsHosts, check_available
-from pibench.mpc.network import NetworkProfile
+from pibench.mpc.parties.launch import SessionConfig
+from pibench.mpc.net.netns import NetnsHosts, check_available
+from pibench.mpc.net.network import NetworkProfile
 
 HOSTS = ("local", "netns")
 

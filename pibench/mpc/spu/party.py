@@ -1,4 +1,4 @@
-"""An SPU party process: the same jobs and events as `pibench.mpc.party`, computed by SecretFlow SPU.
+"""An SPU party process: the same jobs and events as `pibench.mpc.parties.party`, computed by SecretFlow SPU.
 
 The job loop (prepare, check that both parties hold the same model, merge the two
 parties' counters, emit events) is `party.Party`'s; this module supplies the SPU
@@ -28,11 +28,12 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from pibench.mpc.party import (ROLES, Measurement, ModelMismatch, Party, _exit_unless_connected, emit,
+from pibench.mpc.parties.measure import Measurement
+from pibench.mpc.parties.party import (ROLES, ModelMismatch, Party, _exit_unless_connected, emit,
                                iter_batches, protocol_of)
 from pibench.mpc.program import Program
-from pibench.mpc.spu_backend import SpuBackend, runtime_config, set_up_runtime
-from pibench.mpc.spu_link import SpuLink
+from pibench.mpc.spu.backend import SpuBackend, runtime_config, set_up_runtime
+from pibench.mpc.spu.link import SpuLink
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def _log_dir() -> str:
 def run_spu_party(role: str, rendezvous: str, *, protocol: str, threads: int = 1,
                   jobs: Iterable[dict[str, Any]] = (), on_event: Callable[[dict, dict], None] | None = None,
                   connect_timeout: float | None = None) -> None:
-    """Join the SPU session at `rendezvous` (the client listens there; see `spu_link.peer_addresses`), serve `jobs`.
+    """Join the SPU session at `rendezvous` (the client listens there; see `pibench.mpc.spu.link.peer_addresses`), serve `jobs`.
 
     `protocol`: spu:cheetah or spu:semi2k.
 

@@ -28,7 +28,7 @@ import torch
 from pibench.mpc.backend import Backend
 from pibench.mpc.program import INPUT, Op, Program
 from pibench.mpc.protocols import CLIENT, SERVER
-from pibench.mpc.spu_link import SpuLink, import_spu
+from pibench.mpc.spu.link import SpuLink, import_spu
 
 # 64-bit ring, 18 fractional bits: logits agree with plaintext to ~1e-4 on ResNet18-sized
 # programs, with 2^45 of headroom for the integer part.
@@ -44,7 +44,7 @@ def runtime_config(protocol: str) -> Any:
         raise ValueError(f"unknown SPU protocol {protocol!r}; use one of {', '.join(PROTOCOL_KINDS)}")
     cfg = libspu.RuntimeConfig(protocol=getattr(libspu.ProtocolKind, PROTOCOL_KINDS[protocol]),
                                field=getattr(libspu.FieldType, FIELD), fxp_fraction_bits=FRACTION_BITS)
-    cfg.enable_pphlo_profile = True  # makes every run log its link traffic (see spu_link)
+    cfg.enable_pphlo_profile = True  # makes every run log its link traffic (see pibench.mpc.spu.link)
     return cfg
 
 

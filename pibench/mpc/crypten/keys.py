@@ -1,7 +1,7 @@
 """Key-stream keys agreed by X25519, so that no key ever crosses a link.
 
 The dealer and each party derive the 32-byte key of that party's key stream
-(`pibench.mpc.preprocessing.Prg`) from an ephemeral X25519 exchange: each side sends
+(`pibench.mpc.crypten.preprocessing.Prg`) from an ephemeral X25519 exchange: each side sends
 only its public key and computes the shared secret, which HKDF-SHA256 turns into the
 stream key, bound to the party's role. An eavesdropper on any link, and the other
 party, learn nothing of the key. The exchange is not authenticated: an active attacker
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from pibench.mpc.channel import recv_tensor, send_tensor
+from pibench.mpc.parties.channel import recv_tensor, send_tensor
 
 KEY_BYTES = 32
 _INFO = b"pibench key stream v1, rank %d"

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pibench.mpc.channel import recv_json, recv_tensor, send_json, send_tensor
-from pibench.mpc.keys import agree_key
-from pibench.mpc.preprocessing import Plan, Prg, Request, party_draws
+from pibench.mpc.parties.channel import recv_json, recv_tensor, send_json, send_tensor
+from pibench.mpc.crypten.keys import agree_key
+from pibench.mpc.crypten.preprocessing import Plan, Prg, Request, party_draws
 from pibench.mpc.protocols import CLIENT, DEALER, SERVER
 
 log = logging.getLogger(__name__)

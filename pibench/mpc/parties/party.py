@@ -3,7 +3,7 @@
 Roles: the client (rank 0) owns the inputs and is the only one that learns the
 logits; the server (rank 1) owns the weights and is the only process that opens a
 weights file; the dealer (rank 2, protocol `dealer`) only makes correlated randomness
-(`pibench.mpc.dealer`) and never sees an input, a weight or a share of either.
+(`pibench.mpc.crypten.dealer`) and never sees an input, a weight or a share of either.
 
 Jobs arrive as JSON lines (stdin, or `--model` arguments); both parties take them in
 the same order and stay in lock step through the MPC protocol. Each party writes
@@ -31,23 +31,22 @@ import contextlib
 import json
 import logging
 import os
-import statistics
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 
 from pibench.mpc.backend import run_program
-from pibench.mpc.channel import recv_json, send_json
+from pibench.mpc.parties.channel import recv_json, send_json
+from pibench.mpc.parties.measure import CommMeter, Measurement, Timed
 from pibench.mpc.program import Op, Program, compile_model
 from pibench.mpc.protocols import CLIENT, DEALER, DEFAULT_PROTOCOL, SERVER, Protocol, get_protocol, protocol_key
 
 if TYPE_CHECKING:  # CrypTen is imported by the party processes only, not by the evaluator
-    from pibench.mpc.crypten_backend import CryptenBackend
-    from pibench.mpc.preprocessing import Plan, PreprocessedProvider
+    from pibench.mpc.crypten.backend import CryptenBackend
+    from pibench.mpc.crypten.preprocessing import Plan, PreprocessedProvider
 
 log = logging.getLogger(__name__)
 
@@ -138,66 +137,6 @@ def iter_batches(n: int, batch: int) -> Iterator[tuple[int, int]]:
         yield start, min(n, start + batch)
 
 
-# -- measurement -----------------------------------------------------------------------------
-@dataclass
-class OpStats:
-    kind: str
-    layer: str
-    relus: int
-    times: list[float] = field(default_factory=list)
-    bytes: int = 0
-    rounds: int = 0
-
-
-class CommMeter:
-    """Reads CrypTen's communication counters around ops (dealer traffic never passes through them)."""
-
-    def __init__(self, comm: Any) -> None:
-        self.comm = comm
-
-    def reset(self) -> None:
-        self.comm.reset_communication_stats()
-
-    def read(self) -> tuple[float, float, int, float]:
-        """(wall clock, bytes, rounds, communication seconds) so far."""
-        s = self.comm.get_communication_stats()
-        return time.perf_counter(), s["bytes"], s["rounds"], s["time"]
-
-
-class Measurement:
-    """Per-op and end-to-end numbers of the timed repeats of one model at one party."""
-
-    def __init__(self, program: Program) -> None:
-        self.ops = [OpStats("input", "input", 0)]
-        self.ops += [OpStats(op.kind, op.layer, op.relus) for op in program.ops]
-        self.ops.append(OpStats("output", "output", 0))
-        self.latencies: list[float] = []
-        self.comm_s: list[float] = []
-        self.offline_s: list[float] = []
-        self.bytes = 0
-        self.rounds = 0
-        self.offline_bytes: int | None = None  # None: the protocol has no offline phase
-
-    def record(self, index: int, before: tuple, after: tuple) -> None:
-        stats = self.ops[index]
-        stats.times.append(after[0] - before[0])
-        stats.bytes = int(round(after[1] - before[1]))
-        stats.rounds = int(after[2] - before[2])
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "latencies": self.latencies,
-            "comm_s": self.comm_s,
-            "bytes": self.bytes,
-            "rounds": self.rounds,
-            "offline_s": statistics.median(self.offline_s) if self.offline_s else None,
-            "offline_bytes": self.offline_bytes,
-            "ops": [{"op": s.kind, "layer": s.layer, "relus": s.relus,
-                     "time_s": statistics.median(s.times) if s.times else 0.0,
-                     "bytes": s.bytes, "rounds": s.rounds} for s in self.ops],
-        }
-
-
 # -- the party ---------------------------------------------------------------------------------
 class Party:
     def __init__(self, role: str, crypten: Any, provider: PreprocessedProvider | None = None) -> None:
@@ -278,17 +217,17 @@ class Party:
         """One secure inference: share the input, run the program, reveal logits to the client."""
 
         def meter(index: int, op: Op) -> Any:
-            return _Timed(self.meter, m, index + 1)
+            return Timed(self.meter, m, index + 1)
 
         shape = (batch, *program.input_shape)
-        with _Timed(self.meter, m, 0):
+        with Timed(self.meter, m, 0):
             xs = backend.share_input(x, shape)
         y = run_program(program, backend, xs, meter)
-        with _Timed(self.meter, m, len(program.ops) + 1):
+        with Timed(self.meter, m, len(program.ops) + 1):
             return backend.reveal_to_client(y)
 
     def measure(self, job: dict[str, Any], program: Program, x: torch.Tensor | None) -> dict[str, Any]:
-        from pibench.mpc.crypten_backend import CryptenBackend
+        from pibench.mpc.crypten.backend import CryptenBackend
 
         backend = CryptenBackend(program, self.rank, self.provider)
         dealer_bytes = self.provider.source.bytes if self.provider else 0
@@ -371,20 +310,6 @@ class Party:
                 on_event(job, event)
 
 
-class _Timed:
-    """Context manager recording one op's time/bytes/rounds into a Measurement (if any)."""
-
-    def __init__(self, meter: CommMeter, m: Measurement | None, index: int) -> None:
-        self.meter, self.m, self.index = meter, m, index
-
-    def __enter__(self) -> None:
-        self.before = self.meter.read() if self.m else None
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.m and exc[0] is None:
-            self.m.record(self.index, self.before, self.meter.read())
-
-
 def emit(event: dict[str, Any]) -> None:
     sys.stdout.write(EVENT_PREFIX + json.dumps(event) + "\n")
     sys.stdout.flush()
@@ -441,7 +366,7 @@ def run_party(role: str, rendezvous: str, *, protocol: str = DEFAULT_PROTOCOL, t
         raise ValueError(f"protocol {proto.key} has no dealer; a dealer party only exists with crypten:dealer")
     torch.set_num_threads(threads)
     os.environ.update(RENDEZVOUS=rendezvous, WORLD_SIZE="2", RANK=str(ROLES[role]), DISTRIBUTED_BACKEND="gloo")
-    from pibench.mpc.crypten_compat import import_crypten, use_provider
+    from pibench.mpc.crypten.compat import import_crypten, use_provider
 
     crypten = import_crypten()
     crypten.cfg.mpc.provider = "TTP" if proto.dealer else "TFP"  # TTP: CrypTen sets up rank 2's groups
@@ -452,8 +377,8 @@ def run_party(role: str, rendezvous: str, *, protocol: str = DEFAULT_PROTOCOL, t
         watchdog.cancel()
     import crypten.communicator as comm
 
-    from pibench.mpc.dealer import DealerLink, serve_dealer
-    from pibench.mpc.preprocessing import PreprocessedProvider
+    from pibench.mpc.crypten.dealer import DealerLink, serve_dealer
+    from pibench.mpc.crypten.preprocessing import PreprocessedProvider
 
     if role == "dealer":
         emit({"event": "ready", "role": role})

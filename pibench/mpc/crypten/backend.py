@@ -1,7 +1,7 @@
 """Secure execution of a `Program` on CrypTen arithmetic shares (client rank 0, server rank 1).
 
 With a `PreprocessedProvider` (the dealer protocol) the products with weights run
-weights-fixed (`pibench.mpc.weights_fixed`): the weights are masked once at setup and
+weights-fixed (`pibench.mpc.crypten.weights_fixed`): the weights are masked once at setup and
 each inference opens only the activations. Without one (CrypTen's TFP provider) the
 weights are secret-shared once and every product is a Beaver product that opens
 them again: CrypTen's stock protocol.
@@ -14,10 +14,10 @@ from typing import Any
 import torch
 
 from pibench.mpc.backend import PRODUCT_WEIGHTS, Backend, decode_ring
-from pibench.mpc.preprocessing import PreprocessedProvider
+from pibench.mpc.crypten.preprocessing import PreprocessedProvider
 from pibench.mpc.program import Program
 from pibench.mpc.protocols import CLIENT, SERVER
-from pibench.mpc.weights_fixed import FixedWeight, weights_fixed_op
+from pibench.mpc.crypten.weights_fixed import FixedWeight, weights_fixed_op
 
 
 class CryptenBackend(Backend):

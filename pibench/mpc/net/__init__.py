@@ -1,0 +1,1 @@
+"""Networks: link profiles, latency projection, and parties placed in network namespaces."""

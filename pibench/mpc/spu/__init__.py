@@ -1,0 +1,1 @@
+"""SecretFlow SPU as the MPC engine: runtime, link and party (optional extra)."""
