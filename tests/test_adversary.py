@@ -173,6 +173,7 @@ def test_tfp_client_recovers_every_product_weight(tmp_path):
     _, views = record(tmp_path, "crypten:tfp", "drd_c100_7k")
     for layer, w in weights("drd_c100_7k", products_only=True):
         assert recovered_fraction(views["client"], w) > 0.99, layer
+    assert logits_found(views["server"], views["client"]) == 0  # the server's side holds
 
 
 def test_reduce_reveal_hands_the_server_half_the_logits(tmp_path):
