@@ -1,3 +1,23 @@
-"""pibench: private-inference benchmarking of ReLU-linearized networks."""
+"""pibench: private-inference benchmarking of ReLU-linearized networks.
+
+    pibench.export(model, example_input, "models/mynet")   # any traceable torch model -> model folder
+
+`export` lives in `pibench.model_export`; it is imported on first use, so that
+`import pibench` (and `pibench --help`) does not load torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+_LAZY = {"export": "pibench.model_export"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pibench' has no attribute {name!r}")

@@ -16,6 +16,7 @@ COMMANDS = {
     "count": "count",
     "train": "train",
     "linearize": "linearize",
+    "import": "import_onnx",
     "bench": "bench",
     "party": "party",
     "sweep": "sweep",

@@ -102,9 +102,9 @@ class WithGelu(nn.Module):
         return self.act(self.conv(x)).flatten(1)
 
 
-class WithCat(nn.Module):
+class WithBatchCat(nn.Module):
     def forward(self, x):
-        return torch.cat([x, x], 1).flatten(1)
+        return torch.cat([x, x], 0).flatten(1)
 
 
 class WithScaledAdd(nn.Module):
@@ -115,8 +115,8 @@ class WithScaledAdd(nn.Module):
 def test_unsupported_ops_fail_at_compile_time_naming_op_and_layer():
     with pytest.raises(CompileError, match=r"GELU at layer 'act'"):
         compile_model(WithGelu(), (1, 8, 8))
-    with pytest.raises(CompileError, match=r"function cat"):
-        compile_model(WithCat(), (1, 8, 8))
+    with pytest.raises(CompileError, match=r"function cat that changes the batch dimension"):
+        compile_model(WithBatchCat(), (1, 8, 8))
     with pytest.raises(CompileError, match=r"add with 2 arguments and keywords \['alpha'\]"):
         compile_model(WithScaledAdd(), (1, 8, 8))  # x + 2x: compiling it as x + x would be wrong
 

@@ -5,8 +5,9 @@ computes in plaintext (checks the compiler against the model); secure backends l
 in their own modules (`pibench.mpc.crypten.backend`) and override the operations
 whose secure form differs: the products with weights (conv, matmul, scale) and pooling.
 
-Ops whose semantics are the same on torch tensors and CrypTen MPCTensors (add, ReLU,
-flatten, partial ReLU by gather/scatter, the bias additions) are written once in `Backend`.
+Ops whose semantics are the same on torch tensors and CrypTen MPCTensors (add, ReLU and
+clamp, concat, reshapes, partial ReLU by gather/scatter, the bias additions) are written
+once in `Backend`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 
 from pibench.mpc.program import INPUT, Op, Program
 
-# Weights that broadcast over (B, C, H, W) feature maps are stored as (1, C, 1, 1).
+# Weights that broadcast over (B, C, ...) feature maps are stored as (1, C, 1, ...).
 _CHANNEL_WEIGHTS = {("conv", "bias"), ("affine", "scale"), ("affine", "shift")}
 # Weights that multiply the input (the rest are added to a product).
 PRODUCT_WEIGHTS = {("conv", "weight"), ("linear", "weight_t"), ("affine", "scale")}
@@ -39,12 +40,12 @@ class Backend:
         self.weights: list[dict[str, Any]] = [{} for _ in program.ops]
 
     def weight_items(self) -> Iterator[tuple[int, Op, str, torch.Tensor | None, tuple[int, ...]]]:
-        """(op index, op, name, value, shape) of every weight; channel vectors as (1, C, 1, 1)."""
+        """(op index, op, name, value, shape) of every weight; channel vectors as (1, C, 1, ...)."""
         for i, op in enumerate(self.program.ops):
             for name, value in op.weights.items():
                 shape = tuple(op.attrs["weight_shapes"][name])
                 if (op.kind, name) in _CHANNEL_WEIGHTS:
-                    shape = (1, shape[0], 1, 1)
+                    shape = (1, shape[0]) + (1,) * (len(op.shape) - 1)
                     value = value.view(shape) if value is not None else None
                 yield i, op, name, value, shape
 
@@ -59,9 +60,13 @@ class Backend:
         if op.kind == "add":
             return args[0] + args[1]
         if op.kind == "relu":
-            return x.relu() if "index" not in op.attrs else self.partial_relu(x, op.attrs["index"])
-        if op.kind == "flatten":
-            return x.reshape(x.size(0), -1)
+            bounds = op.attrs.get("clamp")
+            fn = (lambda v: v.relu()) if bounds is None else (lambda v: self.clamp(v, *bounds))
+            return fn(x) if "index" not in op.attrs else self.partial(x, op.attrs["index"], fn)
+        if op.kind == "concat":
+            return self.cat(args, op.attrs["dim"])
+        if op.kind in ("flatten", "reshape"):
+            return x.reshape(x.size(0), *op.shape)
         if op.kind == "linear":
             return self.matmul(x, w["weight_t"]) + w["bias"]
         if op.kind == "affine":
@@ -75,12 +80,21 @@ class Backend:
         raise ValueError(f"backend {type(self).__name__} cannot run op kind {op.kind!r} (layer {op.layer})")
 
     @staticmethod
-    def partial_relu(x: Any, index: torch.Tensor) -> Any:
-        """ReLU of the kept positions only: gather, ReLU, add the change back (all local but the ReLU)."""
+    def partial(x: Any, index: torch.Tensor, fn: Callable[[Any], Any]) -> Any:
+        """`fn` (ReLU or clamp) of the kept positions only: gather, apply, add the change back (all local but fn)."""
         size = x.size()
         flat = x.reshape(size[0], -1)
         kept = flat.index_select(1, index)
-        return flat.index_add(1, index, kept.relu() - kept).reshape(size)
+        return flat.index_add(1, index, fn(kept) - kept).reshape(size)
+
+    def clamp(self, x: Any, lo: float, hi: float) -> Any:
+        """hardtanh(x, lo, hi) = lo + relu(x - lo) - relu(x - hi): both ReLUs in one secure comparison call."""
+        both = self.cat([x - lo, x - hi], 0).relu()
+        n = x.size(0)
+        return both[:n] - both[n:] + lo
+
+    def cat(self, xs: list[Any], dim: int) -> Any:
+        raise NotImplementedError
 
     def matmul(self, x: Any, weight: Any) -> Any:
         return x.matmul(weight)
@@ -123,6 +137,9 @@ class TorchBackend(Backend):
         super().__init__(program)
         self.load_weights(lambda value, shape: value)
 
+    def cat(self, xs: list[torch.Tensor], dim: int) -> torch.Tensor:
+        return torch.cat(xs, dim)
+
     def conv(self, x: torch.Tensor, weight: torch.Tensor, attrs: dict[str, Any]) -> torch.Tensor:
         return F.conv2d(x, weight, None, attrs["stride"], attrs["padding"], attrs["dilation"], attrs["groups"])
 
@@ -130,7 +147,8 @@ class TorchBackend(Backend):
         return F.avg_pool2d(x, attrs["kernel"], attrs["stride"], attrs["padding"])
 
     def maxpool(self, x: torch.Tensor, attrs: dict[str, Any]) -> torch.Tensor:
-        return F.max_pool2d(x, attrs["kernel"], attrs["stride"], attrs["padding"])
+        return F.max_pool2d(x, attrs["kernel"], attrs["stride"], attrs["padding"],
+                            ceil_mode=attrs.get("ceil_mode", False))
 
 
 @torch.no_grad()

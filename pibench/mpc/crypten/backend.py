@@ -105,8 +105,14 @@ class CryptenBackend(Backend):
         kwargs = {k: attrs[k] for k in ("stride", "padding", "dilation", "groups")}
         return self._product(x, weight, "conv2d", kwargs)
 
+    def cat(self, xs: list[Any], dim: int) -> Any:
+        import crypten
+
+        return crypten.cat(xs, dim)
+
     def avgpool(self, x: Any, attrs: dict[str, Any]) -> Any:
         return x.avg_pool2d(attrs["kernel"], stride=attrs["stride"], padding=attrs["padding"])
 
     def maxpool(self, x: Any, attrs: dict[str, Any]) -> Any:
-        return x.max_pool2d(attrs["kernel"], padding=attrs["padding"], stride=attrs["stride"])
+        return x.max_pool2d(attrs["kernel"], padding=attrs["padding"], stride=attrs["stride"],
+                            ceil_mode=attrs.get("ceil_mode", False))

@@ -13,7 +13,9 @@ share of the logits to the client only.
 A partial ReLU gathers the kept positions (public indices), ReLUs them, concatenates
 them with the untouched ones and restores the order with one more public gather: all
 local but the ReLU, so its cost follows the kept ReLUs. (The scatter-add form costs
-the same bytes but is several times slower under SEMI2K.)
+the same bytes but is several times slower under SEMI2K.) A clamp (ReLU6) is
+lo + relu(x - lo) - relu(x - hi), both ReLUs in one comparison over a concatenation,
+as in the CrypTen backend.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 
 from pibench.mpc.backend import Backend
-from pibench.mpc.program import INPUT, Op, Program
+from pibench.mpc.program import INPUT, Op, Program, pool_padding
 from pibench.mpc.protocols import CLIENT, SERVER
 from pibench.mpc.spu.link import SpuLink, import_spu
 
@@ -49,25 +51,44 @@ def runtime_config(protocol: str) -> Any:
 
 
 # -- the ops as JAX functions ------------------------------------------------------------------
-def _window(attrs: dict[str, Any]) -> dict[str, Any]:
+def _window(attrs: dict[str, Any], size: tuple[int, ...], out: tuple[int, ...]) -> dict[str, Any]:
+    """reduce_window arguments; ceil_mode's extra windows as padding at the end (see `pool_padding`)."""
     (kh, kw), (sh, sw), (ph, pw) = attrs["kernel"], attrs["stride"], attrs["padding"]
+    if attrs.get("ceil_mode"):
+        pad_h, pad_w = pool_padding(size[-2], kh, sh, ph, out[-2]), pool_padding(size[-1], kw, sw, pw, out[-1])
+    else:
+        pad_h, pad_w = (ph, ph), (pw, pw)
     return {"window_dimensions": (1, 1, kh, kw), "window_strides": (1, 1, sh, sw),
-            "padding": ((0, 0), (0, 0), (ph, ph), (pw, pw))}
+            "padding": ((0, 0), (0, 0), pad_h, pad_w)}
 
 
-def _partial_relu(index: np.ndarray, size: int) -> Callable[[Any], Any]:
+def _relu(bounds: tuple[float, float] | None) -> Callable[[Any], Any]:
+    import jax.numpy as jnp
+
+    if bounds is None:
+        return lambda x: jnp.maximum(x, 0)
+    lo, hi = bounds
+
+    def clamp(x: Any) -> Any:
+        both = jnp.maximum(jnp.concatenate([x - lo, x - hi], axis=0), 0)
+        return both[: x.shape[0]] - both[x.shape[0]:] + lo
+
+    return clamp
+
+
+def _partial(index: np.ndarray, size: int, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     import jax.numpy as jnp
 
     kept = np.sort(index)
     rest = np.setdiff1d(np.arange(size), kept)
     order = np.argsort(np.concatenate([kept, rest]))
 
-    def relu(x: Any) -> Any:
+    def partial(x: Any) -> Any:
         flat = x.reshape(x.shape[0], -1)
-        both = jnp.concatenate([jnp.maximum(flat[:, kept], 0), flat[:, rest]], axis=1)
+        both = jnp.concatenate([fn(flat[:, kept]), flat[:, rest]], axis=1)
         return both[:, order].reshape(x.shape)
 
-    return relu
+    return partial
 
 
 def op_function(op: Op, input_shapes: list[tuple[int, ...]]) -> Callable[..., Any]:
@@ -79,11 +100,12 @@ def op_function(op: Op, input_shapes: list[tuple[int, ...]]) -> Callable[..., An
     if op.kind == "add":
         return lambda x, y: x + y
     if op.kind == "relu":
-        if "index" not in a:
-            return lambda x: jnp.maximum(x, 0)
-        return _partial_relu(np.asarray(a["index"]), math.prod(input_shapes[0][1:]))
-    if op.kind == "flatten":
-        return lambda x: x.reshape(x.shape[0], -1)
+        fn = _relu(a.get("clamp"))
+        return fn if "index" not in a else _partial(np.asarray(a["index"]), math.prod(input_shapes[0][1:]), fn)
+    if op.kind == "concat":
+        return lambda *xs: jnp.concatenate(xs, axis=a["dim"])
+    if op.kind in ("flatten", "reshape"):
+        return lambda x: x.reshape(x.shape[0], *op.shape)
     if op.kind == "linear":
         return lambda x, weight_t, bias: x @ weight_t + bias
     if op.kind == "affine":
@@ -98,9 +120,9 @@ def op_function(op: Op, input_shapes: list[tuple[int, ...]]) -> Callable[..., An
         return conv
     if op.kind == "avgpool":
         area = a["kernel"][0] * a["kernel"][1]  # count_include_pad, as the compiler requires
-        return lambda x: jax.lax.reduce_window(x, 0.0, jax.lax.add, **_window(a)) / area
+        return lambda x: jax.lax.reduce_window(x, 0.0, jax.lax.add, **_window(a, input_shapes[0], op.shape)) / area
     if op.kind == "maxpool":
-        return lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, **_window(a))
+        return lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, **_window(a, input_shapes[0], op.shape))
     raise ValueError(f"the SPU backend cannot run op kind {op.kind!r} (layer {op.layer})")
 
 

@@ -1,0 +1,315 @@
+"""Translate an ONNX file straight into a pibench MPC program (no torch module in between).
+
+ONNX graphs of CNNs are already the flat op lists a program is, so each supported
+node becomes the op the torch.fx compiler makes for the same layer: a torch model
+exported with `torch.onnx.export` and imported here compiles to the same program
+(same fingerprint, ReLU count and bytes) as `pibench.export` of the module. Going
+through an ONNX-to-torch converter instead would add a dependency whose generated
+modules the fx compiler would then have to support too.
+
+Anything outside `SUPPORTED_OPS` fails before any file is written, naming the op
+type and the node; a file that is not ONNX, or is truncated, fails on load.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pibench.checkpoint import ModelCard, _sha256
+from pibench.mpc.program import INPUT, Op, Program
+
+SUPPORTED_OPS = ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Constant", "Conv", "Dropout",
+                 "Flatten", "Gemm", "GlobalAveragePool", "Identity", "MaxPool", "ReduceMean", "Relu", "Reshape",
+                 "Squeeze", "Unsqueeze")
+
+
+class OnnxImportError(ValueError):
+    """The ONNX file cannot be imported; the message names the node or the file problem."""
+
+
+def load_onnx(path: str | Path) -> Any:
+    """The checked ONNX model (with inferred shapes); one clear error for a file that is not valid ONNX."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxImportError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(model)
+        return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except (DecodeError, onnx.checker.ValidationError, onnx.shape_inference.InferenceError, RuntimeError,
+            ValueError) as e:
+        reason = " ".join(str(e).split())[:200]
+        raise OnnxImportError(f"{path}: not a valid ONNX model ({reason}); the file is truncated, corrupt or "
+                              "not ONNX") from e
+
+
+def import_onnx(path: str | Path, folder: str | Path, masks: dict[str, torch.Tensor] | None = None, *,
+                name: str | None = None, dataset: str = "random", accuracy: float | None = None,
+                method: str = "onnx") -> ModelCard:
+    """Translate `path` into a program and write it as a model folder (nothing is written on failure)."""
+    import onnx
+
+    from pibench.model_export import write_program_folder
+
+    program = program_from_onnx(load_onnx(path), masks or {})
+    provenance = {"source": "onnx", "onnx_version": onnx.__version__, "torch_version": torch.__version__,
+                  "source_file": Path(path).name, "source_sha256": _sha256(Path(path))}
+    return write_program_folder(program, folder, name=name, dataset=dataset, accuracy=accuracy, method=method,
+                                provenance=provenance)
+
+
+def program_from_onnx(model: Any, masks: dict[str, torch.Tensor]) -> Program:
+    """The program of a checked ONNX model; `masks` ({Relu/Clip node name: boolean mask}) linearize ReLUs."""
+    for node in model.graph.node:
+        if node.op_type not in SUPPORTED_OPS:
+            raise OnnxImportError(f"unsupported ONNX op {node.op_type} (node {node.name!r}); pibench imports "
+                                  f"{', '.join(SUPPORTED_OPS)}")
+    return _Translator(model, masks).program()
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+class _Translator:
+    def __init__(self, model: Any, masks: dict[str, torch.Tensor]) -> None:
+        from onnx import numpy_helper
+
+        graph = model.graph
+        self.graph = graph
+        self.masks = {k: torch.as_tensor(v).to(torch.bool) for k, v in masks.items()}
+        self.constants: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        for info in [*graph.input, *graph.value_info, *graph.output]:
+            dims = info.type.tensor_type.shape.dim
+            self.shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
+        inputs = [i for i in graph.input if i.name not in self.constants]
+        if len(inputs) != 1 or len(self.shapes[inputs[0].name]) < 2 or -1 in self.shapes[inputs[0].name][1:]:
+            raise OnnxImportError("the ONNX model must have one input of a fixed per-sample shape, e.g. "
+                                  f"(N, 3, 32, 32); it has {[(i.name, self.shapes[i.name]) for i in inputs]}")
+        self.input = inputs[0].name
+        self.value: dict[str, int] = {self.input: INPUT}
+        self.consumers: dict[str, list[Any]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.ops: list[Op] = []
+        self.notes: list[str] = []
+        self.folded: set[str] = set()  # BatchNormalization nodes folded into their Conv
+        self.relu_layers: list[str] = []
+
+    def program(self) -> Program:
+        for i, node in enumerate(self.graph.node):
+            self._node(node, node.name or f"{node.op_type}_{i}")
+        unused = sorted(set(self.masks) - set(self.relu_layers))
+        if unused:
+            raise OnnxImportError(f"masks given for {unused}, which are not ReLU nodes of the model; "
+                                  f"its ReLU nodes are {self.relu_layers}")
+        (output,) = [o.name for o in self.graph.output]
+        if self.value.get(output) != len(self.ops) - 1:
+            raise OnnxImportError("the model's output is not its last op; pibench programs end with the logits")
+        return Program(self.ops, self.shapes[self.input][1:], self.notes)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _shape(self, name: str, node: Any) -> tuple[int, ...]:
+        shape = self.shapes.get(name)
+        if shape is None or -1 in shape[1:]:
+            raise OnnxImportError(f"cannot infer the shape of {name!r} (node {node.name!r}, {node.op_type})")
+        return shape[1:]
+
+    def _const(self, name: str, node: Any) -> np.ndarray:
+        if name not in self.constants:
+            raise OnnxImportError(f"node {node.name!r} ({node.op_type}): input {name!r} must be a constant")
+        return self.constants[name]
+
+    def _emit(self, node: Any, kind: str, layer: str, inputs: list[str], *, shape: tuple[int, ...] | None = None,
+              weights: dict[str, torch.Tensor] | None = None, attrs: dict[str, Any] | None = None, **kw: Any) -> None:
+        weights = weights or {}
+        attrs = dict(attrs or {})
+        attrs["weight_shapes"] = {k: list(v.shape) for k, v in weights.items()}
+        shape = shape or self._shape(node.output[0], node)
+        self.ops.append(Op(kind, layer, tuple(self.value[i] for i in inputs), shape, attrs, weights, **kw))
+        self.value[node.output[0]] = len(self.ops) - 1
+
+    def _unsupported(self, node: Any, what: str) -> OnnxImportError:
+        return OnnxImportError(f"unsupported ONNX {node.op_type} (node {node.name!r}): {what}")
+
+    # -- nodes -----------------------------------------------------------------------------
+    def _node(self, node: Any, layer: str) -> None:
+        from onnx import numpy_helper
+
+        a = _attrs(node)
+        op = node.op_type
+        x = node.input[0] if node.input else None
+        if op == "Constant":
+            if "value" not in a:
+                raise self._unsupported(node, f"a constant given as {sorted(a)}")
+            self.constants[node.output[0]] = numpy_helper.to_array(a["value"])
+        elif op in ("Identity", "Dropout"):
+            self.value[node.output[0]] = self.value[x]  # inference mode: dropout is the identity
+        elif op == "Conv":
+            self._conv(node, layer, a)
+        elif op == "BatchNormalization":
+            if node.name in self.folded:
+                self.value[node.output[0]] = self.value[x]
+            else:
+                scale, shift = self._bn(node, a)
+                self._emit(node, "affine", layer, [x], weights={"scale": scale, "shift": shift})
+        elif op == "Relu":
+            self._relu(node, layer)
+        elif op == "Clip":
+            self._clip(node, layer, a)
+        elif op == "Add":
+            if any(i in self.constants for i in node.input) or self._shape(node.input[0], node) != \
+                    self._shape(node.input[1], node):
+                raise self._unsupported(node, "add of a constant or of different shapes (broadcasting)")
+            self._emit(node, "add", layer, list(node.input))
+        elif op == "Concat":
+            rank = len(self._shape(node.output[0], node)) + 1
+            dim = a["axis"] % rank
+            if dim == 0:
+                raise self._unsupported(node, "concat along the batch dimension")
+            self._emit(node, "concat", layer, list(node.input), attrs={"dim": dim})
+        elif op == "MaxPool":
+            self._maxpool(node, layer, a)
+        elif op == "AveragePool":
+            self._avgpool(node, layer, a)
+        elif op == "GlobalAveragePool":
+            self._global_avg(node, layer, flatten=False)
+        elif op == "ReduceMean":
+            axes = a.get("axes")
+            if axes is None and len(node.input) > 1:
+                axes = self._const(node.input[1], node).tolist()
+            rank = len(self._shape(x, node)) + 1
+            if rank != 4 or sorted(int(d) % 4 for d in (axes or [])) != [2, 3]:
+                raise self._unsupported(node, f"mean over axes {axes} (only over (2, 3) of N, C, H, W)")
+            self._global_avg(node, layer, flatten=not a.get("keepdims", 1))
+        elif op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze"):
+            self._reshape(node, layer, a)
+        elif op == "Gemm":
+            self._gemm(node, layer, a)
+
+    def _conv(self, node: Any, layer: str, a: dict[str, Any]) -> None:
+        w = torch.from_numpy(self._const(node.input[1], node).copy()).float()
+        b = (torch.from_numpy(self._const(node.input[2], node).copy()).float() if len(node.input) > 2 and node.input[2]
+             else torch.zeros(w.shape[0]))
+        pads = list(a.get("pads", [0, 0, 0, 0]))
+        if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or len(w.shape) != 4 or pads[:2] != pads[2:]:
+            raise self._unsupported(node, f"a conv that is not 2-d with symmetric explicit pads (pads {pads})")
+        users = self.consumers.get(node.output[0], [])
+        if len(users) == 1 and users[0].op_type == "BatchNormalization":
+            scale, shift = self._bn(users[0], _attrs(users[0]))
+            w, b = w * scale.view(-1, 1, 1, 1), b * scale + shift
+            self.folded.add(users[0].name)
+            self.notes.append(f"folded {users[0].name} into {layer}")
+        groups = int(a.get("group", 1))
+        out = math.prod(self._shape(node.output[0], node))
+        self._emit(node, "conv", layer, [node.input[0]], weights={"weight": w, "bias": b},
+                   macs=out * w.shape[1] * w.shape[2] * w.shape[3],
+                   attrs={"stride": tuple(int(s) for s in a.get("strides", (1, 1))), "padding": (pads[0], pads[1]),
+                          "dilation": tuple(int(d) for d in a.get("dilations", (1, 1))), "groups": groups})
+
+    def _bn(self, node: Any, a: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        gamma, beta, mean, var = (torch.from_numpy(self._const(n, node).copy()).float() for n in node.input[1:5])
+        scale = gamma / torch.sqrt(var + float(a.get("epsilon", 1e-5)))
+        return scale, beta - mean * scale
+
+    def _relu(self, node: Any, layer: str, clamp: tuple[float, float] | None = None) -> None:
+        shape = self._shape(node.output[0], node)
+        self.relu_layers.append(layer)
+        mask = self.masks.get(layer)
+        if mask is not None and tuple(mask.shape) != shape:
+            raise OnnxImportError(f"the mask for layer {layer!r} has shape {tuple(mask.shape)} but the layer's "
+                                  f"feature map is {shape}")
+        attrs: dict[str, Any] = {} if clamp is None else {"clamp": clamp}
+        kept = math.prod(shape) if mask is None else int(mask.sum())
+        if kept == 0:
+            self.notes.append(f"dropped {layer} (mask all false)")
+            self.value[node.output[0]] = self.value[node.input[0]]
+            return
+        if kept < math.prod(shape):
+            attrs["index"] = mask.flatten().nonzero().flatten().to(torch.long)
+        self._emit(node, "relu", layer, [node.input[0]], relus=(1 if clamp is None else 2) * kept, attrs=attrs)
+
+    def _clip(self, node: Any, layer: str, a: dict[str, Any]) -> None:
+        bounds = [a.get("min"), a.get("max")]
+        for i in (1, 2):
+            if len(node.input) > i and node.input[i]:
+                bounds[i - 1] = float(self._const(node.input[i], node))
+        lo, hi = bounds
+        if lo == 0 and hi is None:
+            self._relu(node, layer)
+        elif lo is not None and hi is not None and lo < hi and math.isfinite(lo) and math.isfinite(hi):
+            self._relu(node, layer, clamp=(float(lo), float(hi)))
+        else:
+            raise self._unsupported(node, f"clip to ({lo}, {hi}) (finite lo < hi, or min=0 only)")
+
+    def _pool_attrs(self, node: Any, a: dict[str, Any]) -> dict[str, Any]:
+        pads = list(a.get("pads", [0, 0, 0, 0]))
+        kernel = tuple(int(k) for k in a["kernel_shape"])
+        if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or len(kernel) != 2 or pads[:2] != pads[2:] \
+                or tuple(a.get("dilations", (1, 1))) != (1, 1):
+            raise self._unsupported(node, f"pooling that is not 2-d with symmetric explicit pads (pads {pads})")
+        return {"kernel": kernel, "stride": tuple(int(s) for s in a.get("strides", (1, 1))),
+                "padding": (int(pads[0]), int(pads[1]))}
+
+    def _maxpool(self, node: Any, layer: str, a: dict[str, Any]) -> None:
+        if len(node.output) > 1 and node.output[1]:
+            raise self._unsupported(node, "max pooling that returns indices")
+        attrs = self._pool_attrs(node, a)
+        if a.get("ceil_mode"):
+            attrs["ceil_mode"] = True
+        k = attrs["kernel"]
+        out = math.prod(self._shape(node.output[0], node))
+        self._emit(node, "maxpool", layer, [node.input[0]], attrs=attrs, comparisons=out * (k[0] * k[1] - 1))
+
+    def _avgpool(self, node: Any, layer: str, a: dict[str, Any]) -> None:
+        attrs = self._pool_attrs(node, a)
+        if a.get("ceil_mode") or (not a.get("count_include_pad", 0) and attrs["padding"] != (0, 0)):
+            raise self._unsupported(node, "average pooling with ceil_mode or padding not counted in the average")
+        self._emit(node, "avgpool", layer, [node.input[0]], attrs=attrs)
+
+    def _global_avg(self, node: Any, layer: str, flatten: bool) -> None:
+        c, h, w = self._shape(node.input[0], node)
+        attrs = {"kernel": (h, w), "stride": (h, w), "padding": (0, 0)}
+        self._emit(node, "avgpool", layer, [node.input[0]], attrs=attrs, shape=(c, 1, 1))
+        if not flatten:
+            return
+        self.ops.append(Op("flatten", layer, (len(self.ops) - 1,), (c,), {"weight_shapes": {}}))
+        self.value[node.output[0]] = len(self.ops) - 1
+
+    def _reshape(self, node: Any, layer: str, a: dict[str, Any]) -> None:
+        """Flatten(axis=1), or a Reshape/Squeeze/Unsqueeze that keeps the batch dimension."""
+        x, y = node.input[0], node.output[0]
+        full_in, full_out = self.shapes.get(x), self.shapes.get(y)
+        if node.op_type == "Flatten" and a.get("axis", 1) != 1:
+            raise self._unsupported(node, f"flatten from axis {a.get('axis')} (only from axis 1)")
+        if full_in is None or full_out is None or not full_out or full_out[0] != full_in[0]:
+            raise self._unsupported(node, f"a reshape from {full_in} to {full_out} that does not keep the batch")
+        shape = self._shape(y, node)
+        if shape == self._shape(x, node):
+            self.value[y] = self.value[x]
+        else:
+            self._emit(node, "flatten" if len(shape) == 1 else "reshape", layer, [x])
+
+    def _gemm(self, node: Any, layer: str, a: dict[str, Any]) -> None:
+        if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+            raise self._unsupported(node, "Gemm with transA or alpha/beta other than 1")
+        w = torch.from_numpy(self._const(node.input[1], node).copy()).float()
+        weight_t = w.t().contiguous() if a.get("transB", 0) else w
+        bias = (torch.from_numpy(self._const(node.input[2], node).copy()).float().reshape(-1)
+                if len(node.input) > 2 and node.input[2] else torch.zeros(weight_t.shape[1]))
+        if bias.numel() != weight_t.shape[1]:
+            raise self._unsupported(node, f"a bias of shape {tuple(bias.shape)} for {weight_t.shape[1]} outputs")
+        self._emit(node, "linear", layer, [node.input[0]], weights={"weight_t": weight_t, "bias": bias},
+                   macs=weight_t.shape[0] * weight_t.shape[1])

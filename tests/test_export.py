@@ -1,0 +1,381 @@
+"""Bring your own model: `pibench.export` of models defined only here, ONNX import, and their bad inputs.
+
+torchvision's model builders do not import beside the CPU build of torch this project
+pins (the PyPI torchvision wheel links CUDA libraries), so the architectures the README
+names are rebuilt here from their defining blocks: MobileNetV2's inverted residual
+(ReLU6, depthwise conv), SqueezeNet's fire module (channel concat, ceil-mode max-pool)
+and ResNet's basic block (one ReLU module called twice).
+"""
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+import pibench
+from pibench.checkpoint import CARD_FILE, MASKS_FILE, WEIGHTS_FILE, ModelCard
+from pibench.model_export import PROGRAM_FILE, load_program
+from pibench.mpc.backend import run_plain
+from pibench.mpc.program import CompileError, compile_model, program_from_json, program_to_json
+from pibench.onnx_import import SUPPORTED_OPS, import_onnx, load_onnx, program_from_onnx
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, c: int, expand: int = 4) -> None:
+        super().__init__()
+        h = c * expand
+        self.conv = nn.Sequential(
+            nn.Conv2d(c, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU6(inplace=True),
+            nn.Conv2d(h, h, 3, padding=1, groups=h, bias=False), nn.BatchNorm2d(h), nn.ReLU6(inplace=True),
+            nn.Conv2d(h, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return x + self.conv(x)
+
+
+class MobileNetLike(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8),
+                                      nn.ReLU6(inplace=True), InvertedResidual(8))
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(8, num_classes))
+
+    def forward(self, x):
+        x = F.adaptive_avg_pool2d(self.features(x), (1, 1))
+        return self.classifier(torch.flatten(x, 1))
+
+
+class Fire(nn.Module):
+    def __init__(self, cin: int, squeeze: int, expand: int) -> None:
+        super().__init__()
+        self.squeeze = nn.Conv2d(cin, squeeze, 1)
+        self.squeeze_activation = nn.ReLU(inplace=True)
+        self.expand1x1 = nn.Conv2d(squeeze, expand, 1)
+        self.expand1x1_activation = nn.ReLU(inplace=True)
+        self.expand3x3 = nn.Conv2d(squeeze, expand, 3, padding=1)
+        self.expand3x3_activation = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        x = self.squeeze_activation(self.squeeze(x))
+        return torch.cat([self.expand1x1_activation(self.expand1x1(x)),
+                          self.expand3x3_activation(self.expand3x3(x))], 1)
+
+
+class SqueezeNetLike(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(inplace=True),
+                                      nn.MaxPool2d(3, 2, ceil_mode=True), Fire(8, 4, 8))
+        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(16, num_classes, 1), nn.ReLU(inplace=True),
+                                        nn.AdaptiveAvgPool2d((1, 1)))
+
+    def forward(self, x):
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)  # called twice, as in torchvision's ResNet
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += x
+        return self.relu(out)
+
+
+class ResNetLike(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = BasicBlock(8)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class Head(nn.Module):
+    """The rest of the op list: stand-alone BN (2d and 1d), mean over (2, 3), view, functional ReLUs and dropout."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3)
+        self.pool = nn.MaxPool2d(2, ceil_mode=True)
+        self.bn = nn.BatchNorm2d(6)
+        self.fc1 = nn.Linear(6, 12)
+        self.bn1d = nn.BatchNorm1d(12)
+        self.fc2 = nn.Linear(12 + 6, num_classes)
+
+    def forward(self, x):
+        x = self.pool(self.conv(x))
+        x = x + x  # BN after an add: stand-alone
+        y = F.relu(self.bn(x))
+        g = y.mean((2, 3))
+        h = torch.relu(self.bn1d(self.fc1(x.mean(dim=(-2, -1)))))
+        h = F.dropout(h, 0.2, training=self.training)
+        z = torch.cat([h, g], dim=1)
+        return self.fc2(z.view(z.size(0), -1))
+
+
+NETS = {"mobilenet_like": (MobileNetLike, 32), "squeezenet_like": (SqueezeNetLike, 33), "resnet_like": (ResNetLike, 32)}
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+    return model.eval()
+
+
+def hook_count(model: nn.Module, x: torch.Tensor) -> int:
+    """ReLUs per sample counted by forward hooks on the ReLU modules: a ReLU6 is two comparisons."""
+    counts = []
+
+    def hook(module, inputs, output):
+        counts.append(output[0].numel() * (2 if isinstance(module, nn.ReLU6) else 1))
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.ReLU, nn.ReLU6))]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return sum(counts)
+
+
+def net(name: str) -> tuple[nn.Module, torch.Tensor]:
+    cls, size = NETS[name]
+    torch.manual_seed(0)
+    return randomize(cls()), torch.randn(1, 3, size, size)
+
+
+def onnx_file(model: nn.Module, x: torch.Tensor, path) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; it needs no onnxscript
+        torch.onnx.export(model, (x,), str(path), dynamo=False)
+    return str(path)
+
+
+def card_of(folder) -> ModelCard:
+    return ModelCard(**json.loads((folder / CARD_FILE).read_text()))
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_program_computes_each_architecture_and_counts_its_relus(name):
+    model, x = net(name)
+    program = compile_model(model, tuple(x.shape[1:]))
+    batch = torch.randn(4, *x.shape[1:]) * 3  # past ReLU6's upper bound
+    with torch.no_grad():
+        assert torch.allclose(run_plain(program, batch), model(batch), atol=1e-5)
+    assert program.relus == hook_count(model, x)
+
+
+def test_every_listed_op_compiles():
+    model = randomize(Head())
+    program = compile_model(model, (3, 9, 9))
+    kinds = [op.kind for op in program.ops]
+    assert {"concat", "affine", "avgpool", "flatten", "maxpool"} <= set(kinds)
+    assert kinds.count("affine") == 2  # BatchNorm2d after an add, BatchNorm1d after a linear
+    assert next(op for op in program.ops if op.kind == "maxpool").attrs["ceil_mode"] is True
+    batch = torch.randn(4, 3, 9, 9)
+    with torch.no_grad():
+        assert torch.allclose(run_plain(program, batch), model(batch), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_export_and_onnx_import_give_the_same_program(name, tmp_path):
+    model, x = net(name)
+    card = pibench.export(model, x, tmp_path / "exported", dataset="random")
+    imported = import_onnx(onnx_file(model, x, tmp_path / "m.onnx"), tmp_path / "imported")
+    a = load_program(tmp_path / "exported", card, weights=True)
+    b = load_program(tmp_path / "imported", imported, weights=True)
+    assert a.fingerprint() == b.fingerprint() == compile_model(model, tuple(x.shape[1:])).fingerprint()
+    assert a.relus == b.relus == card.relus == imported.relus == hook_count(model, x)
+    batch = torch.randn(3, *x.shape[1:])
+    with torch.no_grad():
+        assert torch.allclose(run_plain(b, batch), model(batch), atol=1e-4)
+    assert card.provenance["source"] == "export" and imported.provenance["source"] == "onnx"
+    assert imported.provenance["onnx_version"] and len(imported.provenance["source_sha256"]) == 64
+
+
+def test_folder_round_trip_public_part_has_no_weights(tmp_path):
+    model, x = net("resnet_like")
+    masks = {"layer1.relu": torch.rand(8, 16, 16, generator=torch.Generator().manual_seed(1)) < 0.3}
+    card = pibench.export(model, x, tmp_path / "m", masks=masks, name="mine", dataset="digits", accuracy=91.5)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted([CARD_FILE, PROGRAM_FILE, MASKS_FILE,
+                                                                         WEIGHTS_FILE])
+    assert (card.name, card.dataset, card.accuracy, card.arch) == ("mine", "digits", 91.5, "program")
+    doc = json.loads((tmp_path / "m" / PROGRAM_FILE).read_text())  # plain JSON, no tensors
+    assert doc["format"] == "pibench-program/1" and len(doc["ops"]) == len(compile_model(model, (3, 32, 32)).ops)
+    public = load_program(tmp_path / "m", card, weights=False)
+    full = load_program(tmp_path / "m", card, weights=True)
+    assert not public.has_weights and full.has_weights
+    assert public.fingerprint() == full.fingerprint() == compile_model(model, (3, 32, 32), masks).fingerprint()
+    relu = {op.layer: op for op in full.ops if op.kind == "relu"}
+    assert relu["layer1.relu"].relus == int(masks["layer1.relu"].sum())
+    assert "index" not in relu["layer1.relu@1"].attrs  # the second call of the same module: its own layer
+    assert card.relus == full.relus == sum(layer["relus"] for layer in card.layers)
+
+
+def test_json_round_trip_checks_masks_and_weights():
+    model, x = net("squeezenet_like")
+    program = compile_model(model, (3, 33, 33), {"features.1": torch.rand(8, 16, 16) < 0.5})
+    text, masks = program_to_json(program)
+    assert list(masks) == ["features.1"]
+    assert program_from_json(text, masks).fingerprint() == program.fingerprint()
+    with pytest.raises(ValueError, match=r"op 1 \(features.1\) needs a kept-ReLU mask of shape \(8, 16, 16\)"):
+        program_from_json(text, {})
+    with pytest.raises(ValueError, match=r"weight 0.weight \(features.0\): expected shape \(8, 3, 3, 3\)"):
+        program_from_json(text, masks, {"0.weight": torch.zeros(1), "0.bias": torch.zeros(8)})
+
+
+class LearnableAlpha(nn.Module):
+    """SNL's per-position ReLU layer (its official code's shape): alphas (1, C, H, W)."""
+
+    def __init__(self, channels: int, size: int) -> None:
+        super().__init__()
+        self.alphas = nn.Parameter(torch.ones(1, channels, size, size))
+
+    def forward(self, x):
+        return F.relu(x) * self.alphas.expand_as(x) + (1 - self.alphas.expand_as(x)) * x
+
+
+class SnlNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.alpha1 = LearnableAlpha(4, 8)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.alpha2 = LearnableAlpha(4, 8)
+        self.fc = nn.Linear(4 * 64, 10)
+
+    def forward(self, x):
+        out = self.alpha2(self.conv2(self.alpha1(self.conv1(x))))
+        return self.fc(out.view(out.size(0), -1))
+
+
+def test_snl_alphas_give_the_masks_snls_code_would(tmp_path):
+    model = SnlNet().eval()
+    g = torch.Generator().manual_seed(0)
+    searched = {name: torch.rand(1, 4, 8, 8, generator=g) * 0.03 for name in ("alpha1", "alpha2")}
+    with torch.no_grad():
+        for name, alphas in searched.items():  # SNL's line 11: alpha > threshold (0.01) -> 1, else 0
+            getattr(model, name).alphas.copy_((alphas > 0.01).float())
+    card = pibench.export(model, torch.randn(1, 3, 8, 8), tmp_path / "snl")
+    program = load_program(tmp_path / "snl", card, weights=True)
+    for name, alphas in searched.items():
+        (op,) = [op for op in program.ops if op.layer == name]
+        assert op.relus == int((alphas > 0.01).sum())
+        assert torch.equal(op.attrs["index"], (alphas > 0.01).flatten().nonzero().flatten())
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(run_plain(program, x), model(x), atol=1e-5)
+    with torch.no_grad():
+        model.alpha1.alphas.copy_(searched["alpha1"])  # mid-search: not the function SNL's masks compute
+    with pytest.raises(CompileError, match="alphas that are not binarized"):
+        pibench.export(model, torch.randn(1, 3, 8, 8), tmp_path / "unbinarized")
+    assert not (tmp_path / "unbinarized").exists()
+
+
+class WithGelu(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.act = nn.GELU()
+
+    def forward(self, x):
+        return self.act(self.conv(x)).flatten(1)
+
+
+class DataDependent(nn.Module):
+    def forward(self, x):
+        return x.flatten(1) if x.sum() > 0 else -x.flatten(1)
+
+
+def one_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pibench.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_unsupported_op_untraceable_model_and_bad_mask_each_fail_in_one_line(tmp_path):
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(CompileError, match=r"unsupported op GELU at layer 'act'") as e:
+        pibench.export(WithGelu(), x, tmp_path / "gelu")
+    assert "\n" not in str(e.value) and not (tmp_path / "gelu").exists()
+    with pytest.raises(CompileError, match=r"cannot trace DataDependent with torch.fx \(.*control flow") as e:
+        pibench.export(DataDependent(), x, tmp_path / "dd")
+    assert "\n" not in str(e.value) and not (tmp_path / "dd").exists()
+    model, x = net("resnet_like")
+    with pytest.raises(CompileError, match=r"the mask for layer 'layer1.relu' has shape \(8, 8, 8\) but the "
+                                           r"layer's feature map is \(8, 16, 16\)") as e:
+        pibench.export(model, x, tmp_path / "bad", masks={"layer1.relu": torch.ones(8, 8, 8, dtype=torch.bool)})
+    assert "\n" not in str(e.value) and not (tmp_path / "bad").exists()
+    with pytest.raises(CompileError, match=r"masks given for \['layer9'\], which are not ReLU layers"):
+        pibench.export(model, x, tmp_path / "bad", masks={"layer9": torch.ones(8, dtype=torch.bool)})
+
+
+class SoftmaxInside(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4 * 36, 10)
+
+    def forward(self, x):
+        return self.fc(torch.softmax(self.conv(x), 1).flatten(1))
+
+
+def test_import_cli_writes_a_folder_or_one_line_and_no_folder(tmp_path):
+    model, x = net("mobilenet_like")
+    good = onnx_file(model, x, tmp_path / "mobilenet.onnx")
+    relu_names = [op.layer for op in program_from_onnx(load_onnx(good), {}).ops if op.kind == "relu"]
+    masks = {relu_names[0]: torch.rand(8, 16, 16, generator=torch.Generator().manual_seed(0)) < 0.25}
+    save_file(masks, tmp_path / "masks.safetensors")
+    ok = cli("import", good, "--out", str(tmp_path / "mnet"), "--masks", str(tmp_path / "masks.safetensors"))
+    assert ok.returncode == 0, ok.stderr
+    card = card_of(tmp_path / "mnet")
+    assert card.relus == hook_count(model, x) - 2 * (8 * 16 * 16 - int(masks[relu_names[0]].sum()))
+
+    bad = onnx_file(SoftmaxInside().eval(), torch.randn(1, 3, 8, 8), tmp_path / "softmax.onnx")
+    line = one_line(cli("import", bad, "--out", str(tmp_path / "sm")))
+    assert "unsupported ONNX op Softmax (node '/Softmax')" in line and ", ".join(SUPPORTED_OPS) in line
+    assert not (tmp_path / "sm").exists()
+
+    (tmp_path / "text.onnx").write_text("this is not an onnx file\n")
+    line = one_line(cli("import", str(tmp_path / "text.onnx"), "--out", str(tmp_path / "t")))
+    assert "text.onnx: not a valid ONNX model" in line and not (tmp_path / "t").exists()
+    data = (tmp_path / "mobilenet.onnx").read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
+    line = one_line(cli("import", str(tmp_path / "cut.onnx"), "--out", str(tmp_path / "c")))
+    assert "cut.onnx: not a valid ONNX model" in line and "truncated" in line and not (tmp_path / "c").exists()
+
+    masks = {relu_names[0]: torch.ones(8, 15, 15, dtype=torch.bool)}
+    save_file(masks, tmp_path / "wrong.safetensors")
+    line = one_line(cli("import", good, "--out", str(tmp_path / "w"), "--masks", str(tmp_path / "wrong.safetensors")))
+    assert f"the mask for layer '{relu_names[0]}' has shape (8, 15, 15) but the layer's feature map is (8, 16, 16)" \
+        in line and not (tmp_path / "w").exists()
