@@ -10,7 +10,8 @@ resume after a crash. A model that fails (compile error, bad folder) yields rows
 
 The evaluator (this process) holds the model folders and computes the plaintext
 reference logits itself; the client party only receives a public copy of each folder
-(architecture and masks) and reports the logits it learned.
+(architecture and masks, or the program of an exported model) and reports the logits
+it learned. Every process resolves a model spec through `pibench.model_spec`.
 
 `hosts` places the parties (pibench.mpc.net.hosts): "local" measures each model once on
 loopback and projects every network profile; "netns" runs them in network namespaces
@@ -29,22 +30,26 @@ import socket
 import statistics
 import subprocess
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 import torch
 
 import pibench
-from pibench.checkpoint import (CARD_FILE, MASKS_FILE, CheckpointError, is_model_folder, load_card,
+from pibench.checkpoint import (CARD_FILE, MASKS_FILE, PROGRAM_FILE, CheckpointError, is_model_folder, load_card,
                                 public_card_json)
+from pibench.model_spec import model_inputs, server_model
 from pibench.mpc.net.hosts import Link, measurement_links, place_parties
 from pibench.mpc.parties.launch import Session, SessionConfig
 from pibench.mpc.net.network import NETWORKS, NetworkProfile
-from pibench.mpc.parties.party import model_inputs, protocol_of, server_model
+from pibench.mpc.parties.party import protocol_of
 from pibench.mpc.protocols import DEFAULT_PROTOCOL, get_protocol
 from pibench.results import LAYERS_FILE, RESULTS_FILE, LayerRow, ResultRow, append_rows
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -123,23 +128,22 @@ def _client_view(spec: str) -> Iterator[str]:
             (public / CARD_FILE).write_text(public_card_json(spec))
         except CheckpointError:  # a broken card: the client's load of it reports the problem in the job
             shutil.copy2(Path(spec) / CARD_FILE, public / CARD_FILE)
-        if (Path(spec) / MASKS_FILE).is_file():
-            shutil.copy2(Path(spec) / MASKS_FILE, public / MASKS_FILE)
+        for name in (MASKS_FILE, PROGRAM_FILE):
+            if (Path(spec) / name).is_file():
+                shutil.copy2(Path(spec) / name, public / name)
         yield str(public)
 
 
 def _reference(spec: str, n: int, options: BenchOptions) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
     """The evaluator's plaintext logits on the same inputs the client uses (the first n it draws)."""
-    card, model = server_model(spec)
+    server = server_model(spec)
     if n == 0:
-        return card, None, None
-    args = model.pibench_args
+        return server.card, None, None
     # Draw as many as the client does (`Party.prepare`): seeded noise for n samples is not
     # always the first n of a longer draw (torch.randn fills in blocks of 16 numbers).
-    x, labels = model_inputs(card, (args["in_chans"], args["input_size"], args["input_size"]),
-                             max(n, options.batch), options.seed, options.data_dir)
-    with torch.no_grad():
-        return card, model(x[:n]), labels[:n] if labels is not None else None
+    x, labels = model_inputs(server.card, server.program.input_shape, max(n, options.batch), options.seed,
+                             options.data_dir)
+    return server.card, server.logits(x[:n]), labels[:n] if labels is not None else None
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -272,3 +276,34 @@ def summary(result: BenchResult) -> dict[str, Any]:
         "measured": {r.network: {"link": r.link, "latency_s_median": r.latency_s_median, "comm_s": r.comm_s}
                      for r in result.rows},
     }
+
+
+def measure(model: str | Path | torch.nn.Module, *, protocol: str = DEFAULT_PROTOCOL,
+            network: str | list[str] = "lan,wan", repeats: int = 3, batch: int = 1, samples: int | None = None,
+            example_input: torch.Tensor | None = None, **options: Any) -> pd.DataFrame:
+    """Measure one model with real parties, as `pibench bench` does; its result rows as a DataFrame.
+
+    `model` is a model folder, a registry name, or a torch module (exported to a
+    temporary folder first, at `example_input`'s shape). One row per network profile,
+    with the columns of results.csv. Other `options` are `BenchOptions` fields. Raises
+    RuntimeError when the model could not be measured.
+    """
+    import pandas as pd
+
+    from pibench.mpc.net.network import parse_networks
+
+    opts = BenchOptions(protocol=protocol, networks=parse_networks(network), repeats=repeats, batch=batch,
+                        samples=samples, **options)
+    with contextlib.ExitStack() as stack:
+        if isinstance(model, torch.nn.Module):
+            from pibench.model_export import export
+
+            if example_input is None:
+                raise ValueError("measure needs example_input to export a torch module, e.g. torch.randn(1, 3, 32, 32)")
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pibench-measure-"))) / "model"
+            export(model, example_input, folder)
+            model = folder
+        (result,) = bench_models([str(model)], opts)
+    if result.error:
+        raise RuntimeError(f"{model}: {result.error}")
+    return pd.DataFrame([asdict(row) for row in result.rows])

@@ -35,6 +35,8 @@ from pibench.relu import get_masks, masked_relus, relu_counts, set_masks
 FORMAT = "pibench-model/1"
 CARD_FILE = "model.json"
 PRIVATE_CARD_FILE = "private.json"
+PROGRAM_FILE = "program.json"  # program folders (`pibench.export`, `pibench import`): the public program
+PROGRAM_ARCH = "program"  # the card's `arch` of a program folder; its arch_args carry the program's sha256
 MASKS_FILE = "masks.safetensors"
 WEIGHTS_FILE = "weights.safetensors"
 # What the client may know: exactly what `public_hash` covers, plus the dataset name (for its inputs),
@@ -188,7 +190,7 @@ def load_card(folder: str | Path) -> ModelCard:
     missing = sorted(k for k in ("arch", "arch_args", "dataset", "input_shape", "num_classes") if k not in raw)
     if unknown or missing:
         raise CheckpointError(f"{path}: missing fields {missing}, unknown fields {unknown}")
-    if raw["arch"] not in MODELS:
+    if raw["arch"] not in MODELS and raw["arch"] != PROGRAM_ARCH:
         raise CheckpointError(f"{path}: {MODELS.unknown_message(raw['arch'])}")
     return ModelCard(**raw)
 

@@ -21,6 +21,7 @@
         budgets: [0.5, 0.2, 0.05]  # absolute (50000, 50k) or fractions of the ReLUs
     cost_only:                     # random weights: latency and bytes, no accuracy
       - model: drd_c100_49k        # a registry model as it is
+      - model: models/mynet        # or a model folder as it is (e.g. from pibench.export)
       - arch: resnet18             # or masks allocated by a method's rule at budgets
         allocation: senet
         budgets: [25k, 50k]
@@ -186,6 +187,7 @@ def load_config(path: str | Path) -> SweepConfig:
 def validate(cfg: SweepConfig, source: str) -> None:
     """Check every name and budget against the registries (cheap: builds no data)."""
     from pibench.budget import parse_budget
+    from pibench.checkpoint import load_card
     from pibench.data import DATASETS
     from pibench.linearize import METHODS, make_settings
     from pibench.models import MODELS, create_model
@@ -237,12 +239,18 @@ def validate(cfg: SweepConfig, source: str) -> None:
         where = f"{source}: cost_only[{i}]"
         if (entry.model is None) == (entry.arch is None):
             raise ConfigError(
-                f"{where}: give either 'model' (a registry name) or 'arch' with 'allocation' and 'budgets'"
+                f"{where}: give either 'model' (a registry name or a model folder) or 'arch' with 'allocation' "
+                "and 'budgets'"
             )
         if entry.model is not None:
             if entry.budgets or entry.allocation:
                 raise ConfigError(f"{where}: 'budgets'/'allocation' need 'arch', not 'model'")
-            total_relus(entry.model, entry.arch_args, f"{where}.model")
+            if is_folder_spec(entry.model):
+                if entry.arch_args:
+                    raise ConfigError(f"{where}.arch_args: a model folder fixes its own architecture")
+                _check(lambda: load_card(entry.model), f"{where}.model")
+            else:
+                total_relus(entry.model, entry.arch_args, f"{where}.model")
             continue
         relus = total_relus(entry.arch, entry.arch_args, f"{where}.arch")
         if entry.allocation is None or not entry.budgets:
@@ -279,6 +287,11 @@ def experiment_relus(exp: Experiment) -> int:
     info = dataset_info(exp.dataset)
     defaults = {"in_chans": info.in_chans, "input_size": info.input_size, "num_classes": info.num_classes}
     return count_relus(create_model(exp.arch, **(defaults | exp.arch_args)))
+
+
+def is_folder_spec(model: str) -> bool:
+    """A cost-only `model:` that names a folder (a path) rather than a registry name."""
+    return "/" in model or Path(model).is_dir()
 
 
 def _check(fn: Any, where: str) -> Any:

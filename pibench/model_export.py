@@ -25,13 +25,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pibench.checkpoint import CARD_FILE, MASKS_FILE, WEIGHTS_FILE, CheckpointError, ModelCard, _sha256
+from pibench.checkpoint import (CARD_FILE, MASKS_FILE, PROGRAM_ARCH, PROGRAM_FILE, WEIGHTS_FILE, CheckpointError,
+                                ModelCard, _sha256)
 from pibench.mpc.backend import run_plain
 from pibench.mpc.program import (CompileError, Program, compile_model, program_from_json, program_to_json,
                                  program_weights)
 
-PROGRAM_FILE = "program.json"
-PROGRAM_ARCH = "program"  # the card's `arch` of a folder that carries its program
 
 
 def export(model: nn.Module, example_input: torch.Tensor, folder: str | Path,
@@ -109,10 +108,6 @@ def write_program_folder(program: Program, folder: str | Path, *, name: str | No
     tmp.write_text(json.dumps(card.__dict__, indent=2) + "\n")
     tmp.replace(folder / CARD_FILE)
     return card
-
-
-def is_program_folder(folder: str | Path) -> bool:
-    return (Path(folder) / PROGRAM_FILE).is_file()
 
 
 def load_program(folder: str | Path, card: ModelCard, *, weights: bool) -> Program:

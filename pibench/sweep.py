@@ -32,7 +32,8 @@ from typing import Any
 import torch
 
 from pibench.budget import parse_budget
-from pibench.config import RUN_KEYS, ConfigError, CostOnly, Experiment, SweepConfig, experiment_relus, load_config
+from pibench.config import (RUN_KEYS, ConfigError, CostOnly, Experiment, SweepConfig, experiment_relus, is_folder_spec,
+                            load_config)
 from pibench.jobgraph import Job, run_in_process, run_submitted, summary
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,12 @@ def save_allocated_models(entry: CostOnly, counts: list[int], folders: list[Path
         )
 
 
+def _exists(folder: Path) -> None:
+    from pibench.checkpoint import load_card
+
+    load_card(folder)
+
+
 def cost_only_maker(cfg: SweepConfig, entry: CostOnly) -> Maker:
     """Folders with random weights: a registry model as it is, or masks allocated at budgets."""
     from pibench.models import create_model
@@ -184,6 +191,10 @@ def cost_only_maker(cfg: SweepConfig, entry: CostOnly) -> Maker:
 
     root = Path(cfg.models_dir) / "cost_only"
     suffix = _args_suffix(entry.arch_args)
+    if entry.model is not None and is_folder_spec(entry.model):  # measured as it is: nothing to make
+        folder = Path(entry.model)
+        return Maker(Job(f"cost_only:{folder.name}", functools.partial(_exists, folder), settings=f"{folder} as it is"),
+                     [folder])
     if entry.model is not None:
         folder = root / f"{entry.model}{suffix}"
         make = functools.partial(save_registry_model, entry.model, entry.arch_args, folder, cfg.seed)

@@ -23,10 +23,9 @@ import pytest
 import torch
 
 from pibench.bench import BenchOptions, bench_models
+from pibench.model_spec import server_model
 from pibench.mpc.backend import PRODUCT_WEIGHTS
 from pibench.mpc.parties.launch import SessionConfig
-from pibench.mpc.parties.party import server_model
-from pibench.mpc.program import compile_model
 
 SCALE = 2**16  # CrypTen's fixed point; a weight guess counts as recovered within one unit of it
 SPU_SCALE = 2**18  # SPU's FM64 runtime with 18 fractional bits
@@ -48,9 +47,8 @@ def record(tmp_path: Path, protocol: str, model: str, *, batch: int = 1, inject:
 
 def weights(model: str, products_only: bool = False, scale: int = SCALE) -> list[tuple[str, torch.Tensor]]:
     """Every weight tensor of the server's compiled program, encoded in ring units."""
-    _, module = server_model(model)
     return [(f"{op.layer}.{name}", (w.float() * scale).long())  # as CrypTen's FixedPointEncoder encodes
-            for op in compile_model(module).ops for name, w in op.weights.items()
+            for op in server_model(model).program.ops for name, w in op.weights.items()
             if w is not None and (not products_only or (op.kind, name) in PRODUCT_WEIGHTS)]
 
 

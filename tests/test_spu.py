@@ -13,11 +13,11 @@ import yaml
 from pibench.bench import BenchOptions, bench_models
 from pibench.models import create_model
 from pibench.mpc.backend import run_plain
+from pibench.model_spec import model_inputs, server_model
 from pibench.mpc.net import netns
 from pibench.mpc.parties.launch import SessionConfig, free_port
 from pibench.mpc.net.network import parse_network
-from pibench.mpc.parties.party import EVENT_PREFIX, model_inputs, server_model
-from pibench.mpc.program import compile_model
+from pibench.mpc.parties.party import EVENT_PREFIX
 from pibench.results import load_results
 
 from test_mpc_parties import kill_server_mid_run, save, with_density
@@ -49,10 +49,9 @@ def run_parties(protocol, jobs, connect_timeout=60, roles=("client", "server"), 
 
 
 def plaintext_logits(folder, n):
-    card, model = server_model(folder)
-    program = compile_model(model)
-    x, _ = model_inputs(card, program.input_shape, n, 0, None)
-    return run_plain(program, x)
+    server = server_model(folder)
+    x, _ = model_inputs(server.card, server.program.input_shape, n, 0, None)
+    return run_plain(server.program, x)
 
 
 def job(model, samples=8, batch=8, repeats=1):

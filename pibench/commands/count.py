@@ -16,19 +16,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pibench.checkpoint import is_model_folder, load_public
+    from pibench.checkpoint import PROGRAM_ARCH, is_model_folder, load_card, load_public
     from pibench.models import create_model
-    from pibench.relu import relu_counts
+    from pibench.relu import LayerCount, relu_counts
 
     if is_model_folder(args.model):
         if args.input_size is not None or args.num_classes is not None:
             raise ValueError("--input-size/--num-classes apply to registry names; a model folder fixes its own")
-        card, model = load_public(args.model)
+        card = load_card(args.model)
         name = card.name
     else:
-        model = create_model(args.model, input_size=args.input_size, num_classes=args.num_classes)
-        name = args.model
-    counts = relu_counts(model)
+        card, name = None, args.model
+    if card is not None and card.arch == PROGRAM_ARCH:  # an exported/imported model: its program's ReLU ops
+        from pibench.model_spec import public_program
+
+        _, program = public_program(args.model)
+        counts = [LayerCount(layer, shape, relus) for layer, shape, relus in program.relu_layers()]
+    elif card is not None:
+        counts = relu_counts(load_public(args.model)[1])
+    else:
+        counts = relu_counts(create_model(args.model, input_size=args.input_size, num_classes=args.num_classes))
     total = sum(c.relus for c in counts)
     if args.json:
         layers = [{"name": c.name, "shape": list(c.shape), "relus": c.relus} for c in counts]

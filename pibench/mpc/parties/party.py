@@ -11,9 +11,10 @@ JSON events on stdout, one per line, prefixed with `EVENT_PREFIX`: "ready" once
 connected, then per job the client's "result" (measurements and revealed logits,
 which belong to the client) or "error", and the server's "done".
 
-Per job: compile once, exchange the model's public identity (the hash of a folder's
-architecture and masks, `checkpoint.public_hash`, or the registry name) and the
-program fingerprint; parties that loaded different models refuse to run
+Per job: resolve the spec (`pibench.model_spec`: the server its program with weights,
+the client the public program and its inputs), exchange the model's public identity
+(the hash of a folder's public card and masks, `checkpoint.public_hash`, or the
+registry name) and the program fingerprint; parties that loaded different models refuse to run
 (`ModelMismatch`, fatal: on two machines it means the wrong folders were given),
 while a model that fails to load on either side skips the job on both. Then share
 the weights (setup), run the sample inputs (the first batch is the warm-up), then
@@ -39,9 +40,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 import torch
 
 from pibench.mpc.backend import run_program
+from pibench.model_spec import model_identity, model_inputs, public_program, server_model
 from pibench.mpc.parties.channel import recv_json, send_json
 from pibench.mpc.parties.measure import CommMeter, Measurement, Timed
-from pibench.mpc.program import Op, Program, compile_model
+from pibench.mpc.program import Op, Program
 from pibench.mpc.protocols import CLIENT, DEALER, DEFAULT_PROTOCOL, SERVER, Protocol, get_protocol, protocol_key
 
 if TYPE_CHECKING:  # CrypTen is imported by the party processes only, not by the evaluator
@@ -53,39 +55,10 @@ log = logging.getLogger(__name__)
 ROLES = {"client": CLIENT, "server": SERVER, "dealer": DEALER}
 EVENT_PREFIX = "PIBENCH "
 PEER_FAILED = "the {peer} could not prepare this model (its own log says why)"
-MODEL_SEED = 0  # registry names: the server's random weights (and the evaluator's copy)
 
 
 class ModelMismatch(RuntimeError):
     """The client and the server loaded different models; they must not run a protocol together."""
-
-
-# -- models and inputs (shared with the evaluator, which recomputes the plaintext reference) --
-def server_model(spec: str) -> tuple[Any, torch.nn.Module]:
-    """The server's model: a folder's weights, or seeded random weights for a registry name."""
-    from pibench.checkpoint import is_model_folder, load_model
-    from pibench.models import create_model
-
-    if is_model_folder(spec):
-        return load_model(spec)
-    torch.manual_seed(MODEL_SEED)
-    return None, create_model(spec).eval()
-
-
-def public_model(spec: str) -> tuple[Any, torch.nn.Module]:
-    """The client's model: architecture and masks only (never the weights file)."""
-    from pibench.checkpoint import resolve_public
-
-    return resolve_public(spec)
-
-
-def model_identity(spec: str) -> str:
-    """What fixes the protocol of a model spec, short and comparable across machines."""
-    from pibench.checkpoint import is_model_folder, public_hash
-
-    if is_model_folder(spec):
-        return f"masks/arch hash {public_hash(spec)[:16]}"
-    return f"registry model {spec}"
 
 
 def check_same_model(mine: dict[str, Any], theirs: dict[str, Any], role: str, spec: str) -> None:
@@ -104,31 +77,6 @@ def check_same_model(mine: dict[str, Any], theirs: dict[str, Any], role: str, sp
             f"client and server compiled different MPC programs from {spec}: program fingerprint "
             f"{mine['fingerprint'][:16]} ({role}) vs {theirs['fingerprint'][:16]} ({peer}); run the same pibench "
             "version on both")
-
-
-def model_inputs(card: Any, input_shape: tuple[int, ...], n: int, seed: int,
-                 data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The first n test inputs (and labels) of the card's dataset; seeded normal noise without one."""
-    if card is not None and card.dataset not in ("", "random"):
-        from pibench.data import get_dataset
-
-        # digits / synthetic are generated at the model's input size; others have a fixed one
-        kw: dict[str, Any] = {}
-        if card.dataset in ("digits", "synthetic"):
-            kw["size"] = input_shape[-1]
-        if card.dataset == "synthetic":
-            kw.update(shape=tuple(input_shape), num_classes=card.num_classes)
-        dataset = get_dataset(card.dataset, "test", data_dir, **kw)
-        if len(dataset) < n:
-            raise ValueError(f"dataset {card.dataset!r} has {len(dataset)} test inputs, fewer than --samples {n}")
-        items = [dataset[i] for i in range(n)]
-        x = torch.stack([torch.as_tensor(item[0], dtype=torch.float32) for item in items])
-        if tuple(x.shape[1:]) != tuple(input_shape):
-            raise ValueError(f"dataset {card.dataset!r} gives inputs of shape {tuple(x.shape[1:])}, "
-                             f"the model expects {tuple(input_shape)}")
-        return x, torch.tensor([int(item[1]) for item in items])
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, *input_shape, generator=g), None
 
 
 def iter_batches(n: int, batch: int) -> Iterator[tuple[int, int]]:
@@ -161,11 +109,10 @@ class Party:
         return other
 
     def prepare(self, job: dict[str, Any], spec: str) -> tuple[Program, torch.Tensor | None, torch.Tensor | None]:
+        """The server's program (with weights), or the client's public program and inputs (`pibench.model_spec`)."""
         if self.rank == SERVER:
-            _, model = server_model(spec)
-            return compile_model(model), None, None
-        card, model = public_model(spec)
-        program = compile_model(model).public()
+            return server_model(spec).program, None, None
+        card, program = public_program(spec)
         n = max(job["samples"], job["batch"])
         x, labels = model_inputs(card, program.input_shape, n, job["seed"], job.get("data_dir"))
         return program, x, labels
