@@ -155,6 +155,8 @@ class _Translator:
             if "value" not in a:
                 raise self._unsupported(node, f"a constant given as {sorted(a)}")
             self.constants[node.output[0]] = numpy_helper.to_array(a["value"])
+        elif op in ("Identity", "Dropout") and x in self.constants:  # e.g. a shared zero bias
+            self.constants[node.output[0]] = self.constants[x]
         elif op in ("Identity", "Dropout"):
             self.value[node.output[0]] = self.value[x]  # inference mode: dropout is the identity
         elif op == "Conv":

@@ -2,7 +2,8 @@
 
 `pibench bench` starts its parties with this command. On two real machines run it on
 each, with the same --model list and options: the server with the full model folder,
-the client with the public part only (model.json and masks.safetensors); with
+the client with the public part only (model.json and masks.safetensors, and program.json
+for an exported model); with
 `--out DIR` the client appends its measurements to DIR/results.csv and layers.csv.
 Parties that loaded different models refuse to run (exit code 2, naming both hashes).
 """
