@@ -89,7 +89,7 @@ def _write_atomic(path: Path, text: str, mode: int) -> None:
     tmp.replace(path)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -140,14 +140,21 @@ def save_model(
         budget_reached=budget_reached,
         provenance=provenance or {},
         method_info=method_info or {},
-        masks_sha256=_sha256(folder / MASKS_FILE),
-        weights_sha256=_sha256(folder / WEIGHTS_FILE),
+        masks_sha256=sha256_file(folder / MASKS_FILE),
+        weights_sha256=sha256_file(folder / WEIGHTS_FILE),
     )
+    write_card(folder, card)
+    return card
+
+
+def write_card(folder: Path, card: ModelCard) -> None:
+    """The cards of a folder whose tensors are written: private.json (server only), then model.json.
+
+    The public card is written last, so a folder with a model.json is complete.
+    """
     (folder / WEIGHTS_FILE).chmod(0o600)
     _write_atomic(folder / PRIVATE_CARD_FILE, _json(card.private()), 0o600)
-    # The public card is written last, so a folder with a model.json is complete.
     _write_atomic(folder / CARD_FILE, _json(card.public()), 0o644)
-    return card
 
 
 def is_model_folder(path: str | Path) -> bool:
@@ -210,7 +217,7 @@ def _load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
 
 
 def _check_hash(path: Path, expected: str, what: str) -> None:
-    if expected and _sha256(path) != expected:
+    if expected and sha256_file(path) != expected:
         raise CheckpointError(
             f"{path}: {what} do not match the sha256 recorded in {CARD_FILE}; the file was changed or is corrupt"
         )
@@ -261,7 +268,7 @@ def load_model(folder: str | Path) -> tuple[ModelCard, nn.Module]:
 
 
 def public_hash(folder: str | Path) -> str:
-    """A digest of what fixes the secure protocol: architecture, input shape and masks.
+    """A digest of what fixes the secure protocol: architecture (a program folder: its program's sha256), input shape and masks.
 
     Two parties compare it at start-up so they never run different protocols. Names,
     accuracies and weights do not enter it.
@@ -269,14 +276,5 @@ def public_hash(folder: str | Path) -> str:
     card = load_card(folder)
     protocol = {k: getattr(card, k) for k in ("arch", "arch_args", "input_shape", "num_classes")}
     h = hashlib.sha256(json.dumps(protocol, sort_keys=True).encode())
-    h.update(_sha256(Path(folder) / MASKS_FILE).encode())
+    h.update(sha256_file(Path(folder) / MASKS_FILE).encode())
     return h.hexdigest()
-
-
-def resolve_public(spec: str | Path) -> tuple[ModelCard | None, nn.Module]:
-    """A registry name (all-ReLU, random weights) or a model folder's public part."""
-    if is_model_folder(spec):
-        return load_public(spec)
-    if Path(spec).is_dir():
-        raise CheckpointError(f"{spec}: folder has no {CARD_FILE}; it is not a pibench model folder")
-    return None, create_model(str(spec))

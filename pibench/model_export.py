@@ -6,9 +6,11 @@ A registry model folder names an architecture the client rebuilds from pibench's
 classes; an exported folder instead holds the compiled program, so the client needs
 no Python class of the user's:
 
-    models/<name>/model.json          public: card (arch "program"), as for every model folder
+    models/<name>/model.json          public: card (arch "program", arch_args: the program's sha256)
     models/<name>/program.json        public: the compiled program (ops, shapes, strides; no weights)
     models/<name>/masks.safetensors   public: kept positions of each partially kept ReLU layer
+    models/<name>/private.json        private: name, method, accuracy, provenance (export or onnx,
+                                      torch/onnx versions, the source file's sha256), weights digest
     models/<name>/weights.safetensors private: the program's weights (BatchNorm already folded)
 
 `pibench.onnx_import` writes the same kind of folder from an ONNX file.
@@ -17,7 +19,6 @@ no Python class of the user's:
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pibench.checkpoint import (CARD_FILE, MASKS_FILE, PROGRAM_ARCH, PROGRAM_FILE, WEIGHTS_FILE, CheckpointError,
-                                ModelCard, _sha256)
+                                ModelCard, sha256_file, write_card)
 from pibench.mpc.backend import run_plain
 from pibench.mpc.program import (CompileError, Program, compile_model, program_from_json, program_to_json,
                                  program_weights)
@@ -53,7 +54,7 @@ def export(model: nn.Module, example_input: torch.Tensor, folder: str | Path,
     source = inspect.getsourcefile(type(model))
     provenance = {"source": "export", "class": f"{type(model).__module__}.{type(model).__qualname__}",
                   "torch_version": torch.__version__,
-                  "source_sha256": _sha256(Path(source)) if source and Path(source).is_file() else ""}
+                  "source_sha256": sha256_file(Path(source)) if source and Path(source).is_file() else ""}
     return write_program_folder(program, folder, name=name, dataset=dataset, accuracy=accuracy, method=method,
                                 provenance=provenance)
 
@@ -92,7 +93,7 @@ def write_program_folder(program: Program, folder: str | Path, *, name: str | No
     card = ModelCard(
         name=name or folder.name,
         arch=PROGRAM_ARCH,
-        arch_args={"program_sha256": _sha256(folder / PROGRAM_FILE)},
+        arch_args={"program_sha256": sha256_file(folder / PROGRAM_FILE)},
         dataset=dataset,
         input_shape=list(program.input_shape),
         num_classes=int(program.output_shape[0]),
@@ -101,12 +102,10 @@ def write_program_folder(program: Program, folder: str | Path, *, name: str | No
         layers=[{"name": layer, "shape": list(shape), "relus": relus} for layer, shape, relus in program.relu_layers()],
         accuracy=accuracy,
         provenance=provenance,
-        masks_sha256=_sha256(folder / MASKS_FILE),
-        weights_sha256=_sha256(folder / WEIGHTS_FILE),
+        masks_sha256=sha256_file(folder / MASKS_FILE),
+        weights_sha256=sha256_file(folder / WEIGHTS_FILE),
     )
-    tmp = folder / (CARD_FILE + ".tmp")
-    tmp.write_text(json.dumps(card.__dict__, indent=2) + "\n")
-    tmp.replace(folder / CARD_FILE)
+    write_card(folder, card)
     return card
 
 
@@ -133,7 +132,7 @@ def load_program(folder: str | Path, card: ModelCard, *, weights: bool) -> Progr
 def _check(path: Path, expected: str, what: str) -> None:
     if not path.is_file():
         raise CheckpointError(f"{path}: {what} file is missing")
-    if expected and _sha256(path) != expected:
+    if expected and sha256_file(path) != expected:
         raise CheckpointError(f"{path}: {what} do not match the sha256 recorded in {CARD_FILE}; "
                               "the file was changed or is corrupt")
 

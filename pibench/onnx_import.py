@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pibench.checkpoint import ModelCard, _sha256
+from pibench.checkpoint import ModelCard, sha256_file
 from pibench.mpc.program import INPUT, Op, Program
 
 SUPPORTED_OPS = ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Constant", "Conv", "Dropout",
@@ -61,7 +61,7 @@ def import_onnx(path: str | Path, folder: str | Path, masks: dict[str, torch.Ten
 
     program = program_from_onnx(load_onnx(path), masks or {})
     provenance = {"source": "onnx", "onnx_version": onnx.__version__, "torch_version": torch.__version__,
-                  "source_file": Path(path).name, "source_sha256": _sha256(Path(path))}
+                  "source_file": Path(path).name, "source_sha256": sha256_file(Path(path))}
     return write_program_folder(program, folder, name=name, dataset=dataset, accuracy=accuracy, method=method,
                                 provenance=provenance)
 

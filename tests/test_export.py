@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import pibench
-from pibench.checkpoint import CARD_FILE, MASKS_FILE, WEIGHTS_FILE, ModelCard
-from pibench.model_export import PROGRAM_FILE, load_program
+from pibench.checkpoint import CARD_FILE, MASKS_FILE, PRIVATE_CARD_FILE, PROGRAM_FILE, WEIGHTS_FILE, load_card
+from pibench.model_export import load_program
 from pibench.mpc.backend import run_plain
 from pibench.mpc.program import CompileError, compile_model, program_from_json, program_to_json
 from pibench.onnx_import import SUPPORTED_OPS, import_onnx, load_onnx, program_from_onnx
@@ -176,10 +176,6 @@ def onnx_file(model: nn.Module, x: torch.Tensor, path) -> str:
     return str(path)
 
 
-def card_of(folder) -> ModelCard:
-    return ModelCard(**json.loads((folder / CARD_FILE).read_text()))
-
-
 @pytest.mark.parametrize("name", sorted(NETS))
 def test_program_computes_each_architecture_and_counts_its_relus(name):
     model, x = net(name)
@@ -223,7 +219,13 @@ def test_folder_round_trip_public_part_has_no_weights(tmp_path):
     masks = {"layer1.relu": torch.rand(8, 16, 16, generator=torch.Generator().manual_seed(1)) < 0.3}
     card = pibench.export(model, x, tmp_path / "m", masks=masks, name="mine", dataset="digits", accuracy=91.5)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted([CARD_FILE, PROGRAM_FILE, MASKS_FILE,
-                                                                         WEIGHTS_FILE])
+                                                                         PRIVATE_CARD_FILE, WEIGHTS_FILE])
+    public_card = json.loads((tmp_path / "m" / CARD_FILE).read_text())
+    private_card = json.loads((tmp_path / "m" / PRIVATE_CARD_FILE).read_text())
+    assert "provenance" not in public_card and "accuracy" not in public_card and "name" not in public_card
+    assert private_card["provenance"]["source"] == "export" and len(private_card["provenance"]["source_sha256"]) == 64
+    assert private_card["provenance"]["class"] == "test_export.ResNetLike"
+    assert load_card(tmp_path / "m") == card
     assert (card.name, card.dataset, card.accuracy, card.arch) == ("mine", "digits", 91.5, "program")
     doc = json.loads((tmp_path / "m" / PROGRAM_FILE).read_text())  # plain JSON, no tensors
     assert doc["format"] == "pibench-program/1" and len(doc["ops"]) == len(compile_model(model, (3, 32, 32)).ops)
@@ -358,7 +360,7 @@ def test_import_cli_writes_a_folder_or_one_line_and_no_folder(tmp_path):
     save_file(masks, tmp_path / "masks.safetensors")
     ok = cli("import", good, "--out", str(tmp_path / "mnet"), "--masks", str(tmp_path / "masks.safetensors"))
     assert ok.returncode == 0, ok.stderr
-    card = card_of(tmp_path / "mnet")
+    card = load_card(tmp_path / "mnet")
     assert card.relus == hook_count(model, x) - 2 * (8 * 16 * 16 - int(masks[relu_names[0]].sum()))
 
     bad = onnx_file(SoftmaxInside().eval(), torch.randn(1, 3, 8, 8), tmp_path / "softmax.onnx")
