@@ -268,7 +268,9 @@ def load_model(folder: str | Path) -> tuple[ModelCard, nn.Module]:
 
 
 def public_hash(folder: str | Path) -> str:
-    """A digest of what fixes the secure protocol: architecture (a program folder: its program's sha256), input shape and masks.
+    """A digest of what fixes the secure protocol: architecture, input shape and masks.
+
+    A program folder's architecture is its program: `arch_args` holds program.json's sha256.
 
     Two parties compare it at start-up so they never run different protocols. Names,
     accuracies and weights do not enter it.
