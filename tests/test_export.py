@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import pibench
-from pibench.checkpoint import CARD_FILE, MASKS_FILE, PRIVATE_CARD_FILE, PROGRAM_FILE, WEIGHTS_FILE, load_card
+from pibench.checkpoint import (CARD_FILE, MASKS_FILE, PRIVATE_CARD_FILE, PROGRAM_FILE, WEIGHTS_FILE, CheckpointError,
+                                load_card)
 from pibench.model_export import load_program
 from pibench.mpc.backend import run_plain
 from pibench.mpc.program import CompileError, compile_model, program_from_json, program_to_json
@@ -381,3 +382,17 @@ def test_import_cli_writes_a_folder_or_one_line_and_no_folder(tmp_path):
     line = one_line(cli("import", good, "--out", str(tmp_path / "w"), "--masks", str(tmp_path / "wrong.safetensors")))
     assert f"the mask for layer '{relu_names[0]}' has shape (8, 15, 15) but the layer's feature map is (8, 16, 16)" \
         in line and not (tmp_path / "w").exists()
+
+
+def test_a_changed_program_or_mask_file_is_refused(tmp_path):
+    model, x = net("squeezenet_like")
+    masks = {"features.1": torch.rand(8, 16, 16, generator=torch.Generator().manual_seed(3)) < 0.5}
+    card = pibench.export(model, x, tmp_path / "m", masks=masks)
+    program_file = tmp_path / "m" / PROGRAM_FILE
+    program_file.write_text(program_file.read_text().replace('"relus": 0', '"relus": 1', 1))
+    with pytest.raises(CheckpointError, match=r"program\.json: program do not match the sha256 recorded"):
+        load_program(tmp_path / "m", card, weights=False)
+    pibench.export(model, x, tmp_path / "m", masks=masks)
+    save_file({"features.1": torch.ones(8, 16, 16, dtype=torch.bool)}, tmp_path / "m" / MASKS_FILE)
+    with pytest.raises(CheckpointError, match=r"masks\.safetensors: masks do not match the sha256"):
+        load_program(tmp_path / "m", load_card(tmp_path / "m"), weights=False)
