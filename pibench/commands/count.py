@@ -16,6 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pibench.model_spec import check_model
+
+    check_model(args.model, weights=False)
     from pibench.checkpoint import is_model_folder, load_public
     from pibench.models import create_model
     from pibench.relu import relu_counts
@@ -23,8 +26,8 @@ def run(args: argparse.Namespace) -> int:
     if is_model_folder(args.model):
         if args.input_size is not None or args.num_classes is not None:
             raise ValueError("--input-size/--num-classes apply to registry names; a model folder fixes its own")
-        card, model = load_public(args.model)
-        name = card.name
+        _, model = load_public(args.model)
+        name = args.model
     else:
         model = create_model(args.model, input_size=args.input_size, num_classes=args.num_classes)
         name = args.model
