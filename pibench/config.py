@@ -190,6 +190,7 @@ def load_config(path: str | Path) -> SweepConfig:
 
 def validate(cfg: SweepConfig, source: str) -> None:
     """Check every name and budget against the registries (cheap: builds no data)."""
+    from pibench.bench import check_backend
     from pibench.budget import parse_budget
     from pibench.data import DATASETS
     from pibench.linearize import METHODS, linearize_many, make_settings
@@ -210,6 +211,8 @@ def validate(cfg: SweepConfig, source: str) -> None:
         raise ConfigError(f"{source}: protocols: a list of at least one protocol, e.g. [crypten:dealer]")
     keys = [_check(lambda: get_protocol(str(p)).key, f"{source}: protocols[{i}]") for i, p in enumerate(cfg.protocols)]
     cfg.protocols = list(dict.fromkeys(keys))  # "dealer" and "crypten:dealer" are one protocol
+    for i, key in enumerate(cfg.protocols):
+        _check(lambda: check_backend(key), f"{source}: protocols[{i}]")
     if cfg.hosts not in HOSTS:
         raise ConfigError(f"{source}: hosts: unknown hosts {cfg.hosts!r} (known: {', '.join(HOSTS)})")
     for key in ("repeats", "batch", "samples", "threads"):

@@ -87,8 +87,7 @@ def _scale(axes: list[plt.Axes], values: pd.Series, axis: str, counts: bool = Fa
 
 
 def _save(fig: plt.Figure, out_dir: Path, name: str) -> list[Path]:
-    if fig.get_layout_engine() is None:
-        fig.tight_layout()
+    fig.tight_layout()
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
     for p in paths:
         fig.savefig(p, bbox_inches="tight")

@@ -81,12 +81,13 @@ def method_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def shared_models(per_model: pd.DataFrame) -> dict[str, str]:
-    """Rows that are one model: budgets that gave the same result (same ReLUs, MACs, accuracy and bytes).
+    """Rows that are one model: budgets that gave the same result (same ReLUs, MACs, accuracy and bytes
+    under one protocol).
 
     DeepReDuce picks from a fixed set of candidates, so two budgets can give one model;
     its rows then say so instead of reading as two results.
     """
-    same = ["relus", "macs", "accuracy", "bytes_per_party"]
+    same = ["key", "relus", "macs", "accuracy", "bytes_per_party"]  # under one protocol
     notes = {}
     for _, group in per_model.groupby([per_model[c].astype(str) for c in same], sort=False):
         if len(group) > 1:

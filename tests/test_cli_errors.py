@@ -188,3 +188,17 @@ def test_a_failed_row_names_the_users_folder_not_the_card_or_a_temporary_copy(tm
         assert result.model == name and {row.model for row in result.rows} == {name}
         assert f"{tmp_path / name / MASKS_FILE}: cannot read masks" in result.error
         assert "pibench-public-" not in result.error
+
+
+def test_a_sweep_with_an_spu_protocol_and_no_extra_stops_before_any_work(tmp_path):
+    import yaml
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump({"run": "s", "protocols": ["crypten:dealer", "spu:semi2k"],
+                                      "cost_only": [{"model": "cnn_digits"}]}))
+    hide = ("import sys; sys.modules['spu'] = None; from pibench.cli import main; "
+            f"sys.exit(main(['sweep', {str(config)!r}]))")
+    out = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert one_line(out).startswith(f"pibench sweep: error: {config}: protocols[1]: spu:semi2k needs the SecretFlow "
+                                    "SPU extra, which is not installed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.yaml"]
