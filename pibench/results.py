@@ -130,12 +130,15 @@ def results_lock(folder: str | Path) -> Iterator[Path]:
 
     The lock is an flock on folder/.pibench.lock, which the kernel drops when its
     holder dies (SIGKILL included), so a stale lock never blocks a resumed run. The
-    file names its holder: pid, host, command line and start time.
+    file names its holder: pid, host, command line and start time. A folder this call
+    made is removed again if nothing was written into it (a run that measured nothing).
     """
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    held = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -146,8 +149,12 @@ def results_lock(folder: str | Path) -> Iterator[Path]:
         command = " ".join(["pibench", *sys.argv[1:]]) if sys.argv else "python"
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} ({command}, since {since})\n".encode())
+        held = True
         yield folder
     finally:
+        if held and created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+            path.unlink()
+            folder.rmdir()
         os.close(fd)  # releases the flock
 
 
