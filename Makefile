@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q "$(TORCH_SPEC)"
 	# crypten 0.4.1 declares the dead `sklearn` package and torchvision: install it
 	# without its metadata deps; its real runtime needs are listed in pyproject.toml.
+	# pip would then report crypten's unmet declared deps (sklearn, tensorboard,
+	# torchvision, future) as a red ERROR after every install: expected, so not shown.
 	$(PIP) install -q --no-deps crypten==0.4.1
-	$(PIP) install -q -e ".[$(EXTRAS)]"
+	$(PIP) install -q --no-warn-conflicts -e ".[$(EXTRAS)]"
 	rm -f $(VENV)/.installed*
 	touch $(STAMP)
 

@@ -24,6 +24,7 @@ import contextlib
 import datetime as dt
 import functools
 import importlib.metadata
+import importlib.util
 import logging
 import shutil
 import socket
@@ -74,6 +75,8 @@ class BenchOptions:
     def __post_init__(self) -> None:
         if self.repeats < 1 or self.batch < 1 or (self.samples is not None and self.samples < 0):
             raise ValueError("--repeats and --batch must be at least 1, --samples at least 0")
+        if self.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {self.threads}")
         if not self.networks:
             raise ValueError("at least one network profile is needed (e.g. lan)")
         if self.run_id is None:
@@ -89,13 +92,21 @@ class BenchOptions:
 class BenchResult:
     """One model's rows (one per network profile) and its per-op rows."""
 
-    model: str
+    model: str  # the `model` column: a folder's name or a registry name
     rows: list[ResultRow]
     layers: list[LayerRow]
+    spec: str = ""  # the model as the user gave it (a folder path), for messages
 
     @property
     def error(self) -> str:
         return self.rows[0].error
+
+
+def check_backend(protocol: str) -> None:
+    """Raise one line when `protocol`'s backend is an extra that is not installed (SPU)."""
+    if protocol_of(protocol).backend == "spu" and not all(importlib.util.find_spec(m) for m in ("spu", "jax")):
+        raise ValueError(f"{protocol} needs the SecretFlow SPU extra, which is not installed: "
+                         "`make install EXTRAS=test,spu` (or pip install -e \".[spu]\" into a fresh venv)")
 
 
 @functools.cache
@@ -155,7 +166,7 @@ def result_rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor |
     """One measurement's rows (one per profile of `link`); no agreement without a reference `ref`."""
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     protocol = get_protocol(options.protocol)
-    name = card.name if card else spec
+    name = Path(spec).name  # the folder's name (not the card's, which a copied folder keeps), or the registry name
     base = dict(run_id=options.run_id, timestamp=now, model=name, arch=card.arch if card else spec,
                 dataset=card.dataset if card else "", method=card.method if card else "registry",
                 budget=card.budget if card else None, accuracy=card.accuracy if card else None,
@@ -166,7 +177,7 @@ def result_rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor |
     if event.get("error"):
         rows = [ResultRow(**base, network=p.name, bandwidth_mbps=p.bandwidth_mbps, rtt_ms=p.rtt_ms,
                           error=event["error"]) for p in link.profiles]
-        return BenchResult(name, rows, [])
+        return BenchResult(name, rows, [], spec)
     agreement = max_err = mpc_accuracy = None
     logits = torch.tensor(event["logits"], dtype=torch.float64)
     if len(logits) and ref is not None:
@@ -198,7 +209,7 @@ def result_rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor |
             for p in link.profiles]
     layers = [LayerRow(options.run_id, name, i, o["op"], o["layer"], o["relus"], o["time_s"], o["bytes"], o["rounds"],
                        protocol.key) for i, o in enumerate(ops)]
-    return BenchResult(name, rows, layers)
+    return BenchResult(name, rows, layers, spec)
 
 
 def bench_models(models: Iterable[str], options: BenchOptions | None = None) -> Iterator[BenchResult]:
@@ -225,7 +236,8 @@ def bench_models(models: Iterable[str], options: BenchOptions | None = None) -> 
                         log.info("[%d] %s on %s", i, spec, link.name)
                     events.append(session.run({**job, "client_model": public}))
                     if events[-1].get("error"):  # the same model fails on every link
-                        events = events[-1:] * len(links)
+                        # name the user's folder, not the client's temporary copy of it
+                        events = [{**events[-1], "error": events[-1]["error"].replace(public, spec)}] * len(links)
                         break
             card, ref, labels = None, None, None
             if not events[0].get("error"):
@@ -239,7 +251,7 @@ def bench_models(models: Iterable[str], options: BenchOptions | None = None) -> 
             results = [result_rows(spec, card, event, ref, labels, options, env, link)
                        for link, event in zip(links, events)]
             # layers.csv has no link column: per-op costs come from the first link's measurement
-            yield BenchResult(results[0].model, [row for r in results for row in r.rows], results[0].layers)
+            yield BenchResult(results[0].model, [row for r in results for row in r.rows], results[0].layers, spec)
 
 
 def client_result(spec: str, event: dict[str, Any], options: BenchOptions) -> BenchResult:
@@ -265,7 +277,7 @@ def summary(result: BenchResult) -> dict[str, Any]:
     """The headline numbers of one model (what `pibench bench --json` prints)."""
     row = result.rows[0]
     return {
-        "model": result.model, "error": row.error, "protocol": f"{row.backend}:{row.protocol}",
+        "model": result.spec or result.model, "error": row.error, "protocol": f"{row.backend}:{row.protocol}",
         "security": row.security, "relus": row.relus, "macs": row.macs, "bytes_per_party": row.bytes_per_party,
         "linear_bytes": row.linear_bytes, "relu_bytes": row.relu_bytes, "rounds": row.rounds, "latency_s_median": row.latency_s_median,
         "latency_s_p10": row.latency_s_p10, "latency_s_p90": row.latency_s_p90,

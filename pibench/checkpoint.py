@@ -122,6 +122,7 @@ def save_model(
     folder.mkdir(parents=True, exist_ok=True)
     masks = {k: v.cpu().contiguous() for k, v in get_masks(model).items()}
     save_file(masks, folder / MASKS_FILE)
+    (folder / MASKS_FILE).chmod(0o644)  # public (the client's copy); the weights keep safetensors' 0600
     save_file(weights_state(model), folder / WEIGHTS_FILE)
     args = dict(model.pibench_args)
     counts = relu_counts(model)

@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from pibench.commands import Interrupted
+
 # Subcommand name -> module under pibench.commands, in the order `--help` lists them.
 COMMANDS = {
     "count": "count",
@@ -49,15 +51,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args._run(args) or 0)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
-        # Expected user errors (unknown model, bad budget, corrupt file, dead party) end
-        # with one line, not a traceback; -v shows the traceback.
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+        # Expected user errors (unknown model, bad budget, corrupt file, dead party, full
+        # disk) end with one line, not a traceback; -v shows the traceback.
         if args.verbose:
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"pibench {args.command}: error: {msg}", file=sys.stderr)
+        print(f"pibench {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Interrupted) as e:
+        if args.verbose:
+            raise
+        what = f": {e}" if isinstance(e, Interrupted) else ""
+        print(f"\npibench {args.command}: interrupted{what}", file=sys.stderr)
+        return 130
 
+
+def _message(e: BaseException) -> str:
+    """One line for an expected error: the message itself, the file an OSError is about."""
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return str(e)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,8 +168,11 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> SweepConfig:
         _build(Resources, given, f"{source}: executor.{kind}")
         setattr(cfg.executor, kind, dataclasses.replace(getattr(cfg.executor, kind), **given))
     cfg.experiments = [_build(Experiment, e, f"{source}: experiments[{i}]") for i, e in enumerate(experiments)]
-    for exp in cfg.experiments:  # `senet:` with no settings parses as None
-        exp.methods = {method: kwargs or {} for method, kwargs in (exp.methods or {}).items()}
+    for i, exp in enumerate(cfg.experiments):  # `senet:` with no settings parses as None
+        if not isinstance(exp.methods or {}, dict):
+            raise ConfigError(f"{source}: experiments[{i}].methods: expected a mapping of method to settings, "
+                              f"e.g. {{senet: {{}}}}, got {exp.methods!r}")
+        exp.methods = {method: {} if kwargs is None else kwargs for method, kwargs in (exp.methods or {}).items()}
     cfg.cost_only = [_build(CostOnly, c, f"{source}: cost_only[{i}]") for i, c in enumerate(cost_only)]
     validate(cfg, source)
     return cfg
@@ -186,10 +191,11 @@ def load_config(path: str | Path) -> SweepConfig:
 
 def validate(cfg: SweepConfig, source: str) -> None:
     """Check every name and budget against the registries (cheap: builds no data)."""
+    from pibench.bench import check_backend
     from pibench.budget import parse_budget
     from pibench.checkpoint import load_card
     from pibench.data import DATASETS
-    from pibench.linearize import METHODS, make_settings
+    from pibench.linearize import METHODS, linearize_many, make_settings
     from pibench.models import MODELS, create_model
     from pibench.mpc.net.hosts import HOSTS
     from pibench.mpc.net.network import parse_network
@@ -198,10 +204,17 @@ def validate(cfg: SweepConfig, source: str) -> None:
 
     if not cfg.experiments and not cfg.cost_only:
         raise ConfigError(f"{source}: nothing to run: add 'experiments' or 'cost_only'")
+    if not isinstance(cfg.run, str) or not cfg.run or Path(cfg.run).name != cfg.run or cfg.run in (".", ".."):
+        raise ConfigError(f"{source}: run: a folder name (made under results_dir), got {cfg.run!r}")
+    _check_list(cfg.networks, f"{source}: networks", "network profiles, e.g. [lan, wan]")
+    if not cfg.networks:
+        raise ConfigError(f"{source}: networks: at least one network profile, e.g. [lan, wan]")
     if not isinstance(cfg.protocols, list) or not cfg.protocols:
         raise ConfigError(f"{source}: protocols: a list of at least one protocol, e.g. [crypten:dealer]")
     keys = [_check(lambda: get_protocol(str(p)).key, f"{source}: protocols[{i}]") for i, p in enumerate(cfg.protocols)]
     cfg.protocols = list(dict.fromkeys(keys))  # "dealer" and "crypten:dealer" are one protocol
+    for i, key in enumerate(cfg.protocols):
+        _check(lambda: check_backend(key), f"{source}: protocols[{i}]")
     if cfg.hosts not in HOSTS:
         raise ConfigError(f"{source}: hosts: unknown hosts {cfg.hosts!r} (known: {', '.join(HOSTS)})")
     for key in ("repeats", "batch", "samples", "threads"):
@@ -217,16 +230,31 @@ def validate(cfg: SweepConfig, source: str) -> None:
 
     for i, exp in enumerate(cfg.experiments):
         where = f"{source}: experiments[{i}]"
+        _check_list(exp.budgets, f"{where}.budgets", "ReLU budgets, e.g. [25k, 0.1]")
         _check(lambda: DATASETS.get(exp.dataset), f"{where}.dataset")
         _check(lambda: MODELS.get(exp.arch), f"{where}.arch")
         relus = _check(lambda: experiment_relus(exp), f"{where}.arch")
+        if not isinstance(exp.teacher, dict):
+            raise ConfigError(f"{where}.teacher: expected a mapping of training settings, e.g. {{epochs: 30}}")
         _check(lambda: inspect.signature(train_baseline).bind_partial(**exp.teacher), f"{where}.teacher")
+        _check(lambda: check_types(exp.teacher, typing.get_type_hints(train_baseline), "setting"), f"{where}.teacher")
+        if exp.teacher.get("epochs", 1) < 1:
+            raise ConfigError(f"{where}.teacher.epochs: must be at least 1, got {exp.teacher['epochs']!r}")
         for method, kwargs in exp.methods.items():
             _check(lambda: METHODS.get(method), f"{where}.methods.{method}")
-            settings = {k: v for k, v in (kwargs or {}).items() if k not in RUN_KEYS or k == "epochs"}
+            if not isinstance(kwargs, dict):
+                raise ConfigError(f"{where}.methods.{method}: expected a mapping of settings (or nothing), "
+                                  f"got {kwargs!r}")
+            settings = {k: v for k, v in kwargs.items() if k not in RUN_KEYS or k == "epochs"}
             _check(lambda: make_settings(method, **settings), f"{where}.methods.{method}")
+            run = {k: v for k, v in kwargs.items() if k in RUN_KEYS and k != "epochs"}
+            _check(lambda: check_types(run, typing.get_type_hints(linearize_many), "setting"),
+                   f"{where}.methods.{method}")
         if exp.methods and not exp.budgets:
             raise ConfigError(f"{where}.budgets: methods need at least one budget")
+        if exp.budgets and not exp.methods:
+            raise ConfigError(f"{where}.methods: budgets are given but no method; add one of "
+                              f"{', '.join(METHODS)} (or drop budgets for a teacher-only run)")
         for j, b in enumerate(exp.budgets):
             _check(lambda: parse_budget(b, relus), f"{where}.budgets[{j}]")
     data_dirs = {exp.data_dir for exp in cfg.experiments} - {None}
@@ -252,6 +280,7 @@ def validate(cfg: SweepConfig, source: str) -> None:
             else:
                 total_relus(entry.model, entry.arch_args, f"{where}.model")
             continue
+        _check_list(entry.budgets, f"{where}.budgets", "ReLU budgets, e.g. [25k, 50k]")
         relus = total_relus(entry.arch, entry.arch_args, f"{where}.arch")
         if entry.allocation is None or not entry.budgets:
             raise ConfigError(f"{where}: 'arch' needs 'allocation' and 'budgets'")
@@ -278,6 +307,11 @@ def validate_executor(ex: ExecutorConfig, where: str) -> None:
         raise ConfigError(f"{where}.slurm: expected a mapping of sbatch option names to values, got {ex.slurm!r}")
 
 
+def _check_list(value: Any, where: str, what: str) -> None:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list of {what}, got {value!r}")
+
+
 def experiment_relus(exp: Experiment) -> int:
     """ReLUs of an experiment's all-ReLU model, built for its dataset's input and classes."""
     from pibench.data import dataset_info
@@ -292,6 +326,51 @@ def experiment_relus(exp: Experiment) -> int:
 def is_folder_spec(model: str) -> bool:
     """A cost-only `model:` that names a folder (a path) rather than a registry name."""
     return "/" in model or Path(model).is_dir()
+
+
+def type_problem(value: Any, hint: Any) -> str | None:
+    """None when `value` (as YAML or JSON gives it) fits the type hint; else the type expected.
+
+    Settings and training arguments are checked against their declared types when a
+    config is loaded, so `lr: fast` fails naming the key, not an hour later in training.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        return None if any(type_problem(value, a) is None for a in args) else " or ".join(_type_name(a) for a in args)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return _type_name(hint)
+        return next((f"{_type_name(hint)} (item {i}: {p})" for i, v in enumerate(value)
+                     if args and (p := type_problem(v, args[0])) is not None), None)
+    if origin is dict or hint is dict:
+        return None if isinstance(value, dict) else "a mapping"
+    if hint is type(None):
+        return None if value is None else "null"
+    if hint is float:
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "float"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "int"
+    if hint is Path:
+        return None if isinstance(value, (str, Path)) else "path"
+    if isinstance(hint, type):
+        return None if isinstance(value, hint) else hint.__name__
+    return None
+
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    return str(hint) if typing.get_origin(hint) else getattr(hint, "__name__", str(hint))
+
+
+def check_types(values: dict[str, Any], hints: dict[str, Any], what: str) -> None:
+    """Raise ValueError naming the first key whose value does not fit its declared type."""
+    for key, value in values.items():
+        problem = type_problem(value, hints[key]) if key in hints else None
+        if problem is not None:
+            raise ValueError(f"{what} {key}: expected {problem}, got {value!r}")
 
 
 def _check(fn: Any, where: str) -> Any:

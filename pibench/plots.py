@@ -1,12 +1,18 @@
 """Trade-off figures from a run folder's results.csv and layers.csv (read only).
 
 Each figure is sized for one paper column (3.4 in wide) and saved as PNG and PDF.
-Axes switch to log scale when the data spans more than a decade.
+Axes switch to log scale when the data spans more than a decade; panels meant to be
+compared share the scale type. Tick labels are plain numbers in the axis unit
+(0.05 s, 0.5 MB); only ReLU counts use k / M. Every method has one colour, marker and
+line style in every figure of every run (`METHOD_LOOKS`); with several protocols the
+colour is the protocol's and the marker and line style the method's.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import zlib
 from pathlib import Path
 
 import matplotlib
@@ -14,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from pibench.pareto import pareto_front  # noqa: E402
 from pibench.results import load_layers, load_results  # noqa: E402
@@ -39,18 +45,45 @@ LINEAR_OPS = {"conv", "linear", "add", "affine", "avgpool", "flatten"}
 COMPARISON_OPS = {"relu", "maxpool"}
 
 
-def _log_if_wide(ax: plt.Axes, values: pd.Series, axis: str) -> None:
-    """Log scale with plain labels (1k, 10k, 100m) when the values span more than a decade."""
-    v = values[values > 0]
-    if len(v) and v.max() / v.min() > 10:
+def _count_label(value: float, _pos: int | None = None) -> str:
+    """ReLU counts: 500, 2k, 1.5M."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
+def _plain_label(value: float, _pos: int | None = None) -> str:
+    """Seconds, MB, bytes: 0.05, 0.5, 2, 1,000 (no SI prefixes, which read as units: 50m)."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:g}"
+
+
+def _tick_bounds(low: float, high: float, subs: tuple[float, ...]) -> tuple[float, float]:
+    """The ticks just below `low` and just above `high`, so every point lies between labelled ticks."""
+    ticks = [s * 10.0 ** e for e in range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 2)
+             for s in subs]
+    return max(t for t in ticks if t <= low * (1 + 1e-9)), min(t for t in ticks if t >= high * (1 - 1e-9))
+
+
+def _scale(axes: list[plt.Axes], values: pd.Series, axis: str, counts: bool = False) -> None:
+    """One scale type for panels meant to be compared: log when `values` (all panels') span over a decade.
+
+    Log axes get 1-2-5 ticks over up to two decades, decades beyond (an explicit numticks:
+    matplotlib's "auto" leaves a narrow panel with no ticks at all), and limits on
+    labelled ticks. `counts`: ReLU counts (1k, 10k); else plain numbers in the axis unit.
+    """
+    v = values[values > 0].dropna()
+    wide = len(v) and v.max() / v.min() > 10
+    subs = (1.0, 2.0, 5.0) if wide and v.max() / v.min() <= 100 else (1.0,)
+    for ax in axes:
         target = ax.xaxis if axis == "x" else ax.yaxis
-        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
-        # 1-2-5 ticks over up to two decades, decades beyond (an explicit numticks: matplotlib's
-        # "auto" leaves a narrow panel with no ticks at all)
-        subs = (1.0, 2.0, 5.0) if v.max() / v.min() <= 100 else (1.0,)
-        target.set_major_locator(LogLocator(subs=subs, numticks=12))
-        target.set_major_formatter(EngFormatter(sep=""))
-        target.set_minor_formatter(NullFormatter())
+        if wide:
+            (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+            target.set_major_locator(LogLocator(subs=subs, numticks=12))
+            target.set_minor_formatter(NullFormatter())
+            low, high = _tick_bounds(v.min(), v.max(), subs)
+            (ax.set_xlim if axis == "x" else ax.set_ylim)(low / 1.15, high * 1.15)
+        target.set_major_formatter(FuncFormatter(_count_label if counts else _plain_label))
 
 
 def _save(fig: plt.Figure, out_dir: Path, name: str) -> list[Path]:
@@ -67,23 +100,46 @@ def _figure() -> tuple[plt.Figure, plt.Axes]:
     return plt.subplots(figsize=(COLUMN_WIDTH_IN, 2.5))
 
 
-MARKERS = "osD^vP*X"
+# Each method's look (colour, marker, line style), the same in every figure of every run;
+# other methods get one of EXTRA_LOOKS by a hash of their name, which is stable too.
+METHOD_LOOKS = {
+    "baseline": ("tab:gray", "o", "-"),
+    "deepreduce": ("tab:blue", "s", "--"),
+    "senet": ("tab:orange", "D", "-."),
+    "snl": ("tab:green", "^", ":"),
+    "registry": ("tab:purple", "v", "-"),
+}
+EXTRA_LOOKS = [("tab:brown", "P", "--"), ("tab:pink", "X", "-."), ("tab:olive", "*", ":"), ("tab:cyan", "<", "-")]
+# With several protocols, a protocol's colour: by its place among the known protocols.
+PROTOCOL_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:olive", "tab:cyan"]
+
+
+def method_look(method: str) -> tuple[str, str, str]:
+    """(colour, marker, line style) of a method."""
+    return METHOD_LOOKS.get(method) or EXTRA_LOOKS[zlib.crc32(str(method).encode()) % len(EXTRA_LOOKS)]
+
+
+def protocol_color(key: str) -> str:
+    from pibench.mpc.protocols import PROTOCOLS
+
+    known = PROTOCOLS.names()
+    index = known.index(key) if key in known else zlib.crc32(key.encode())
+    return PROTOCOL_COLORS[index % len(PROTOCOL_COLORS)]
 
 
 def _series_styles(rows: pd.DataFrame) -> dict[str, dict[str, str]]:
-    """One fixed colour and marker per series, so a series looks the same in every figure.
+    """Each series' colour, marker and line style (`ls`), fixed by its method (and protocol).
 
-    With one protocol the colour tells the methods apart; with several, the colour is
-    the protocol and the marker the method, so each protocol reads as one family.
+    With one protocol the colour tells the methods apart; with several (the series
+    names carry the protocol, see `with_series`), the colour is the protocol, so each
+    protocol reads as one family, and marker and line style are the method's.
     """
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    series = rows.drop_duplicates("series").set_index("series").sort_index()
-    several = series["key"].nunique() > 1
-    methods = sorted(series["method"].unique())
-    keys = sorted(series["key"].unique())
-    return {name: {"color": cycle[(keys.index(r.key) if several else methods.index(r.method)) % len(cycle)],
-                   "marker": MARKERS[methods.index(r.method) % len(MARKERS)] if several else "o"}
-            for name, r in series.iterrows()}
+    styles = {}
+    for r in rows.drop_duplicates("series").itertuples():
+        color, marker, ls = method_look(r.method)
+        several = r.series != r.method
+        styles[r.series] = {"color": protocol_color(r.key) if several else color, "marker": marker, "ls": ls}
+    return styles
 
 
 def with_series(results: pd.DataFrame, layers: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -110,8 +166,8 @@ def _plot_front(ax: plt.Axes, group: pd.DataFrame, cost: str, style: dict[str, s
     """A method's models: Pareto-optimal ones filled and joined by a line, dominated ones hollow."""
     front = pareto_front(group, cost=cost)
     dominated = group.drop(front.index)
-    ax.plot(front[cost], front["accuracy"], "-", **style, label=label)
-    ax.plot(dominated[cost], dominated["accuracy"], ls="none", mfc="none", alpha=0.7, **style)
+    ax.plot(front[cost], front["accuracy"], **style, label=label)
+    ax.plot(dominated[cost], dominated["accuracy"], mfc="none", alpha=0.7, **{**style, "ls": "none"})
 
 
 def _legend(fig: plt.Figure, axes: list[plt.Axes]) -> None:
@@ -124,24 +180,23 @@ def _legend(fig: plt.Figure, axes: list[plt.Axes]) -> None:
                frameon=False)
 
 
-def accuracy_vs_relus(results: pd.DataFrame, out_dir: Path, anchors: pd.DataFrame | None = None) -> list[Path]:
+def accuracy_vs_relus(results: pd.DataFrame, anchors: pd.DataFrame | None = None) -> plt.Figure:
     """Accuracy against kept ReLUs per method, Pareto frontier marked, paper anchors optional."""
     per_model = _ok_rows(results).dropna(subset=["accuracy"]).drop_duplicates("entry")
     fig, ax = _figure()
-    styles = _series_styles(per_model)
+    styles = _series_styles(results)
     for series, group in per_model.groupby("series"):
         _plot_front(ax, group, "relus", styles[series], series)
     if anchors is not None and len(anchors):
         for method, group in anchors.groupby("method"):
-            color = styles[method]["color"] if method in styles else None
-            ax.plot(group["relus"], group["accuracy"], "x", color=color, label=f"{method} (paper)")
-    _log_if_wide(ax, per_model["relus"], "x")
+            ax.plot(group["relus"], group["accuracy"], "x", color=method_look(method)[0], label=f"{method} (paper)")
+    _scale([ax], per_model["relus"], "x", counts=True)
     ax.set_xlabel("ReLUs kept")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("Accuracy vs ReLUs (filled: Pareto frontier)")
     ax.grid(alpha=0.3)
     _legend(fig, [ax])
-    return _save(fig, out_dir, "accuracy_vs_relus")
+    return fig
 
 
 def _linear_floor(layers: pd.DataFrame, profile_rows: pd.DataFrame | None) -> pd.Series:
@@ -168,7 +223,7 @@ def _linear_floor(layers: pd.DataFrame, profile_rows: pd.DataFrame | None) -> pd
     return pd.Series(floor, dtype=float)
 
 
-def latency_vs_relus(results: pd.DataFrame, out_dir: Path, layers: pd.DataFrame | None = None) -> list[Path]:
+def latency_vs_relus(results: pd.DataFrame, layers: pd.DataFrame | None = None) -> plt.Figure:
     """Latency against ReLUs, one panel per network profile (filled: projected).
 
     Parties on one machine measure each model once (a "measured" panel); in network
@@ -183,15 +238,16 @@ def latency_vs_relus(results: pd.DataFrame, out_dir: Path, layers: pd.DataFrame 
     )
     panels += [(f"{net} (projected)", group, group) for net, group in rows.groupby("network")]
     fig, axes = plt.subplots(1, len(panels), figsize=(0.75 * COLUMN_WIDTH_IN * len(panels), 2.5), squeeze=False)
-    styles = _series_styles(rows)
+    styles = _series_styles(results)
     several = rows["key"].nunique() > 1
+    values = []
     for ax, (title, data, profile_rows) in zip(axes[0], panels):
         column = "latency_s_median" if profile_rows is None else "projected_latency_s"
-        values = [data[column]]
+        values.append(data[column])
         for series, group in data.groupby("series"):
-            ax.plot(group["relus"], group[column], ls="none", **styles[series], label=series)
+            ax.plot(group["relus"], group[column], **{**styles[series], "ls": "none"}, label=series)
             if measured_per_network:
-                ax.plot(group["relus"], group["latency_s_median"], ls="none", mfc="none", **styles[series])
+                ax.plot(group["relus"], group["latency_s_median"], mfc="none", **{**styles[series], "ls": "none"})
                 values.append(group["latency_s_median"])
         if layers is not None and len(layers):
             floor = _linear_floor(layers, profile_rows)
@@ -202,40 +258,39 @@ def latency_vs_relus(results: pd.DataFrame, out_dir: Path, layers: pd.DataFrame 
             ax.scatter(at, floor[at.index], marker="x", c=colors, s=12, linewidths=0.8,
                        label="linear layers only" + (" (protocol's colour)" if several else ""))
             values.append(floor)
-        _log_if_wide(ax, data["relus"], "x")
-        _log_if_wide(ax, pd.concat(values), "y")
         ax.set_title(title + (", hollow: measured" if measured_per_network else ""))
         ax.set_xlabel("ReLUs kept")
         ax.grid(alpha=0.3)
+    _scale(list(axes[0]), rows["relus"], "x", counts=True)
+    _scale(list(axes[0]), pd.concat(values), "y")  # measured and projected panels: one scale type
     axes[0][0].set_ylabel("latency per inference (s)")
     _legend(fig, list(axes[0]))
-    return _save(fig, out_dir, "latency_vs_relus")
+    return fig
 
 
-def communication_vs_relus(results: pd.DataFrame, out_dir: Path) -> list[Path]:
+def communication_vs_relus(results: pd.DataFrame) -> plt.Figure:
     """Bytes against ReLUs, one series per method: online per party, and offline (dealer) where measured."""
     per_model = _ok_rows(results).drop_duplicates("entry")
     panels = [("bytes_per_party", "online per party (MB)")]
     if per_model["offline_bytes"].notna().any():
         panels.append(("offline_bytes", "offline, client-dealer (MB)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(0.75 * COLUMN_WIDTH_IN * len(panels), 2.5), squeeze=False)
-    styles = _series_styles(per_model)
+    styles = _series_styles(results)
     for ax, (column, ylabel) in zip(axes[0], panels):
         for series, group in per_model.dropna(subset=[column]).groupby("series"):
             group = group.sort_values("relus")
-            ax.plot(group["relus"], group[column] / 1e6, "-", **styles[series], label=series)
-        _log_if_wide(ax, per_model["relus"], "x")
-        _log_if_wide(ax, per_model[column].dropna(), "y")
+            ax.plot(group["relus"], group[column] / 1e6, **styles[series], label=series)
         ax.set_xlabel("ReLUs kept")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
+    _scale(list(axes[0]), per_model["relus"], "x", counts=True)
+    _scale(list(axes[0]), pd.concat([per_model[c] for c, _ in panels]).dropna() / 1e6, "y")
     _legend(fig, list(axes[0]))
     fig.suptitle("Communication vs ReLUs (sent + received)", fontsize=8)
-    return _save(fig, out_dir, "communication_vs_relus")
+    return fig
 
 
-def _time_and_bytes_bars(time: pd.DataFrame, sent_mb: pd.DataFrame, bytes_label: str, title: str,
-                         out_dir: Path, name: str) -> list[Path]:
+def _time_and_bytes_bars(time: pd.DataFrame, sent_mb: pd.DataFrame, bytes_label: str, title: str) -> plt.Figure:
     """Two panels of stacked horizontal bars sharing their rows: seconds, and MB."""
     fig, (ax_t, ax_b) = plt.subplots(
         1, 2, figsize=(2 * COLUMN_WIDTH_IN, max(2.0, 0.25 * len(time) + 1.0)), sharey=True
@@ -247,39 +302,41 @@ def _time_and_bytes_bars(time: pd.DataFrame, sent_mb: pd.DataFrame, bytes_label:
     ax_t.set_ylabel("")
     ax_t.set_title(title)
     ax_t.legend(title=None)
-    return _save(fig, out_dir, name)
+    for ax in (ax_t, ax_b):
+        ax.xaxis.set_major_formatter(FuncFormatter(_plain_label))
+    return fig
 
 
-def online_vs_offline(results: pd.DataFrame, out_dir: Path) -> list[Path]:
+def online_vs_offline(results: pd.DataFrame) -> plt.Figure:
     """Per model, the online phase and the offline (preprocessing) phase stacked: time and bytes."""
     per_model = _ok_rows(results).drop_duplicates("entry").set_index("entry").sort_values("relus")
     time = pd.DataFrame({"online": per_model["latency_s_median"], "offline": per_model["offline_s"].fillna(0)})
     sent = pd.DataFrame({"online": per_model["bytes_per_party"], "offline": per_model["offline_bytes"].fillna(0)})
     return _time_and_bytes_bars(time, sent / 1e6, "MB per inference\n(online: per party; offline: client-dealer)",
-                                "Online and offline (preprocessing) phases", out_dir, "online_vs_offline")
+                                "Online and offline (preprocessing) phases")
 
 
-def accuracy_vs_latency(results: pd.DataFrame, out_dir: Path) -> list[Path]:
+def accuracy_vs_latency(results: pd.DataFrame) -> plt.Figure:
     """Accuracy against projected latency, one panel per network profile, frontier per method."""
     rows = _ok_rows(results).dropna(subset=["accuracy"])
     networks = sorted(rows["network"].unique())
     fig, axes = plt.subplots(
         1, len(networks), figsize=(COLUMN_WIDTH_IN * max(1, len(networks)) / 1.4, 2.5), sharey=True, squeeze=False
     )
-    styles = _series_styles(rows)
+    styles = _series_styles(results)
     for ax, network in zip(axes[0], networks):
         for series, group in rows[rows["network"] == network].groupby("series"):
             _plot_front(ax, group, "projected_latency_s", styles[series], series)
-        _log_if_wide(ax, rows.loc[rows["network"] == network, "projected_latency_s"], "x")
         ax.set_xlabel(f"latency, {network} (s, projected)")
         ax.grid(alpha=0.3)
+    _scale(list(axes[0]), rows["projected_latency_s"], "x")
     axes[0][0].set_ylabel("top-1 accuracy (%)")
     _legend(fig, list(axes[0]))
     fig.suptitle("Accuracy vs latency", fontsize=8)
-    return _save(fig, out_dir, "accuracy_vs_latency")
+    return fig
 
 
-def layer_breakdown(layers: pd.DataFrame, out_dir: Path, models: list[str] | None = None) -> list[Path]:
+def layer_breakdown(layers: pd.DataFrame, models: list[str] | None = None) -> plt.Figure:
     """Stacked time and bytes per model: linear ops, comparisons (ReLU, max-pool), input sharing and reveal."""
     kind = layers["op"].map(
         lambda op: "ReLU / max-pool" if op in COMPARISON_OPS else "linear" if op in LINEAR_OPS else "input / output"
@@ -291,10 +348,10 @@ def layer_breakdown(layers: pd.DataFrame, out_dir: Path, models: list[str] | Non
     sent = data.pivot_table(index="entry", columns="kind", values="bytes", aggfunc="sum", fill_value=0) / 1e6
     order = time.sum(axis=1).sort_values().index
     return _time_and_bytes_bars(time.loc[order], sent.loc[order], "communication per party (MB)",
-                                "Per-layer cost breakdown", out_dir, "layer_breakdown")
+                                "Per-layer cost breakdown")
 
 
-def protocol_costs(results: pd.DataFrame, layers: pd.DataFrame, out_dir: Path) -> list[Path]:
+def protocol_costs(results: pd.DataFrame, layers: pd.DataFrame) -> plt.Figure:
     """What each protocol charges: bytes per kept ReLU, and the time and bytes of each model's linear layers.
 
     The two costs pull in opposite directions (CHEETAH: few bytes per ReLU but slow HE
@@ -311,9 +368,9 @@ def protocol_costs(results: pd.DataFrame, layers: pd.DataFrame, out_dir: Path) -
     fig, (ax_t, ax_b, ax_r) = plt.subplots(1, 3, figsize=(2 * COLUMN_WIDTH_IN, height),
                                            gridspec_kw={"width_ratios": [1, 1, 0.7]})
     for ax, data, xlabel in ((ax_t, time, "time per inference (s)"), (ax_b, sent, "MB per party")):
-        data.plot.barh(ax=ax, width=0.8, legend=False)
+        data.plot.barh(ax=ax, width=0.8, legend=False, color=[protocol_color(k) for k in data.columns])
         values = data.stack()
-        _log_if_wide(ax, values, "x")
+        _scale([ax], values, "x")
         if ax.get_xscale() == "log":  # bars start at 0: keep the axis where the bars end
             ax.set_xlim(values[values > 0].min() / 2, values.max() * 1.5)
         ax.set_xlabel(xlabel)
@@ -328,7 +385,41 @@ def protocol_costs(results: pd.DataFrame, layers: pd.DataFrame, out_dir: Path) -
     ax_r.set_title("ReLU")
     handles, labels = ax_t.get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.4, 0.0), ncol=len(labels), frameon=False)
-    return _save(fig, out_dir, "protocol_costs")
+    return fig
+
+
+def draw_figures(results: pd.DataFrame, layers: pd.DataFrame | None = None, anchors: pd.DataFrame | None = None,
+                 models: list[str] | None = None) -> dict[str, plt.Figure]:
+    """Every figure a run's rows allow, by name (rows labelled by `with_series`); nothing is saved."""
+    figures: dict[str, plt.Figure] = {}
+    if results["accuracy"].notna().any():
+        figures["accuracy_vs_relus"] = accuracy_vs_relus(results, anchors)
+        figures["accuracy_vs_latency"] = accuracy_vs_latency(results)
+    else:
+        log.info("no accuracy (cost-only run): skipping accuracy figures")
+    figures["latency_vs_relus"] = latency_vs_relus(results, layers)
+    figures["communication_vs_relus"] = communication_vs_relus(results)
+    figures["online_vs_offline"] = online_vs_offline(results)
+    if layers is not None:
+        figures["layer_breakdown"] = layer_breakdown(layers, models)
+        figures["protocol_costs"] = protocol_costs(results, layers)
+    return figures
+
+
+def load_anchors(path: str | Path) -> pd.DataFrame:
+    """Paper points to overlay: a CSV with the columns method, relus, accuracy (top-1 %)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--anchors {path}: no such file")
+    try:
+        anchors = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(f"--anchors {path}: not a readable CSV ({e})") from e
+    missing = [c for c in ("method", "relus", "accuracy") if c not in anchors]
+    if missing:
+        raise ValueError(f"--anchors {path}: missing column(s) {', '.join(missing)}; anchors need the columns "
+                         "method, relus, accuracy (top-1 %), e.g. configs/paper_anchors.csv")
+    return anchors
 
 
 def plot_run(run_dir: str | Path, anchors: str | Path | None = None, models: list[str] | None = None) -> list[Path]:
@@ -337,22 +428,13 @@ def plot_run(run_dir: str | Path, anchors: str | Path | None = None, models: lis
     results_csv = run_dir / "results.csv"
     if not results_csv.is_file():
         raise FileNotFoundError(f"{results_csv}: no results to plot; run `pibench bench` or `pibench sweep` first")
+    anchor_df = load_anchors(anchors) if anchors else None
     layers_csv = run_dir / "layers.csv"
     results, layers = with_series(load_results(results_csv), load_layers(layers_csv) if layers_csv.is_file() else None)
-    anchor_df = pd.read_csv(anchors) if anchors else None
     out_dir = run_dir / "figures"
     out_dir.mkdir(exist_ok=True)
     written: list[Path] = []
     with plt.rc_context(STYLE):
-        if results["accuracy"].notna().any():
-            written += accuracy_vs_relus(results, out_dir, anchor_df)
-            written += accuracy_vs_latency(results, out_dir)
-        else:
-            log.info("no accuracy in %s (cost-only run): skipping accuracy figures", results_csv)
-        written += latency_vs_relus(results, out_dir, layers)
-        written += communication_vs_relus(results, out_dir)
-        written += online_vs_offline(results, out_dir)
-        if layers is not None:
-            written += layer_breakdown(layers, out_dir, models)
-            written += protocol_costs(results, layers, out_dir)
+        for name, fig in draw_figures(results, layers, anchor_df, models).items():
+            written += _save(fig, out_dir, name)
     return written

@@ -73,11 +73,41 @@ def method_table(rows: pd.DataFrame) -> pd.DataFrame:
     table["offline s"] = [_fmt(v, ".3f") for v in per_model["offline_s"]]
     table["offline MB"] = [_fmt(v / 1e6, ".2f") for v in per_model["offline_bytes"]]
     order = per_model["relus"].sort_values(ascending=False).index
-    return table.set_index("model").loc[order].reset_index()
+    table = table.set_index("model").loc[order]
+    notes = shared_models(per_model.loc[order])
+    if notes:
+        table["note"] = [notes.get(m, "") for m in table.index]
+    return table.reset_index()
+
+
+def shared_models(per_model: pd.DataFrame) -> dict[str, str]:
+    """Rows that are one model: budgets that gave the same result (same ReLUs, MACs, accuracy and bytes
+    under one protocol).
+
+    DeepReDuce picks from a fixed set of candidates, so two budgets can give one model;
+    its rows then say so instead of reading as two results.
+    """
+    same = ["key", "relus", "macs", "accuracy", "bytes_per_party"]  # under one protocol
+    notes = {}
+    for _, group in per_model.groupby([per_model[c].astype(str) for c in same], sort=False):
+        if len(group) > 1:
+            first = group.index[0]
+            notes.update({m: f"same model as {first}" for m in group.index[1:]})
+    return notes
+
+
+def _best_within(rows: pd.DataFrame, budget: int) -> pd.Series | None:
+    """The most accurate model keeping at most `budget` ReLUs (a Pareto-frontier value)."""
+    within = rows[rows["relus"] <= budget]
+    return within.loc[within["accuracy"].idxmax()] if len(within) else None
 
 
 def _comparisons(ok: pd.DataFrame) -> list[str]:
-    """Iso-ReLU accuracy gain of each method over every other, at the first method's budgets."""
+    """Each method against every other: the best accuracy each reaches at ≤ N ReLUs, N the models' ReLU counts.
+
+    These are frontier values: the model behind a number may keep fewer ReLUs than N,
+    so each cell names the ReLUs of both models it compares.
+    """
     with_acc = ok.dropna(subset=["accuracy"]).drop_duplicates("model")
     methods = sorted(m for m in with_acc["method"].unique() if m != "baseline")
     lines: list[str] = []
@@ -89,8 +119,13 @@ def _comparisons(ok: pd.DataFrame) -> list[str]:
             budgets = sorted(set(ra["relus"]) | set(rb["relus"]))
             gain = iso_relu_accuracy_gain(ra, rb, budgets).dropna()
             if len(gain):
-                cells = ", ".join(f"{int(r):,}: {g:+.2f}" for r, g in zip(gain["budget"], gain["gain"]))
-                lines.append(f"- {a} − {b}, accuracy points at equal ReLU budget: {cells}")
+                cells = []
+                for budget, g in zip(gain["budget"], gain["gain"]):
+                    best_a, best_b = _best_within(ra, budget), _best_within(rb, budget)
+                    cells.append(f"≤ {int(budget):,}: {g:+.2f} ({a} {best_a['accuracy']:.2f} % with "
+                                 f"{int(best_a['relus']):,}, {b} {best_b['accuracy']:.2f} % with "
+                                 f"{int(best_b['relus']):,} ReLUs)")
+                lines.append(f"- {a} − {b}, best accuracy at ≤ N ReLUs (accuracy points): " + "; ".join(cells))
     return lines
 
 
@@ -158,7 +193,9 @@ def write_report(run_dir: str | Path, replot: bool = True) -> Path:
         lines += ["## How each budget was reached", "", *reached, ""]
     comparisons = _comparisons(ok)
     if comparisons:
-        lines += ["## Comparisons", "", *comparisons, ""]
+        lines += ["## Comparisons", "", "Each method's best model within a ReLU budget N (the Pareto frontier), "
+                  "at the ReLU counts of the models measured; a model may keep fewer ReLUs than N.", "",
+                  *comparisons, ""]
     if len(failed):
         lines += ["## Failed", ""] + [f"- {r.model} ({r.network}): {r.error}" for r in failed.itertuples()] + [""]
     figures = [name for name in FIGURES if (run_dir / "figures" / f"{name}.png").is_file()]

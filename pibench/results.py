@@ -1,23 +1,43 @@
-"""Result schema and append-safe CSV files.
+"""Result schema, crash-safe CSV files, and the lock of a results folder.
 
 `results.csv` holds one row per (model, network profile); `layers.csv` one row per
-(model, op). Each column is declared once below, with what it means. Rows are
-appended and flushed one at a time, so a crash loses no finished row, and a file
-can be re-opened by later runs (the header must match, or the error says why).
+(model, op). Each column is declared once below, with what it means.
+
+A file is never edited in place: appending writes the whole new file next to the old
+one and renames it over it, so a full disk, a SIGKILL or a power loss leaves the old
+file or the new one, never half a row. Files torn by other means (an older pibench, a
+copy cut short) heal when read: a row with the wrong number of fields is dropped with
+a warning naming the file and line, and the next write stores the healed file, so a
+resumed run measures that row again. A file can be re-opened by later runs (the
+header must match, or the error says why).
+
+A writer (`pibench bench`, `sweep`, `party --out`) holds `results_lock` on its folder,
+so a second one stops at once with a line naming the first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import datetime as dt
+import fcntl
+import io
+import logging
 import os
+import socket
+import sys
+import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
+log = logging.getLogger(__name__)
+
 RESULTS_FILE = "results.csv"
 LAYERS_FILE = "layers.csv"
+LOCK_FILE = ".pibench.lock"
 
 
 @dataclass
@@ -100,32 +120,135 @@ def _cell(value: Any) -> Any:
     return "" if value is None else value
 
 
+class FolderInUse(RuntimeError):
+    """Another process writes this results folder; the message names it."""
+
+
+@contextlib.contextmanager
+def results_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold the folder's lock while writing results into it (creating the folder).
+
+    The lock is an flock on folder/.pibench.lock, which the kernel drops when its
+    holder dies (SIGKILL included), so a stale lock never blocks a resumed run. The
+    file names its holder: pid, host, command line and start time. A folder this call
+    made is removed again if nothing was written into it (a run that measured nothing).
+    """
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    held = False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
+            raise FolderInUse(f"{folder}: in use by {holder}; wait for it to end or write to another folder") from None
+        since = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        command = " ".join(["pibench", *sys.argv[1:]]) if sys.argv else "python"
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} ({command}, since {since})\n".encode())
+        held = True
+        yield folder
+    finally:
+        if held and created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+            path.unlink()
+            folder.rmdir()
+        os.close(fd)  # releases the flock
+
+
+def check_writable(folder: str | Path, what: str = "output folder") -> None:
+    """Raise (writing nothing) unless `folder` exists as a writable folder or can be created.
+
+    Called before any work, so a read-only or mistyped --out fails in a second, not
+    after an hour of measuring.
+    """
+    folder = Path(folder)
+    existing = next(p for p in [folder, *folder.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{what} {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        fix = "it is on a read-only file system" if _read_only(existing) else "no write permission"
+        raise ValueError(f"{what} {folder}: cannot write into {existing} ({fix}); choose another folder")
+
+
+def _read_only(path: Path) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
+def _parse(path: Path) -> tuple[list[str], list[list[str]]]:
+    """A CSV's header and its complete rows; torn or glued rows are dropped with a warning."""
+    with open(path, newline="") as f:
+        text = f.read()
+    records = list(csv.reader(io.StringIO(text, newline="")))
+    if not records:
+        return [], []
+    header = records[0]
+    if not text.endswith("\n"):  # the last record was cut short: a write that never finished
+        records = records[:-1]
+        log.warning("%s: dropped a torn last line (a write that never finished)", path)
+        if not records:
+            return [], []
+    rows = []
+    for line, record in enumerate(records[1:], 2):
+        if len(record) == len(header):
+            rows.append(record)
+        elif record:
+            log.warning("%s: dropped record %d: %d fields, the header has %d (a torn row); "
+                        "a resumed run measures it again", path, line, len(record), len(header))
+    return header, rows
+
+
+def _replace(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    """Write a whole CSV next to `path`, then rename it over `path` (old or new, never half)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself survives a power loss
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
 def append_rows(path: str | Path, rows: Iterable[ResultRow | LayerRow]) -> int:
-    """Append rows (all of one type) to a CSV, writing the header if the file is new."""
+    """Append rows (all of one type) to a CSV, writing the header if the file is new.
+
+    The file is replaced whole (see the module docstring). An OSError (a full disk, a
+    read-only folder) names the file and leaves it as it was.
+    """
     rows = list(rows)
     if not rows:
         return 0
     columns = [f.name for f in fields(rows[0])]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists() or path.stat().st_size == 0
-    if not new:
-        with open(path, newline="") as f:
-            header = next(csv.reader(f), [])
-        if header != columns:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header, kept = _parse(path) if path.is_file() else ([], [])
+        if header and header != columns:
             raise ValueError(
                 f"{path}: existing columns do not match this pibench's {type(rows[0]).__name__} schema "
                 f"(missing {sorted(set(columns) - set(header))}, unexpected {sorted(set(header) - set(columns))}); "
                 "write to a new --out folder"
             )
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        if new:
-            writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(v) for k, v in asdict(row).items()})
-            f.flush()
-        os.fsync(f.fileno())
+        new = [[_cell(v) for v in asdict(row).values()] for row in rows]
+        _replace(path, columns, kept + new)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror}; the rows written before are kept, free space "
+                      "(or fix the folder) and re-run the same command") from e
     return len(rows)
 
 
@@ -135,13 +258,27 @@ def _csv(path: str | Path, name: str) -> Path:
     return path / name if path.is_dir() else path
 
 
+def _read_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
+    """A results CSV as a DataFrame, torn rows dropped (see `_parse`); errors name the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such results file")
+    try:
+        header, rows = _parse(path)
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows([header, *rows])
+        buffer.seek(0)
+        return pd.read_csv(buffer, **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable results CSV ({e})") from e
+
+
 def load_results(path: str | Path) -> pd.DataFrame:
     """results.csv (or a folder holding it) as a DataFrame; empty strings become NaN.
 
     Files from older pibench versions load too: columns they lack are empty, and their
     CrypTen `provider` (tfp, ttp) becomes the `protocol` of backend crypten.
     """
-    df = pd.read_csv(_csv(path, RESULTS_FILE), keep_default_na=True, dtype={"error": str, "dataset": str})
+    df = _read_csv(_csv(path, RESULTS_FILE), keep_default_na=True, dtype={"error": str, "dataset": str})
     if "provider" in df and "protocol" not in df:
         df = df.rename(columns={"provider": "protocol"}).assign(backend="crypten")
         df["security"] = df["protocol"].map(lambda name: _security(f"crypten:{name}"))
@@ -156,4 +293,4 @@ def _security(key: str) -> str | None:
 
 def load_layers(path: str | Path) -> pd.DataFrame:
     """layers.csv (or a folder holding it) as a DataFrame (older files: `protocol` empty)."""
-    return pd.read_csv(_csv(path, LAYERS_FILE)).reindex(columns=LAYER_COLUMNS)
+    return _read_csv(_csv(path, LAYERS_FILE)).reindex(columns=LAYER_COLUMNS)

@@ -29,8 +29,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pibench.budget import parse_budget
 from pibench.config import (RUN_KEYS, ConfigError, CostOnly, Experiment, SweepConfig, experiment_relus, is_folder_spec,
                             load_config)
@@ -133,6 +131,8 @@ def structural_eta(n_layers: int) -> list[float]:
 
 def save_registry_model(model_name: str, arch_args: dict[str, Any], folder: Path, seed: int) -> None:
     """A registry model as it is, with random weights."""
+    import torch
+
     from pibench.checkpoint import save_model
     from pibench.models import create_model
     from pibench.models.resnet import DRD_CONFIGS
@@ -149,6 +149,8 @@ def save_registry_model(model_name: str, arch_args: dict[str, Any], folder: Path
 
 def save_allocated_models(entry: CostOnly, counts: list[int], folders: list[Path], seed: int) -> None:
     """Random-weight models with masks allocated by the method's rule at each budget (missing folders only)."""
+    import torch
+
     from pibench.checkpoint import is_model_folder, save_model
     from pibench.linearize.senet import allocate, random_masks
     from pibench.models import create_model
@@ -333,7 +335,8 @@ def describe(config_path: str | Path, executor: str = "local") -> str:
 def run_sweep(config_path: str | Path, *, report: bool = True, executor: str = "local", poll_s: float = 5.0) -> Path:
     """Run (or resume) a sweep; returns the run folder. Raises SweepFailed (after the report) if jobs failed."""
     from pibench.cluster import job_parameters, make_executor, still_queued
-    from pibench.result_parts import merge_parts
+    from pibench.result_parts import merge_parts, remove_unfinished_parts
+    from pibench.results import check_writable, results_lock
 
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r} (known: {', '.join(EXECUTORS)})")
@@ -343,25 +346,30 @@ def run_sweep(config_path: str | Path, *, report: bool = True, executor: str = "
     # before any work: Slurm must answer
     submitter = None if executor == "local" else make_executor("local" if executor == "processes" else executor,
                                                                  cfg.executor, folder)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(config_path, run_dir / "config.yaml")
-    merge_parts(run_dir)  # parts a killed sweep left behind
-    jobs = sweep_graph(cfg, in_process=executor == "local")
-    todo = pending(jobs)
-    log.info("sweep %s: %d jobs, %d done already, %d to run (executor %s)", cfg.run, len(jobs), len(jobs) - len(todo),
-             len(todo), executor)
-    if submitter is None:
-        outcomes = run_in_process(todo)
-    else:
-        log.info("job scripts and logs: %s", folder)
-        previous = still_queued(folder) if executor == "slurm" else None
-        outcomes = run_submitted(todo, submitter, functools.partial(job_parameters, cfg.executor), previous=previous,
-                                 poll_s=poll_s)
-    merge_parts(run_dir)
-    if report and (run_dir / "results.csv").is_file():
-        from pibench.report import write_report
+    check_writable(run_dir, "results folder")
+    check_writable(Path(cfg.models_dir), "models_dir")
+    with results_lock(run_dir):  # a second sweep into this folder stops here, naming this one
+        copy = run_dir / ".config.yaml.tmp"
+        shutil.copyfile(config_path, copy)
+        copy.replace(run_dir / "config.yaml")
+        merge_parts(run_dir)  # parts a killed sweep left behind
+        jobs = sweep_graph(cfg, in_process=executor == "local")
+        todo = pending(jobs)
+        log.info("sweep %s: %d jobs, %d done already, %d to run (executor %s)", cfg.run, len(jobs),
+                 len(jobs) - len(todo), len(todo), executor)
+        if submitter is None:
+            outcomes = run_in_process(todo)
+        else:
+            log.info("job scripts and logs: %s", folder)
+            previous = still_queued(folder) if executor == "slurm" else None
+            outcomes = run_submitted(todo, submitter, functools.partial(job_parameters, cfg.executor),
+                                     previous=previous, poll_s=poll_s)
+        merge_parts(run_dir)
+        remove_unfinished_parts(run_dir)  # every job has ended
+        if report and (run_dir / "results.csv").is_file():
+            from pibench.report import write_report
 
-        log.info("report: %s", write_report(run_dir))
+            log.info("report: %s", write_report(run_dir))
     failures = summary(outcomes)
     if failures:
         raise SweepFailed(f"{len(failures)} of {len(todo)} jobs did not succeed (re-run the same command to run "

@@ -188,3 +188,14 @@ def test_folder_from_before_the_split_loads_and_its_public_copy_is_stripped(save
     assert card.method == "senet" and card.provenance == RECIPE
     assert set(json.loads(public_card_json(folder))) == set(PUBLIC_FIELDS)
     assert load_card(folder).name == "m"
+
+
+def test_the_public_masks_are_readable_by_all_and_the_weights_by_the_owner_only(tmp_path):
+    import stat
+
+    from pibench.checkpoint import MASKS_FILE, WEIGHTS_FILE, save_model
+    from pibench.models import create_model
+
+    save_model(create_model("cnn_digits"), tmp_path / "m", dataset="digits")
+    assert stat.S_IMODE((tmp_path / "m" / MASKS_FILE).stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "m" / WEIGHTS_FILE).stat().st_mode) == 0o600

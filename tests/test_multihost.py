@@ -8,6 +8,7 @@ host, and cleanup after a party is killed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -92,9 +93,16 @@ def test_two_party_commands_with_dealer_write_the_clients_rows(tmp_path):
     dealer = party("dealer", port)
     client = party("client", port, "--model", client_folder, *common, "--out", str(out), "--network",
                    "lan,100mbit", "--link", "two-hosts", "--run-id", "t2")
-    for proc in (client, server, dealer):
-        _, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, err[-2000:]
+    outputs = {}
+    for role, proc in (("client", client), ("server", server), ("dealer", dealer)):
+        outputs[role] = proc.communicate(timeout=180)
+        assert proc.returncode == 0, outputs[role][1][-2000:]
+    # run by hand, a party prints what it waits for and progress lines, not the launcher's event lines
+    stdout, stderr = outputs["client"]
+    assert "PIBENCH " not in stdout and f"client: connected at tcp://127.0.0.1:{port} (crypten:dealer)" in stdout
+    assert re.search(rf"client: {client_folder}: \d+\.\d+ s median online, \d+\.\d+ MB/party, \d+ rounds", stdout)
+    assert f"client: waiting for the server and the dealer at tcp://127.0.0.1:{port} until " in stderr
+    assert f"server: {server_folder}: done" in outputs["server"][0]
     df = load_results(out)
     assert list(df["network"]) == ["lan", "100mbit"] and set(df["link"]) == {"two-hosts"}
     row = df.iloc[0]

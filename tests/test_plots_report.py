@@ -164,8 +164,53 @@ def test_report_tables_and_figures(tmp_path):
     assert "broken (wan): RuntimeError: boom" in text
     assert (
         "senet − deepreduce" not in text
-        and "deepreduce − senet, accuracy points at equal ReLU budget: 230: -10.00" in text
+        and "deepreduce − senet, best accuracy at ≤ N ReLUs (accuracy points): ≤ 230: -10.00 (deepreduce 80.00 % "
+        "with 192, senet 90.00 % with 230 ReLUs)" in text
     )
+
+
+def test_budgets_that_gave_one_model_say_so_in_the_report(tmp_path):
+    run = fixture_run(tmp_path / "run")
+    twin = load_results(run).query("model == 'drd_50'").assign(model="drd_60", budget=2764)
+    append_rows(run / RESULTS_FILE, [ResultRow(**{k: (None if pd.isna(v) else v) for k, v in r.items()})
+                                     for r in twin[RESULT_COLUMNS].to_dict("records")])
+    text = write_report(run, replot=False).read_text()
+    assert "| drd_60 | 2,764 | 2,048 | 95.00 |" in text
+    assert "| drd_60 | 2,764 | 2,048 | 95.00 |" in text and text.count("same model as drd_50") == 1
+
+
+def test_a_method_keeps_one_look_in_every_figure(tmp_path):
+    """SENet was orange where the baseline had no accuracy and green elsewhere; now its look is fixed."""
+    from pibench.plots import METHOD_LOOKS, draw_figures, with_series
+    from pibench.results import load_layers
+
+    run = fixture_run(tmp_path / "run")
+    results, layers = with_series(load_results(run), load_layers(run))
+    results.loc[results["method"] == "baseline", "accuracy"] = None  # the accuracy figures lack the baseline
+    figures = draw_figures(results, layers)
+    looks: dict[str, set] = {}
+    drawn_in: dict[str, set] = {}
+    for name, fig in figures.items():
+        for ax in fig.axes:
+            for line in ax.get_lines():
+                looks.setdefault(line.get_label(), set()).add((line.get_color(), line.get_marker()))
+                drawn_in.setdefault(line.get_label(), set()).add(name)
+    assert drawn_in["senet"] == {"accuracy_vs_relus", "accuracy_vs_latency", "latency_vs_relus",
+                                 "communication_vs_relus"}
+    for method in ("senet", "deepreduce", "baseline"):
+        assert looks[method] == {METHOD_LOOKS[method][:2]}, method
+    # overlapping series stay apart: every method its own marker and line style
+    styles = {(line.get_marker(), line.get_linestyle()) for line in figures["accuracy_vs_relus"].axes[0].get_lines()
+              if line.get_label() in ("senet", "deepreduce")}
+    assert len(styles) == 2
+    # plain units on the latency axis (no 50m for 0.05 s)
+    fig = figures["latency_vs_relus"]
+    fig.canvas.draw()
+    for ax in fig.axes:
+        for label in ax.get_yticklabels():
+            if label.get_text():
+                float(label.get_text().replace(",", ""))
+    assert {ax.get_yscale() for ax in fig.axes} == {"linear"} or len({ax.get_yscale() for ax in fig.axes}) == 1
 
 
 def test_plot_without_results_names_the_fix(tmp_path):
@@ -185,19 +230,21 @@ def test_with_several_protocols_colour_is_the_protocol_and_marker_the_method(tmp
     assert styles["senet · crypten:dealer"]["marker"] != styles["baseline · crypten:dealer"]["marker"]
     one, _ = with_series(load_results(fixture_run(tmp_path / "one")))
     single = _series_styles(one)
-    assert {s["marker"] for s in single.values()} == {"o"} and len({s["color"] for s in single.values()}) == 3
+    assert len({s["color"] for s in single.values()}) == 3 and len({s["marker"] for s in single.values()}) == 3
 
 
 def test_a_narrow_log_axis_still_has_tick_labels():
     import matplotlib.pyplot as plt
 
-    from pibench.plots import _log_if_wide
+    from pibench.plots import _scale
 
     fig, ax = plt.subplots(figsize=(1.2, 2))
     values = pd.Series([0.012, 0.5, 1.9])
     ax.barh([0, 1, 2], values)
-    _log_if_wide(ax, values, "x")
-    ax.set_xlim(0.006, 2.8)
+    _scale([ax], values, "x")
     fig.canvas.draw()
-    assert [t.get_text() for t in ax.get_xticklabels() if 0.006 <= t.get_position()[0] <= 2.8] == ["10m", "100m", "1"]
+    low, high = ax.get_xlim()
+    labels = [t.get_text() for t in ax.get_xticklabels() if low <= t.get_position()[0] <= high]
+    # plain seconds, not SI prefixes (10m would read as ten minutes); the smallest value lies above a labelled tick
+    assert labels == ["0.01", "0.1", "1", "10"]
     plt.close(fig)

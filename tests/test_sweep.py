@@ -76,6 +76,18 @@ def test_good_config_parses(tmp_path):
         (("protocols",), [], r"protocols: a list of at least one protocol"),
         (("provider",), "tfp", r"provider: replaced by 'protocols'.*crypten:tfp"),
         (("hosts",), "cloud", r"hosts: unknown hosts 'cloud' \(known: local, netns\)"),
+        (("networks",), "lan", r"networks: expected a list of network profiles, e\.g\. \[lan, wan\], got 'lan'"),
+        (("networks",), [], r"sweep\.yaml: networks: at least one network profile"),
+        (("experiments", 0, "budgets"), "25k", r"experiments\[0\]\.budgets: expected a list of ReLU budgets.*'25k'"),
+        (("run",), "../../etc/x", r"run: a folder name \(made under results_dir\), got '\.\./\.\./etc/x'"),
+        (("experiments", 0, "methods"), {}, r"experiments\[0\]\.methods: budgets are given but no method"),
+        (("experiments", 0, "teacher"), {"epochs": "many"},
+         r"experiments\[0\]\.teacher: setting epochs: expected int, got 'many'"),
+        (("experiments", 0, "teacher"), {"epochs": 0}, r"experiments\[0\]\.teacher\.epochs: must be at least 1"),
+        (("experiments", 0, "methods"), {"senet": {"lr": "fast"}},
+         r"experiments\[0\]\.methods\.senet: senet setting lr: expected float, got 'fast'"),
+        (("experiments", 0, "methods"), {"senet": {"batch_size": "big"}},
+         r"experiments\[0\]\.methods\.senet: setting batch_size: expected int, got 'big'"),
     ],
 )
 def test_bad_config_names_the_key_before_any_work(tmp_path, monkeypatch, keys, value, message):

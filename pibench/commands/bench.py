@@ -11,6 +11,8 @@ import json
 import signal
 import sys
 
+from pibench.commands import Interrupted
+
 HELP = "measure models in real two-party secure inference, CrypTen or SPU (one set of parties for all models)"
 
 
@@ -58,25 +60,42 @@ def resolve_protocol(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pibench.bench import BenchOptions, bench_models, summary, write_result
     from pibench.mpc.net.network import parse_networks
+    from pibench.model_check import check_model
+    from pibench.results import check_writable, results_lock
 
+    # everything that can be checked is checked before a party starts or a file is written
+    # (the cheap checks before torch is imported)
     resolve_protocol(args)
+    networks = parse_networks(args.network)
+    if args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    for spec in args.models:
+        check_model(spec)
+    check_writable(args.out, "--out")
+    from pibench.bench import BenchOptions, bench_models, check_backend, summary, write_result
+
     options = BenchOptions(
-        repeats=args.repeats, batch=args.batch, protocol=args.protocol, networks=parse_networks(args.network),
+        repeats=args.repeats, batch=args.batch, protocol=args.protocol, networks=networks,
         samples=args.samples, threads=args.threads, data_dir=args.data_dir, run_id=args.run_id, hosts=args.hosts,
     )
+    check_backend(options.protocol)
     if args.hosts == "netns":  # SIGTERM unwinds like Ctrl-C, so the namespaces are deleted
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     summaries = []
     failed = 0
-    for result in bench_models(args.models, options):
-        write_result(args.out, result)
-        s = summary(result)
-        failed += bool(s["error"])
-        summaries.append(s)
-        if not args.json:
-            print(_line(s, args.hosts == "netns"), flush=True)
+    with results_lock(args.out):
+        try:
+            for result in bench_models(args.models, options):
+                write_result(args.out, result)
+                s = summary(result)
+                failed += bool(s["error"])
+                summaries.append(s)
+                if not args.json:
+                    print(_line(s, args.hosts == "netns"), flush=True)
+        except KeyboardInterrupt:
+            raise Interrupted(f"{len(summaries)} of {len(args.models)} models measured, "
+                              f"rows kept in {args.out}") from None
     if args.json:
         print(json.dumps(summaries, indent=2))
     return 1 if failed else 0

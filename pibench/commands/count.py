@@ -16,6 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pibench.model_check import check_model
+
+    check_model(args.model, weights=False)
     from pibench.checkpoint import PROGRAM_ARCH, is_model_folder, load_card, load_public
     from pibench.models import create_model
     from pibench.relu import LayerCount, relu_counts
@@ -24,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         if args.input_size is not None or args.num_classes is not None:
             raise ValueError("--input-size/--num-classes apply to registry names; a model folder fixes its own")
         card = load_card(args.model)
-        name = card.name
+        name = args.model
     else:
         card, name = None, args.model
     if card is not None and card.arch == PROGRAM_ARCH:  # an exported/imported model: its program's ReLU ops

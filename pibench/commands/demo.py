@@ -16,8 +16,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pibench.commands.sweep import interrupted
     from pibench.sweep import run_sweep
 
-    run_dir = run_sweep(args.config)
+    try:
+        run_dir = run_sweep(args.config)
+    except KeyboardInterrupt:
+        raise interrupted(args.config) from None
     print(f"\nDemo finished. Report: {run_dir / 'report.md'}  (figures in {run_dir / 'figures'})")
     return 0

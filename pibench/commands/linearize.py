@@ -16,12 +16,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="ReLU budget(s): 50000, 50k, 1.5M or a fraction 0.1 of the teacher's ReLUs; several share work",
     )
     p.add_argument("--out", required=True, nargs="+", help="output model folder(s), one per budget")
-    p.add_argument("--epochs", type=int, default=None, help="main training epochs of the method")
+    p.add_argument("--epochs", type=int, default=None, help="main training epochs of the method (or --set epochs=N)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="method setting (JSON value), e.g. --set lr=0.01 --set alphas=[1,0.5]; repeatable")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=None, help="default 128")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--device", default=None)
     p.add_argument("--cache-dir", default=None, help="where shared work is cached (default TEACHER/cache)")
 
@@ -43,19 +43,19 @@ def parse_settings(items: list[str]) -> dict:
 def run(args: argparse.Namespace) -> int:
     from pibench.linearize import linearize_many
 
-    cards = linearize_many(
-        args.method,
-        args.teacher,
-        args.budget,
-        args.out,
-        data_dir=args.data_dir,
-        epochs=args.epochs,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        device=args.device,
-        cache_dir=args.cache_dir,
-        **parse_settings(args.set),
-    )
+    options = {k: v for k, v in dict(data_dir=args.data_dir, epochs=args.epochs, seed=args.seed,
+                                     batch_size=args.batch_size, device=args.device,
+                                     cache_dir=args.cache_dir).items() if v is not None}
+    settings = parse_settings(args.set)
+    for key, flag in (("method", "--method"), ("teacher_folder", "--teacher"), ("budgets", "--budget"),
+                      ("out_folders", "--out")):
+        if key in settings:
+            raise ValueError(f"--set {key}: give it as {flag}")
+    for key in options.keys() & settings.keys():  # a flag and a --set of one name must agree
+        if options[key] != settings[key]:
+            raise ValueError(f"--{key.replace('_', '-')} {options[key]} and --set {key}={settings[key]} disagree; "
+                             "give one of them")
+    cards = linearize_many(args.method, args.teacher, args.budget, args.out, **{**options, **settings})
     for out, card in zip(args.out, cards):
         print(f"{out}: {card.method}, {card.relus:,} ReLUs (budget {card.budget:,}), test accuracy {card.accuracy:.2f}%")
     return 0

@@ -6,14 +6,21 @@ the client with the public part only (model.json and masks.safetensors, and prog
 for an exported model); with
 `--out DIR` the client appends its measurements to DIR/results.csv and layers.csv.
 Parties that loaded different models refuse to run (exit code 2, naming both hashes).
+
+Run by hand, a party prints one progress line per model; `--events` prints the JSON
+event lines (`PIBENCH {...}`) the launcher of `pibench bench` reads instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as dt
 import os
+import statistics
 import sys
 
+from pibench.commands import Interrupted
 from pibench.commands.bench import add_protocol_argument, resolve_protocol
 
 HELP = "run one party (client, server or dealer) of a secure-inference session"
@@ -35,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--samples", type=int, default=None, help="inputs for MPC agreement (default: one batch)")
     p.add_argument("--seed", type=int, default=0, help="seed of random inputs (models without a dataset)")
+    p.add_argument("--events", action="store_true",
+                   help="print the JSON event lines a launcher reads (PIBENCH {...}) instead of progress lines")
     p.add_argument("--data-dir", default=None, help="dataset folder (CIFAR, TinyImageNet)")
     results = p.add_argument_group("results (client only)")
     results.add_argument("--out", default=None,
@@ -46,12 +55,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pibench.mpc.parties.party import protocol_of, read_jobs, run_party, static_jobs
+    from pibench.bench import check_backend
+    from pibench.model_check import check_model
+    from pibench.results import check_writable, results_lock
 
     resolve_protocol(args)
-    on_event = None
+    if args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    check_backend(args.protocol)
+    for spec in args.model:  # the client holds only the public part
+        check_model(spec, weights=args.role == "server")
     if args.out is not None:
-        on_event = _result_writer(args)
+        check_writable(args.out, "--out")
+
+    from pibench.mpc.parties import party
+    from pibench.mpc.parties.party import protocol_of, read_jobs, run_party, static_jobs
+
+    on_event = _result_writer(args) if args.out is not None else None
+    if not args.events:
+        party.EVENT_SINK = lambda event: _show_ready(args, event)
+        on_event = _with_progress(args.role, on_event)
     if args.iface:
         os.environ["GLOO_SOCKET_IFNAME"] = args.iface
     if args.model:
@@ -64,9 +87,53 @@ def run(args: argparse.Namespace) -> int:
     runner = run_party
     if protocol_of(args.protocol).backend == "spu":
         from pibench.mpc.spu.party import run_spu_party as runner
-    runner(args.role, args.rendezvous, protocol=args.protocol, threads=args.threads, jobs=jobs,
-              on_event=on_event, connect_timeout=args.connect_timeout or None)
+    print(_waiting_line(args), file=sys.stderr, flush=True)
+    try:
+        with results_lock(args.out) if args.out is not None else contextlib.nullcontext():
+            runner(args.role, args.rendezvous, protocol=args.protocol, threads=args.threads, jobs=jobs,
+                   on_event=on_event, connect_timeout=args.connect_timeout or None)
+    except KeyboardInterrupt:
+        kept = f"; rows measured so far are kept in {args.out}" if args.out else ""
+        raise Interrupted(f"the {args.role} left the session{kept}") from None
     return 0
+
+
+def _waiting_line(args: argparse.Namespace) -> str:
+    """For whom this party waits, where, and until when."""
+    from pibench.mpc.parties.party import ROLES, protocol_of
+
+    roles = [r for r in ROLES if r != "dealer" or protocol_of(args.protocol).dealer]
+    peers = " and the ".join(r for r in roles if r != args.role)
+    if args.connect_timeout:
+        until = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=args.connect_timeout)
+        limit = f"until {until:%H:%M:%S} UTC (--connect-timeout {args.connect_timeout:.0f} s)"
+    else:
+        limit = "with no time limit (--connect-timeout 0)"
+    return f"{args.role}: waiting for the {peers} at {args.rendezvous} {limit}"
+
+
+def _show_ready(args: argparse.Namespace, event: dict) -> None:
+    """The events a person sees: connected; the per-model lines come from `_with_progress`."""
+    if event.get("event") == "ready":
+        print(f"{args.role}: connected at {args.rendezvous} ({args.protocol})", flush=True)
+
+
+def _with_progress(role: str, on_event):
+    """`on_event` that first prints one line per finished model."""
+
+    def show(job: dict, event: dict) -> None:
+        if event.get("error"):
+            line = f"FAILED: {event['error']}"
+        elif event.get("event") == "result":
+            line = (f"{statistics.median(event['latencies']):.3f} s median online, "
+                    f"{event['bytes'] / 1e6:.2f} MB/party, {event['rounds']} rounds")
+        else:
+            line = "done"
+        print(f"{role}: {job['model']}: {line}", flush=True)
+        if on_event is not None:
+            on_event(job, event)
+
+    return show
 
 
 def _result_writer(args: argparse.Namespace):

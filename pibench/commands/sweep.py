@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from pibench.commands import Interrupted
 
 HELP = "run (or resume) a sweep: teacher, methods × budgets, two-party MPC, figures, report"
 
@@ -27,8 +30,22 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(describe(args.config, args.executor))
         return 0
-    run_dir = run_sweep(args.config, report=not args.no_report, executor=args.executor)
+    try:
+        run_dir = run_sweep(args.config, report=not args.no_report, executor=args.executor)
+    except KeyboardInterrupt:
+        raise interrupted(args.config) from None
     print(f"results: {run_dir / 'results.csv'}")
     if not args.no_report:
         print(f"report:  {run_dir / 'report.md'}")
     return 0
+
+
+def interrupted(config: str | Path) -> Interrupted:
+    """What a Ctrl-C'd sweep kept: the models made and the rows measured (a re-run resumes from there)."""
+    from pibench.config import load_config
+    from pibench.result_parts import measured
+
+    cfg = load_config(config)
+    models = len({key[0] for key in measured(cfg.run_dir)})
+    return Interrupted(f"sweep {cfg.run}: {models} model(s) measured, rows kept in {cfg.run_dir}, models in "
+                       f"{cfg.models_dir}; re-run the same command to resume")

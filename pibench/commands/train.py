@@ -11,7 +11,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", required=True, help="registered model, e.g. resnet_digits, resnet18, wrn22_8")
     p.add_argument("--dataset", required=True, help="digits, synthetic, cifar10, cifar100 or tinyimagenet")
     p.add_argument("--out", required=True, help="output model folder, e.g. models/resnet_digits")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=30, help="training epochs (at least 1)")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {args.epochs} (an untrained model is not a baseline)")
     from pibench.train import train_baseline
 
     card = train_baseline(

@@ -62,13 +62,18 @@ def method_module(name: str):
 
 
 def make_settings(method: str, epochs: int | None = None, **kwargs: Any):
-    """The method's Settings with caller overrides (None values ignored); unknown keys raise."""
+    """The method's Settings with caller overrides (None values ignored); unknown keys and wrong types raise."""
+    import typing
+
+    from pibench.config import check_types
+
     cls = method_module(method).Settings
     values = {k: v for k, v in {**kwargs, "epochs": epochs}.items() if v is not None}
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         known = ", ".join(f.name for f in dataclasses.fields(cls))
         raise ValueError(f"unknown {method} settings {unknown}; known: {known}")
+    check_types(values, typing.get_type_hints(cls), f"{method} setting")
     return cls(**values)
 
 

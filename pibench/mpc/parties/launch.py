@@ -81,7 +81,7 @@ class SessionConfig:
 
 def party_command(role: str, rendezvous: str, cfg: SessionConfig) -> list[str]:
     return [sys.executable, "-m", "pibench.cli", "party", "--role", role, "--rendezvous", rendezvous,
-            "--protocol", cfg.protocol, "--threads", str(cfg.threads)]
+            "--protocol", cfg.protocol, "--threads", str(cfg.threads), "--events"]
 
 
 class Session:

@@ -257,7 +257,14 @@ class Party:
                 on_event(job, event)
 
 
+# Where events go instead of stdout: `pibench party` run by hand shows progress lines (see --events).
+EVENT_SINK: Callable[[dict[str, Any]], None] | None = None
+
+
 def emit(event: dict[str, Any]) -> None:
+    if EVENT_SINK is not None:
+        EVENT_SINK(event)
+        return
     sys.stdout.write(EVENT_PREFIX + json.dumps(event) + "\n")
     sys.stdout.flush()
 
