@@ -239,10 +239,15 @@ def load_public(folder: str | Path) -> tuple[ModelCard, nn.Module]:
         set_masks(model, masks)
     except ValueError as e:
         raise CheckpointError(f"{masks_path}: {e}") from e
-    recorded = {layer["name"]: layer["relus"] for layer in card.layers}
-    actual = {c.name: c.relus for c in relu_counts(model)}
-    if recorded and recorded != actual:
-        raise CheckpointError(f"{folder / CARD_FILE}: per-layer ReLU counts do not match {MASKS_FILE}")
+    counts = relu_counts(model)
+    args = model.pibench_args
+    derived = {"input_shape": [args["in_chans"], args["input_size"], args["input_size"]],
+               "num_classes": args["num_classes"], "relus": sum(c.relus for c in counts),
+               "layers": [{"name": c.name, "shape": list(c.shape), "relus": c.relus} for c in counts]}
+    for key, value in derived.items():  # what the card says must be what its architecture and masks give
+        if card.layers and getattr(card, key) != value:
+            raise CheckpointError(f"{folder / CARD_FILE}: '{key}' does not match the architecture and "
+                                  f"{MASKS_FILE}; the card was edited or is corrupt, re-export the model")
     return card, model
 
 

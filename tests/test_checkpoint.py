@@ -199,3 +199,22 @@ def test_the_public_masks_are_readable_by_all_and_the_weights_by_the_owner_only(
     save_model(create_model("cnn_digits"), tmp_path / "m", dataset="digits")
     assert stat.S_IMODE((tmp_path / "m" / MASKS_FILE).stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "m" / WEIGHTS_FILE).stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("key, value", [("input_shape", [1, 16, 16]), ("relus", 1), ("num_classes", 9)])
+def test_edited_card_fields_are_refused(saved, key, value):
+    _, folder = saved
+    card = json.loads((folder / CARD_FILE).read_text())
+    card[key] = value
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match=f"model.json: '{key}' does not match"):
+        load_public(folder)
+
+
+def test_edited_layer_shape_is_refused(saved):
+    _, folder = saved
+    card = json.loads((folder / CARD_FILE).read_text())
+    card["layers"][0]["shape"] = [1, 2, 3]
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="'layers' does not match"):
+        load_public(folder)
