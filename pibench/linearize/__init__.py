@@ -77,6 +77,14 @@ def make_settings(method: str, epochs: int | None = None, **kwargs: Any):
     return cls(**values)
 
 
+def plan(method: str, arch: str, arch_args: dict[str, Any], budgets: Sequence[int], **kwargs: Any) -> str | None:
+    """What a method will train for these budgets, when that is known before training (for dry runs)."""
+    module = method_module(method)
+    if not hasattr(module, "plan"):
+        return None
+    return module.plan(arch, arch_args, list(budgets), make_settings(method, **kwargs))
+
+
 def load_teacher(
     teacher_folder: str | Path,
     *,

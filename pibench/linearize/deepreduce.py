@@ -16,12 +16,16 @@ ICML 2021): structural ReLU removal on ResNets, trained with KD, Pareto frontier
    (`stem_strides`, 2 <=> rho = 0.5) and blocks per stage (`blocks`, None = the
    teacher's). The stem ReLU is removed in all of them, as in the released models.
 3. Candidates are trained with Hinton KD (T=4,
-   (1-kd)*CE + kd*KD) from the all-ReLU teacher for `epochs`. Candidates with the
-   teacher's widths and depth start from the teacher's weights (a choice made for
-   speed; the paper trains from scratch), the others from a seeded initialization.
-   Trained candidates are cached as model folders under the teacher's cache. To bound
-   the cost, only the `per_budget` candidates with the most ReLUs at or under each
-   budget are trained (the closest to a budget are the likeliest to win it);
+   (1-kd)*CE + kd*KD) from the all-ReLU teacher for `epochs`. A candidate each of whose
+   tensors the teacher has with the same shape (culled, thinned, stem stride 2, and
+   fewer blocks, whose blocks are a subset of the teacher's) starts from the teacher's
+   weights (a choice made for speed; the paper trains from scratch); a narrower one
+   (alpha < 1) from a seeded initialization. Trained candidates are cached
+   as model folders under the teacher's cache. To bound the cost, only the
+   `per_budget` candidates with the most ReLUs at or under each budget are trained
+   (the closest to a budget are the likeliest to win it), ties broken in the paper's
+   order of steps: cull, then thin, then reshape (alpha, then rho, then blocks), so
+   the paper's configurations (cull1_thin, cull1_thin_a0.5, ...) come first;
    `per_budget=None` trains every candidate within the largest budget.
 4. The Pareto frontier of (ReLUs, accuracy) over trained candidates is saved in
    method_info and as frontier.csv (all trained candidates as candidates.csv) in each
@@ -37,10 +41,11 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
+from torch import nn
 
 from pibench.linearize import Teacher, save_linearized, settings_key, train_config
 from pibench.models import create_model
@@ -160,19 +165,34 @@ def criticality_scores(stages: dict[int, tuple[int, float]], linear_accuracy: fl
     return {k: v / kappa for k, v in raw.items()}
 
 
-def criticality(teacher: Teacher, settings: Settings, stages: int) -> dict[str, Any]:
-    """Per-stage ReLUs, accuracy and criticality of keep-only-stage-k variants, and the cull order (cached)."""
+def _kd_accuracy(teacher: Teacher, cfg: TrainConfig) -> Callable[[nn.Module, str], float]:
+    """Train a variant with KD for `cfg`; its accuracy after the last epoch."""
+
+    def train(model: nn.Module, desc: str) -> float:
+        history = fit(model, teacher.train_loader, teacher.test_loader, cfg, teacher=teacher.model,
+                      device=teacher.device, desc=desc)
+        return history[-1] if history else evaluate(model, teacher.test_loader, teacher.device)
+
+    return train
+
+
+def criticality(teacher: Teacher, settings: Settings, stages: int,
+                train: Callable[[nn.Module, str], float] | None = None) -> dict[str, Any]:
+    """Per-stage ReLUs, accuracy and criticality of keep-only-stage-k variants, and the cull order (cached).
+
+    `train(model, description)` trains a variant and returns its accuracy (default: KD for
+    `criticality_epochs`); the order is least critical first, ties to the lower stage.
+    """
     cfg = _kd_config(teacher, settings, settings.criticality_epochs)
     cache = teacher.cache_dir / f"deepreduce-criticality-{settings_key(teacher, 'drd-crit-log', asdict(cfg))}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
+    train = train or _kd_accuracy(teacher, cfg)
     all_stages = list(range(1, stages + 1))
     measured: dict[int, tuple[int, float]] = {}
     for k in [0, *all_stages]:  # 0: the all-linear variant
         model = _build(teacher, dict(culled=[s for s in all_stages if s != k], stem_relu=False))
-        history = fit(model, teacher.train_loader, teacher.test_loader, cfg, teacher=teacher.model,
-                      device=teacher.device, desc=f"deepreduce criticality stage {k or 'none'}")
-        measured[k] = (count_relus(model), history[-1] if history else evaluate(model, teacher.test_loader, teacher.device))
+        measured[k] = (count_relus(model), train(model, f"deepreduce criticality stage {k or 'none'}"))
     linear_accuracy = measured.pop(0)[1]
     scores = criticality_scores(measured, linear_accuracy)
     result: dict[str, Any] = {
@@ -202,14 +222,38 @@ def train_candidate(teacher: Teacher, cand: Candidate, cfg: TrainConfig, folder:
     return acc
 
 
+def paper_step_rank(cand: Candidate) -> tuple:
+    """Rank among candidates with equal ReLUs, in the paper's order of steps: cull, then thin, then reshape.
+
+    Fewer reshapings first; thinned before not thinned; of the reshapings, alpha before
+    rho (stem stride) before blocks. So at 114,688 ReLUs cull1_thin comes before
+    cull1_a0.5 and cull1_b2111, as the paper's C100 models were made.
+    """
+    k = cand.kwargs
+    reshaped = (k["alpha"] != 1.0, k["stem_stride"] != 1, "blocks" in k)
+    return sum(reshaped), not k["thinned"], reshaped[::-1]
+
+
 def select_for_training(candidates: list[Candidate], budgets: list[int], per_budget: int | None) -> list[Candidate]:
-    """The candidates worth training: within the largest budget, or the `per_budget` largest under each."""
+    """The candidates worth training: within the largest budget, or the `per_budget` largest under each
+    (equal ReLUs ranked by `paper_step_rank`, then by name)."""
     chosen: dict[str, Candidate] = {}
     for budget in budgets:
-        fits = sorted((c for c in candidates if c.relus <= budget), key=lambda c: (-c.relus, c.name))
+        fits = sorted((c for c in candidates if c.relus <= budget), key=lambda c: (-c.relus, paper_step_rank(c), c.name))
         for c in fits if per_budget is None else fits[:per_budget]:
             chosen[c.name] = c
     return list(chosen.values())
+
+
+def plan(arch: str, arch_args: dict[str, Any], budgets: list[int], settings: Settings) -> str | None:
+    """What `run` will train, when the stage order is given (None: it follows the measured criticality)."""
+    if not settings.stage_order:
+        return None
+    candidates = enumerate_candidates(arch, arch_args, settings.stage_order, alphas=settings.alphas,
+                                      stem_strides=settings.stem_strides, thinning=settings.thinning,
+                                      blocks=settings.blocks)
+    wanted = sorted(select_for_training(candidates, budgets, settings.per_budget), key=lambda c: -c.relus)
+    return f"trains {len(wanted)} candidates: " + ", ".join(f"{c.name} ({c.relus:,})" for c in wanted)
 
 
 def run(teacher: Teacher, budgets: list[int], outs: list[Path], settings: Settings) -> list:
