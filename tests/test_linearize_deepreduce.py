@@ -111,7 +111,10 @@ def test_deepreduce_end_to_end(teacher, tmp_path):
     assert sorted(info["stage_order"]) == [1, 2, 3] and set(info["criticality"]) == {"1", "2", "3"}
     assert 0 <= info["linear_accuracy"] <= 100
     assert cards[1].budget_reached.startswith(f"candidate {cards[1].method_info['chosen']} (")
-    assert cards[1].accuracy <= cards[0].accuracy  # the smaller budget chooses among a subset
+    # chosen on the held-out part of the training set: the smaller budget chooses among a subset
+    held = {c["candidate"]: c["holdout_accuracy"] for c in info["candidates"]}
+    assert held[cards[1].method_info["chosen"]] <= held[cards[0].method_info["chosen"]]
+    assert "held-out" in cards[0].provenance["accuracy_rule"]
     # a second call reuses the cached criticality and candidates
     again = linearize("deepreduce", teacher, 230, tmp_path / "again", epochs=1, criticality_epochs=1, per_budget=1,
                       batch_size=64, train_subset=128)
