@@ -53,12 +53,13 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 @contextlib.contextmanager
 def deterministic(device: str | torch.device | None = None) -> Iterator[None]:
-    """Training whose results do not depend on the environment: deterministic kernels where torch
-    has them, and on the CPU a fixed number of intra-op threads (OMP_NUM_THREADS and
-    torch.set_num_threads outside are restored afterwards)."""
+    """CPU training whose results do not depend on the environment: a fixed number of intra-op
+    threads whatever OMP_NUM_THREADS or torch.set_num_threads say (restored afterwards), and
+    deterministic kernels where torch has them. GPU training is left as it is (deterministic
+    CUDA kernels would slow the paper configs down)."""
     threads, was_deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
     if pick_device(device).type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.set_num_threads(CPU_TRAIN_THREADS)
     try:
         yield
@@ -340,7 +341,8 @@ def train_baseline(
 
     The model is built for the dataset's input shape and class count (arch_kwargs may
     override, e.g. input_size=16 with upsampled digits). `init` is "default" (torch's) or
-    "kaiming_normal" (conv weights ~ N(0, 2 / fan_out), as SNL's official code). Returns the ModelCard.
+    "kaiming_normal" (conv weights ~ N(0, 2 / fan_out), torchvision's ResNet init; the SNL paper
+    config's teacher uses it). Returns the ModelCard.
     """
     from pibench.checkpoint import save_model
     from pibench.data import dataset_info, dataset_options, make_loaders

@@ -26,8 +26,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pibench.budget import parse_budget
-from pibench.train import ACCURACY_RULE, deterministic
 from pibench.registry import Registry
+from pibench.train import ACCURACY_RULE, deterministic
 
 log = logging.getLogger(__name__)
 
