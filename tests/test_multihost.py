@@ -21,13 +21,13 @@ import torch
 
 from pibench.bench import BenchOptions, bench_models
 from pibench.checkpoint import CARD_FILE, MASKS_FILE, load_card, public_hash, save_model
+from pibench.model_spec import model_inputs
 from pibench.models import create_model
 from pibench.mpc.net import netns
 from pibench.mpc.net.hosts import Link, measurement_links, place_parties
 from pibench.mpc.parties.launch import Session, SessionConfig, free_port
 from pibench.mpc.net.netns import list_namespaces
 from pibench.mpc.net.network import parse_network, parse_networks
-from pibench.model_spec import model_inputs
 from pibench.relu import masked_relus
 from pibench.results import load_layers, load_results
 
