@@ -27,16 +27,29 @@ def test_resnet18_layer_conv_relu(benchmark, pair):
     _timed(benchmark, pair, "resnet18_layer", rounds=5)
 
 
+# The dealer's online phase skips what stock CrypTen does during an inference (making tuples,
+# re-opening the weights in every product): on a quiet 2-core machine it took 0.47-0.49x as
+# long. Above 0.75x the online phase is doing offline work again (or the machine is too busy to
+# benchmark on). End to end (offline + online) it is about as slow as stock CrypTen (1.04x):
+# printed, not asserted, since the comparison is the point of the figure, not a bound.
+ONLINE_RATIO_BOUND = 0.75
+
+
 def test_resnet18_harness_vs_plain_crypten(benchmark, pair):
-    """End to end on resnet18 (random weights, all ReLUs): the harness's online phase (default protocol,
-    crypten:dealer: weights-fixed products, tuples preprocessed) vs a plain CrypTen script doing the same
-    ops the stock way (TFP tuples made during the inference, weights re-opened by every product)."""
+    """End to end on resnet18 (random weights, all ReLUs): the harness under crypten:dealer (weights-fixed
+    products, tuples preprocessed), online alone and offline + online, vs a plain CrypTen script doing the
+    same ops the stock way (TFP tuples made during the inference, weights re-opened by every product)."""
     repeats = 3
     _timed(benchmark, pair, "resnet18", rounds=repeats)
-    plain = benchmark.stats.stats.median
+    stock = benchmark.stats.stats.median
     (result,) = bench_models(["resnet18"], BenchOptions(repeats=repeats))
     assert result.error == "", result.error
-    harness = result.rows[0].latency_s_median
-    benchmark.extra_info.update(plain_crypten_s=plain, harness_s=harness, ratio=harness / plain)
-    print(f"\nresnet18 end to end: harness online {harness:.3f} s (offline {result.rows[0].offline_s:.3f} s), "
-          f"plain CrypTen {plain:.3f} s, ratio {harness / plain:.2f}")
+    row = result.rows[0]
+    online, end_to_end = row.latency_s_median, row.offline_s + row.latency_s_median
+    benchmark.extra_info.update(stock_crypten_s=stock, online_s=online, offline_s=row.offline_s,
+                                online_ratio=online / stock, end_to_end_ratio=end_to_end / stock)
+    print(f"\nresnet18, crypten:dealer vs stock CrypTen ({stock:.3f} s):"
+          f"\n  online only           {online:.3f} s  ({online / stock:.2f}x)"
+          f"\n  offline + online      {end_to_end:.3f} s  ({end_to_end / stock:.2f}x; offline {row.offline_s:.3f} s)"
+          f"\n  stock CrypTen         {stock:.3f} s  (1.00x)")
+    assert online / stock < ONLINE_RATIO_BOUND, f"online {online:.3f} s is {online / stock:.2f}x stock CrypTen's"

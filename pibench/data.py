@@ -373,6 +373,28 @@ def make_loaders(
     return train_loader, test_loader
 
 
+def holdout_loaders(train_loader: DataLoader, plain: Dataset, fraction: float, seed: int) -> tuple[DataLoader, DataLoader]:
+    """(train, held-out) loaders from a training loader: a seeded `fraction` of its samples is held out
+    to choose by (read from `plain`, the same training split without augmentation), the rest trains.
+
+    Choosing among several trained models on the test set would report the best of several tries
+    as if it were one; a held-out part of the training set keeps the test accuracy honest.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"the held-out fraction of the training set must be between 0 and 1, got {fraction}")
+    dataset = train_loader.dataset
+    base = list(dataset.indices) if isinstance(dataset, torch.utils.data.Subset) else list(range(len(dataset)))
+    order = torch.randperm(len(base), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_held = max(1, round(fraction * len(base)))
+    held, kept = sorted(order[:n_held]), sorted(order[n_held:])
+    common = dict(num_workers=train_loader.num_workers, pin_memory=train_loader.pin_memory)
+    train = DataLoader(torch.utils.data.Subset(dataset, kept), batch_size=train_loader.batch_size, shuffle=True,
+                       generator=torch.Generator().manual_seed(seed), **common)
+    held_out = DataLoader(torch.utils.data.Subset(plain, [base[i] for i in held]),
+                          batch_size=max(train_loader.batch_size or 1, 256), shuffle=False, **common)
+    return train, held_out
+
+
 def dataset_options(name: str, input_shape: Sequence[int], num_classes: int) -> dict[str, Any]:
     """The `get_dataset` options that make dataset `name` feed a model of this input and output.
 

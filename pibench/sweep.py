@@ -85,6 +85,18 @@ def _method_settings(method: str, kwargs: dict[str, Any], seed: int) -> dict[str
     return {**dataclasses.asdict(settings), **run, "seed": seed}
 
 
+def _method_plan(method: str, exp: Experiment, counts: list[int], kwargs: dict[str, Any]) -> str | None:
+    """What the method will train (e.g. DeepReDuce's candidates at a pinned stage order), for dry runs."""
+    from pibench.data import dataset_info
+    from pibench.linearize import plan
+    from pibench.models import create_model
+
+    info = dataset_info(exp.dataset)
+    build = {"in_chans": info.in_chans, "input_size": info.input_size, "num_classes": info.num_classes}
+    arch_args = create_model(exp.arch, **(build | exp.arch_args)).pibench_args
+    return plan(method, exp.arch, arch_args, counts, **{k: v for k, v in kwargs.items() if k not in RUN_KEYS})
+
+
 def make_method_models(method: str, teacher: Path, counts: list[int], folders: list[Path], data_dir: str | None,
                        seed: int, kwargs: dict[str, Any]) -> None:
     """Linearize the teacher at the budgets whose folders are missing (one call shares the teacher-level work)."""
@@ -114,9 +126,10 @@ def experiment_makers(cfg: SweepConfig, exp: Experiment) -> list[Maker]:
         folders = [prefix.with_name(f"{prefix.name}_{method}_{c}") for c in counts]
         make = functools.partial(make_method_models, method, teacher, counts, folders, exp.data_dir, cfg.seed, kwargs)
         what = f"{method} at {' / '.join(f'{c:,}' for c in counts)} ReLUs of {total:,}"
+        settings = f"{what}: {_settings_text(_method_settings(method, kwargs, cfg.seed))}"
+        planned = _method_plan(method, exp, counts, kwargs)
         makers.append(Maker(Job(f"{method}:{prefix.name}", make, needs=[teacher_job.name],
-                                settings=f"{what}: {_settings_text(_method_settings(method, kwargs, cfg.seed))}"),
-                            folders))
+                                settings=f"{settings}; {planned}" if planned else settings), folders))
     return makers
 
 

@@ -14,13 +14,14 @@ finished epoch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +36,12 @@ log = logging.getLogger(__name__)
 
 KD_TEMPERATURE = 4.0
 AT_BETA = 1000.0
+# What a model card's `accuracy` is, for the teacher and every method (README: "Reported accuracy").
+ACCURACY_RULE = ("top-1 on the test set after the last training epoch; choices between trained models "
+                 "(DeepReDuce's cull order and candidate) are made on a held-out part of the training set")
+# CPU kernels split their sums by thread count, so the count changes the results (digits: other
+# weights under OMP_NUM_THREADS=1 and 2). Training on the CPU always uses this many intra-op threads.
+CPU_TRAIN_THREADS = 2
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -42,6 +49,23 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextlib.contextmanager
+def deterministic(device: str | torch.device | None = None) -> Iterator[None]:
+    """CPU training whose results do not depend on the environment: a fixed number of intra-op
+    threads whatever OMP_NUM_THREADS or torch.set_num_threads say (restored afterwards), and
+    deterministic kernels where torch has them. GPU training is left as it is (deterministic
+    CUDA kernels would slow the paper configs down)."""
+    threads, was_deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    if pick_device(device).type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.set_num_threads(CPU_TRAIN_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(was_deterministic)
 
 
 def seed_everything(seed: int) -> None:
@@ -305,6 +329,8 @@ def train_baseline(
     optimizer: str = "sgd",
     weight_decay: float = 5e-4,
     schedule: str = "cosine",
+    nesterov: bool = True,
+    init: str = "default",
     data_dir: str | None = None,
     seed: int = 0,
     device: str | None = None,
@@ -314,7 +340,9 @@ def train_baseline(
     """Train an all-ReLU model from scratch and save it as a model folder (the teacher).
 
     The model is built for the dataset's input shape and class count (arch_kwargs may
-    override, e.g. input_size=16 with upsampled digits). Returns the ModelCard.
+    override, e.g. input_size=16 with upsampled digits). `init` is "default" (torch's) or
+    "kaiming_normal" (conv weights ~ N(0, 2 / fan_out), torchvision's ResNet init; the SNL paper
+    config's teacher uses it). Returns the ModelCard.
     """
     from pibench.checkpoint import save_model
     from pibench.data import dataset_info, dataset_options, make_loaders
@@ -324,22 +352,38 @@ def train_baseline(
     build = {"in_chans": info.in_chans, "input_size": info.input_size, "num_classes": info.num_classes, **(arch_kwargs or {})}
     seed_everything(seed)
     model = create_model(arch, **build)
+    initialize(model, init)
     args = model.pibench_args
     options = dataset_options(dataset, (args["in_chans"], args["input_size"], args["input_size"]), args["num_classes"])
     train_loader, test_loader = make_loaders(
         dataset, data_dir, batch_size=batch_size, seed=seed, train_subset=train_subset, **options
     )
-    cfg = TrainConfig(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, seed=seed)
+    cfg = TrainConfig(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, schedule=schedule,
+                      nesterov=nesterov, seed=seed)
     out = Path(out_folder)
     ckpt = out / "checkpoints" / "train.pt"
-    run_key = json.dumps([arch, dataset, build, options, batch_size, train_subset], sort_keys=True)
-    history = fit(model, train_loader, test_loader, cfg, checkpoint=ckpt, device=device, desc=f"train {arch}",
-                  run_key=run_key)
+    run_key = json.dumps([arch, dataset, build, options, batch_size, train_subset, init], sort_keys=True)
+    with deterministic(device):
+        history = fit(model, train_loader, test_loader, cfg, checkpoint=ckpt, device=device, desc=f"train {arch}",
+                      run_key=run_key)
     accuracy = history[-1] if history else evaluate(model, test_loader, device)
-    provenance = {"train": {**asdict(cfg), "batch_size": batch_size, "dataset_options": options, "history": history}}
+    provenance = {"accuracy_rule": ACCURACY_RULE,
+                  "train": {**asdict(cfg), "batch_size": batch_size, "dataset_options": options, "history": history}}
     card = save_model(model.cpu(), out, dataset=dataset, method="baseline", accuracy=accuracy, provenance=provenance)
     remove_checkpoint(ckpt)
     return card
+
+
+@torch.no_grad()
+def initialize(model: nn.Module, init: str) -> None:
+    """Re-initialize conv weights: "kaiming_normal" draws N(0, 2 / fan_out); "default" keeps torch's."""
+    if init == "default":
+        return
+    if init != "kaiming_normal":
+        raise ValueError(f"unknown init {init!r}; use default or kaiming_normal")
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
 def remove_checkpoint(path: Path) -> None:

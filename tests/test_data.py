@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pibench.data import DATASETS, dataset_info, dataset_options, get_dataset, make_loaders
+from pibench.data import DATASETS, dataset_info, dataset_options, get_dataset, holdout_loaders, make_loaders
 
 
 def test_registry_lists_every_dataset():
@@ -144,3 +144,17 @@ def test_tinyimagenet_missing_parts(tmp_path):
         f.unlink()
     with pytest.raises(FileNotFoundError, match="no images in"):
         get_dataset("tinyimagenet", "train", str(tmp_path))
+
+
+def test_holdout_splits_the_training_set_never_the_test_set():
+    """DeepReDuce chooses on a held-out part of the training set (README: reported accuracy)."""
+    train_loader, _ = make_loaders("synthetic", batch_size=32, seed=0, train_subset=200, shape=(3, 8, 8))
+    plain = get_dataset("synthetic", "train", augment=False, shape=(3, 8, 8))
+    fit_loader, held = holdout_loaders(train_loader, plain, 0.1, seed=0)
+    kept, held_idx = fit_loader.dataset.indices, held.dataset.indices
+    assert (len(kept), len(held_idx)) == (180, 20) and not set(kept) & set(held_idx)
+    assert set(kept) | set(held_idx) == set(range(200))  # within the training subset
+    assert held_idx == holdout_loaders(train_loader, plain, 0.1, seed=0)[1].dataset.indices  # seeded
+    assert held.dataset.dataset is plain and fit_loader.generator is not None
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        holdout_loaders(train_loader, plain, 0.0, seed=0)

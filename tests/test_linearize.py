@@ -4,10 +4,10 @@ import torch
 from pibench.checkpoint import load_model
 from pibench.cli import main
 from pibench.linearize import METHODS, linearize, linearize_many, make_settings
-from pibench.linearize.senet import allocate, random_masks, relu_feeding_convs, topk_mask
+from pibench.linearize.senet import MaskSearch, allocate, random_masks, relu_feeding_convs, topk_mask
 from pibench.linearize.snl import AlphaSearch, Settings as SNLSettings, largest_alphas
 from pibench.models import create_model
-from pibench.relu import relu_counts
+from pibench.relu import MaskedReLU, relu_counts
 from pibench.train import train_baseline
 
 FAST = dict(batch_size=64, train_subset=128)
@@ -44,6 +44,38 @@ def test_allocation_totals_and_edge_cases():
     assert sum(allocate(10, [10, 10], [0, 0])) == 10  # all zero: shares follow sizes
     with pytest.raises(ValueError):
         allocate(10, [10], [1, 2])
+
+
+# ---------------------------------------------------------------- mask scores (SENet step 3)
+class _OneReLU(torch.nn.Module):
+    """x -> MaskedReLU(x): its ReLU layer's input is the network input, so every activation is known."""
+
+    def __init__(self, mask):
+        super().__init__()
+        self.relu = MaskedReLU()
+        self.relu.set_mask(mask)
+
+    def forward(self, x):
+        return self.relu(x)
+
+
+def test_mask_score_does_not_depend_on_the_positions_own_mask():
+    """The score is |teacher's post-ReLU map - student's map if linear there| (senet.py, step 3): for a
+    negative input x, |0 - x|, whether the position is kept or not. Scoring the student's masked output
+    instead would give a kept position |0 - relu(x)| = 0, and the selection would flip every epoch."""
+    x = torch.tensor([[[-4.0, -3.0, -2.0, -1.0, 1.0, 2.0]]]).unsqueeze(0)  # (1, C=1, H=1, W=6)
+    teacher = _OneReLU(torch.ones(1, 1, 6, dtype=torch.bool))
+    expected = (torch.relu(x) - x).abs().squeeze(0)  # 4, 3, 2, 1, 0, 0
+    for kept in ([True, False, True, False, True, False], [False, True, False, True, False, True]):
+        student = _OneReLU(torch.tensor(kept).view(1, 1, 6))
+        search = MaskSearch(student, teacher, {"relu": 2})
+        teacher(x)
+        student(x)
+        search.after_batch()
+        assert torch.equal(search.scores["relu"], expected)
+        search.select()
+        assert student.relu.mask.flatten().tolist() == [True, True, False, False, False, False]
+        search.close()
 
 
 # ---------------------------------------------------------------- top-k masks

@@ -1,10 +1,12 @@
 import math
+import re
 
 import pytest
 
-from pibench.checkpoint import load_model
-from pibench.linearize import linearize, linearize_many
-from pibench.linearize.deepreduce import criticality_scores, enumerate_candidates, select_for_training
+from pibench.checkpoint import load_model, save_model
+from pibench.linearize import linearize, linearize_many, load_teacher
+from pibench.linearize.deepreduce import (Settings, criticality, criticality_scores, enumerate_candidates, plan,
+                                          select_for_training)
 from pibench.models import create_model, model_defaults
 from pibench.models.resnet import DRD_CONFIGS
 from pibench.relu import count_relus
@@ -55,6 +57,30 @@ def test_criticality_is_the_papers_metric_not_accuracy_per_relu():
         criticality_scores({1: (1, 50.0)}, 10.0)
 
 
+def test_stages_are_culled_least_critical_first(tmp_path):
+    """Fixed keep-only-stage-k accuracies (a stub trainer): resnet_digits' stages keep 2,048 / 1,024 / 512
+    ReLUs; over the all-linear 20 %, stage 3 adds least per log-ReLU, then stage 1, so the cull order is
+    3, 1, 2 (neither stage order, ReLU order nor their reverse), and candidates cull 3, then 1 and 3."""
+    folder = tmp_path / "teacher"
+    save_model(create_model("resnet_digits"), folder, dataset="digits", method="baseline", accuracy=90.0)
+    teacher = load_teacher(folder, train_subset=64)
+    accuracy = {(1, 2, 3): 20.0, (2, 3): 50.0, (1, 3): 80.0, (1, 2): 40.0}  # by culled stages
+
+    def stub(model, desc):
+        return accuracy[tuple(model.pibench_args["culled"])]
+
+    result = criticality(teacher, Settings(), 3, train=stub)
+    assert result["order"] == [3, 1, 2]
+    assert result["linear_accuracy"] == 20.0 and result["stages"]["2"]["criticality"] == 1.0
+    culled = {tuple(c.kwargs["culled"]) for c in enumerate_candidates("resnet_digits", teacher.card.arch_args,
+                                                                      result["order"])}
+    assert culled == {(), (3,), (1, 3)}
+    # at 1,536 ReLUs cull3_thin ties with cull3_a0.5: thinning comes first, as in the paper
+    chosen = select_for_training(enumerate_candidates("resnet_digits", teacher.card.arch_args, result["order"]),
+                                 [1536, 1024], per_budget=1)
+    assert [c.name for c in chosen] == ["cull3_thin", "cull13"]
+
+
 def test_select_for_training_takes_the_largest_under_each_budget():
     cands = enumerate_candidates("resnet_digits", create_model("resnet_digits").pibench_args, [1, 2, 3])
     chosen = select_for_training(cands, [2304, 230], per_budget=2)
@@ -85,7 +111,10 @@ def test_deepreduce_end_to_end(teacher, tmp_path):
     assert sorted(info["stage_order"]) == [1, 2, 3] and set(info["criticality"]) == {"1", "2", "3"}
     assert 0 <= info["linear_accuracy"] <= 100
     assert cards[1].budget_reached.startswith(f"candidate {cards[1].method_info['chosen']} (")
-    assert cards[1].accuracy <= cards[0].accuracy  # the smaller budget chooses among a subset
+    # chosen on the held-out part of the training set: the smaller budget chooses among a subset
+    held = {c["candidate"]: c["holdout_accuracy"] for c in info["candidates"]}
+    assert held[cards[1].method_info["chosen"]] <= held[cards[0].method_info["chosen"]]
+    assert "held-out" in cards[0].provenance["accuracy_rule"]
     # a second call reuses the cached criticality and candidates
     again = linearize("deepreduce", teacher, 230, tmp_path / "again", epochs=1, criticality_epochs=1, per_budget=1,
                       batch_size=64, train_subset=128)
@@ -95,3 +124,18 @@ def test_deepreduce_end_to_end(teacher, tmp_path):
 def test_deepreduce_budget_below_smallest_candidate(teacher, tmp_path):
     with pytest.raises(ValueError, match="below DeepReDuce's smallest candidate \\(32 ReLUs\\)"):
         linearize("deepreduce", teacher, 10, tmp_path / "x", stage_order=[1, 2, 3])
+
+
+def test_paper_config_trains_the_papers_configurations():
+    """configs/resnet18_cifar100.yaml pins the paper's C100 stage order, so a dry run lists what DeepReDuce
+    trains: the released C100 models' configurations among them (README: paper configs)."""
+    from pathlib import Path
+
+    from pibench.sweep import describe
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "resnet18_cifar100.yaml"
+    (line,) = [line for line in describe(config, "local").splitlines() if "trains " in line]
+    trained = set(re.findall(r"(cull[\w.]+) \(", line))
+    paper = {"cull1", "cull1_thin", "cull1_thin_a0.5", "cull14_thin_a0.5", "cull1_thin_s2", "cull1_thin_a0.5_s2",
+             "cull14_thin_a0.5_s2"}
+    assert paper <= trained

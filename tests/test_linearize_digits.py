@@ -1,5 +1,6 @@
 """The digits pipeline of configs/demo.yaml end to end, without MPC (slow: a minute or two on 2 cores)."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,15 @@ from pibench.linearize import linearize_many
 from pibench.train import train_baseline
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-ONE_TEST_SAMPLE = 100 / 360  # digits has 360 test images
+TEST_IMAGES = 360  # digits' test set
+
+
+def noise_margin(accuracies: list[float]) -> float:
+    """Two standard deviations, in points, of the difference of two accuracies near these, each
+    measured on 360 test images (binomial, taken as independent: an upper bound). At 98.6 % that
+    is 1.8 points, 6-7 images: a smaller budget can also regularise and win by a few images."""
+    p = sum(accuracies) / len(accuracies) / 100
+    return 100 * 2 * math.sqrt(2 * p * (1 - p) / TEST_IMAGES)
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +48,25 @@ def test_method_budgets_and_monotone_accuracy(setup, method):
     if method == "snl":  # the search itself reaches every budget, down to 5%: no top-B fallback
         assert all(c.budget_reached.startswith("search reached budget at epoch") for c in cards)
     accs = [c.accuracy for c in cards]
-    # Falls or stays flat as the budget shrinks, up to one test image of noise.
-    assert all(a + ONE_TEST_SAMPLE >= b - 1e-9 for a, b in zip(accs, accs[1:])), accs
+    # Falls or stays flat as the budget shrinks, up to the test set's sampling noise.
+    margin = noise_margin(accs)
+    assert all(a + margin >= b for a, b in zip(accs, accs[1:])), (accs, margin)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("budget", ["0.2", "0.05"])
 def test_senet_mask_search_converges(setup, budget):
-    """Re-selected masks settle: the last re-selection keeps >= 90% (Jaccard) of the masks it replaces."""
+    """Re-selected masks settle: the last two re-selections keep >= 75 % (Jaccard) of the masks they replace.
+
+    Scoring under the current masks made them flip (Jaccard 0.13 at 20 %, 0.00 at 5 %, README); a settled
+    search measured 0.88-0.96 here and 0.82-0.88 on another 2-core machine, so 0.75 tells the two apart
+    with room for the machine."""
     cfg, root, _ = setup
     settings = {**cfg["methods"]["senet"], "epochs": 1}
     card = linearize_many("senet", root / "base", [budget], [root / f"senet_converge_{budget}"], **settings)[0]
     overlaps = card.method_info["mask_overlaps"]
     print(f"SENet mask overlaps at {budget}:", overlaps)
-    assert len(overlaps) == settings["search_epochs"] >= 2 and overlaps[-1] >= 0.9
+    assert len(overlaps) == settings["search_epochs"] >= 2 and min(overlaps[-2:]) >= 0.75
 
 
 @pytest.mark.slow

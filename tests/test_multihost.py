@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from pibench.bench import BenchOptions, bench_models
-from pibench.checkpoint import CARD_FILE, MASKS_FILE, public_hash, save_model
+from pibench.checkpoint import CARD_FILE, MASKS_FILE, load_card, public_hash, save_model
+from pibench.model_spec import model_inputs
 from pibench.models import create_model
 from pibench.mpc.net import netns
 from pibench.mpc.net.hosts import Link, measurement_links, place_parties
@@ -30,7 +31,6 @@ from pibench.mpc.net.network import parse_network, parse_networks
 from pibench.relu import masked_relus
 from pibench.results import load_layers, load_results
 
-needs_root = pytest.mark.skipif(netns.unavailable_reason() is not None, reason=str(netns.unavailable_reason()))
 PIBENCH = [sys.executable, "-m", "pibench.cli"]
 JOB = {"repeats": 1, "batch": 1, "samples": 1, "seed": 0, "data_dir": None}
 
@@ -85,7 +85,20 @@ def test_netns_without_root_says_how_to_fix_it(monkeypatch):
 def test_two_party_commands_with_dealer_write_the_clients_rows(tmp_path):
     """The compose / two-machine flow: the client, given only the public files, writes results itself."""
     torch.manual_seed(0)
-    server_folder = save(tmp_path / "server" / "m", create_model("cnn_digits"))
+    model = create_model("cnn_digits")
+    # a model that always answers the first test input's class: its accuracy on the 8 inputs is that
+    # class's share of their labels, neither 0 nor 100 %, and the MPC logits (the bias) decide it exactly
+    card = load_card(save(tmp_path / "card", model))
+    _, labels = model_inputs(card, card.input_shape, 8, 0, None)
+    answer = int(labels[0])
+    expected = 100 * float((labels == answer).double().mean())
+    assert 0 < expected < 100
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-5.0)
+        head.bias[answer] = 5.0
+    server_folder = save(tmp_path / "server" / "m", model)
     client_folder = public_copy(server_folder, tmp_path / "client" / "m")
     port, out = free_port(), tmp_path / "results"
     common = ["--samples", "8", "--batch", "4", "--repeats", "2"]
@@ -107,7 +120,7 @@ def test_two_party_commands_with_dealer_write_the_clients_rows(tmp_path):
     assert list(df["network"]) == ["lan", "100mbit"] and set(df["link"]) == {"two-hosts"}
     row = df.iloc[0]
     assert row["model"] == "m" and pd.isna(row["error"])
-    assert row["relus"] == 4096 and row["mpc_samples"] == 8 and 0 <= row["mpc_accuracy"] <= 1
+    assert row["relus"] == 4096 and row["mpc_samples"] == 8 and row["mpc_accuracy"] == expected
     # no weights on the client, so no plaintext reference
     assert pd.isna(row["mpc_agreement"]) and pd.isna(row["max_logit_error"])
     assert row["offline_bytes"] > 0 and row["offline_s"] > 0 and row["protocol"] == "dealer"  # apart from online
@@ -159,7 +172,7 @@ def test_out_is_for_the_client_only():
 
 # -- namespaces (root) ------------------------------------------------------------------------------
 @pytest.mark.root
-@needs_root
+@pytest.mark.root
 def test_shaped_namespace_run_matches_loopback_bytes_and_the_bandwidth_projection():
     """drd_c100_7k (24.8 MB/party): bytes are the same on every link; 100 Mbit/s costs what bytes/rate says."""
     options = dict(repeats=2, samples=0)
@@ -181,7 +194,7 @@ def test_shaped_namespace_run_matches_loopback_bytes_and_the_bandwidth_projectio
 
 
 @pytest.mark.root
-@needs_root
+@pytest.mark.root
 def test_dealer_runs_on_its_own_host_and_its_traffic_stays_offline():
     job = {**JOB, "model": "resnet_digits"}
     with Session(SessionConfig()) as session:
@@ -204,7 +217,7 @@ def test_dealer_runs_on_its_own_host_and_its_traffic_stays_offline():
 
 
 @pytest.mark.root
-@needs_root
+@pytest.mark.root
 def test_killing_the_server_in_a_namespace_run_ends_the_command_and_leaves_nothing(tmp_path):
     bench = subprocess.Popen(PIBENCH + ["bench", "resnet_digits", "--hosts", "netns", "--network", "unshaped",
                                         "--repeats", "200", "--samples", "0", "--out", str(tmp_path)],

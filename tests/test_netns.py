@@ -12,7 +12,6 @@ import pytest
 from pibench.mpc.net import netns
 from pibench.mpc.net.netns import NetnsHosts, check_available, cleanup_stale, list_namespaces
 
-needs_root = pytest.mark.skipif(netns.unavailable_reason() is not None, reason=str(netns.unavailable_reason()))
 PREFIX = "pibtest"  # keeps these tests' namespaces apart from real runs'
 PORT = 5001
 
@@ -67,7 +66,7 @@ def leftovers(net: NetnsHosts) -> list[str]:
 
 
 @pytest.mark.root
-@needs_root
+@pytest.mark.root
 def test_hosts_reach_each_other_and_tbf_caps_bandwidth():
     nbytes, rate = 20_000_000, 100.0
     with NetnsHosts(("client", "server", "dealer"), prefix=PREFIX) as net:
@@ -87,7 +86,7 @@ def test_hosts_reach_each_other_and_tbf_caps_bandwidth():
 
 
 @pytest.mark.root
-@needs_root
+@pytest.mark.root
 def test_cleanup_after_exception_and_killed_process():
     with pytest.raises(RuntimeError, match="party failed"):
         with NetnsHosts(("client", "server"), rate_mbit=100, prefix=PREFIX) as net:
@@ -102,7 +101,7 @@ def test_cleanup_after_exception_and_killed_process():
 
 
 @pytest.mark.root
-@needs_root
+@pytest.mark.root
 def test_cleanup_stale_removes_only_dead_runs():
     dead = subprocess.Popen(["true"])
     dead.wait()

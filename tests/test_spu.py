@@ -14,7 +14,6 @@ from pibench.bench import BenchOptions, bench_models
 from pibench.models import create_model
 from pibench.mpc.backend import run_plain
 from pibench.model_spec import model_inputs, server_model
-from pibench.mpc.net import netns
 from pibench.mpc.parties.launch import SessionConfig, free_port
 from pibench.mpc.net.network import parse_network
 from pibench.mpc.parties.party import EVENT_PREFIX
@@ -25,7 +24,11 @@ from test_mpc_program import NETS, randomize
 
 pytest.importorskip("spu", reason="SecretFlow SPU is not installed: make install EXTRAS=test,spu")
 
-SLOPE = {"semi2k": 144, "cheetah": 100}  # bytes per kept ReLU per party, sent + received (DESIGN.md §7)
+# bytes per kept ReLU per party, sent + received: the README's 144 (SEMI2K) and 98.5 (CHEETAH)
+SLOPE = {"semi2k": 144, "cheetah": 98.5}
+# SPU's FM64 ring has 18 fractional bits; the README's rows measure <= 4e-5 of logit error.
+# 1e-3 leaves room for other inputs and still fails on a wrong sign, scale or decoding.
+LOGIT_ERROR = 1e-3
 PARTY = ("import sys, json; from pibench.mpc.spu.party import run_spu_party; from pibench.mpc.parties.party import read_jobs;"
          "run_spu_party(sys.argv[1], sys.argv[2], protocol=sys.argv[3], connect_timeout=float(sys.argv[4]),"
          " jobs=read_jobs(sys.stdin))")
@@ -69,7 +72,7 @@ def test_bytes_follow_kept_relus_and_logits_match_plaintext(tmp_path, protocol):
     for folder, r in zip(folders, results):
         reference = plaintext_logits(folder, 8)
         logits = torch.tensor(r["logits"], dtype=torch.float64)
-        assert (logits - reference).abs().max() <= 1e-2
+        assert (logits - reference).abs().max() <= LOGIT_ERROR
         assert (logits.argmax(1) == reference.argmax(1)).float().mean() >= 0.99
         assert r["ops"][0]["op"] == "input" and r["ops"][-1]["op"] == "output"
         assert r["offline_bytes"] is None and r["setup_bytes"] > 0 and r["rounds"] > 0
@@ -80,7 +83,7 @@ def test_bytes_follow_kept_relus_and_logits_match_plaintext(tmp_path, protocol):
     assert kept[0] == 0 and base == pytest.approx(float(sent[0]), rel=0.02)
     for n, b in zip(kept, sent):
         assert abs(b - (base + slope * n)) <= 0.02 * b
-    assert slope == pytest.approx(SLOPE[protocol], rel=0.15)
+    assert slope == pytest.approx(SLOPE[protocol], rel=0.02)
     relu_bytes = [sum(op["bytes"] for op in r["ops"] if op["op"] == "relu") for r in results]
     assert relu_bytes[0] == 0 and relu_bytes[-1] == pytest.approx(slope * float(kept[-1]), rel=0.02)
 
@@ -93,7 +96,7 @@ def test_maxpool_and_preactivation_nets_match_plaintext(tmp_path, net):
     assert codes == [0, 0], errs
     (result,) = [e for e in events if e["event"] == "result"]
     logits = torch.tensor(result["logits"], dtype=torch.float64)
-    assert (logits - plaintext_logits(folder, 8)).abs().max() <= 1e-2
+    assert (logits - plaintext_logits(folder, 8)).abs().max() <= LOGIT_ERROR
     if net == "vgg_max":
         assert next(op for op in result["ops"] if op["op"] == "maxpool")["bytes"] > 0
 
@@ -119,7 +122,7 @@ def test_bench_runs_spu_parties_through_the_launcher(tmp_path):
     row = result.rows[0]
     assert row.error == "", row.error
     assert (row.backend, row.protocol) == ("spu", "semi2k") and row.security.startswith("INSECURE")
-    assert row.mpc_samples == 8 and row.mpc_agreement >= 0.99 and row.max_logit_error <= 1e-2
+    assert row.mpc_samples == 8 and row.mpc_agreement >= 0.99 and row.max_logit_error <= LOGIT_ERROR
     assert row.relu_bytes > 0 and row.linear_bytes > 0 and row.bytes_per_party > row.relu_bytes
     assert row.offline_bytes is None and len(str(row.latency_s_samples).split(";")) == 2
 
@@ -152,7 +155,7 @@ def test_a_sweep_measures_crypten_and_spu_side_by_side(tmp_path):
     assert (run / "figures" / "protocol_costs.png").stat().st_size > 1000
 
 
-@pytest.mark.skipif(netns.unavailable_reason() is not None, reason=str(netns.unavailable_reason()))
+@pytest.mark.root
 def test_spu_parties_in_separate_network_namespaces():
     """The server tells the client where its link listens, so parties on other hosts find each other."""
     (result,) = bench_models(["cnn_digits"], BenchOptions(protocol="spu:semi2k", hosts="netns", repeats=1,

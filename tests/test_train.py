@@ -115,3 +115,22 @@ def test_sgd_nesterov_is_a_choice():
     assert _optimizer(params, TrainConfig()).defaults["nesterov"] is True
     assert _optimizer(params, TrainConfig(nesterov=False)).defaults["nesterov"] is False
     assert _optimizer(params, TrainConfig(momentum=0.0)).defaults["nesterov"] is False
+
+
+def test_kaiming_normal_init_and_deterministic_threads():
+    """SNL's teacher recipe: conv weights ~ N(0, 2 / fan_out); training threads fixed, restored after."""
+    import math
+
+    from pibench.train import CPU_TRAIN_THREADS, deterministic, initialize
+
+    model = create_model("resnet18", num_classes=10)
+    initialize(model, "kaiming_normal")
+    conv = model.layers[2][0].conv1  # 128 -> 256 channels, 3x3: its fan_out decides the spread
+    fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    assert float(conv.weight.detach().std()) == pytest.approx(math.sqrt(2 / fan_out), rel=0.02)
+    with pytest.raises(ValueError, match="unknown init"):
+        initialize(model, "xavier")
+    before = torch.get_num_threads()
+    with deterministic("cpu"):
+        assert torch.get_num_threads() == CPU_TRAIN_THREADS and torch.are_deterministic_algorithms_enabled()
+    assert torch.get_num_threads() == before and not torch.are_deterministic_algorithms_enabled()

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from pibench.budget import parse_budget
 from pibench.registry import Registry
+from pibench.train import ACCURACY_RULE, deterministic
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class Teacher:
     seed: int
     cache_dir: Path
     batch_size: int
+    data_dir: str | None = None
 
     @property
     def relus(self) -> int:
@@ -75,6 +77,14 @@ def make_settings(method: str, epochs: int | None = None, **kwargs: Any):
         raise ValueError(f"unknown {method} settings {unknown}; known: {known}")
     check_types(values, typing.get_type_hints(cls), f"{method} setting")
     return cls(**values)
+
+
+def plan(method: str, arch: str, arch_args: dict[str, Any], budgets: Sequence[int], **kwargs: Any) -> str | None:
+    """What a method will train for these budgets, when that is known before training (for dry runs)."""
+    module = method_module(method)
+    if not hasattr(module, "plan"):
+        return None
+    return module.plan(arch, arch_args, list(budgets), make_settings(method, **kwargs))
 
 
 def load_teacher(
@@ -112,6 +122,7 @@ def load_teacher(
         seed=seed,
         cache_dir=Path(cache_dir) if cache_dir is not None else folder / "cache",
         batch_size=batch_size,
+        data_dir=data_dir,
     )
 
 
@@ -133,6 +144,7 @@ def train_config(teacher: Teacher, settings: Any, epochs: int, **overrides: Any)
 
 def provenance(teacher: Teacher, method: str, settings: Any) -> dict[str, Any]:
     return {
+        "accuracy_rule": ACCURACY_RULE,
         "teacher": str(teacher.folder),
         "teacher_weights_sha256": teacher.card.weights_sha256,
         "teacher_accuracy": teacher.card.accuracy,
@@ -216,7 +228,8 @@ def linearize_many(
     )
     counts = [parse_budget(b, teacher.relus) for b in budgets]
     log.info("%s on %s (%s ReLUs): budgets %s", method, teacher.folder, f"{teacher.relus:,}", counts)
-    return module.run(teacher, counts, [Path(o) for o in out_folders], settings)
+    with deterministic(teacher.device):
+        return module.run(teacher, counts, [Path(o) for o in out_folders], settings)
 
 
 def linearize(

@@ -1,0 +1,107 @@
+"""The README's cost numbers, derived from the compiled program and compared with what the parties measure.
+
+Rounds and bytes are deterministic: each op of a program costs a fixed number of rounds
+and bytes per element under a protocol, so a model's totals follow from its program.
+Every CrypTen protocol states its per-op rounds below; a new protocol has to state them too.
+"""
+
+import math
+
+import pytest
+
+from pibench.bench import BenchOptions, bench_models
+from pibench.checkpoint import save_model
+from pibench.models import create_model
+from pibench.mpc.backend import PRODUCT_WEIGHTS
+from pibench.mpc.program import INPUT, Op, Program, compile_model
+from pibench.mpc.protocols import PROTOCOLS
+
+from test_mpc_program import NETS, randomize
+
+# Rounds (communicator calls) of one inference, per op, under CrypTen's protocols; the README's
+# "9 rounds per ReLU layer". A product with weights opens its input (dealer) or its Beaver
+# masks (tfp) in one round; a ReLU is a comparison (A2B, a carry circuit, B2A) and a product;
+# a 2x2 max pooling is a tree of 3 comparisons and multiplexers; sharing the input costs no
+# round, revealing the logits one.
+CRYPTEN_ROUNDS = {"input": 0, "output": 1, "conv": 1, "linear": 1, "affine": 1, "relu": 9, "add": 0, "flatten": 0,
+                  "avgpool": 0, ("maxpool", (2, 2)): 46}
+ROUNDS = {"crypten:dealer": CRYPTEN_ROUNDS, "crypten:tfp": CRYPTEN_ROUNDS}
+BYTES_PER_RELU = 464  # CrypTen's ReLU, per kept ReLU per party, sent + received, online (README)
+BYTES_PER_OPENED = 16  # a weights-fixed product opens 8 bytes per input element, sent and received (README)
+
+
+def op_rounds(protocol: str, kind: str, op: Op | None = None) -> int:
+    table = ROUNDS[protocol]
+    return table[(kind, tuple(op.attrs["kernel"]))] if kind == "maxpool" else table[kind]
+
+
+def program_rounds(program: Program, protocol: str) -> int:
+    """One inference's rounds from the program: input, every op, output."""
+    return (op_rounds(protocol, "input") + sum(op_rounds(protocol, op.kind, op) for op in program.ops)
+            + op_rounds(protocol, "output"))
+
+
+def opened_bytes(program: Program, batch: int) -> dict[str, int]:
+    """Per layer with a product weight (conv, linear, BatchNorm's scale): 16 B per element of its input."""
+    shape = {INPUT: program.input_shape, **{i: op.shape for i, op in enumerate(program.ops)}}
+    return {op.layer: BYTES_PER_OPENED * batch * math.prod(shape[op.inputs[0]]) for op in program.ops
+            if any((op.kind, name) in PRODUCT_WEIGHTS for name in op.weights)}
+
+
+def test_every_crypten_protocol_states_its_round_costs():
+    assert sorted(ROUNDS) == PROTOCOLS.names("crypten:*")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """The test nets (ResNet, VGG with max and avg pooling, pre-activation WRN) with random partial masks."""
+    root = tmp_path_factory.mktemp("costs")
+    out = {}
+    for i, (net, kwargs) in enumerate(sorted(NETS.items())):
+        kwargs = dict(kwargs)
+        model = randomize(create_model(kwargs.pop("name"), **kwargs), seed=i)
+        save_model(model, root / net, dataset="digits", method="test", budget=None, accuracy=None)
+        out[net] = (str(root / net), compile_model(model))
+    return out
+
+
+@pytest.mark.parametrize("protocol", sorted(ROUNDS))
+def test_measured_rounds_and_bytes_are_the_programs(folders, protocol):
+    batch = 2
+    results = list(bench_models([f for f, _ in folders.values()],
+                                BenchOptions(repeats=1, batch=batch, samples=0, protocol=protocol)))
+    for (net, (_, program)), result in zip(folders.items(), results):
+        row = result.rows[0]
+        assert row.error == "", row.error
+        assert row.rounds == program_rounds(program, protocol), net
+        kinds = ["input", *(op.kind for op in program.ops), "output"]
+        ops = [None, *program.ops, None]
+        assert [layer.rounds for layer in result.layers] == [op_rounds(protocol, k, o) for k, o in zip(kinds, ops)]
+        # every kept ReLU costs exactly 464 bytes per party, a partial layer's like a full one's
+        for layer, op in zip(result.layers[1:-1], program.ops):
+            if op.kind == "relu":
+                assert layer.bytes == BYTES_PER_RELU * batch * op.relus, (net, layer.layer)
+        assert row.relu_bytes == BYTES_PER_RELU * batch * program.relus
+        if protocol == "crypten:dealer":  # tfp re-opens the weights too: more, and not per element
+            opened = opened_bytes(program, batch)
+            assert {l.layer: l.bytes for l in result.layers if l.layer in opened} == opened, net
+            assert row.linear_bytes == sum(opened.values()), net
+
+
+def test_preactivation_affine_ops_count_as_linear(folders):
+    """wrn22_8's BatchNorm after a residual sum is an affine op; its opened input is linear traffic."""
+    program = folders["wrn_preact"][1]
+    affine = [op for op in program.ops if op.kind == "affine"]
+    assert affine
+    affine_bytes = sum(v for k, v in opened_bytes(program, 1).items() if k in {op.layer for op in affine})
+    (result,) = bench_models([folders["wrn_preact"][0]], BenchOptions(repeats=1, samples=0))
+    row = result.rows[0]
+    assert row.linear_bytes == sum(opened_bytes(program, 1).values())
+    assert sum(l.bytes for l in result.layers if l.op == "affine") == affine_bytes > 0
+
+
+@pytest.mark.parametrize("model, rounds", [("resnet18", 175), ("drd_c100_49k", 58), ("drd_c100_7k", 43),
+                                           ("resnet_digits", 74)])
+def test_readme_rounds_follow_from_the_program(model, rounds):
+    """The README's rounds column: 9 per ReLU layer, 1 per linear layer, 1 to reveal the logits."""
+    assert program_rounds(compile_model(create_model(model)), "crypten:dealer") == rounds
