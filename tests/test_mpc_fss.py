@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from pibench.bench import BenchOptions, bench_models
+from pibench.model_spec import MODEL_SEED
 from pibench.models import create_model
 from pibench.mpc.backend import TorchBackend, run_program
 from pibench.mpc.crypten.dealer import deal, split_dealt
 from pibench.mpc.crypten.preprocessing import Plan, PreprocessingError, Prg, Request
 from pibench.mpc.fss import relu as relu_gate
 from pibench.mpc.parties.launch import PartyError, Session, SessionConfig
-from pibench.mpc.parties.party import MODEL_SEED
 from pibench.mpc.program import compile_model
 from pibench.mpc.protocols import CLIENT, SERVER
 
