@@ -87,7 +87,7 @@ class ResultRow:
     batch: int | None = None
     repeats: int | None = None
     backend: str | None = None  # MPC framework: crypten
-    protocol: str | None = None  # dealer | fss | tfp | ... (pibench.mpc.protocols); offline_* empty where there is no offline phase
+    protocol: str | None = None  # dealer | fss | tfp | ... (pibench.mpc.protocols); offline_*: empty without a dealer
     security: str | None = None  # what the protocol protects, against whom
     threads: int | None = None  # torch threads per party
     torch_version: str | None = None

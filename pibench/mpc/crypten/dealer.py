@@ -129,8 +129,8 @@ def split_dealt(flat: torch.Tensor, plan: Plan, shares: list[list[torch.Tensor]]
     sizes = [request.output_size() for request, _ in dealt]
     counts = [int(torch.Size(size).numel()) for size in sizes]
     if flat.numel() != sum(counts):
-        raise PreprocessingError(f"{ROLE_NAMES[rank]}: the dealer sent {flat.numel()} words for this offline phase, "
-                                 f"the plan needs {sum(counts)}: a truncated key or tuple, or the dealer's plan differs")
+        raise PreprocessingError(f"{ROLE_NAMES[rank]}: the dealer sent {flat.numel()} words for this offline "
+                                 f"phase, the plan needs {sum(counts)}: a truncated key or tuple, or another plan")
     start = 0
     for (request, mine), size, n in zip(dealt, sizes, counts):
         part = flat[start:start + n].reshape(size)

@@ -74,7 +74,7 @@ class ReluKey:
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview | np.ndarray, count: int, bits: int = DEFAULT_BITS) -> "ReluKey":
-        """The inverse of `to_bytes` (no copy); raises ValueError naming the sizes if `data` is truncated or too long."""
+        """The inverse of `to_bytes` (no copy); a truncated or too long `data` raises ValueError naming sizes."""
         data = memoryview(data).cast("B")
         if len(data) != cls.size(count, bits):
             raise ValueError(f"a ReLU key for {count} ReLUs at k = {bits} has {cls.size(count, bits)} bytes, got "

@@ -87,7 +87,8 @@ def iter_batches(n: int, batch: int) -> Iterator[tuple[int, int]]:
 
 # -- the party ---------------------------------------------------------------------------------
 class Party:
-    def __init__(self, role: str, crypten: Any, provider: PreprocessedProvider | None = None, fss: bool = False) -> None:
+    def __init__(self, role: str, crypten: Any, provider: PreprocessedProvider | None = None,
+                 fss: bool = False) -> None:
         self.role = role
         self.rank = ROLES[role]
         self.crypten = crypten
