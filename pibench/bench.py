@@ -200,6 +200,7 @@ def result_rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor |
         linear_bytes=sum(o["bytes"] for o in ops if o["op"] in LINEAR_OPS),
         setup_s=event["setup_s"], setup_bytes=event["setup_bytes"],
         offline_s=event["offline_s"], offline_bytes=event["offline_bytes"],
+        offline_bytes_client=event.get("offline_bytes_client"), offline_bytes_server=event.get("offline_bytes_server"),
     )
     # CrypTen counts what a party sends plus what it receives; on a full-duplex link each
     # direction carries half of it (checked against a 100 Mbit/s tbf-shaped netns link).
@@ -208,7 +209,8 @@ def result_rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor |
                       projected_latency_s=p.project(compute, event["rounds"], one_way))
             for p in link.profiles]
     layers = [LayerRow(options.run_id, name, i, o["op"], o["layer"], o["relus"], o["time_s"], o["bytes"], o["rounds"],
-                       protocol.key) for i, o in enumerate(ops)]
+                       protocol.key, o.get("offline_bytes_client"), o.get("offline_bytes_server"))
+              for i, o in enumerate(ops)]
     return BenchResult(name, rows, layers, spec)
 
 
@@ -282,7 +284,9 @@ def summary(result: BenchResult) -> dict[str, Any]:
         "linear_bytes": row.linear_bytes, "relu_bytes": row.relu_bytes, "rounds": row.rounds, "latency_s_median": row.latency_s_median,
         "latency_s_p10": row.latency_s_p10, "latency_s_p90": row.latency_s_p90,
         "agreement": row.mpc_agreement, "max_logit_error": row.max_logit_error, "mpc_accuracy": row.mpc_accuracy,
-        "offline_s": row.offline_s, "offline_bytes": row.offline_bytes, "setup_s": row.setup_s,
+        "offline_s": row.offline_s, "offline_bytes": row.offline_bytes,
+        "offline_bytes_client": row.offline_bytes_client, "offline_bytes_server": row.offline_bytes_server,
+        "setup_s": row.setup_s,
         "setup_bytes": row.setup_bytes,
         "projected_latency_s": {r.network: r.projected_latency_s for r in result.rows},
         "measured": {r.network: {"link": r.link, "latency_s_median": r.latency_s_median, "comm_s": r.comm_s}

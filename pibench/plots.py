@@ -273,7 +273,7 @@ def communication_vs_relus(results: pd.DataFrame) -> plt.Figure:
     per_model = _ok_rows(results).drop_duplicates("entry")
     panels = [("bytes_per_party", "online per party (MB)")]
     if per_model["offline_bytes"].notna().any():
-        panels.append(("offline_bytes", "offline, client-dealer (MB)"))
+        panels.append(("offline_bytes", "offline, dealer-parties (MB)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(0.75 * COLUMN_WIDTH_IN * len(panels), 2.5), squeeze=False)
     styles = _series_styles(results)
     for ax, (column, ylabel) in zip(axes[0], panels):
@@ -312,7 +312,7 @@ def online_vs_offline(results: pd.DataFrame) -> plt.Figure:
     per_model = _ok_rows(results).drop_duplicates("entry").set_index("entry").sort_values("relus")
     time = pd.DataFrame({"online": per_model["latency_s_median"], "offline": per_model["offline_s"].fillna(0)})
     sent = pd.DataFrame({"online": per_model["bytes_per_party"], "offline": per_model["offline_bytes"].fillna(0)})
-    return _time_and_bytes_bars(time, sent / 1e6, "MB per inference\n(online: per party; offline: client-dealer)",
+    return _time_and_bytes_bars(time, sent / 1e6, "MB per inference\n(online: per party; offline: dealer-parties)",
                                 "Online and offline (preprocessing) phases")
 
 

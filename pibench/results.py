@@ -81,11 +81,13 @@ class ResultRow:
     setup_s: float | None = None  # once per model: weight sharing / masking (and the dealer's masks)
     setup_bytes: int | None = None
     offline_s: float | None = None  # median offline phase per inference: the dealer's tuples made and delivered
-    offline_bytes: int | None = None  # bytes between the client and the dealer per inference, sent + received
+    offline_bytes: int | None = None  # bytes between the dealer and both parties per inference, sent + received
+    offline_bytes_client: int | None = None  # of which the client's (its tuple shares and FSS keys)
+    offline_bytes_server: int | None = None  # of which the server's (its FSS keys; 0 under crypten:dealer)
     batch: int | None = None
     repeats: int | None = None
     backend: str | None = None  # MPC framework: crypten
-    protocol: str | None = None  # dealer | tfp (pibench.mpc.protocols); offline_* empty where there is no offline phase
+    protocol: str | None = None  # dealer | fss | tfp | ... (pibench.mpc.protocols); offline_*: empty without a dealer
     security: str | None = None  # what the protocol protects, against whom
     threads: int | None = None  # torch threads per party
     torch_version: str | None = None
@@ -110,6 +112,8 @@ class LayerRow:
     bytes: int
     rounds: int
     protocol: str = ""  # backend:name the op was measured under
+    offline_bytes_client: int | None = None  # the dealer's parts (tuple shares, FSS keys) this op used, per party
+    offline_bytes_server: int | None = None  # (empty without a dealer; control messages not included)
 
 
 RESULT_COLUMNS = [f.name for f in fields(ResultRow)]

@@ -10,6 +10,9 @@ then try to recover the other side's secret from it.
   input, which comes from a seed the server is not given.
 - Nobody's transcript may contain a key-stream key (they are agreed by X25519).
 
+The dealer protocols run it all: `crypten:dealer`, and `crypten:fss`, where each party
+also receives its own FSS keys and the server sees x + r at every ReLU.
+
 Each attack is shown to work where it should (positive controls): under `crypten:tfp`
 the client recovers the weights (the INSECURE label), and with an injected bug (the
 reduce-based reveal, a key stream restarting at 0, keys sent in the clear; see
@@ -127,9 +130,10 @@ def max_input_correlation(server_view: dict, x: torch.Tensor) -> float:
 
 
 # -- the fixed protocol ------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def dealer_run(tmp_path_factory):
-    return record(tmp_path_factory.mktemp("dealer"), "crypten:dealer", "drd_c100_7k")
+@pytest.fixture(scope="module", params=["crypten:dealer", "crypten:fss"])
+def dealer_run(request, tmp_path_factory):
+    """Both dealer protocols; under crypten:fss each party also receives its FSS keys and sees x + r."""
+    return record(tmp_path_factory.mktemp(request.param.split(":")[1]), request.param, "drd_c100_7k")
 
 
 def test_dealer_client_recovers_no_weight(dealer_run):

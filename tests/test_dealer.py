@@ -104,6 +104,8 @@ def test_prg_streams_differ_per_key_and_draw():
 class LocalSource:
     """Tuples made in this process, as a party's DealerLink would return them."""
 
+    rank = CLIENT
+
     def __init__(self) -> None:
         self.dealer, self.client = prgs(), prgs()[CLIENT]
 

@@ -61,7 +61,7 @@ class Backend:
             return args[0] + args[1]
         if op.kind == "relu":
             bounds = op.attrs.get("clamp")
-            fn = (lambda v: v.relu()) if bounds is None else (lambda v: self.clamp(v, *bounds))
+            fn = self.relu if bounds is None else (lambda v: self.clamp(v, *bounds))
             return fn(x) if "index" not in op.attrs else self.partial(x, op.attrs["index"], fn)
         if op.kind == "concat":
             return self.cat(args, op.attrs["dim"])
@@ -79,6 +79,9 @@ class Backend:
             return self.maxpool(x, op.attrs)
         raise ValueError(f"backend {type(self).__name__} cannot run op kind {op.kind!r} (layer {op.layer})")
 
+    def relu(self, x: Any) -> Any:
+        return x.relu()
+
     @staticmethod
     def partial(x: Any, index: torch.Tensor, fn: Callable[[Any], Any]) -> Any:
         """`fn` (ReLU or clamp) of the kept positions only: gather, apply, add the change back (all local but fn)."""
@@ -89,7 +92,7 @@ class Backend:
 
     def clamp(self, x: Any, lo: float, hi: float) -> Any:
         """hardtanh(x, lo, hi) = lo + relu(x - lo) - relu(x - hi): both ReLUs in one secure comparison call."""
-        both = self.cat([x - lo, x - hi], 0).relu()
+        both = self.relu(self.cat([x - lo, x - hi], 0))
         n = x.size(0)
         return both[:n] - both[n:] + lo
 

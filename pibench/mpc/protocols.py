@@ -8,6 +8,9 @@ party that deviates from it.
     crypten:dealer  client + server + a dealer process that generates all correlated
                     randomness ahead of the online phase. Secure against a semi-honest
                     client or server as long as the dealer colludes with neither.
+    crypten:fss     crypten:dealer with ReLU and max pooling by function secret sharing:
+                    the dealer sends each party its own DCF keys offline; online a ReLU
+                    layer is one round, 16 bytes per ReLU per party. Same trust as dealer.
     crypten:tfp     CrypTen's trusted *first* party: the client (rank 0) generates every
                     Beaver triple in plaintext, so it could recover the server's weights.
                     INSECURE; kept to benchmark the online cost only.
@@ -46,6 +49,8 @@ class Protocol:
 PROTOCOLS: Registry[Protocol] = Registry("protocol")
 PROTOCOLS.register("crypten:dealer", Protocol(
     "crypten", "dealer", "semi-honest client/server; non-colluding dealer", secure=True, dealer=True))
+PROTOCOLS.register("crypten:fss", Protocol(
+    "crypten", "fss", "semi-honest client/server; non-colluding dealer", secure=True, dealer=True))
 PROTOCOLS.register("crypten:tfp", Protocol(
     "crypten", "tfp", "INSECURE: the client generates the randomness and could recover the weights; "
     "benchmark only (CrypTen's stock protocol: tuples made during the inference, weights re-opened per product)",

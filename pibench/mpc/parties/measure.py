@@ -18,21 +18,25 @@ class OpStats:
     times: list[float] = field(default_factory=list)
     bytes: int = 0
     rounds: int = 0
+    offline_bytes: int = 0  # the dealer's parts (tuple shares, FSS keys) this op used
 
 
 class CommMeter:
-    """Reads CrypTen's communication counters around ops (dealer traffic never passes through them)."""
+    """Reads CrypTen's communication counters around ops (dealer traffic never passes through them), and
+    how many bytes of the dealer's parts the ops used (what this party received for them offline)."""
 
-    def __init__(self, comm: Any) -> None:
+    def __init__(self, comm: Any, provider: Any = None) -> None:
         self.comm = comm
+        self.provider = provider  # a PreprocessedProvider, or None without a dealer
 
     def reset(self) -> None:
         self.comm.reset_communication_stats()
 
-    def read(self) -> tuple[float, float, int, float]:
-        """(wall clock, bytes, rounds, communication seconds) so far."""
+    def read(self) -> tuple[float, float, int, float, int]:
+        """(wall clock, bytes, rounds, communication seconds, dealt bytes) so far."""
         s = self.comm.get_communication_stats()
-        return time.perf_counter(), s["bytes"], s["rounds"], s["time"]
+        dealt = self.provider.dealt_bytes if self.provider is not None else 0
+        return time.perf_counter(), s["bytes"], s["rounds"], s["time"], dealt
 
 
 class Measurement:
@@ -54,6 +58,7 @@ class Measurement:
         stats.times.append(after[0] - before[0])
         stats.bytes = int(round(after[1] - before[1]))
         stats.rounds = int(after[2] - before[2])
+        stats.offline_bytes = after[4] - before[4] if len(after) > 4 else 0  # SPU's link: no dealer, 4 fields
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -65,7 +70,7 @@ class Measurement:
             "offline_bytes": self.offline_bytes,
             "ops": [{"op": s.kind, "layer": s.layer, "relus": s.relus,
                      "time_s": statistics.median(s.times) if s.times else 0.0,
-                     "bytes": s.bytes, "rounds": s.rounds} for s in self.ops],
+                     "bytes": s.bytes, "rounds": s.rounds, "offline_bytes": s.offline_bytes} for s in self.ops],
         }
 
 

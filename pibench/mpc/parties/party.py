@@ -47,7 +47,7 @@ from pibench.mpc.program import Op, Program
 from pibench.mpc.protocols import CLIENT, DEALER, DEFAULT_PROTOCOL, SERVER, Protocol, get_protocol, protocol_key
 
 if TYPE_CHECKING:  # CrypTen is imported by the party processes only, not by the evaluator
-    from pibench.mpc.crypten.backend import CryptenBackend
+    from pibench.mpc.crypten.backend import CryptenBackend  # or its FSS subclass
     from pibench.mpc.crypten.preprocessing import Plan, PreprocessedProvider
 
 log = logging.getLogger(__name__)
@@ -87,15 +87,17 @@ def iter_batches(n: int, batch: int) -> Iterator[tuple[int, int]]:
 
 # -- the party ---------------------------------------------------------------------------------
 class Party:
-    def __init__(self, role: str, crypten: Any, provider: PreprocessedProvider | None = None) -> None:
+    def __init__(self, role: str, crypten: Any, provider: PreprocessedProvider | None = None,
+                 fss: bool = False) -> None:
         self.role = role
         self.rank = ROLES[role]
         self.crypten = crypten
         self.provider = provider  # None: CrypTen's TFP provider, no dealer
+        self.fss = fss  # ReLU and max pooling by FSS keys from the dealer (crypten:fss)
         import crypten.communicator as comm
 
         self.comm = comm.get()
-        self.meter = CommMeter(self.comm)
+        self.meter = CommMeter(self.comm, provider)
 
     # Plain JSON over the parties' channel: no pickle, not counted as protocol traffic.
     def exchange(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -147,12 +149,19 @@ class Party:
         theirs = self.exchange({"ops": result["ops"], **{k: result[k] for k in totals}})
         if self.rank != CLIENT:
             return {"event": "done", "job": job["id"], "error": None}
+        dealer = result["offline_bytes"] is not None  # None: no offline phase, on both sides
+        if dealer:  # each party's own traffic with the dealer (the server's: its FSS keys)
+            result.update(offline_bytes_client=result["offline_bytes"], offline_bytes_server=theirs["offline_bytes"])
+            result["offline_bytes"] += theirs["offline_bytes"]
         for k in totals:  # None (no offline phase) on both sides or on neither
-            if result[k] is not None:
+            if result[k] is not None and k != "offline_bytes":
                 result[k] = max(result[k], theirs[k])
         for mine, other in zip(result["ops"], theirs["ops"]):
             mine["bytes"] = max(mine["bytes"], other["bytes"])
             mine["rounds"] = max(mine["rounds"], other["rounds"])
+            mine_offline = mine.pop("offline_bytes")
+            if dealer:  # what each party received from the dealer for this op
+                mine.update(offline_bytes_client=mine_offline, offline_bytes_server=other["offline_bytes"])
         result.update(event="result", job=job["id"], error=None,
                       program={"relus": program.relus, "macs": program.macs, "comparisons": program.comparisons,
                                "ops": len(program.ops), "notes": program.notes},
@@ -175,8 +184,9 @@ class Party:
 
     def measure(self, job: dict[str, Any], program: Program, x: torch.Tensor | None) -> dict[str, Any]:
         from pibench.mpc.crypten.backend import CryptenBackend
+        from pibench.mpc.crypten.fss_backend import FssBackend
 
-        backend = CryptenBackend(program, self.rank, self.provider)
+        backend = (FssBackend if self.fss else CryptenBackend)(program, self.rank, self.provider)
         dealer_bytes = self.provider.source.bytes if self.provider else 0
         self.meter.reset()
         t0 = time.perf_counter()
@@ -317,7 +327,8 @@ def run_party(role: str, rendezvous: str, *, protocol: str = DEFAULT_PROTOCOL, t
         raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
     proto = protocol_of(protocol)
     if role == "dealer" and not proto.dealer:
-        raise ValueError(f"protocol {proto.key} has no dealer; a dealer party only exists with crypten:dealer")
+        raise ValueError(f"protocol {proto.key} has no dealer; a dealer party only exists with crypten:dealer "
+                         "and crypten:fss")
     torch.set_num_threads(threads)
     os.environ.update(RENDEZVOUS=rendezvous, WORLD_SIZE="2", RANK=str(ROLES[role]), DISTRIBUTED_BACKEND="gloo")
     from pibench.mpc.crypten.compat import import_crypten, use_provider
@@ -344,7 +355,7 @@ def run_party(role: str, rendezvous: str, *, protocol: str = DEFAULT_PROTOCOL, t
         use_provider(provider)
     emit({"event": "ready", "role": role, "threads": torch.get_num_threads()})
     try:
-        Party(role, crypten, provider).serve(jobs, on_event)
+        Party(role, crypten, provider, fss=proto.key == "crypten:fss").serve(jobs, on_event)
     finally:
         if provider is not None:  # also on a refused model: the dealer must not wait forever
             with contextlib.suppress(RuntimeError):

@@ -1,0 +1,6 @@
+"""Function secret sharing (FSS) for the dealer protocol: PRG, DCF keys, and the ReLU gate.
+
+Pure numpy + `cryptography`, independent of the MPC engine: a gate pairs the dealer's
+`keygen(...) -> (key0, key1)` with a party's `evaluate(party, key, ...)`, and keys are
+dataclasses of numpy arrays with a declared byte size. See `dcf` and `relu`.
+"""

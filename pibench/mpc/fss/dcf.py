@@ -1,0 +1,212 @@
+"""Distributed comparison function (DCF): additive shares of beta * 1{x < alpha}, from a dealer's key pair.
+
+Boyle, Chandran, Gilboa, Gupta, Ishai, Kumar, Rathee, "Function Secret Sharing for
+Mixed-Mode and Fixed-Point Secure Computation" (EUROCRYPT 2021), Fig. 1. The dealer
+knows alpha (an n-bit integer) and beta (a payload of `width` elements of Z_2^64) and
+gives party b a key k_b; for any public x, evaluate(0, k_0, x) + evaluate(1, k_1, x)
+= beta if x < alpha else 0 (mod 2^64), while either key alone is pseudorandom.
+
+The key is a GGM tree walk: a root seed (the only part that differs between the
+parties) and, per level, a correction word: seed CW (lambda = 128 bits), two control
+bits and a value CW (the payload, 64·width bits); a final value CW closes the leaf:
+
+    key bits = n·(lambda + 2 + 64·width) + lambda + 64·width
+
+(n = 31, width = 2: 8,254 bits = 1,032 bytes, `DcfKey.nbytes`). Evaluation walks x's
+bits from the top, two AES blocks per level (`prg.expand`); key generation four per
+level and party. Both run level by level over a whole batch of keys at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pibench.mpc.fss.prg import expand, mmo, random_seeds
+
+LAMBDA = 128
+U64 = np.uint64
+# Tweaks of the PRG blocks: seed and value of the left child, of the right child, the leaf value.
+_SEED, _VALUE, _LEAF = 0, 1, 4  # + 2 for the right child
+CHUNK = 8_192  # keys per block in key generation: the working set of a level stays in cache
+EVAL_CHUNK = 32_768  # keys per block in evaluation (half the blocks per key, a quarter of the work)
+
+
+@dataclass
+class DcfKey:
+    """One party's keys for a batch of N comparisons on n-bit inputs with `width` payload words."""
+
+    n_bits: int
+    width: int
+    seed: np.ndarray  # (N, 2) uint64: root seed, control bit 0 (party 0) or 1 (party 1)
+    s_cw: np.ndarray  # (n, N, 2) uint64: seed correction words
+    t_cw: np.ndarray  # (n, N, 2) uint8: control-bit correction words (left, right)
+    v_cw: np.ndarray  # (n, N, width) uint64: value correction words
+    final: np.ndarray  # (N, width) uint64: the leaf's correction word
+
+    @property
+    def count(self) -> int:
+        return int(self.seed.shape[0])
+
+    @staticmethod
+    def size(count: int, n_bits: int, width: int) -> int:
+        """Bytes of `count` keys as sent: the formula above, control bits packed 8 to a byte."""
+        words = 2 + n_bits * (2 + width) + width
+        return count * 8 * words + (2 * n_bits * count + 7) // 8
+
+    @property
+    def nbytes(self) -> int:
+        return self.size(self.count, self.n_bits, self.width)
+
+    def to_bytes(self) -> bytes:
+        out = np.empty(self.nbytes, dtype=np.uint8)
+        self.write(out)
+        return out.tobytes()
+
+    def write(self, out: np.ndarray) -> None:
+        """The key's bytes into `out` (uint8, `nbytes` long): words, then the control bits packed."""
+        start = 0
+        for part in (self.seed, self.s_cw, self.v_cw, self.final):
+            n = 8 * part.size
+            out[start:start + n] = np.ascontiguousarray(part, dtype=U64).reshape(-1).view(np.uint8)
+            start += n
+        out[start:] = np.packbits(self.t_cw.reshape(-1))
+
+    @classmethod
+    def from_bytes(cls, data: bytes | memoryview | np.ndarray, count: int, n_bits: int, width: int) -> "DcfKey":
+        """The inverse of `to_bytes` (the words are views of `data`); a buffer of the wrong length raises
+        ValueError (a truncated key)."""
+        data = memoryview(data).cast("B")
+        expected = cls.size(count, n_bits, width)
+        if len(data) != expected:
+            raise ValueError(f"a DCF key for {count} comparisons on {n_bits} bits has {expected} bytes, got "
+                             f"{len(data)}: the key was truncated or belongs to another layer")
+        words = np.frombuffer(data, dtype=U64, count=(expected - (2 * n_bits * count + 7) // 8) // 8)
+        shapes = [(count, 2), (n_bits, count, 2), (n_bits, count, width), (count, width)]
+        parts, start = [], 0
+        for shape in shapes:
+            n = int(np.prod(shape))
+            parts.append(words[start:start + n].reshape(shape))
+            start += n
+        bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8, offset=8 * start), count=2 * n_bits * count)
+        seed, s_cw, v_cw, final = parts
+        return cls(n_bits, width, seed, s_cw, bits.reshape(n_bits, count, 2), v_cw, final)
+
+
+def _mask(bits: np.ndarray) -> np.ndarray:
+    """0/1 (uint64) -> all-zero/all-one words, broadcast over a last axis: select with & and ^."""
+    return (U64(0) - bits)[:, None]
+
+
+def _negate_if(bits: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(-1)^bit · value in Z_2^64: value XOR mask, minus mask (two's complement when the bit is set)."""
+    m = _mask(bits)
+    return (values ^ m) - m
+
+
+def _leaf(seeds: np.ndarray, width: int) -> np.ndarray:
+    return expand(seeds, np.array([_LEAF], dtype=U64))[:, 0, :width]
+
+
+def keygen(alpha: np.ndarray, beta: np.ndarray, n_bits: int) -> tuple[DcfKey, DcfKey]:
+    """Keys of f(x) = beta · 1{x < alpha} for N comparisons at once: alpha (N,) < 2^n, beta (N, width)."""
+    alpha = np.asarray(alpha, dtype=U64)
+    beta = np.ascontiguousarray(beta, dtype=U64)
+    count, width = beta.shape
+    if alpha.shape != (count,):
+        raise ValueError(f"alpha has shape {alpha.shape}, beta {beta.shape}: one alpha per payload row")
+    if not 1 <= width <= 2:
+        raise ValueError(f"a DCF payload has 1 or 2 words (one PRG block), got {width}")
+    if not 1 <= n_bits <= 64 or (n_bits < 64 and np.any(alpha >> U64(n_bits))):
+        raise ValueError(f"alpha must fit in n_bits = {n_bits} (1..64)")
+    keys = [DcfKey(n_bits, width, np.empty((count, 2), U64), np.empty((n_bits, count, 2), U64),
+                   np.empty((n_bits, count, 2), np.uint8), np.empty((n_bits, count, width), U64),
+                   np.empty((count, width), U64)) for _ in (0, 1)]
+    for start in range(0, count, CHUNK):  # a block of keys at a time stays in cache through all levels
+        _keygen_block(alpha[start:start + CHUNK], beta[start:start + CHUNK], n_bits, keys, start)
+    keys[1].s_cw, keys[1].t_cw, keys[1].v_cw, keys[1].final = keys[0].s_cw, keys[0].t_cw, keys[0].v_cw, keys[0].final
+    return keys[0], keys[1]
+
+
+def _keygen_block(alpha: np.ndarray, beta: np.ndarray, n_bits: int, keys: list[DcfKey], start: int) -> None:
+    count, width = beta.shape
+    out = slice(start, start + count)
+    seeds = random_seeds(2 * count)  # party 0's roots, then party 1's
+    seeds[:, 0] &= ~U64(1)
+    keys[0].seed[out], keys[1].seed[out] = seeds[:count], seeds[count:]
+    t = np.zeros((2, count), U64)
+    t[1] = 1
+    v_alpha = np.zeros((count, width), U64)
+    tweaks = np.array([_SEED, 2 + _SEED, _VALUE, 2 + _VALUE], dtype=U64)
+    for i in range(n_bits):
+        a = (alpha >> U64(n_bits - 1 - i)) & U64(1)  # 1: keep the right child, lose the left
+        keep_right = (U64(0) - a)[:, None]
+        # Both parties' children in one AES call: (2, N, 4, 2) = seed L, seed R, value L, value R.
+        g = expand(seeds, tweaks).reshape(2, count, 4, 2)
+        t_child = g[:, :, :2, 0] & U64(1)  # (2, N, 2): control bits L, R
+        g[:, :, :2, 0] &= ~U64(1)
+        # Only the parties' differences matter for the correction words (XOR-select: lose = keep ^ L ^ R).
+        seed_l, seed_r = g[0, :, 0] ^ g[1, :, 0], g[0, :, 1] ^ g[1, :, 1]
+        s_cw = seed_r ^ ((seed_l ^ seed_r) & keep_right)  # the lost child's seeds, made equal
+        value_l = g[1, :, 2, :width] - g[0, :, 2, :width]
+        value_r = g[1, :, 3, :width] - g[0, :, 3, :width]
+        lose = value_r ^ ((value_l ^ value_r) & keep_right)
+        keep = value_l ^ value_r ^ lose
+        # Losing the left branch (alpha_i = 1) means every x with x_i = 0 here is below alpha: pay beta.
+        cw = lose - v_alpha + (beta & keep_right)
+        keys[0].s_cw[i, out] = s_cw
+        keys[0].v_cw[i, out] = _negate_if(t[1], cw)
+        v_alpha += cw - keep  # (-1)^t1 · V_cw = cw
+        t_lr = t_child[0] ^ t_child[1]  # (N, 2)
+        t_lr[:, 0] ^= a ^ U64(1)
+        t_lr[:, 1] ^= a
+        keys[0].t_cw[i, out] = t_lr
+        t_keep = t_child[:, :, 0] ^ ((t_child[:, :, 0] ^ t_child[:, :, 1]) & a)
+        t_cw_keep = t_lr[:, 0] ^ ((t_lr[:, 0] ^ t_lr[:, 1]) & a)
+        keep_seeds = g[:, :, 0] ^ ((g[:, :, 0] ^ g[:, :, 1]) & keep_right)
+        seeds = (keep_seeds ^ (s_cw & (U64(0) - t)[:, :, None])).reshape(-1, 2)
+        t = t_keep ^ (t & t_cw_keep)
+    leaf = _leaf(seeds, width).reshape(2, count, width)
+    keys[0].final[out] = _negate_if(t[1], leaf[1] - leaf[0] - v_alpha)
+
+
+def evaluate(party: int, key: DcfKey, x: np.ndarray) -> np.ndarray:
+    """Party `party`'s shares (N, width) of beta · 1{x < alpha} at the public inputs x (N,) < 2^n."""
+    x = np.asarray(x, dtype=U64)
+    if x.shape != (key.count,):
+        raise ValueError(f"{x.shape[0] if x.ndim else 1} inputs for {key.count} DCF keys")
+    if party not in (0, 1):
+        raise ValueError(f"a DCF party is 0 or 1, got {party}")
+    value = np.empty((key.count, key.width), U64)
+    for start in range(0, key.count, EVAL_CHUNK):  # a block of keys at a time stays in cache through all levels
+        block = slice(start, start + EVAL_CHUNK)
+        value[block] = _evaluate_block(party, key, block, x[block])
+    return value
+
+
+def _evaluate_block(party: int, key: DcfKey, block: slice, x: np.ndarray) -> np.ndarray:
+    count, width = x.shape[0], key.width
+    seeds = key.seed[block]
+    t = np.full(count, party, U64)
+    value = np.zeros((count, width), U64)
+    blocks = np.empty((count, 2, 2), U64)  # the taken child's seed and value blocks, tweaked
+    for i in range(key.n_bits):
+        bit = (x >> U64(key.n_bits - 1 - i)) & U64(1)
+        blocks[:, 0, 0] = seeds[:, 0]
+        blocks[:, 1, 0] = seeds[:, 0]
+        np.bitwise_xor(seeds[:, 1], bit << U64(1), out=blocks[:, 0, 1])  # tweak 2·bit + _SEED
+        np.bitwise_xor(blocks[:, 0, 1], U64(_VALUE), out=blocks[:, 1, 1])
+        g = mmo(blocks)
+        # the control-bit correction of the taken side: byte `bit` of the (left, right) pair
+        t_cw = (key.t_cw[i, block].view(np.uint16)[:, 0] >> (bit.astype(np.uint16) << np.uint16(3))) & np.uint16(1)
+        t_next = (g[:, 0, 0] & U64(1)) ^ (t & t_cw)
+        g[:, 0, 0] &= ~U64(1)
+        tm = _mask(t)
+        value += g[:, 1, :width]
+        value += key.v_cw[i, block] & tm
+        seeds = g[:, 0] ^ (key.s_cw[i, block] & tm)
+        t = t_next
+    value += _leaf(seeds, width)
+    value += key.final[block] & _mask(t)
+    return U64(0) - value if party else value
