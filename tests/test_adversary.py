@@ -84,8 +84,12 @@ def recovered_fraction(view: dict, w: torch.Tensor) -> float:
 
 
 def received_values(view: dict) -> torch.Tensor:
-    """Every int64 the party received or holds after a collective, at every byte alignment for raw bytes."""
-    parts = ring_tensors(view["seen"])
+    """Every int64 the party received or holds after a collective, at every byte alignment for raw bytes.
+
+    One-element tensors are left out: they are message-length headers and seeds, whose
+    values could fall next to a logit by chance; a leaked share of the output is a buffer.
+    """
+    parts = [t for t in ring_tensors(view["seen"]) if t.numel() > 1]
     for data in (t for t in view["seen"] if isinstance(t, bytes)):
         for offset in range(8):
             usable = (len(data) - offset) // 8 * 8
