@@ -29,8 +29,8 @@ from torch import nn
 from pibench.checkpoint import (CARD_FILE, MASKS_FILE, PROGRAM_ARCH, PROGRAM_FILE, WEIGHTS_FILE, CheckpointError,
                                 ModelCard, sha256_file, write_card)
 from pibench.mpc.backend import run_plain
-from pibench.mpc.program import (CompileError, Program, compile_model, program_from_json, program_to_json,
-                                 program_weights)
+from pibench.mpc.compiler import compile_model
+from pibench.mpc.program import CompileError, Program, program_from_json, program_to_json, program_weights
 
 
 

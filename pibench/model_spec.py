@@ -26,7 +26,8 @@ from pibench.checkpoint import (CheckpointError, ModelCard, is_model_folder, loa
                                 public_hash)
 from pibench.model_export import PROGRAM_ARCH, load_program
 from pibench.mpc.backend import run_plain
-from pibench.mpc.program import Program, compile_model
+from pibench.mpc.compiler import compile_model
+from pibench.mpc.program import Program
 
 MODEL_SEED = 0  # registry names: the server's random weights (and the evaluator's copy)
 

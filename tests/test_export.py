@@ -23,7 +23,8 @@ from pibench.checkpoint import (CARD_FILE, MASKS_FILE, PRIVATE_CARD_FILE, PROGRA
                                 load_card)
 from pibench.model_export import load_program
 from pibench.mpc.backend import run_plain
-from pibench.mpc.program import CompileError, compile_model, program_from_json, program_to_json
+from pibench.mpc.compiler import compile_model
+from pibench.mpc.program import CompileError, program_from_json, program_to_json
 from pibench.onnx_import import SUPPORTED_OPS, import_onnx, load_onnx, program_from_onnx
 
 

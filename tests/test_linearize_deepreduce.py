@@ -5,8 +5,7 @@ import pytest
 
 from pibench.checkpoint import load_model, save_model
 from pibench.linearize import linearize, linearize_many, load_teacher
-from pibench.linearize.deepreduce import (Settings, criticality, criticality_scores, enumerate_candidates, plan,
-                                          select_for_training)
+from pibench.linearize.deepreduce import (Settings, criticality, criticality_scores, enumerate_candidates, select_for_training)
 from pibench.models import create_model, model_defaults
 from pibench.models.resnet import DRD_CONFIGS
 from pibench.relu import count_relus

@@ -13,7 +13,8 @@ from pibench.bench import BenchOptions, bench_models
 from pibench.checkpoint import save_model
 from pibench.models import create_model
 from pibench.mpc.backend import PRODUCT_WEIGHTS
-from pibench.mpc.program import INPUT, Op, Program, compile_model
+from pibench.mpc.compiler import compile_model
+from pibench.mpc.program import INPUT, Op, Program
 from pibench.mpc.protocols import PROTOCOLS
 
 from test_mpc_program import NETS, randomize

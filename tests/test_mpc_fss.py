@@ -17,7 +17,7 @@ from pibench.mpc.crypten.dealer import deal, split_dealt
 from pibench.mpc.crypten.preprocessing import Plan, PreprocessingError, Prg, Request
 from pibench.mpc.fss import relu as relu_gate
 from pibench.mpc.parties.launch import PartyError, Session, SessionConfig
-from pibench.mpc.program import compile_model
+from pibench.mpc.compiler import compile_model
 from pibench.mpc.protocols import CLIENT, SERVER
 
 from test_mpc_parties import gone, save, with_density

@@ -16,7 +16,8 @@ from pibench.bench import BenchOptions, _client_view, bench_models, write_result
 from pibench.checkpoint import WEIGHTS_FILE, save_model
 from pibench.models import create_model
 from pibench.mpc.parties.launch import PartyError, Session, SessionConfig, free_port
-from pibench.mpc.program import INPUT, compile_model
+from pibench.mpc.compiler import compile_model
+from pibench.mpc.program import INPUT
 from pibench.mpc.protocols import PROTOCOLS
 from pibench.relu import masked_relus
 from pibench.results import load_layers, load_results

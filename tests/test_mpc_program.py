@@ -8,7 +8,8 @@ from pibench.models import create_model
 from pibench.mpc.backend import decode_ring, run_plain
 from pibench.mpc.crypten.compat import import_crypten
 from pibench.mpc.net.network import NetworkProfile, parse_network, parse_networks
-from pibench.mpc.program import CompileError, compile_model
+from pibench.mpc.compiler import compile_model
+from pibench.mpc.program import CompileError
 from pibench.relu import MaskedReLU, masked_relus
 from pibench.results import LayerRow, ResultRow, append_rows, load_results
 
