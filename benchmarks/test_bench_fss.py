@@ -60,7 +60,7 @@ def test_key_stream_shake256(benchmark):
 
 def test_resnet18_online_fss_vs_dealer(benchmark):
     """resnet18 (random weights, all ReLUs) under crypten:fss and crypten:dealer in one run: online latency
-    ratio (issue target <= 1.0), WAN projections, and each protocol's offline phase."""
+    ratio, WAN projections, and each protocol's offline phase (the README gives the measured values)."""
     from pibench.bench import BenchOptions, bench_models
 
     rows = {}

@@ -183,7 +183,9 @@ def run_submitted(
             if need:  # Slurm cancels it too (kill-on-invalid-dep); say so explicitly in case it is pending
                 sj.cancel(check=False)
                 _skip(job, need, outcomes)
-            elif sj.job_id not in active:
+            elif sj.job_id not in active and all(n in outcomes for n in job.needs):
+                # Slurm drops a dependent job as soon as a job it needs is cancelled, often before that
+                # job itself has left the queue: judge a job only once everything it needs has an outcome
                 outcomes[job.name] = _ended(sj)
             elif active[sj.job_id][1] in NEVER_STARTS:
                 sj.cancel(check=False)
