@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -136,14 +137,7 @@ def test_ctrl_c_during_bench_says_what_was_kept_and_exits_130(tmp_path):
     proc = subprocess.Popen(PIBENCH + ["bench", "cnn_digits", "cnn_digits", "resnet_digits", "--repeats", "1",
                                        "--samples", "1", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not (out / "results.csv").is_file():
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.communicate()[1][-2000:]
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
-    assert "Traceback" not in err
+    err = interrupt_once_written(proc, out / "results.csv")
     last = err.strip().splitlines()[-1]
     assert last.startswith("pibench bench: interrupted: ") and last.endswith(f"of 3 models measured, rows kept in {out}")
     assert (out / "results.csv").is_file()
@@ -158,14 +152,7 @@ def test_ctrl_c_during_a_sweep_says_what_was_kept_and_a_rerun_resumes(tmp_path):
     results = tmp_path / "results" / "cc" / "results.csv"
     proc = subprocess.Popen(PIBENCH + ["sweep", str(config), "--no-report"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not results.is_file():
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.communicate()[1][-2000:]
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
-    assert "Traceback" not in err
+    err = interrupt_once_written(proc, results)
     last = err.strip().splitlines()[-1]
     assert last.startswith("pibench sweep: interrupted: sweep cc: ")
     assert last.endswith("model(s) measured, rows kept in results/cc, models in models; re-run the same command to "
@@ -202,3 +189,16 @@ def test_a_sweep_with_an_spu_protocol_and_no_extra_stops_before_any_work(tmp_pat
     assert one_line(out).startswith(f"pibench sweep: error: {config}: protocols[1]: spu:semi2k needs the SecretFlow "
                                     "SPU extra, which is not installed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.yaml"]
+
+
+def interrupt_once_written(proc: subprocess.Popen, path: Path) -> str:
+    """Ctrl-C `proc` once it has written `path`; its stderr, after checking it ended as an interrupt should."""
+    deadline = time.time() + 240
+    while time.time() < deadline and not path.is_file():
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    return err

@@ -1,9 +1,6 @@
 """crypten:fss end to end: agreement, the cost slope of ReLUs, per-party offline bytes, fresh keys per
 inference, and the activation range that the one-round gate assumes (see pibench.mpc.crypten.fss_backend)."""
 
-import os
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -16,11 +13,11 @@ from pibench.mpc.backend import TorchBackend, run_program
 from pibench.mpc.crypten.dealer import deal, split_dealt
 from pibench.mpc.crypten.preprocessing import Plan, PreprocessingError, Prg, Request
 from pibench.mpc.fss import relu as relu_gate
-from pibench.mpc.parties.launch import PartyError, Session, SessionConfig
+from pibench.mpc.parties.launch import SessionConfig
 from pibench.mpc.compiler import compile_model
 from pibench.mpc.protocols import CLIENT, SERVER
 
-from test_mpc_parties import gone, save, with_density
+from test_mpc_parties import kill_party_mid_run, save, with_density
 from test_mpc_program import NETS, randomize
 
 ONLINE_BYTES_PER_RELU = 16  # x + r: 8 B sent + 8 B received per party
@@ -160,13 +157,4 @@ def test_activations_stay_inside_the_gates_domain(name):
 
 def test_a_dealer_that_dies_while_making_keys_fails_the_session_fast_without_orphans():
     """resnet18's keys take the dealer seconds to make: kill it then, and every party is gone within a minute."""
-    session = Session(SessionConfig(protocol="crypten:fss", job_timeout=300))
-    session.start()
-    pids = session.pids()
-    killer = threading.Timer(4.0, lambda: os.kill(pids["dealer"], 9))
-    killer.start()
-    t0 = time.monotonic()
-    with pytest.raises(PartyError, match="dealer party .* exited"):
-        session.run({"model": "resnet18", "repeats": 20, "batch": 1, "samples": 1, "seed": 0, "data_dir": None})
-    assert time.monotonic() - t0 < 60
-    assert all(gone(pid) for pid in pids.values())
+    kill_party_mid_run(SessionConfig(protocol="crypten:fss", job_timeout=300), role="dealer", after_s=4.0)

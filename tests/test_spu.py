@@ -19,7 +19,7 @@ from pibench.mpc.net.network import parse_network
 from pibench.mpc.parties.party import EVENT_PREFIX
 from pibench.results import load_results
 
-from test_mpc_parties import kill_server_mid_run, save, with_density
+from test_mpc_parties import kill_party_mid_run, save, with_density
 from test_mpc_program import NETS, randomize
 
 pytest.importorskip("spu", reason="SecretFlow SPU is not installed: make install EXTRAS=test,spu")
@@ -128,7 +128,7 @@ def test_bench_runs_spu_parties_through_the_launcher(tmp_path):
 
 
 def test_killing_an_spu_party_mid_run_fails_fast_without_orphans():
-    kill_server_mid_run(SessionConfig(protocol="spu:semi2k", job_timeout=300))
+    kill_party_mid_run(SessionConfig(protocol="spu:semi2k", job_timeout=300))
 
 
 @pytest.mark.slow
