@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,9 +84,12 @@ def _json(data: dict[str, Any]) -> str:
 
 
 def _write_atomic(path: Path, text: str, mode: int) -> None:
+    """Write `text` beside `path` and rename it over; the file has `mode` from its creation on."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.chmod(mode)
+    tmp.unlink(missing_ok=True)  # os.open's mode applies only to a file it creates
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as f:
+        os.fchmod(f.fileno(), mode)  # the umask may have narrowed it
+        f.write(text)
     tmp.replace(path)
 
 
