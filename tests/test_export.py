@@ -27,6 +27,8 @@ from pibench.mpc.compiler import compile_model
 from pibench.mpc.program import CompileError, program_from_json, program_to_json
 from pibench.onnx_import import SUPPORTED_OPS, import_onnx, load_onnx, program_from_onnx
 
+from test_mpc_program import WithGelu
+
 
 class InvertedResidual(nn.Module):
     def __init__(self, c: int, expand: int = 4) -> None:
@@ -301,16 +303,6 @@ def test_snl_alphas_give_the_masks_snls_code_would(tmp_path):
     assert not (tmp_path / "unbinarized").exists()
 
 
-class WithGelu(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-        self.act = nn.GELU()
-
-    def forward(self, x):
-        return self.act(self.conv(x)).flatten(1)
-
-
 class DataDependent(nn.Module):
     def forward(self, x):
         return x.flatten(1) if x.sum() > 0 else -x.flatten(1)
@@ -330,7 +322,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 def test_unsupported_op_untraceable_model_and_bad_mask_each_fail_in_one_line(tmp_path):
     x = torch.randn(1, 3, 8, 8)
     with pytest.raises(CompileError, match=r"unsupported op GELU at layer 'act'") as e:
-        pibench.export(WithGelu(), x, tmp_path / "gelu")
+        pibench.export(WithGelu(in_chans=3), x, tmp_path / "gelu")
     assert "\n" not in str(e.value) and not (tmp_path / "gelu").exists()
     with pytest.raises(CompileError, match=r"cannot trace DataDependent with torch.fx \(.*control flow") as e:
         pibench.export(DataDependent(), x, tmp_path / "dd")

@@ -94,9 +94,9 @@ def test_public_program_has_no_weights_but_the_same_fingerprint():
 
 
 class WithGelu(nn.Module):
-    def __init__(self):
+    def __init__(self, in_chans: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3)
+        self.conv = nn.Conv2d(in_chans, 4, 3)
         self.act = nn.GELU()
 
     def forward(self, x):
