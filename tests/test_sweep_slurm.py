@@ -30,7 +30,9 @@ SWEEP = {
         "methods": {
             "deepreduce": {"epochs": 1, "criticality_epochs": 1, "per_budget": 1, "batch_size": 64},
             "senet": {"epochs": 1, "sensitivity_epochs": 1, "search_epochs": 0, "batch_size": 64},
-            "snl": {"epochs": 1, "search_epochs": 3, "batch_size": 64},
+            # long enough that the scancel below lands before SNL finishes (a cancelled job that still
+            # writes its result counts as done, and Slurm has already dropped its benchmarks)
+            "snl": {"epochs": 1, "search_epochs": 20, "batch_size": 64},
         },
     }],
     "executor": {"train": {"cpus": 1, "mem_gb": 1, "time_min": 30}, "bench": {"cpus": 2, "mem_gb": 1, "time_min": 30}},
