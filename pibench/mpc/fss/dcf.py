@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pibench.mpc.fss.prg import expand, mmo, random_seeds
+from pibench.mpc.fss import prg
+from pibench.mpc.fss.prg import expand, random_seeds
 
 LAMBDA = 128
 U64 = np.uint64
@@ -186,27 +187,42 @@ def evaluate(party: int, key: DcfKey, x: np.ndarray) -> np.ndarray:
 
 
 def _evaluate_block(party: int, key: DcfKey, block: slice, x: np.ndarray) -> np.ndarray:
-    count, width = x.shape[0], key.width
-    seeds = key.seed[block]
+    """One block of keys through all levels, with preallocated buffers and contiguous (count, 2) operands.
+
+    Written for numpy's speed, not brevity: an operand broadcast along a last axis of
+    length 2 costs about 8x a contiguous one, and AES itself is only about a quarter of
+    a level. Each level: the taken child's seed and value blocks, one AES call, then the
+    corrections selected by the control bit t through an all-ones/all-zeros mask.
+    """
+    count, width, n = x.shape[0], key.width, key.n_bits
+    encrypt = prg.CIPHER.encryptor()
+    blocks = np.empty((2, count, 2), U64)  # the taken child's seed block and value block, tweaked
+    out = np.empty(blocks.nbytes + 16, np.uint8)  # AES output (update_into wants one spare block)
+    g = out[:blocks.nbytes].view(U64).reshape(2, count, 2)
+    value_tweak = np.zeros((count, 2), U64)
+    value_tweak[:, 1] = _VALUE
+    mask = np.empty((count, 2), U64)  # 0 - t in both words
+    masked = np.empty((count, 2), U64)
+    value = np.zeros((count, 2), U64)
     t = np.full(count, party, U64)
-    value = np.zeros((count, width), U64)
-    blocks = np.empty((count, 2, 2), U64)  # the taken child's seed and value blocks, tweaked
-    for i in range(key.n_bits):
-        bit = (x >> U64(key.n_bits - 1 - i)) & U64(1)
-        blocks[:, 0, 0] = seeds[:, 0]
-        blocks[:, 1, 0] = seeds[:, 0]
-        np.bitwise_xor(seeds[:, 1], bit << U64(1), out=blocks[:, 0, 1])  # tweak 2·bit + _SEED
-        np.bitwise_xor(blocks[:, 0, 1], U64(_VALUE), out=blocks[:, 1, 1])
-        g = mmo(blocks)
-        # the control-bit correction of the taken side: byte `bit` of the (left, right) pair
-        t_cw = (key.t_cw[i, block].view(np.uint16)[:, 0] >> (bit.astype(np.uint16) << np.uint16(3))) & np.uint16(1)
-        t_next = (g[:, 0, 0] & U64(1)) ^ (t & t_cw)
-        g[:, 0, 0] &= ~U64(1)
-        tm = _mask(t)
-        value += g[:, 1, :width]
-        value += key.v_cw[i, block] & tm
-        seeds = g[:, 0] ^ (key.s_cw[i, block] & tm)
-        t = t_next
-    value += _leaf(seeds, width)
+    t_cw = key.t_cw[:, block].view(np.uint16)[..., 0]  # (n, count): the (left, right) bytes as one word
+    blocks[0] = key.seed[block]
+    for i in range(n):
+        bit = (x >> U64(n - 1 - i)) & U64(1)
+        blocks[0, :, 1] ^= bit << U64(1)  # tweak 2·bit + _SEED
+        np.bitwise_xor(blocks[0], value_tweak, out=blocks[1])
+        encrypt.update_into(blocks.reshape(-1).view(np.uint8), out)
+        g ^= blocks  # Matyas-Meyer-Oseas
+        mask[:, 0] = U64(0) - t
+        mask[:, 1] = mask[:, 0]
+        t_taken = (t_cw[i] >> (bit.astype(np.uint16) << np.uint16(3))) & np.uint16(1)  # byte `bit` of the pair
+        t = (g[0, :, 0] & U64(1)) ^ (t & t_taken)
+        g[0, :, 0] &= ~U64(1)
+        value += g[1]
+        np.bitwise_and(key.v_cw[i, block], mask[:, :width], out=masked[:, :width])
+        value += masked
+        np.bitwise_and(key.s_cw[i, block], mask, out=masked)
+        np.bitwise_xor(g[0], masked, out=blocks[0])  # the next level's seeds
+    value = value[:, :width] + _leaf(blocks[0], width)
     value += key.final[block] & _mask(t)
     return U64(0) - value if party else value
