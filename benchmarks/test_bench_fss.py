@@ -24,8 +24,9 @@ def masks():
 
 
 def test_relu_keygen(benchmark, masks):
+    """The dealer's keys for all of resnet18's ReLUs, made in the form it sends them."""
     benchmark.extra_info.update(relus=RELUS, key_bytes_per_relu=relu.ReluKey.size(RELUS) / RELUS)
-    benchmark.pedantic(relu.keygen, args=(masks,), rounds=1, iterations=1)
+    benchmark.pedantic(relu.keygen_words, args=(masks,), rounds=3, iterations=1)
 
 
 def test_relu_evaluate(benchmark, masks):
@@ -58,6 +59,13 @@ def test_key_stream_shake256(benchmark):
     benchmark.pedantic(lambda: hashlib.shake_256(key + bytes(8)).digest(8 * DRAW), rounds=20, iterations=1)
 
 
+# resnet18's online phase under crypten:fss took 0.63-0.69x crypten:dealer's on a quiet 2-core
+# machine: 39 rounds and 19.6 MB instead of 175 and 269 MB, paid for by evaluating 31 DCF levels
+# per ReLU locally (about 0.2 s per party). Above 0.9x the evaluation has slowed down again (it
+# was 0.4 s per party and the ratio 1.01 with a broadcast mask per level), or the machine is busy.
+FSS_ONLINE_RATIO_BOUND = 0.9
+
+
 def test_resnet18_online_fss_vs_dealer(benchmark):
     """resnet18 (random weights, all ReLUs) under crypten:fss and crypten:dealer in one run: online latency
     ratio, WAN projections, and each protocol's offline phase (the README gives the measured values)."""
@@ -80,3 +88,4 @@ def test_resnet18_online_fss_vs_dealer(benchmark):
               f"server {r.offline_bytes_server / 1e6:.1f} MB; WAN projected {by_net['wan'].projected_latency_s:.2f} s")
     print(f"resnet18 online latency, crypten:fss / crypten:dealer: {ratio:.2f}")
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    assert ratio < FSS_ONLINE_RATIO_BOUND, f"crypten:fss online is {ratio:.2f}x crypten:dealer's"

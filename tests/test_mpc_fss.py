@@ -10,8 +10,8 @@ from pibench.bench import BenchOptions, bench_models
 from pibench.model_spec import MODEL_SEED
 from pibench.models import create_model
 from pibench.mpc.backend import TorchBackend, run_program
-from pibench.mpc.crypten.dealer import deal, split_dealt
-from pibench.mpc.crypten.preprocessing import Plan, PreprocessingError, Prg, Request
+from pibench.mpc.crypten.dealer import deal, take_dealt
+from pibench.mpc.crypten.preprocessing import PreprocessingError, Prg, Request
 from pibench.mpc.fss import relu as relu_gate
 from pibench.mpc.parties.launch import SessionConfig
 from pibench.mpc.compiler import compile_model
@@ -77,7 +77,7 @@ def test_online_bytes_grow_by_16_per_kept_relu_and_removed_relus_cost_nothing(tm
             if layer.op == "relu":
                 assert layer.offline_bytes_server == 8 * relu_gate.ReluKey.words(layer.relus)
                 assert layer.offline_bytes_client == layer.offline_bytes_server
-        if r.rows[0].relus:  # one message per offline phase, its length (8 bytes) ahead of the keys
+        if r.rows[0].relus:  # these keys fit one piece (< 8 MiB): its length (8 bytes) ahead of the keys
             assert sum(layer.offline_bytes_server for layer in r.layers) + 8 == r.rows[0].offline_bytes_server
 
 
@@ -89,7 +89,7 @@ def test_every_inference_gets_fresh_masks_and_keys():
     """The dealer replays the same plan twice (two inferences): masks and both parties' keys all differ."""
     plan = [Request.make("relu", (300,))]
     dealer, (client, server) = prgs(1), prgs(1)  # the dealer holds copies of both parties' streams
-    first, second = deal(plan, dealer, []), deal(plan, dealer, [])
+    (first,), (second,) = deal(plan, dealer, []), deal(plan, dealer, [])  # (client's key, server's key)
     r_first = [client.ring((300,)), server.ring((300,))]  # each party's share of r, from its own stream
     r_second = [client.ring((300,)), server.ring((300,))]
     assert not torch.equal(r_first[0], r_second[0]) and not torch.equal(r_first[1], r_second[1])
@@ -108,19 +108,25 @@ def test_every_inference_gets_fresh_masks_and_keys():
 
 
 def test_a_truncated_key_delivery_fails_naming_the_party():
-    plan = Plan([Request.make("fixed", (1, 2), (2, 3), op="matmul"), Request.make("relu", (10,))])
+    plan = [Request.make("fixed", (1, 2), (2, 3), op="matmul"), Request.make("relu", (10,))]
 
-    def fresh():
-        return [[torch.zeros(1, 2, dtype=torch.long)], [torch.zeros(10, dtype=torch.long)]]
+    def dealt(rank):
+        fresh = [[torch.zeros(1, 2, dtype=torch.long)], [torch.zeros(10, dtype=torch.long)]]
+        return [(r, mine) for r, mine in zip(plan, fresh) if rank == CLIENT or r.kind == "relu"]
 
-    shares = fresh()
     words = relu_gate.ReluKey.words(10)
-    split_dealt(torch.zeros(words, dtype=torch.long), plan, shares, SERVER)
-    assert shares[1][-1].count == 10 and len(shares[0]) == 1  # its key, parsed; the server gets no part of the product
-    with pytest.raises(PreprocessingError, match="server: the dealer sent .* truncated"):
-        split_dealt(torch.zeros(words - 1, dtype=torch.long), plan, fresh(), SERVER)
-    with pytest.raises(PreprocessingError, match="client: the dealer sent .* truncated"):
-        split_dealt(torch.zeros(words + 2, dtype=torch.long), plan, fresh(), CLIENT)  # needs words + 3
+    server = dealt(SERVER)
+    assert take_dealt(torch.zeros(words, dtype=torch.long), server, 0, SERVER) == 1
+    assert server[0][1][-1].count == 10  # its key, parsed; the server gets no part of the product
+    client = dealt(CLIENT)  # pieces hold whole tuples: the product's 3 words, then the key
+    assert take_dealt(torch.zeros(3, dtype=torch.long), client, 0, CLIENT) == 1
+    assert take_dealt(torch.zeros(words, dtype=torch.long), client, 1, CLIENT) == 2
+    with pytest.raises(PreprocessingError, match="server: the dealer sent .* inside tuple #0 .* truncated"):
+        take_dealt(torch.zeros(words - 1, dtype=torch.long), dealt(SERVER), 0, SERVER)
+    with pytest.raises(PreprocessingError, match="client: the dealer sent .* inside tuple #1 .* truncated"):
+        take_dealt(torch.zeros(words + 2, dtype=torch.long), dealt(CLIENT), 0, CLIENT)  # needs words + 3
+    with pytest.raises(PreprocessingError, match="client: .* past the plan's last tuple"):
+        take_dealt(torch.zeros(words + 4, dtype=torch.long), dealt(CLIENT), 0, CLIENT)
 
 
 class _RangeBackend(TorchBackend):

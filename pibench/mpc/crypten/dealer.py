@@ -13,15 +13,21 @@ Messages (client -> dealer, JSON; the server only receives, and only FSS keys un
     live {requests}      make these tuples now (the recording inference)
     bye                  end of the session
 
-Answer to run/live: the client's c0 shares (and FSS keys), one flat int64 tensor; if
-the tuples include FSS ReLU keys (protocol crypten:fss), the server's keys follow, sent
-to the server as one flat tensor: each party receives only its own key.
+Answer to run/live: the client's c0 shares (and FSS keys) as flat int64 tensors, in
+pieces of whole tuples (at least PIECE_WORDS words, or the rest); if the tuples include
+FSS ReLU keys (protocol crypten:fss), the server receives its keys the same way: each
+party receives only its own key. A piece leaves as soon as it is made, and gloo's
+thread sends it while the dealer makes the next, so the dealer's sending overlaps its
+generation and the parties parse one piece while the next is on the wire.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import secrets
+from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -32,11 +38,13 @@ from pibench.mpc.crypten.keys import agree_key
 from pibench.mpc.crypten.preprocessing import (Plan, PreprocessingError, Prg, Request, dealt_to_server,
                                                party_draws)
 from pibench.mpc.fss import relu as relu_gate
-from pibench.mpc.parties.channel import recv_json, recv_tensor, send_json, send_tensor
+from pibench.mpc.parties.channel import isend_tensor, recv_json, recv_tensor, send_json
 from pibench.mpc.protocols import CLIENT, DEALER, SERVER
 
 log = logging.getLogger(__name__)
 ROLE_NAMES = {CLIENT: "client", SERVER: "server"}
+PIECE_WORDS = 1 << 20  # 8 MiB: tuples go out in pieces of at least this many words (the last may be shorter)
+IN_FLIGHT = 4  # pieces sent but not yet delivered, per party: bounds the dealer's memory
 
 
 def client_share(request: Request, prgs: list[Prg], masks: list[torch.Tensor]) -> torch.Tensor:
@@ -68,25 +76,56 @@ def weight_masks(server_stream: Prg, shapes: list[tuple[int, ...]]) -> list[torc
 def relu_keys(request: Request, prgs: list[Prg]) -> tuple[torch.Tensor, torch.Tensor]:
     """Both parties' FSS ReLU keys (int64 words) for the mask r = r_client + r_server drawn from their streams."""
     (r0,), (r1,) = party_draws(request, prgs[CLIENT], CLIENT), party_draws(request, prgs[SERVER], SERVER)
-    keys = relu_gate.keygen((r0 + r1).numpy().view(np.uint64))
-    return tuple(torch.from_numpy(key.to_words()) for key in keys)  # type: ignore[return-value]
+    client_words, server_words = relu_gate.keygen_words((r0 + r1).numpy().view(np.uint64))
+    return torch.from_numpy(client_words), torch.from_numpy(server_words)
 
 
-def deal(requests: list[Request], prgs: list[Prg], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the dealer sends for these tuples: the client's flat tensor and the server's (empty without FSS)."""
-    to_client, to_server = [], []
+def deal(requests: list[Request], prgs: list[Prg], masks: list[torch.Tensor]
+         ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """What the dealer sends for each tuple, made one at a time: the client's part and the server's (an FSS
+    key; None for the other kinds)."""
     for request in requests:
         if dealt_to_server(request):
-            client_key, server_key = relu_keys(request, prgs)
-            to_client.append(client_key)
-            to_server.append(server_key)
+            yield relu_keys(request, prgs)
         else:
-            to_client.append(client_share(request, prgs, masks).reshape(-1))
-    return _flat(to_client), _flat(to_server)
+            yield client_share(request, prgs, masks).reshape(-1), None
 
 
-def _flat(parts: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+class Outbox:
+    """One party's dealt parts on their way: grouped into pieces of whole tuples, each sent without waiting."""
+
+    def __init__(self, dst: int, group: Any) -> None:
+        self.dst = dst
+        self.group = group
+        self.parts: list[torch.Tensor] = []
+        self.words = 0
+        self.pending: deque[list[Any]] = deque()
+
+    def add(self, part: torch.Tensor) -> None:
+        if part.numel() == 0:  # the party takes empty tuples without a message
+            return
+        self.parts.append(part)
+        self.words += part.numel()
+        if self.words >= PIECE_WORDS:
+            self._send()
+
+    def _send(self) -> None:
+        piece = torch.cat(self.parts) if len(self.parts) > 1 else self.parts[0]
+        self.pending.append(isend_tensor(piece, self.dst, self.group)[0])
+        self.parts, self.words = [], 0
+        while len(self.pending) > IN_FLIGHT:
+            self._wait()
+
+    def _wait(self) -> None:
+        for work in self.pending.popleft():
+            work.wait()
+
+    def close(self) -> None:
+        """Send the rest and wait until every piece is delivered."""
+        if self.parts:
+            self._send()
+        while self.pending:
+            self._wait()
 
 
 def serve_dealer(group: Any) -> None:
@@ -113,29 +152,39 @@ def serve_dealer(group: Any) -> None:
             log.info("dealer: plan %d registered (%d tuples)", len(plans) - 1, len(plans[-1]))
         elif kind in ("run", "live"):
             requests = plans[msg["id"]] if kind == "run" else [Request.from_json(r) for r in msg["requests"]]
-            to_client, to_server = deal(requests, prgs, masks)
-            send_tensor(to_client, CLIENT, group)
-            if any(dealt_to_server(r) for r in requests):
-                send_tensor(to_server, SERVER, group)
+            to_client, to_server = Outbox(CLIENT, group), Outbox(SERVER, group)
+            for client_part, server_part in deal(requests, prgs, masks):
+                to_client.add(client_part)
+                if server_part is not None:
+                    to_server.add(server_part)
+            to_client.close()
+            to_server.close()
         else:
             raise ValueError(f"dealer: unknown message {kind!r} from the client")
 
 
-def split_dealt(flat: torch.Tensor, plan: Plan, shares: list[list[torch.Tensor]], rank: int) -> None:
-    """Append to each tuple's shares its part of the dealer's flat tensor (the client: every tuple; the
-    server: its FSS keys, parsed here, offline). A tensor of the wrong length (a truncated key) raises
+def take_dealt(piece: torch.Tensor, dealt: list[tuple[Request, list[torch.Tensor]]], i: int, rank: int) -> int:
+    """Append to the shares of dealt[i:] their parts in one piece from the dealer (the client gets a part of
+    every tuple, the server its FSS keys, parsed here, offline); returns the index of the next tuple. A piece
+    that does not end at a tuple boundary of the plan (a truncated key, or another plan) raises
     PreprocessingError."""
-    dealt = [(r, mine) for r, mine in zip(plan.requests, shares) if rank == CLIENT or dealt_to_server(r)]
-    sizes = [request.output_size() for request, _ in dealt]
-    counts = [int(torch.Size(size).numel()) for size in sizes]
-    if flat.numel() != sum(counts):
-        raise PreprocessingError(f"{ROLE_NAMES[rank]}: the dealer sent {flat.numel()} words for this offline "
-                                 f"phase, the plan needs {sum(counts)}: a truncated key or tuple, or another plan")
     start = 0
-    for (request, mine), size, n in zip(dealt, sizes, counts):
-        part = flat[start:start + n].reshape(size)
+    while i < len(dealt):
+        request, mine = dealt[i]
+        size = request.output_size()
+        n = math.prod(size)
+        if start + n > piece.numel():
+            break
+        part = piece[start:start + n].reshape(size)
         mine.append(relu_gate.ReluKey.from_words(part.numpy(), request.sizes[0][0]) if request.kind == "relu" else part)
         start += n
+        i += 1
+    if start != piece.numel():
+        where = (f"ends inside tuple #{i} ({dealt[i][0].kind}, {math.prod(dealt[i][0].output_size())} words)"
+                 if i < len(dealt) else "goes past the plan's last tuple")
+        raise PreprocessingError(f"{ROLE_NAMES[rank]}: the dealer sent a piece of {piece.numel()} words that "
+                                 f"{where}: a truncated key or tuple, or another plan")
+    return i
 
 
 class DealerLink:
@@ -177,10 +226,12 @@ class DealerLink:
             else:
                 self._send({"kind": "live", "requests": [r.to_json() for r in plan.requests]})
         shares = [party_draws(r, self.prg, self.rank) for r in plan.requests]
-        if self.rank == CLIENT or any(dealt_to_server(r) for r in plan.requests):
-            flat, nbytes = recv_tensor(DEALER, self.group)
+        dealt = [(r, mine) for r, mine in zip(plan.requests, shares) if self.rank == CLIENT or dealt_to_server(r)]
+        i = take_dealt(torch.zeros(0, dtype=torch.long), dealt, 0, self.rank)  # empty tuples come without a piece
+        while i < len(dealt):
+            piece, nbytes = recv_tensor(DEALER, self.group)
             self.bytes += nbytes
-            split_dealt(flat, plan, shares, self.rank)
+            i = take_dealt(piece, dealt, i, self.rank)
         return shares
 
     def close(self) -> None:

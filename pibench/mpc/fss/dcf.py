@@ -72,12 +72,15 @@ class DcfKey:
             n = 8 * part.size
             out[start:start + n] = np.ascontiguousarray(part, dtype=U64).reshape(-1).view(np.uint8)
             start += n
-        out[start:] = np.packbits(self.t_cw.reshape(-1))
+        self.pack_control_bits(out)
 
     @classmethod
-    def from_bytes(cls, data: bytes | memoryview | np.ndarray, count: int, n_bits: int, width: int) -> "DcfKey":
-        """The inverse of `to_bytes` (the words are views of `data`); a buffer of the wrong length raises
-        ValueError (a truncated key)."""
+    def from_bytes(cls, data: bytes | memoryview | np.ndarray, count: int, n_bits: int, width: int,
+                   control_bits: np.ndarray | None = None) -> "DcfKey":
+        """The inverse of `to_bytes`, its words views of `data`: a received key is parsed without a copy, and
+        key generation writes straight into the buffer it will send (passing `control_bits`, an (n, N, 2)
+        uint8 array it fills and packs with `pack_control_bits`, instead of unpacking them from `data`).
+        A buffer of the wrong length raises ValueError (a truncated key)."""
         data = memoryview(data).cast("B")
         expected = cls.size(count, n_bits, width)
         if len(data) != expected:
@@ -90,9 +93,15 @@ class DcfKey:
             n = int(np.prod(shape))
             parts.append(words[start:start + n].reshape(shape))
             start += n
-        bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8, offset=8 * start), count=2 * n_bits * count)
+        if control_bits is None:
+            packed = np.frombuffer(data, dtype=np.uint8, offset=8 * start)
+            control_bits = np.unpackbits(packed, count=2 * n_bits * count).reshape(n_bits, count, 2)
         seed, s_cw, v_cw, final = parts
-        return cls(n_bits, width, seed, s_cw, bits.reshape(n_bits, count, 2), v_cw, final)
+        return cls(n_bits, width, seed, s_cw, control_bits, v_cw, final)
+
+    def pack_control_bits(self, out: np.ndarray) -> None:
+        """Write the control bits, packed, at the end of `out` (the key's buffer, `nbytes` long)."""
+        out[self.nbytes - (self.t_cw.size + 7) // 8:] = np.packbits(self.t_cw.reshape(-1))
 
 
 def _mask(bits: np.ndarray) -> np.ndarray:
@@ -110,8 +119,13 @@ def _leaf(seeds: np.ndarray, width: int) -> np.ndarray:
     return expand(seeds, np.array([_LEAF], dtype=U64))[:, 0, :width]
 
 
-def keygen(alpha: np.ndarray, beta: np.ndarray, n_bits: int) -> tuple[DcfKey, DcfKey]:
-    """Keys of f(x) = beta · 1{x < alpha} for N comparisons at once: alpha (N,) < 2^n, beta (N, width)."""
+def keygen(alpha: np.ndarray, beta: np.ndarray, n_bits: int,
+           out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[DcfKey, DcfKey]:
+    """Keys of f(x) = beta · 1{x < alpha} for N comparisons at once: alpha (N,) < 2^n, beta (N, width).
+
+    With `out` (two uint8 buffers of `DcfKey.size` bytes) the keys are written there in their wire
+    form, ready to send, and the returned keys view them.
+    """
     alpha = np.asarray(alpha, dtype=U64)
     beta = np.ascontiguousarray(beta, dtype=U64)
     count, width = beta.shape
@@ -121,54 +135,76 @@ def keygen(alpha: np.ndarray, beta: np.ndarray, n_bits: int) -> tuple[DcfKey, Dc
         raise ValueError(f"a DCF payload has 1 or 2 words (one PRG block), got {width}")
     if not 1 <= n_bits <= 64 or (n_bits < 64 and np.any(alpha >> U64(n_bits))):
         raise ValueError(f"alpha must fit in n_bits = {n_bits} (1..64)")
-    keys = [DcfKey(n_bits, width, np.empty((count, 2), U64), np.empty((n_bits, count, 2), U64),
-                   np.empty((n_bits, count, 2), np.uint8), np.empty((n_bits, count, width), U64),
-                   np.empty((count, width), U64)) for _ in (0, 1)]
+    if out is None:
+        out = tuple(np.zeros((2, DcfKey.size(count, n_bits, width)), np.uint8))
+    control_bits = np.empty((n_bits, count, 2), np.uint8)  # common to both keys
+    keys = [DcfKey.from_bytes(buffer, count, n_bits, width, control_bits) for buffer in out]
     for start in range(0, count, CHUNK):  # a block of keys at a time stays in cache through all levels
         _keygen_block(alpha[start:start + CHUNK], beta[start:start + CHUNK], n_bits, keys, start)
-    keys[1].s_cw, keys[1].t_cw, keys[1].v_cw, keys[1].final = keys[0].s_cw, keys[0].t_cw, keys[0].v_cw, keys[0].final
+    keys[0].pack_control_bits(out[0])
+    roots = keys[0].seed.nbytes  # after the root seeds, both keys hold the same correction words
+    out[1][roots:] = out[0][roots:]
     return keys[0], keys[1]
+
+
+def _both_words(bits: np.ndarray) -> np.ndarray:
+    """0/1 (..., N) -> all-zero/all-one masks (..., N, 2): a contiguous operand for (N, 2) words (broadcasting
+    along a last axis of length 2 costs numpy about 8x)."""
+    out = np.empty(bits.shape + (2,), U64)
+    np.subtract(U64(0), bits, out=out[..., 0])
+    out[..., 1] = out[..., 0]
+    return out
 
 
 def _keygen_block(alpha: np.ndarray, beta: np.ndarray, n_bits: int, keys: list[DcfKey], start: int) -> None:
     count, width = beta.shape
     out = slice(start, start + count)
-    seeds = random_seeds(2 * count)  # party 0's roots, then party 1's
-    seeds[:, 0] &= ~U64(1)
-    keys[0].seed[out], keys[1].seed[out] = seeds[:count], seeds[count:]
+    seeds = random_seeds(2 * count).reshape(2, count, 2)  # party 0's roots, then party 1's
+    seeds[:, :, 0] &= ~U64(1)
+    keys[0].seed[out], keys[1].seed[out] = seeds[0], seeds[1]
     t = np.zeros((2, count), U64)
     t[1] = 1
     v_alpha = np.zeros((count, width), U64)
-    tweaks = np.array([_SEED, 2 + _SEED, _VALUE, 2 + _VALUE], dtype=U64)
+    # Both parties' children in one AES call: (party, tweak, N, 2) with tweaks seed L, seed R, value L, value R.
+    blocks = np.empty((2, 4, count, 2), U64)
+    encrypted = np.empty(blocks.nbytes + 16, np.uint8)
+    g = encrypted[:blocks.nbytes].view(U64).reshape(blocks.shape)
+    encrypt = prg.CIPHER.encryptor()
     for i in range(n_bits):
         a = (alpha >> U64(n_bits - 1 - i)) & U64(1)  # 1: keep the right child, lose the left
-        keep_right = (U64(0) - a)[:, None]
-        # Both parties' children in one AES call: (2, N, 4, 2) = seed L, seed R, value L, value R.
-        g = expand(seeds, tweaks).reshape(2, count, 4, 2)
-        t_child = g[:, :, :2, 0] & U64(1)  # (2, N, 2): control bits L, R
-        g[:, :, :2, 0] &= ~U64(1)
+        keep_right = _both_words(a)
+        for j, tweak in enumerate((_SEED, 2 + _SEED, _VALUE, 2 + _VALUE)):
+            blocks[:, j] = seeds
+            blocks[:, j, :, 1] ^= U64(tweak)
+        encrypt.update_into(blocks.reshape(-1).view(np.uint8), encrypted)
+        g ^= blocks  # Matyas-Meyer-Oseas
+        t_child = g[:, :2, :, 0] & U64(1)  # (2, 2, N): party, control bit L / R
+        g[:, :2, :, 0] &= ~U64(1)
         # Only the parties' differences matter for the correction words (XOR-select: lose = keep ^ L ^ R).
-        seed_l, seed_r = g[0, :, 0] ^ g[1, :, 0], g[0, :, 1] ^ g[1, :, 1]
+        seed_l, seed_r = g[0, 0] ^ g[1, 0], g[0, 1] ^ g[1, 1]
         s_cw = seed_r ^ ((seed_l ^ seed_r) & keep_right)  # the lost child's seeds, made equal
-        value_l = g[1, :, 2, :width] - g[0, :, 2, :width]
-        value_r = g[1, :, 3, :width] - g[0, :, 3, :width]
-        lose = value_r ^ ((value_l ^ value_r) & keep_right)
+        value_l = g[1, 2, :, :width] - g[0, 2, :, :width]
+        value_r = g[1, 3, :, :width] - g[0, 3, :, :width]
+        keep_right_value = keep_right[:, :width]
+        lose = value_r ^ ((value_l ^ value_r) & keep_right_value)
         keep = value_l ^ value_r ^ lose
         # Losing the left branch (alpha_i = 1) means every x with x_i = 0 here is below alpha: pay beta.
-        cw = lose - v_alpha + (beta & keep_right)
+        cw = lose - v_alpha + (beta & keep_right_value)
         keys[0].s_cw[i, out] = s_cw
-        keys[0].v_cw[i, out] = _negate_if(t[1], cw)
-        v_alpha += cw - keep  # (-1)^t1 · V_cw = cw
-        t_lr = t_child[0] ^ t_child[1]  # (N, 2)
-        t_lr[:, 0] ^= a ^ U64(1)
-        t_lr[:, 1] ^= a
-        keys[0].t_cw[i, out] = t_lr
-        t_keep = t_child[:, :, 0] ^ ((t_child[:, :, 0] ^ t_child[:, :, 1]) & a)
-        t_cw_keep = t_lr[:, 0] ^ ((t_lr[:, 0] ^ t_lr[:, 1]) & a)
-        keep_seeds = g[:, :, 0] ^ ((g[:, :, 0] ^ g[:, :, 1]) & keep_right)
-        seeds = (keep_seeds ^ (s_cw & (U64(0) - t)[:, :, None])).reshape(-1, 2)
+        negate = _both_words(t[1])[:, :width]
+        keys[0].v_cw[i, out] = (cw ^ negate) - negate  # (-1)^t1 · cw
+        v_alpha += cw - keep
+        t_lr = t_child[0] ^ t_child[1]  # (2, N): L, R
+        t_lr[0] ^= a ^ U64(1)
+        t_lr[1] ^= a
+        keys[0].t_cw[i, out, 0] = t_lr[0]
+        keys[0].t_cw[i, out, 1] = t_lr[1]
+        t_keep = t_child[:, 0] ^ ((t_child[:, 0] ^ t_child[:, 1]) & a)
+        t_cw_keep = t_lr[0] ^ ((t_lr[0] ^ t_lr[1]) & a)
+        keep_seeds = g[:, 0] ^ ((g[:, 0] ^ g[:, 1]) & keep_right)
+        seeds = keep_seeds ^ (s_cw & _both_words(t))
         t = t_keep ^ (t & t_cw_keep)
-    leaf = _leaf(seeds, width).reshape(2, count, width)
+    leaf = _leaf(seeds.reshape(-1, 2), width).reshape(2, count, width)
     keys[0].final[out] = _negate_if(t[1], leaf[1] - leaf[0] - v_alpha)
 
 

@@ -101,22 +101,32 @@ class ReluKey:
         return cls.from_bytes(np.ascontiguousarray(words).view(np.uint8)[:cls.size(count, bits)], count, bits)
 
 
-def _random_words(n: int) -> np.ndarray:
-    return np.frombuffer(os.urandom(8 * n), dtype=U64).copy()
-
-
-def keygen(r: np.ndarray, bits: int = DEFAULT_BITS) -> tuple[ReluKey, ReluKey]:
-    """The dealer's keys for ReLUs under the masks r (N,) in Z_2^64 (the caller shares r itself)."""
+def keygen_words(r: np.ndarray, bits: int = DEFAULT_BITS) -> tuple[np.ndarray, np.ndarray]:
+    """The dealer's keys for ReLUs under the masks r (N,) in Z_2^64, made in their wire form (`to_words`):
+    what it sends, with no copy between making and sending. The caller shares r itself."""
     if not 2 <= bits <= 64:
         raise ValueError(f"the ReLU domain has 2..64 bits, got {bits}")
     r = np.asarray(r, dtype=U64).reshape(-1)
+    count = r.size
     low = U64((1 << (bits - 1)) - 1)
     m_r = (r >> U64(bits - 1)) & U64(1)
     sign = U64(1) - U64(2) * m_r  # 1 - 2·m_r in Z_2^64
-    k0, k1 = dcf.keygen(r & low, np.stack([sign, sign * r], axis=1), bits - 1)
-    shares0 = _random_words(2 * r.size).reshape(2, -1)
-    return (ReluKey(bits, k0, shares0[0], shares0[1]),
-            ReluKey(bits, k1, m_r - shares0[0], m_r * r - shares0[1]))
+    words = np.zeros((2, ReluKey.words(count, bits)), np.int64)
+    raw = words.view(np.uint8)
+    dcf.keygen(r & low, np.stack([sign, sign * r], axis=1), bits - 1,
+               out=(raw[0, 16 * count:ReluKey.size(count, bits)], raw[1, 16 * count:ReluKey.size(count, bits)]))
+    shares = words[:, :2 * count].view(U64).reshape(2, 2, count)  # per party: its shares of m_r and m_r·r
+    shares[0] = np.frombuffer(os.urandom(16 * count), dtype=U64).reshape(2, count)
+    shares[1, 0] = m_r - shares[0, 0]
+    shares[1, 1] = m_r * r - shares[0, 1]
+    return words[0], words[1]
+
+
+def keygen(r: np.ndarray, bits: int = DEFAULT_BITS) -> tuple[ReluKey, ReluKey]:
+    """The keys of `keygen_words`, parsed as each party parses what it receives."""
+    count = np.asarray(r).size
+    words0, words1 = keygen_words(r, bits)
+    return ReluKey.from_words(words0, count, bits), ReluKey.from_words(words1, count, bits)
 
 
 def evaluate(party: int, key: ReluKey, x_hat: np.ndarray, r_share: np.ndarray) -> np.ndarray:

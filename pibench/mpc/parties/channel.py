@@ -42,6 +42,15 @@ def send_tensor(t: torch.Tensor, dst: int, group: Any) -> int:
     return _HEADER_BYTES + 8 * flat.numel()
 
 
+def isend_tensor(t: torch.Tensor, dst: int, group: Any) -> tuple[list[Any], int]:
+    """Start sending an int64 tensor, flattened, without waiting: gloo's own thread moves it while the
+    caller goes on. Returns the pending works (wait on them before reusing the tensor) and the bytes."""
+    flat = t.reshape(-1).to(torch.long).contiguous()
+    header = torch.tensor([flat.numel()], dtype=torch.long)
+    works = [dist.isend(header, dst, group=group), dist.isend(flat, dst, group=group)]
+    return works, _HEADER_BYTES + 8 * flat.numel()
+
+
 def recv_tensor(src: int, group: Any) -> tuple[torch.Tensor, int]:
     """Receive a flat int64 tensor; returns it and the bytes received."""
     size = torch.zeros(1, dtype=torch.long)
