@@ -9,16 +9,19 @@ then try to recover the other side's secret from it.
   it received or holds after the run, and for anything correlated with the client's
   input, which comes from a seed the server is not given.
 - Nobody's transcript may contain a key-stream key (they are agreed by X25519).
+- Under `crypten:fss` the server also compares its openings x + r across inferences: with
+  a mask used twice their difference is that of the client's activations.
 
 The dealer protocols run it all: `crypten:dealer`, and `crypten:fss`, where each party
 also receives its own FSS keys and the server sees x + r at every ReLU.
 
 Each attack is shown to work where it should (positive controls): under `crypten:tfp`
 the client recovers the weights (the INSECURE label), and with an injected bug (the
-reduce-based reveal, a key stream restarting at 0, keys sent in the clear; see
-tests/adversary/record_party.py) the matching attack succeeds.
+reduce-based reveal, a key stream restarting at 0, keys sent in the clear, FSS masks
+reused; see tests/adversary/record_party.py) the matching attack succeeds.
 """
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -27,7 +30,7 @@ import torch
 
 from pibench.bench import BenchOptions, bench_models
 from pibench.model_spec import server_model
-from pibench.mpc.backend import PRODUCT_WEIGHTS
+from pibench.mpc.backend import PRODUCT_WEIGHTS, TorchBackend, run_program
 from pibench.mpc.parties.launch import SessionConfig
 
 SCALE = 2**16  # CrypTen's fixed point; a weight guess counts as recovered within one unit of it
@@ -37,10 +40,11 @@ INPUT_SEED = 8642  # the client's random inputs; the launcher never sends the se
 ROLES = ("client", "server", "dealer")
 
 
-def record(tmp_path: Path, protocol: str, model: str, *, batch: int = 1, inject: str = "none"):
-    """One `pibench bench` run with every party recorded; (result, {role: transcript})."""
+def record(tmp_path: Path, protocol: str, model: str, *, batch: int = 1, samples: int = 0, inject: str = "none"):
+    """One `pibench bench` run with every party recorded; (result, {role: transcript}). The client infers
+    `samples` inputs (default: one batch), then the first batch once more, timed."""
     prefixes = {role: [sys.executable, str(RECORDER), str(tmp_path / f"{role}.pt"), inject] for role in ROLES}
-    options = BenchOptions(repeats=1, samples=batch, batch=batch, protocol=protocol, seed=INPUT_SEED,
+    options = BenchOptions(repeats=1, samples=samples or batch, batch=batch, protocol=protocol, seed=INPUT_SEED,
                            session=SessionConfig(prefixes=prefixes))
     (result,) = bench_models([model], options)
     assert result.error == "", result.error
@@ -126,6 +130,41 @@ def key_windows(views: dict) -> list[str]:
     return leaks
 
 
+class _FirstRelu(TorchBackend):
+    """The plaintext program, keeping what enters its first ReLU layer."""
+
+    def __init__(self, program):
+        super().__init__(program)
+        self.first = None
+
+    def relu(self, x):
+        if self.first is None:
+            self.first = x.reshape(-1)
+        return super().relu(x)
+
+
+def activation_difference_found(model: str, server_view: dict, client_view: dict) -> float:
+    """The server's attack on reused FSS masks: opened x + r of the first ReLU layer, from two inferences, differ
+    by x_i - x_j, the difference of the client's activations (which, with its own weights, gives away the
+    difference of the inputs). The largest fraction of elements any pair of openings gets within 0.01 of it."""
+    program = server_model(model).program
+    activations = []
+    for x in client_view["input"]:  # the inputs in the order they were inferred
+        backend = _FirstRelu(program)
+        with torch.no_grad():
+            run_program(program, backend, x.float() / SCALE)
+        activations.append((backend.first * SCALE).round().long())
+    n = activations[0].numel()
+    openings = [t for t in ring_tensors(server_view["seen"]) if t.numel() == n]
+    best = 0.0
+    for i, j in itertools.combinations(range(len(activations)), 2):
+        truth = activations[i] - activations[j]
+        for a, b in itertools.permutations(range(len(openings)), 2):
+            found = ((openings[a] - openings[b] - truth).abs() < SCALE // 100).double().mean()
+            best = max(best, float(found))
+    return best
+
+
 def max_input_correlation(server_view: dict, x: torch.Tensor) -> float:
     flat = x.reshape(-1).double()
     corrs = [abs(float(torch.corrcoef(torch.stack([t.double(), flat]))[0, 1]))
@@ -152,12 +191,15 @@ def test_dealer_client_recovers_no_weight(dealer_run):
 
 
 def test_dealer_server_sees_no_logit_and_no_input(dealer_run):
-    _, views = dealer_run
+    result, views = dealer_run
     assert logits_found(views["server"], views["client"]) == 0
     assert logits_found(views["dealer"], views["client"]) == 0
     x = views["client"]["input"][0]
     # five standard deviations of a chance correlation between independent vectors of this length
     assert max_input_correlation(views["server"], x) < 5 / x.numel() ** 0.5
+    if result.rows[0].protocol == "fss":  # the server opens x + r: a mask used twice shows a zero difference,
+        assert len(views["client"]["input"]) == 2  # since the same input went in twice (recording, timed)
+        assert activation_difference_found("drd_c100_7k", views["server"], views["client"]) < 0.01
 
 
 def test_no_key_stream_key_in_any_transcript(dealer_run):
@@ -193,6 +235,14 @@ def test_key_stream_restarting_at_zero_unmasks_the_first_conv(tmp_path):
     assert result.rows[0].mpc_agreement == 1.0  # the bug does not show in the results
     layer, w = weights("drd_c100_7k", products_only=True)[0]
     assert recovered_fraction(views["client"], w) == 1.0, layer
+
+
+def test_reused_fss_masks_hand_the_server_the_clients_activation_differences(tmp_path):
+    """crypten:fss with one mask r for every ReLU layer and inference (the DCF keys stay fresh)."""
+    result, views = record(tmp_path, "crypten:fss", "drd_c100_7k", samples=2, inject="mask_reuse")
+    assert result.rows[0].mpc_agreement == 1.0  # the bug does not show in the results
+    assert len({tuple(x.reshape(-1).tolist()) for x in views["client"]["input"]}) == 2  # two different inputs
+    assert activation_difference_found("drd_c100_7k", views["server"], views["client"]) > 0.99
 
 
 def test_keys_sent_in_the_clear_are_found(tmp_path):

@@ -17,6 +17,7 @@ that show the adversary tests catch what they claim):
     reduce_reveal   open the logits with CrypTen's reveal(dst=client), a gloo reduce
     counter_reset   draw the weight masks from a fresh copy of the server's key stream
     key_in_clear    the dealer sends each party its key-stream key in the clear
+    mask_reuse      crypten:fss: every ReLU layer masks x with the same r (its keys stay fresh)
 """
 
 import atexit
@@ -121,6 +122,16 @@ def _record_crypten() -> None:
             return recv_tensor(peer, group)[0].numpy().tobytes()
 
         dealer.agree_key = key_in_clear
+    if INJECT == "mask_reuse":
+        draws = dealer.party_draws  # the parties' and the dealer's draws all go through it
+
+        def reused_relu_mask(request, prg, rank):
+            fresh = draws(request, prg, rank)  # the stream still advances as usual
+            if request.kind != "relu":
+                return fresh
+            return [Prg(prg.key).ring(request.sizes[0])]  # but r is always the stream's first block
+
+        dealer.party_draws = reused_relu_mask
 
 
 def _record_spu() -> None:
