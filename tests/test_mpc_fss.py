@@ -162,5 +162,6 @@ def test_activations_stay_inside_the_gates_domain(name):
 
 
 def test_a_dealer_that_dies_while_making_keys_fails_the_session_fast_without_orphans():
-    """resnet18's keys take the dealer seconds to make: kill it then, and every party is gone within a minute."""
+    """Making resnet18's keys (~1.5 s per inference) is most of the dealer's time in a 20-repeat job: kill it
+    then, and every party is gone within a minute."""
     kill_party_mid_run(SessionConfig(protocol="crypten:fss", job_timeout=300), role="dealer", after_s=4.0)
