@@ -136,7 +136,7 @@ def test_ctrl_c_during_bench_says_what_was_kept_and_exits_130(tmp_path):
     out = tmp_path / "results"
     proc = subprocess.Popen(PIBENCH + ["bench", "cnn_digits", "cnn_digits", "resnet_digits", "--repeats", "1",
                                        "--samples", "1", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_reaches)
     err = interrupt_once_written(proc, out / "results.csv")
     last = err.strip().splitlines()[-1]
     assert last.startswith("pibench bench: interrupted: ") and last.endswith(f"of 3 models measured, rows kept in {out}")
@@ -151,7 +151,7 @@ def test_ctrl_c_during_a_sweep_says_what_was_kept_and_a_rerun_resumes(tmp_path):
         {"arch": "resnet_digits", "allocation": "senet", "budgets": [4000, 2000, 1000, 500]}]}))
     results = tmp_path / "results" / "cc" / "results.csv"
     proc = subprocess.Popen(PIBENCH + ["sweep", str(config), "--no-report"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_reaches)
     err = interrupt_once_written(proc, results)
     last = err.strip().splitlines()[-1]
     assert last.startswith("pibench sweep: interrupted: sweep cc: ")
@@ -189,6 +189,12 @@ def test_a_sweep_with_an_spu_protocol_and_no_extra_stops_before_any_work(tmp_pat
     assert one_line(out).startswith(f"pibench sweep: error: {config}: protocols[1]: spu:semi2k needs the SecretFlow "
                                     "SPU extra, which is not installed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.yaml"]
+
+
+def ctrl_c_reaches() -> None:
+    """In the child before exec: Ctrl-C's default action back. A test run started as a background job
+    (`make test-all &`) ignores SIGINT, and so would every command it starts."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def interrupt_once_written(proc: subprocess.Popen, path: Path) -> str:
