@@ -41,7 +41,8 @@ import torch
 import pibench
 from pibench.checkpoint import (CARD_FILE, MASKS_FILE, PROGRAM_FILE, CheckpointError, is_model_folder, load_card,
                                 public_card_json)
-from pibench.model_spec import model_inputs, server_model
+from pibench.model_spec import model_inputs, public_program, server_model
+from pibench.mpc.fss.relu import ReluKey
 from pibench.mpc.net.hosts import Link, measurement_links, place_parties
 from pibench.mpc.parties.launch import Session, SessionConfig
 from pibench.mpc.net.network import NETWORKS, NetworkProfile
@@ -145,6 +146,42 @@ def _client_view(spec: str) -> Iterator[str]:
         yield str(public)
 
 
+# One crypten:fss inference's keys in this machine's memory, in multiples of one party's: the
+# client's and the server's, and at most about as much again at the dealer making and sending them.
+FSS_KEY_HOLDERS = 3
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo, in bytes; None where there is none (not Linux)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    return None
+
+
+def fss_memory_error(spec: str, batch: int) -> str:
+    """Why one crypten:fss inference of `spec` at `batch` cannot run with every party on this machine, or '' if
+    it can: its keys (~1 KB per ReLU and max-pool comparison, per party) must fit in the memory available. A
+    model that cannot be loaded is left to the parties, which report that error."""
+    available = available_memory()
+    if available is None:
+        return ""
+    try:
+        _, program = public_program(spec)
+    except Exception:
+        return ""
+    keys = (program.relus + program.comparisons) * batch
+    need = FSS_KEY_HOLDERS * ReluKey.size(keys)
+    if need <= available:
+        return ""
+    return (f"crypten:fss needs about {need / 1e9:.1f} GB for one inference at batch {batch}: {keys:,} ReLU keys "
+            f"of ~{ReluKey.size(1):,} B for each party, held by the client and the server and made by the dealer, all "
+            f"on this machine, which has {available / 1e9:.1f} GB available; lower --batch, run the parties on "
+            "separate machines (pibench party), or use crypten:dealer")
+
+
 def _reference(spec: str, n: int, options: BenchOptions) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
     """The evaluator's plaintext logits on the same inputs the client uses (the first n it draws)."""
     server = server_model(spec)
@@ -214,6 +251,22 @@ def result_rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor |
     return BenchResult(name, rows, layers, spec)
 
 
+def _measure_on_links(session: Session, net: Any, links: list[Link], job: dict[str, Any], spec: str,
+                      i: int) -> list[dict[str, Any]]:
+    """One job per link (netns hosts reshaped between them); the client reads a public copy of a folder."""
+    events: list[dict[str, Any]] = []
+    with _client_view(spec) as public:
+        for link in links:
+            if net is not None:
+                net.set_rate(link.rate_mbit)
+                log.info("[%d] %s on %s", i, spec, link.name)
+            events.append(session.run({**job, "client_model": public}))
+            if events[-1].get("error"):  # the same model fails on every link
+                # name the user's folder, not the client's temporary copy of it
+                return [{**events[-1], "error": events[-1]["error"].replace(public, spec)}] * len(links)
+    return events
+
+
 def bench_models(models: Iterable[str], options: BenchOptions | None = None) -> Iterator[BenchResult]:
     """Measure each model in one shared party session; yields each model's result when done.
 
@@ -224,23 +277,19 @@ def bench_models(models: Iterable[str], options: BenchOptions | None = None) -> 
     env = _environment()
     n = options.n_samples
     links = measurement_links(options.hosts, options.networks, options.link)
+    protocol = get_protocol(options.protocol)
     with place_parties(options.hosts, cfg) as (net, cfg), Session(cfg) as session:
         for i, spec in enumerate(models, 1):
             spec = str(spec)
             log.info("[%d] %s: %d repeat(s), batch %d, %d sample(s)", i, spec, options.repeats, options.batch, n)
             job = dict(model=spec, repeats=options.repeats, batch=options.batch, samples=n, seed=options.seed,
                        data_dir=options.data_dir)
-            events = []
-            with _client_view(spec) as public:
-                for link in links:
-                    if net is not None:
-                        net.set_rate(link.rate_mbit)
-                        log.info("[%d] %s on %s", i, spec, link.name)
-                    events.append(session.run({**job, "client_model": public}))
-                    if events[-1].get("error"):  # the same model fails on every link
-                        # name the user's folder, not the client's temporary copy of it
-                        events = [{**events[-1], "error": events[-1]["error"].replace(public, spec)}] * len(links)
-                        break
+            too_big = fss_memory_error(spec, options.batch) if protocol.key == "crypten:fss" else ""
+            if too_big:  # before any party loads the model
+                log.error("[%d] %s: %s", i, spec, too_big)
+                events = [{"error": too_big}] * len(links)
+            else:
+                events = _measure_on_links(session, net, links, job, spec, i)
             card, ref, labels = None, None, None
             if not events[0].get("error"):
                 try:

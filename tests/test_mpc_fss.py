@@ -1,6 +1,7 @@
 """crypten:fss end to end: agreement, the cost slope of ReLUs, per-party offline bytes, fresh keys per
 inference, and the activation range that the one-round gate assumes (see pibench.mpc.crypten.fss_backend)."""
 
+import time
 
 import numpy as np
 import pytest
@@ -165,3 +166,12 @@ def test_a_dealer_that_dies_while_making_keys_fails_the_session_fast_without_orp
     """Making resnet18's keys (~1.5 s per inference) is most of the dealer's time in a 20-repeat job: kill it
     then, and every party is gone within a minute."""
     kill_party_mid_run(SessionConfig(protocol="crypten:fss", job_timeout=300), role="dealer", after_s=4.0)
+
+
+def test_keys_that_cannot_fit_this_machine_fail_the_model_before_any_party_loads_it():
+    """wrn22_8 at batch 1024: ~1.4 TB of keys per party. The model's row says why and what to do, in seconds."""
+    t0 = time.monotonic()
+    (big,) = bench_models(["wrn22_8"], options(batch=1024, repeats=1, samples=0))
+    assert time.monotonic() - t0 < 30
+    assert big.error.startswith("crypten:fss needs about ") and "GB for one inference at batch 1024" in big.error
+    assert "lower --batch" in big.error and big.rows[0].bytes_per_party is None
