@@ -13,7 +13,7 @@ bits and a value CW (the payload, 64·width bits); a final value CW closes the l
     key bits = n·(lambda + 2 + 64·width) + lambda + 64·width
 
 (n = 31, width = 2: 8,254 bits = 1,032 bytes, `DcfKey.nbytes`). Evaluation walks x's
-bits from the top, two AES blocks per level (`prg.expand`); key generation four per
+bits from the top, two fixed-key AES blocks per level (`prg`); key generation four per
 level and party. Both run level by level over a whole batch of keys at once.
 """
 
