@@ -105,13 +105,17 @@ class DcfKey:
 
 
 def _mask(bits: np.ndarray) -> np.ndarray:
-    """0/1 (uint64) -> all-zero/all-one words, broadcast over a last axis: select with & and ^."""
-    return (U64(0) - bits)[:, None]
+    """0/1 (..., N) -> all-zero/all-one words (..., N, 2), to select (N, 2) words with & and ^. Built in the
+    words' own shape: numpy broadcasting an (N, 1) mask along a last axis of length 2 costs about 8x."""
+    out = np.empty(bits.shape + (2,), U64)
+    np.subtract(U64(0), bits, out=out[..., 0])
+    out[..., 1] = out[..., 0]
+    return out
 
 
 def _negate_if(bits: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """(-1)^bit · value in Z_2^64: value XOR mask, minus mask (two's complement when the bit is set)."""
-    m = _mask(bits)
+    """(-1)^bit · value in Z_2^64 for values (N, width): value XOR mask, minus mask (two's complement)."""
+    m = _mask(bits)[:, :values.shape[1]]
     return (values ^ m) - m
 
 
@@ -147,15 +151,6 @@ def keygen(alpha: np.ndarray, beta: np.ndarray, n_bits: int,
     return keys[0], keys[1]
 
 
-def _both_words(bits: np.ndarray) -> np.ndarray:
-    """0/1 (..., N) -> all-zero/all-one masks (..., N, 2): a contiguous operand for (N, 2) words (broadcasting
-    along a last axis of length 2 costs numpy about 8x)."""
-    out = np.empty(bits.shape + (2,), U64)
-    np.subtract(U64(0), bits, out=out[..., 0])
-    out[..., 1] = out[..., 0]
-    return out
-
-
 def _keygen_block(alpha: np.ndarray, beta: np.ndarray, n_bits: int, keys: list[DcfKey], start: int) -> None:
     count, width = beta.shape
     out = slice(start, start + count)
@@ -172,7 +167,7 @@ def _keygen_block(alpha: np.ndarray, beta: np.ndarray, n_bits: int, keys: list[D
     encrypt = prg.CIPHER.encryptor()
     for i in range(n_bits):
         a = (alpha >> U64(n_bits - 1 - i)) & U64(1)  # 1: keep the right child, lose the left
-        keep_right = _both_words(a)
+        keep_right = _mask(a)
         for j, tweak in enumerate((_SEED, 2 + _SEED, _VALUE, 2 + _VALUE)):
             blocks[:, j] = seeds
             blocks[:, j, :, 1] ^= U64(tweak)
@@ -191,8 +186,7 @@ def _keygen_block(alpha: np.ndarray, beta: np.ndarray, n_bits: int, keys: list[D
         # Losing the left branch (alpha_i = 1) means every x with x_i = 0 here is below alpha: pay beta.
         cw = lose - v_alpha + (beta & keep_right_value)
         keys[0].s_cw[i, out] = s_cw
-        negate = _both_words(t[1])[:, :width]
-        keys[0].v_cw[i, out] = (cw ^ negate) - negate  # (-1)^t1 · cw
+        keys[0].v_cw[i, out] = _negate_if(t[1], cw)
         v_alpha += cw - keep
         t_lr = t_child[0] ^ t_child[1]  # (2, N): L, R
         t_lr[0] ^= a ^ U64(1)
@@ -202,7 +196,7 @@ def _keygen_block(alpha: np.ndarray, beta: np.ndarray, n_bits: int, keys: list[D
         t_keep = t_child[:, 0] ^ ((t_child[:, 0] ^ t_child[:, 1]) & a)
         t_cw_keep = t_lr[0] ^ ((t_lr[0] ^ t_lr[1]) & a)
         keep_seeds = g[:, 0] ^ ((g[:, 0] ^ g[:, 1]) & keep_right)
-        seeds = keep_seeds ^ (s_cw & _both_words(t))
+        seeds = keep_seeds ^ (s_cw & _mask(t))
         t = t_keep ^ (t & t_cw_keep)
     leaf = _leaf(seeds.reshape(-1, 2), width).reshape(2, count, width)
     keys[0].final[out] = _negate_if(t[1], leaf[1] - leaf[0] - v_alpha)
@@ -260,5 +254,5 @@ def _evaluate_block(party: int, key: DcfKey, block: slice, x: np.ndarray) -> np.
         np.bitwise_and(key.s_cw[i, block], mask, out=masked)
         np.bitwise_xor(g[0], masked, out=blocks[0])  # the next level's seeds
     value = value[:, :width] + _leaf(blocks[0], width)
-    value += key.final[block] & _mask(t)
+    value += key.final[block] & _mask(t)[:, :width]
     return U64(0) - value if party else value
