@@ -162,17 +162,14 @@ def _keygen_block(alpha: np.ndarray, beta: np.ndarray, n_bits: int, keys: list[D
     v_alpha = np.zeros((count, width), U64)
     # Both parties' children in one AES call: (party, tweak, N, 2) with tweaks seed L, seed R, value L, value R.
     blocks = np.empty((2, 4, count, 2), U64)
-    encrypted = np.empty(blocks.nbytes + 16, np.uint8)
-    g = encrypted[:blocks.nbytes].view(U64).reshape(blocks.shape)
-    encrypt = prg.CIPHER.encryptor()
+    aes = prg.Aes(blocks.shape)
     for i in range(n_bits):
         a = (alpha >> U64(n_bits - 1 - i)) & U64(1)  # 1: keep the right child, lose the left
         keep_right = _mask(a)
         for j, tweak in enumerate((_SEED, 2 + _SEED, _VALUE, 2 + _VALUE)):
             blocks[:, j] = seeds
             blocks[:, j, :, 1] ^= U64(tweak)
-        encrypt.update_into(blocks.reshape(-1).view(np.uint8), encrypted)
-        g ^= blocks  # Matyas-Meyer-Oseas
+        g = aes.mmo(blocks)
         t_child = g[:, :2, :, 0] & U64(1)  # (2, 2, N): party, control bit L / R
         g[:, :2, :, 0] &= ~U64(1)
         # Only the parties' differences matter for the correction words (XOR-select: lose = keep ^ L ^ R).
@@ -225,15 +222,13 @@ def _evaluate_block(party: int, key: DcfKey, block: slice, x: np.ndarray) -> np.
     corrections selected by the control bit t through an all-ones/all-zeros mask.
     """
     count, width, n = x.shape[0], key.width, key.n_bits
-    encrypt = prg.CIPHER.encryptor()
     blocks = np.empty((2, count, 2), U64)  # the taken child's seed block and value block, tweaked
-    out = np.empty(blocks.nbytes + 16, np.uint8)  # AES output (update_into wants one spare block)
-    g = out[:blocks.nbytes].view(U64).reshape(2, count, 2)
+    aes = prg.Aes(blocks.shape)
     value_tweak = np.zeros((count, 2), U64)
     value_tweak[:, 1] = _VALUE
     mask = np.empty((count, 2), U64)  # 0 - t in both words
     masked = np.empty((count, 2), U64)
-    value = np.zeros((count, 2), U64)
+    value = np.zeros((count, 2), U64)  # with a one-word payload, the second column is unused
     t = np.full(count, party, U64)
     t_cw = key.t_cw[:, block].view(np.uint16)[..., 0]  # (n, count): the (left, right) bytes as one word
     blocks[0] = key.seed[block]
@@ -241,8 +236,7 @@ def _evaluate_block(party: int, key: DcfKey, block: slice, x: np.ndarray) -> np.
         bit = (x >> U64(n - 1 - i)) & U64(1)
         blocks[0, :, 1] ^= bit << U64(1)  # tweak 2·bit + _SEED
         np.bitwise_xor(blocks[0], value_tweak, out=blocks[1])
-        encrypt.update_into(blocks.reshape(-1).view(np.uint8), out)
-        g ^= blocks  # Matyas-Meyer-Oseas
+        g = aes.mmo(blocks)
         mask[:, 0] = U64(0) - t
         mask[:, 1] = mask[:, 0]
         t_taken = (t_cw[i] >> (bit.astype(np.uint16) << np.uint16(3))) & np.uint16(1)  # byte `bit` of the pair

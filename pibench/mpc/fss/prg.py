@@ -11,6 +11,7 @@ encrypts the whole batch with one ECB `update`, no per-element Python loop.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 
 import numpy as np
@@ -18,16 +19,37 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 # The fixed public key: any constant works; deriving it from a string says it is not a secret.
 FIXED_KEY = hashlib.sha256(b"pibench fss fixed-key AES MMO").digest()[:16]
-CIPHER = Cipher(algorithms.AES(FIXED_KEY), modes.ECB())
+_CIPHER = Cipher(algorithms.AES(FIXED_KEY), modes.ECB())
+
+
+class Aes:
+    """AES_k of batches of 128-bit blocks of one shape, into an output buffer kept from call to call, so a
+    loop over FSS tree levels allocates nothing. The output is overwritten by the next call."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        if shape[-1] != 2:
+            raise ValueError(f"AES blocks are uint64 pairs, shape (..., 2), got {shape}")
+        nbytes = 8 * math.prod(shape)
+        self._raw = np.empty(nbytes + 16, dtype=np.uint8)  # update_into wants one spare block
+        self.out = self._raw[:nbytes].view(np.uint64).reshape(shape)
+
+    def __call__(self, blocks: np.ndarray) -> np.ndarray:
+        """AES_k of every block; `blocks` is C-contiguous uint64 of this instance's shape."""
+        if blocks.dtype != np.uint64 or not blocks.flags.c_contiguous or blocks.shape != self.out.shape:
+            raise ValueError(f"AES blocks are a C-contiguous uint64 array of shape {self.out.shape}")
+        _CIPHER.encryptor().update_into(blocks.reshape(-1).view(np.uint8), self._raw)
+        return self.out
+
+    def mmo(self, blocks: np.ndarray) -> np.ndarray:
+        """AES_k(b) ^ b for blocks b that already carry their tweak (s ^ i): the MMO step of `expand`."""
+        out = self(blocks)
+        out ^= blocks
+        return out
 
 
 def aes(blocks: np.ndarray) -> np.ndarray:
     """AES_k of every 128-bit block; `blocks` is a C-contiguous uint64 array whose last axis has length 2."""
-    if blocks.dtype != np.uint64 or not blocks.flags.c_contiguous or blocks.shape[-1] != 2:
-        raise ValueError("AES blocks are a C-contiguous uint64 array of shape (..., 2)")
-    out = np.empty(blocks.nbytes + 16, dtype=np.uint8)  # update_into wants one spare block
-    CIPHER.encryptor().update_into(blocks.reshape(-1).view(np.uint8), out)
-    return out[:blocks.nbytes].view(np.uint64).reshape(blocks.shape)
+    return Aes(blocks.shape)(blocks)
 
 
 def expand(seeds: np.ndarray, tweaks: np.ndarray) -> np.ndarray:
@@ -46,9 +68,7 @@ def expand(seeds: np.ndarray, tweaks: np.ndarray) -> np.ndarray:
 
 def mmo(blocks: np.ndarray) -> np.ndarray:
     """AES_k(b) ^ b for blocks b that already carry their tweak (s ^ i): the MMO step of `expand`."""
-    out = aes(blocks)
-    out ^= blocks
-    return out
+    return Aes(blocks.shape).mmo(blocks)
 
 
 def random_seeds(n: int) -> np.ndarray:

@@ -112,9 +112,8 @@ def keygen_words(r: np.ndarray, bits: int = DEFAULT_BITS) -> tuple[np.ndarray, n
     m_r = (r >> U64(bits - 1)) & U64(1)
     sign = U64(1) - U64(2) * m_r  # 1 - 2·m_r in Z_2^64
     words = np.zeros((2, ReluKey.words(count, bits)), np.int64)
-    raw = words.view(np.uint8)
-    dcf.keygen(r & low, np.stack([sign, sign * r], axis=1), bits - 1,
-               out=(raw[0, 16 * count:ReluKey.size(count, bits)], raw[1, 16 * count:ReluKey.size(count, bits)]))
+    dcf_bytes = words.view(np.uint8)[:, 16 * count:ReluKey.size(count, bits)]  # after the two shares
+    dcf.keygen(r & low, np.stack([sign, sign * r], axis=1), bits - 1, out=(dcf_bytes[0], dcf_bytes[1]))
     shares = words[:, :2 * count].view(U64).reshape(2, 2, count)  # per party: its shares of m_r and m_r·r
     shares[0] = np.frombuffer(os.urandom(16 * count), dtype=U64).reshape(2, count)
     shares[1, 0] = m_r - shares[0, 0]
