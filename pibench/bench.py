@@ -129,12 +129,16 @@ def _environment() -> dict[str, str]:
 
 @contextlib.contextmanager
 def _client_view(spec: str) -> Iterator[str]:
-    """What the client may see of a model: a registry name, or a copy of the folder's public files."""
+    """What the client may see of a model: a registry name, or a copy of the folder's public files.
+
+    The copy is named "model": the server's folder name (the user's naming of its model) stays
+    on the server's side, out of the client's job and logs.
+    """
     if not is_model_folder(spec):
         yield spec
         return
     with tempfile.TemporaryDirectory(prefix="pibench-public-") as tmp:
-        public = Path(tmp) / Path(spec).resolve().name
+        public = Path(tmp) / "model"
         public.mkdir()
         try:
             (public / CARD_FILE).write_text(public_card_json(spec))

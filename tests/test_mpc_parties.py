@@ -222,9 +222,11 @@ def test_client_never_opens_the_weights_file(tmp_path):
 
 
 def test_client_view_of_a_folder_has_no_weights(tmp_path):
-    folder = save(tmp_path, "m", create_model("cnn_digits"))
+    folder = save(tmp_path, "secret_name_7k", create_model("cnn_digits"))
     with _client_view(folder) as public:
         assert sorted(os.listdir(public)) == ["masks.safetensors", "model.json"]
+        assert "secret_name" not in public  # the server's naming stays on its side
+        assert "secret_name" not in "".join(p.read_text() for p in Path(public).glob("*.json"))
     assert not os.path.exists(public)
     with _client_view("resnet18") as name:
         assert name == "resnet18"

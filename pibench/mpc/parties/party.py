@@ -86,6 +86,14 @@ def iter_batches(n: int, batch: int) -> Iterator[tuple[int, int]]:
 
 
 # -- the party ---------------------------------------------------------------------------------
+# What each party tells the other after a job: its counts (bytes, rounds, bytes from the dealer), which follow
+# from the public program and protocol. Its timings stay on its own side: a server's per-layer times are a
+# side channel the threat model does not name (they reflect its machine and load), so every time in the
+# results is the client's own measurement.
+PEER_TOTALS = ("bytes", "rounds", "setup_bytes", "offline_bytes")
+PEER_OP_COUNTS = ("bytes", "rounds", "offline_bytes")
+
+
 class Party:
     def __init__(self, role: str, crypten: Any, provider: PreprocessedProvider | None = None,
                  fss: bool = False) -> None:
@@ -145,15 +153,15 @@ class Party:
         if error:
             return {"event": "error" if self.rank == CLIENT else "done", "job": job["id"], "error": error}
         result = self.measure(job, program, x)
-        totals = ("bytes", "rounds", "setup_bytes", "offline_s", "offline_bytes")
-        theirs = self.exchange({"ops": result["ops"], **{k: result[k] for k in totals}})
+        theirs = self.exchange({"ops": [{k: op[k] for k in PEER_OP_COUNTS} for op in result["ops"]],
+                                **{k: result[k] for k in PEER_TOTALS}})
         if self.rank != CLIENT:
             return {"event": "done", "job": job["id"], "error": None}
         dealer = result["offline_bytes"] is not None  # None: no offline phase, on both sides
         if dealer:  # each party's own traffic with the dealer (the server's: its FSS keys)
             result.update(offline_bytes_client=result["offline_bytes"], offline_bytes_server=theirs["offline_bytes"])
             result["offline_bytes"] += theirs["offline_bytes"]
-        for k in totals:  # None (no offline phase) on both sides or on neither
+        for k in PEER_TOTALS:  # None (no offline phase) on both sides or on neither
             if result[k] is not None and k != "offline_bytes":
                 result[k] = max(result[k], theirs[k])
         for mine, other in zip(result["ops"], theirs["ops"]):
