@@ -78,6 +78,19 @@ def test_mask_score_does_not_depend_on_the_positions_own_mask():
         search.close()
 
 
+def test_mask_scores_add_up_over_every_batch():
+    """The running score sums every batch of the pass: the first batch's scores are not lost when the last
+    batch comes (a score from the last batch alone would keep positions the last few images favour)."""
+    teacher = _OneReLU(torch.ones(1, 1, 4, dtype=torch.bool))
+    student = _OneReLU(torch.zeros(1, 1, 4, dtype=torch.bool))
+    batches = [torch.tensor([-8.0, -1.0, 0.0, 0.0]), torch.tensor([0.0, -2.0, -3.0, 5.0])]
+    search = MaskSearch(student, teacher, {"relu": 2})
+    search.score_pass(student, teacher, [(b.view(1, 1, 1, 4), None) for b in batches], "cpu")
+    assert search.scores["relu"].flatten().tolist() == [8.0, 3.0, 3.0, 0.0]
+    assert student.relu.mask.flatten().tolist() == [True, True, False, False]  # ties: the lower index
+    search.close()
+
+
 # ---------------------------------------------------------------- top-k masks
 def test_topk_mask_keeps_exactly_the_largest():
     scores = torch.tensor([[[0.1, 0.9], [0.5, 0.3]], [[0.8, 0.0], [0.2, 0.7]]])
