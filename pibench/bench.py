@@ -11,7 +11,7 @@ resume after a crash. A model that fails (compile error, bad folder) yields rows
 The evaluator (this process) holds the model folders and computes the plaintext
 reference logits itself; the client party only receives a public copy of each folder
 (architecture and masks, or the program of an exported model) and reports the logits
-it learned. Every process resolves a model spec through `pibench.model_spec`.
+it learned. Every process resolves a model spec through `pibench.modelfolder.spec`.
 
 `hosts` places the parties (pibench.mpc.net.hosts): "local" measures each model once on
 loopback and projects every network profile; "netns" runs them in network namespaces
@@ -39,9 +39,9 @@ import numpy as np
 import torch
 
 import pibench
-from pibench.checkpoint import (CARD_FILE, MASKS_FILE, PROGRAM_FILE, CheckpointError, is_model_folder, load_card,
+from pibench.modelfolder.folder import (CARD_FILE, MASKS_FILE, PROGRAM_FILE, CheckpointError, is_model_folder, load_card,
                                 public_card_json)
-from pibench.model_spec import model_inputs, public_program, server_model
+from pibench.modelfolder.spec import model_inputs, public_program, server_model
 from pibench.mpc.fss.relu import ReluKey
 from pibench.mpc.net.hosts import Link, measurement_links, place_parties
 from pibench.mpc.parties.launch import Session, SessionConfig
@@ -361,7 +361,7 @@ def measure(model: str | Path | torch.nn.Module, *, protocol: str = DEFAULT_PROT
                         samples=samples, **options)
     with contextlib.ExitStack() as stack:
         if isinstance(model, torch.nn.Module):
-            from pibench.model_export import export
+            from pibench.modelfolder.export import export
 
             if example_input is None:
                 raise ValueError("measure needs example_input to export a torch module, e.g. torch.randn(1, 3, 32, 32)")

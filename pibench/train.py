@@ -344,7 +344,7 @@ def train_baseline(
     "kaiming_normal" (conv weights ~ N(0, 2 / fan_out), torchvision's ResNet init; the SNL paper
     config's teacher uses it). Returns the ModelCard.
     """
-    from pibench.checkpoint import save_model
+    from pibench.modelfolder.folder import save_model
     from pibench.data import dataset_info, dataset_options, make_loaders
     from pibench.models import create_model
 

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from pibench.checkpoint import load_model, save_model
+from pibench.modelfolder.folder import load_model, save_model
 from pibench.linearize import linearize, linearize_many, load_teacher
 from pibench.linearize.deepreduce import (Settings, criticality, criticality_scores, enumerate_candidates, select_for_training)
 from pibench.models import create_model, model_defaults
@@ -130,7 +130,7 @@ def test_paper_config_trains_the_papers_configurations():
     trains: the released C100 models' configurations among them (README: paper configs)."""
     from pathlib import Path
 
-    from pibench.sweep import describe
+    from pibench.sweep.run import describe
 
     config = Path(__file__).resolve().parents[1] / "configs" / "resnet18_cifar100.yaml"
     (line,) = [line for line in describe(config, "local").splitlines() if "trains " in line]

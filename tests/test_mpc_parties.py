@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pibench.bench import BenchOptions, _client_view, bench_models, write_result
-from pibench.checkpoint import WEIGHTS_FILE, save_model
+from pibench.modelfolder.folder import WEIGHTS_FILE, save_model
 from pibench.models import create_model
 from pibench.mpc.parties.launch import PartyError, Session, SessionConfig, free_port
 from pibench.mpc.compiler import compile_model

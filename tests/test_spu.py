@@ -13,7 +13,7 @@ import yaml
 from pibench.bench import BenchOptions, bench_models
 from pibench.models import create_model
 from pibench.mpc.backend import run_plain
-from pibench.model_spec import model_inputs, server_model
+from pibench.modelfolder.spec import model_inputs, server_model
 from pibench.mpc.parties.launch import SessionConfig, free_port
 from pibench.mpc.net.network import parse_network
 from pibench.mpc.parties.party import EVENT_PREFIX

@@ -61,7 +61,7 @@ def resolve_protocol(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pibench.mpc.net.network import parse_networks
-    from pibench.model_check import check_model
+    from pibench.modelfolder.check import check_model
     from pibench.results import check_writable, results_lock
 
     # everything that can be checked is checked before a party starts or a file is written

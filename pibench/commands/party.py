@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pibench.bench import check_backend
-    from pibench.model_check import check_model
+    from pibench.modelfolder.check import check_model
     from pibench.results import check_writable, results_lock
 
     resolve_protocol(args)

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pibench.budget import parse_budget
+from pibench.linearize.budget import parse_budget
 from pibench.registry import Registry
 from pibench.train import ACCURACY_RULE, deterministic
 
@@ -43,7 +43,7 @@ class Teacher:
     """The all-ReLU model a method starts from, with the data it was trained on."""
 
     folder: Path
-    card: Any  # pibench.checkpoint.ModelCard
+    card: Any  # pibench.modelfolder.folder.ModelCard
     model: nn.Module
     train_loader: DataLoader
     test_loader: DataLoader
@@ -67,7 +67,7 @@ def make_settings(method: str, epochs: int | None = None, **kwargs: Any):
     """The method's Settings with caller overrides (None values ignored); unknown keys and wrong types raise."""
     import typing
 
-    from pibench.config import check_types
+    from pibench.sweep.config import check_types
 
     cls = method_module(method).Settings
     values = {k: v for k, v in {**kwargs, "epochs": epochs}.items() if v is not None}
@@ -98,7 +98,7 @@ def load_teacher(
     train_subset: int | None = None,
 ) -> Teacher:
     """Load a teacher folder (weights included) and loaders for its dataset."""
-    from pibench.checkpoint import load_model
+    from pibench.modelfolder.folder import load_model
     from pibench.data import dataset_options, make_loaders
     from pibench.relu import relu_counts
     from pibench.train import pick_device
@@ -172,7 +172,7 @@ def save_linearized(
 
     `budget_reached` says how the method met the budget (e.g. SNL's search vs its fallback).
     """
-    from pibench.checkpoint import save_model
+    from pibench.modelfolder.folder import save_model
     from pibench.relu import count_relus
 
     kept = count_relus(model)

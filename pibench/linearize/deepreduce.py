@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader
 from pibench.data import get_dataset, holdout_loaders
 from pibench.linearize import Teacher, save_linearized, settings_key, train_config
 from pibench.models import create_model
-from pibench.pareto import pareto_front
+from pibench.report.pareto import pareto_front
 from pibench.relu import count_relus
 from pibench.train import TrainConfig, evaluate, fit, seed_everything
 
@@ -228,7 +228,7 @@ def train_candidate(teacher: Teacher, cand: Candidate, cfg: TrainConfig, folder:
     Returns its (test accuracy after the last epoch, held-out accuracy): the test accuracy
     is reported, the held-out one chooses.
     """
-    from pibench.checkpoint import is_model_folder, load_card, save_model
+    from pibench.modelfolder.folder import is_model_folder, load_card, save_model
 
     if is_model_folder(folder):
         card = load_card(folder)
@@ -312,7 +312,7 @@ def run(teacher: Teacher, budgets: list[int], outs: list[Path], settings: Settin
     table = pd.DataFrame(rows)
     frontier = pareto_front(table).reset_index(drop=True)
     cards = []
-    from pibench.checkpoint import load_model
+    from pibench.modelfolder.folder import load_model
 
     for budget, out in zip(budgets, outs):
         fits = table[table["relus"] <= budget].sort_values(["holdout_accuracy", "relus"], ascending=[False, True])

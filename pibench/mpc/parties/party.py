@@ -11,7 +11,7 @@ JSON events on stdout, one per line, prefixed with `EVENT_PREFIX`: "ready" once
 connected, then per job the client's "result" (measurements and revealed logits,
 which belong to the client) or "error", and the server's "done".
 
-Per job: resolve the spec (`pibench.model_spec`: the server its program with weights,
+Per job: resolve the spec (`pibench.modelfolder.spec`: the server its program with weights,
 the client the public program and its inputs), exchange the model's public identity
 (the hash of a folder's public card and masks, `checkpoint.public_hash`, or the
 registry name) and the program fingerprint; parties that loaded different models refuse to run
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 import torch
 
 from pibench.mpc.backend import run_program
-from pibench.model_spec import model_identity, model_inputs, public_program, server_model
+from pibench.modelfolder.spec import model_identity, model_inputs, public_program, server_model
 from pibench.mpc.parties.channel import recv_json, send_json
 from pibench.mpc.parties.measure import CommMeter, Measurement, Timed
 from pibench.mpc.program import Op, Program
@@ -111,7 +111,7 @@ class Party:
         return other
 
     def prepare(self, job: dict[str, Any], spec: str) -> tuple[Program, torch.Tensor | None, torch.Tensor | None]:
-        """The server's program (with weights), or the client's public program and inputs (`pibench.model_spec`)."""
+        """The server's program (with weights), or the client's public program and inputs (`pibench.modelfolder.spec`)."""
         if self.rank == SERVER:
             return server_model(spec).program, None, None
         card, program = public_program(spec)

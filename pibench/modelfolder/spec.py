@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pibench.checkpoint import (CheckpointError, ModelCard, is_model_folder, load_card, load_model, load_public,
+from pibench.modelfolder.folder import (CheckpointError, ModelCard, is_model_folder, load_card, load_model, load_public,
                                 public_hash)
-from pibench.model_export import PROGRAM_ARCH, load_program
+from pibench.modelfolder.export import PROGRAM_ARCH, load_program
 from pibench.mpc.backend import run_plain
 from pibench.mpc.compiler import compile_model
 from pibench.mpc.program import Program

@@ -144,9 +144,9 @@ def run_submitted(
     ids of submitted jobs it must wait for (only on Slurm; elsewhere it is always empty).
     `previous` holds jobs an earlier sweep submitted that are still queued or running,
     by name: they are followed, not submitted again. Every submission is recorded in
-    the executor's folder (pibench.cluster.record_submission).
+    the executor's folder (pibench.sweep.cluster.record_submission).
     """
-    from pibench.cluster import NEVER_STARTS, active_jobs, record_submission
+    from pibench.sweep.cluster import NEVER_STARTS, active_jobs, record_submission
 
     check_unique(jobs)
     dependencies = getattr(executor, "cluster", "") == "slurm"

@@ -1,6 +1,6 @@
 """`pibench sweep CONFIG.yaml`: teacher → linearized models → two-party MPC → figures and report.
 
-The sweep is a graph of jobs (pibench.jobgraph): the teacher; each method's job, which
+The sweep is a graph of jobs (pibench.sweep.jobgraph): the teacher; each method's job, which
 makes all of its budgets from the teacher; cost-only models; and MPC benchmark jobs
 that each need the job that made their models. `--executor local` runs the jobs one
 after the other in this process, a benchmark job per maker (one party session for its
@@ -11,7 +11,7 @@ A sweep is resumable at every level: model folders that already exist in
 `models_dir` are reused, and models that already have a row for every network in
 `results/<run>/results.csv` are not measured again, so a re-run submits only what is
 missing. Benchmark jobs write their rows as one part per model, merged by the sweep
-(pibench.result_parts); in process, each model's rows are merged as soon as it is measured.
+(pibench.sweep.parts); in process, each model's rows are merged as soon as it is measured.
 
 Cost-only entries (random weights, no data) are written as model folders too, under
 `models_dir/cost_only/`, so the benchmark treats every model alike; their cards carry
@@ -29,10 +29,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pibench.budget import parse_budget
-from pibench.config import (RUN_KEYS, ConfigError, CostOnly, Experiment, SweepConfig, experiment_relus, is_folder_spec,
+from pibench.linearize.budget import parse_budget
+from pibench.sweep.config import (RUN_KEYS, ConfigError, CostOnly, Experiment, SweepConfig, experiment_relus, is_folder_spec,
                             load_config)
-from pibench.jobgraph import Job, run_in_process, run_submitted, summary
+from pibench.sweep.jobgraph import Job, run_in_process, run_submitted, summary
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _method_plan(method: str, exp: Experiment, counts: list[int], kwargs: dict[s
 def make_method_models(method: str, teacher: Path, counts: list[int], folders: list[Path], data_dir: str | None,
                        seed: int, kwargs: dict[str, Any]) -> None:
     """Linearize the teacher at the budgets whose folders are missing (one call shares the teacher-level work)."""
-    from pibench.checkpoint import is_model_folder
+    from pibench.modelfolder.folder import is_model_folder
     from pibench.linearize import linearize_many
 
     todo = [(c, f) for c, f in zip(counts, folders) if not is_model_folder(f)]
@@ -146,7 +146,7 @@ def save_registry_model(model_name: str, arch_args: dict[str, Any], folder: Path
     """A registry model as it is, with random weights."""
     import torch
 
-    from pibench.checkpoint import save_model
+    from pibench.modelfolder.folder import save_model
     from pibench.models import create_model
     from pibench.models.resnet import DRD_CONFIGS
 
@@ -164,7 +164,7 @@ def save_allocated_models(entry: CostOnly, counts: list[int], folders: list[Path
     """Random-weight models with masks allocated by the method's rule at each budget (missing folders only)."""
     import torch
 
-    from pibench.checkpoint import is_model_folder, save_model
+    from pibench.modelfolder.folder import is_model_folder, save_model
     from pibench.linearize.senet import allocate, random_masks
     from pibench.models import create_model
     from pibench.relu import relu_counts, set_masks
@@ -194,7 +194,7 @@ def save_allocated_models(entry: CostOnly, counts: list[int], folders: list[Path
 
 
 def _exists(folder: Path) -> None:
-    from pibench.checkpoint import load_card
+    from pibench.modelfolder.folder import load_card
 
     load_card(folder)
 
@@ -226,7 +226,7 @@ def cost_only_maker(cfg: SweepConfig, entry: CostOnly) -> Maker:
 
 def finished_models(run_dir: Path, networks: list[str], protocol: str) -> set[str]:
     """Models with a row for every network under `protocol` in run_dir/results.csv (failed rows count)."""
-    from pibench.result_parts import measured
+    from pibench.sweep.parts import measured
 
     backend, name = protocol.split(":")
     have: dict[str, set[str]] = {}
@@ -258,7 +258,7 @@ def bench_options(cfg: SweepConfig, protocol: str):
 def measure(models: list[str], run_dir: Path, options, merge: bool) -> None:
     """Benchmark models in one party session; each model's rows become a part (merged at once if `merge`)."""
     from pibench.bench import bench_models
-    from pibench.result_parts import merge_parts, write_part
+    from pibench.sweep.parts import merge_parts, write_part
 
     for i, result in enumerate(bench_models(models, options), 1):
         write_part(run_dir, result)
@@ -293,7 +293,7 @@ def sweep_graph(cfg: SweepConfig, *, in_process: bool) -> list[Job]:
     One bench job per maker and protocol in process (starting the parties costs seconds
     per session); jobs run elsewhere benchmark one model under one protocol each.
     """
-    from pibench.checkpoint import is_model_folder
+    from pibench.modelfolder.folder import is_model_folder
     from pibench.mpc.net.network import parse_networks
 
     makers = [m for exp in cfg.experiments for m in experiment_makers(cfg, exp)]
@@ -347,8 +347,8 @@ def describe(config_path: str | Path, executor: str = "local") -> str:
 
 def run_sweep(config_path: str | Path, *, report: bool = True, executor: str = "local", poll_s: float = 5.0) -> Path:
     """Run (or resume) a sweep; returns the run folder. Raises SweepFailed (after the report) if jobs failed."""
-    from pibench.cluster import job_parameters, make_executor, still_queued
-    from pibench.result_parts import merge_parts, remove_unfinished_parts
+    from pibench.sweep.cluster import job_parameters, make_executor, still_queued
+    from pibench.sweep.parts import merge_parts, remove_unfinished_parts
     from pibench.results import check_writable, results_lock
 
     if executor not in EXECUTORS:
@@ -380,7 +380,7 @@ def run_sweep(config_path: str | Path, *, report: bool = True, executor: str = "
         merge_parts(run_dir)
         remove_unfinished_parts(run_dir)  # every job has ended
         if report and (run_dir / "results.csv").is_file():
-            from pibench.report import write_report
+            from pibench.report.report import write_report
 
             log.info("report: %s", write_report(run_dir))
     failures = summary(outcomes)

@@ -192,8 +192,8 @@ def load_config(path: str | Path) -> SweepConfig:
 def validate(cfg: SweepConfig, source: str) -> None:
     """Check every name and budget against the registries (cheap: builds no data)."""
     from pibench.bench import check_backend
-    from pibench.budget import parse_budget
-    from pibench.checkpoint import load_card
+    from pibench.linearize.budget import parse_budget
+    from pibench.modelfolder.folder import load_card
     from pibench.data import DATASETS
     from pibench.linearize import METHODS, linearize_many, make_settings
     from pibench.models import MODELS, create_model
