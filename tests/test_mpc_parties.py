@@ -12,7 +12,8 @@ import time
 import pytest
 import torch
 
-from pibench.bench import BenchOptions, _client_view, bench_models, write_result
+from pibench.bench import BenchOptions, _client_view, bench_models
+from pibench.results import write_result
 from pibench.modelfolder.folder import WEIGHTS_FILE, save_model
 from pibench.models import create_model
 from pibench.mpc.parties.launch import PartyError, Session, SessionConfig, free_port

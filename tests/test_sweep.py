@@ -158,7 +158,7 @@ def test_killed_sweep_resumes_without_repeating_rows(tmp_path):
 
 def test_parts_merge_each_model_protocol_and_network_once(tmp_path):
     """A model measured under crypten:dealer and spu:semi2k has two parts; neither hides the other."""
-    from pibench.bench import BenchResult
+    from pibench.results import BenchResult
     from pibench.sweep.parts import merge_parts, write_part
     from pibench.results import LayerRow, ResultRow, load_results
 

@@ -21,6 +21,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from pibench.sweep.cluster import NEVER_STARTS, active_jobs, record_submission
+
 log = logging.getLogger(__name__)
 
 RESULT_WAIT_S = 10  # a job that left the queue may take this long to show its result file on a shared disk
@@ -146,8 +148,6 @@ def run_submitted(
     by name: they are followed, not submitted again. Every submission is recorded in
     the executor's folder (pibench.sweep.cluster.record_submission).
     """
-    from pibench.sweep.cluster import NEVER_STARTS, active_jobs, record_submission
-
     check_unique(jobs)
     dependencies = getattr(executor, "cluster", "") == "slurm"
     submitted: dict[str, Any] = {j.name: previous[j.name] for j in jobs if j.name in (previous or {})}
