@@ -3,7 +3,7 @@ import math
 import pandas as pd
 import pytest
 
-from pibench.report.pareto import iso_accuracy_relu_reduction, iso_relu_accuracy_gain, pareto_front
+from pibench.pareto import iso_accuracy_relu_reduction, iso_relu_accuracy_gain, pareto_front
 
 
 def frame(points):

@@ -57,7 +57,7 @@ from pibench.modelfolder.folder import is_model_folder, load_card, load_model, s
 from pibench.models import create_model
 from pibench.models.resnet import ResNet
 from pibench.relu import count_relus
-from pibench.report.pareto import pareto_front
+from pibench.pareto import pareto_front
 from pibench.train import TrainConfig, evaluate, fit, seed_everything
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from pibench.report.pareto import pareto_front  # noqa: E402
+from pibench.pareto import pareto_front  # noqa: E402
 from pibench.results import load_layers, load_results  # noqa: E402
 
 log = logging.getLogger(__name__)

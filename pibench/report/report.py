@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from pibench.report.pareto import iso_relu_accuracy_gain
+from pibench.pareto import iso_relu_accuracy_gain
 from pibench.report.plots import FIGURES, plot_run, with_series
 from pibench.results import load_results
 
