@@ -1,7 +1,7 @@
 """The benchmark runner: models in, result rows out, one party session for all of them.
 
     for result in bench_models(["resnet18", "models/senet_50k"], BenchOptions(repeats=3)):
-        write_result("results/bench", result)      # rows are on disk before the next model
+        write_result("results/bench", result)      # pibench.results: rows on disk before the next model
 
 `bench_models` consumes its model iterable lazily and yields each model's rows as soon
 as they are measured, so a sweep can stream models through the same parties and
@@ -11,7 +11,7 @@ resume after a crash. A model that fails (compile error, bad folder) yields rows
 The evaluator (this process) holds the model folders and computes the plaintext
 reference logits itself; the client party only receives a public copy of each folder
 (architecture and masks, or the program of an exported model) and reports the logits
-it learned. Every process resolves a model spec through `pibench.model_spec`.
+it learned. Every process resolves a model spec through `pibench.modelfolder.spec`.
 
 `hosts` places the parties (pibench.mpc.net.hosts): "local" measures each model once on
 loopback and projects every network profile; "netns" runs them in network namespaces
@@ -24,7 +24,6 @@ import contextlib
 import datetime as dt
 import functools
 import importlib.metadata
-import importlib.util
 import logging
 import shutil
 import socket
@@ -39,16 +38,16 @@ import numpy as np
 import torch
 
 import pibench
-from pibench.checkpoint import (CARD_FILE, MASKS_FILE, PROGRAM_FILE, CheckpointError, is_model_folder, load_card,
-                                public_card_json)
-from pibench.model_spec import model_inputs, public_program, server_model
-from pibench.mpc.fss.relu import ReluKey
+from pibench.errors import PibenchError
+from pibench.modelfolder.export import export
+from pibench.modelfolder.folder import (CARD_FILE, MASKS_FILE, PROGRAM_FILE, CheckpointError, is_model_folder,
+                                        load_card, public_card_json)
+from pibench.modelfolder.spec import model_inputs, public_program, server_model
 from pibench.mpc.net.hosts import Link, measurement_links, place_parties
+from pibench.mpc.net.network import NETWORKS, NetworkProfile, parse_networks
 from pibench.mpc.parties.launch import Session, SessionConfig
-from pibench.mpc.net.network import NETWORKS, NetworkProfile
-from pibench.mpc.parties.party import protocol_of
-from pibench.mpc.protocols import DEFAULT_PROTOCOL, get_protocol
-from pibench.results import LAYERS_FILE, RESULTS_FILE, LayerRow, ResultRow, append_rows
+from pibench.mpc.protocols import DEFAULT_PROTOCOL, Protocol, get_protocol, protocol_of
+from pibench.results import BenchResult, LayerRow, ResultRow
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -87,27 +86,6 @@ class BenchOptions:
     @property
     def n_samples(self) -> int:
         return self.batch if self.samples is None else self.samples
-
-
-@dataclass
-class BenchResult:
-    """One model's rows (one per network profile) and its per-op rows."""
-
-    model: str  # the `model` column: a folder's name or a registry name
-    rows: list[ResultRow]
-    layers: list[LayerRow]
-    spec: str = ""  # the model as the user gave it (a folder path), for messages
-
-    @property
-    def error(self) -> str:
-        return self.rows[0].error
-
-
-def check_backend(protocol: str) -> None:
-    """Raise one line when `protocol`'s backend is an extra that is not installed (SPU)."""
-    if protocol_of(protocol).backend == "spu" and not all(importlib.util.find_spec(m) for m in ("spu", "jax")):
-        raise ValueError(f"{protocol} needs the SecretFlow SPU extra, which is not installed: "
-                         "`make install EXTRAS=test,spu` (or pip install -e \".[spu]\" into a fresh venv)")
 
 
 @functools.cache
@@ -150,40 +128,18 @@ def _client_view(spec: str) -> Iterator[str]:
         yield str(public)
 
 
-# One crypten:fss inference's keys in this machine's memory, in multiples of one party's: the
-# client's and the server's, and at most about as much again at the dealer making and sending them.
-FSS_KEY_HOLDERS = 3
+def _memory_error(spec: str, protocol: Protocol, batch: int) -> str:
+    """The protocol's pre-flight memory check for one model ('' when it fits or the protocol has none).
 
-
-def available_memory() -> int | None:
-    """MemAvailable from /proc/meminfo, in bytes; None where there is none (not Linux)."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    return None
-
-
-def fss_memory_error(spec: str, batch: int) -> str:
-    """Why one crypten:fss inference of `spec` at `batch` cannot run with every party on this machine, or '' if
-    it can: its keys (~1 KB per ReLU and max-pool comparison, per party) must fit in the memory available. A
-    model that cannot be loaded is left to the parties, which report that error."""
-    available = available_memory()
-    if available is None:
+    A model the evaluator cannot load (a user error) is left to the parties, which report it in its row;
+    any other failure is a bug and raises, so the check never turns itself off."""
+    if not protocol.memory_check:
         return ""
     try:
         _, program = public_program(spec)
-    except Exception:
+    except PibenchError:
         return ""
-    keys = (program.relus + program.comparisons) * batch
-    need = FSS_KEY_HOLDERS * ReluKey.size(keys)
-    if need <= available:
-        return ""
-    return (f"crypten:fss needs about {need / 1e9:.1f} GB for one inference at batch {batch}: {keys:,} ReLU keys "
-            f"of ~{ReluKey.size(1):,} B for each party, held by the client and the server and made by the dealer, all "
-            f"on this machine, which has {available / 1e9:.1f} GB available; lower --batch, run the parties on "
-            "separate machines (pibench party), or use crypten:dealer")
+    return protocol.memory_error(program, batch)
 
 
 def _reference(spec: str, n: int, options: BenchOptions) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
@@ -288,7 +244,7 @@ def bench_models(models: Iterable[str], options: BenchOptions | None = None) -> 
             log.info("[%d] %s: %d repeat(s), batch %d, %d sample(s)", i, spec, options.repeats, options.batch, n)
             job = dict(model=spec, repeats=options.repeats, batch=options.batch, samples=n, seed=options.seed,
                        data_dir=options.data_dir)
-            too_big = fss_memory_error(spec, options.batch) if protocol.key == "crypten:fss" else ""
+            too_big = _memory_error(spec, protocol, options.batch)
             if too_big:  # before any party loads the model
                 log.error("[%d] %s: %s", i, spec, too_big)
                 events = [{"error": too_big}] * len(links)
@@ -319,13 +275,6 @@ def client_result(spec: str, event: dict[str, Any], options: BenchOptions) -> Be
     labels = torch.tensor(event["labels"]) if event.get("labels") is not None else None
     link = Link(options.link, None, tuple(options.networks))
     return result_rows(spec, card, event, None, labels, options, _environment(), link)
-
-
-def write_result(out_dir: str | Path, result: BenchResult) -> None:
-    """Append a model's rows to out_dir/results.csv and out_dir/layers.csv (flushed per row)."""
-    out_dir = Path(out_dir)
-    append_rows(out_dir / RESULTS_FILE, result.rows)
-    append_rows(out_dir / LAYERS_FILE, result.layers)
 
 
 def summary(result: BenchResult) -> dict[str, Any]:
@@ -359,14 +308,11 @@ def measure(model: str | Path | torch.nn.Module, *, protocol: str = DEFAULT_PROT
     """
     import pandas as pd
 
-    from pibench.mpc.net.network import parse_networks
 
     opts = BenchOptions(protocol=protocol, networks=parse_networks(network), repeats=repeats, batch=batch,
                         samples=samples, **options)
     with contextlib.ExitStack() as stack:
         if isinstance(model, torch.nn.Module):
-            from pibench.model_export import export
-
             if example_input is None:
                 raise ValueError("measure needs example_input to export a torch module, e.g. torch.randn(1, 3, 32, 32)")
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pibench-measure-"))) / "model"

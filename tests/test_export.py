@@ -19,13 +19,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 import pibench
-from pibench.checkpoint import (CARD_FILE, MASKS_FILE, PRIVATE_CARD_FILE, PROGRAM_FILE, WEIGHTS_FILE, CheckpointError,
+from pibench.modelfolder.folder import (CARD_FILE, MASKS_FILE, PRIVATE_CARD_FILE, PROGRAM_FILE, WEIGHTS_FILE, CheckpointError,
                                 load_card)
-from pibench.model_export import load_program
+from pibench.modelfolder.export import load_program
 from pibench.mpc.backend import run_plain
 from pibench.mpc.compiler import compile_model
 from pibench.mpc.program import CompileError, program_from_json, program_to_json
-from pibench.onnx_import import SUPPORTED_OPS, import_onnx, load_onnx, program_from_onnx
+from pibench.modelfolder.onnx_import import SUPPORTED_OPS, import_onnx, load_onnx, program_from_onnx
 
 from test_mpc_program import WithGelu
 

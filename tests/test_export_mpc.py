@@ -16,10 +16,10 @@ import yaml
 
 import pibench
 from pibench.bench import BenchOptions, bench_models
-from pibench.checkpoint import WEIGHTS_FILE
+from pibench.modelfolder.folder import WEIGHTS_FILE
 from pibench.mpc.parties.launch import SessionConfig
 from pibench.mpc.net.network import parse_networks
-from pibench.sweep import run_sweep
+from pibench.sweep.run import run_sweep
 
 from test_export import hook_count, net, onnx_file
 from test_mpc_parties import AUDIT_WRAPPER
@@ -32,7 +32,7 @@ def export_both(name: str, tmp_path: Path, masks=None) -> tuple[str, str, int]:
     """The model exported, and exported to ONNX then imported: two folders, and its hook-counted ReLUs."""
     model, x = net(name)
     pibench.export(model, x, tmp_path / f"{name}_export", masks=masks)
-    from pibench.onnx_import import import_onnx
+    from pibench.modelfolder.onnx_import import import_onnx
 
     import_onnx(onnx_file(model, x, tmp_path / f"{name}.onnx"), tmp_path / f"{name}_onnx")
     return str(tmp_path / f"{name}_export"), str(tmp_path / f"{name}_onnx"), hook_count(model, x)

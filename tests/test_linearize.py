@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pibench.checkpoint import load_model
+from pibench.modelfolder.folder import load_model
 from pibench.cli import main
 from pibench.linearize import METHODS, linearize, linearize_many, make_settings
 from pibench.linearize.senet import MaskSearch, allocate, random_masks, relu_feeding_convs, topk_mask
@@ -218,15 +218,15 @@ SWEEP_CONFIGS = ["demo", "resnet18_cifar100", "resnet18_tinyimagenet", "wrn22_8_
 def test_configs_are_valid(name):
     from pathlib import Path
 
-    from pibench.config import load_config
+    from pibench.sweep.config import load_config
 
     cfg = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")  # validates every key and budget
     assert cfg.run == name
 
 
 def test_report_lists_how_each_budget_was_reached(tmp_path):
-    from pibench.checkpoint import save_model
-    from pibench.report import budget_lines
+    from pibench.modelfolder.folder import save_model
+    from pibench.report.report import budget_lines
 
     run, models = tmp_path / "results" / "r", tmp_path / "models"
     run.mkdir(parents=True)

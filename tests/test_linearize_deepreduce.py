@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from pibench.checkpoint import load_model, save_model
+from pibench.modelfolder.folder import load_model, save_model
 from pibench.linearize import linearize, linearize_many, load_teacher
 from pibench.linearize.deepreduce import (Settings, criticality, criticality_scores, enumerate_candidates, select_for_training)
 from pibench.models import create_model, model_defaults
@@ -130,7 +130,7 @@ def test_paper_config_trains_the_papers_configurations():
     trains: the released C100 models' configurations among them (README: paper configs)."""
     from pathlib import Path
 
-    from pibench.sweep import describe
+    from pibench.sweep.run import describe
 
     config = Path(__file__).resolve().parents[1] / "configs" / "resnet18_cifar100.yaml"
     (line,) = [line for line in describe(config, "local").splitlines() if "trains " in line]
@@ -162,7 +162,7 @@ def test_candidate_is_chosen_on_the_held_out_part_where_the_test_set_disagrees(t
     """Trained candidates whose held-out and test accuracies rank them in opposite orders (a stand-in trainer
     saves each untrained candidate with those accuracies): the budget's model is the held-out winner, and its
     reported accuracy is that model's test accuracy."""
-    from pibench.checkpoint import is_model_folder
+    from pibench.modelfolder.folder import is_model_folder
     from pibench.linearize import deepreduce
 
     accuracies = {}  # candidate -> (test, held-out), opposite rankings

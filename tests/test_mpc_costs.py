@@ -10,7 +10,7 @@ import math
 import pytest
 
 from pibench.bench import BenchOptions, bench_models
-from pibench.checkpoint import save_model
+from pibench.modelfolder.folder import save_model
 from pibench.models import create_model
 from pibench.mpc.compiler import compile_model
 from pibench.mpc.program import INPUT, Op, Program

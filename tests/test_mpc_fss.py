@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pibench.bench import BenchOptions, bench_models
-from pibench.model_spec import MODEL_SEED
+from pibench.modelfolder.spec import MODEL_SEED
 from pibench.models import create_model
 from pibench.mpc.backend import TorchBackend, run_program
 from pibench.mpc.crypten.dealer import deal, take_dealt

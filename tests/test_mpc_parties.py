@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pibench.bench import BenchOptions, _client_view, bench_models, write_result
-from pibench.checkpoint import WEIGHTS_FILE, save_model
-from pibench.model_spec import model_inputs, server_model
+from pibench.bench import BenchOptions, _client_view, bench_models
+from pibench.results import write_result
+from pibench.modelfolder.folder import WEIGHTS_FILE, save_model
+from pibench.modelfolder.spec import model_inputs, server_model
 from pibench.models import create_model
 from pibench.mpc.parties.launch import PartyError, Session, SessionConfig, free_port
 from pibench.mpc.compiler import compile_model

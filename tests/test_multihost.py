@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from pibench.bench import BenchOptions, bench_models
-from pibench.checkpoint import CARD_FILE, MASKS_FILE, load_card, public_hash, save_model
-from pibench.model_spec import model_inputs
+from pibench.modelfolder.folder import CARD_FILE, MASKS_FILE, load_card, public_hash, save_model
+from pibench.modelfolder.spec import model_inputs
 from pibench.models import create_model
 from pibench.mpc.net import netns
 from pibench.mpc.net.hosts import Link, measurement_links, place_parties

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from pibench.bench import BenchResult
-from pibench.result_parts import PARTS_DIR, merge_parts, write_part
+from pibench.results import BenchResult
+from pibench.sweep.parts import PARTS_DIR, merge_parts, write_part
 from pibench.results import (LAYERS_FILE, LOCK_FILE, RESULTS_FILE, FolderInUse, LayerRow, ResultRow, append_rows,
                              load_layers, load_results, results_lock)
 
