@@ -42,7 +42,8 @@ import pibench
 from pibench.checkpoint import (CARD_FILE, MASKS_FILE, PROGRAM_FILE, CheckpointError, is_model_folder, load_card,
                                 public_card_json)
 from pibench.model_spec import model_inputs, public_program, server_model
-from pibench.mpc.fss.relu import ReluKey
+from pibench.mpc.fss.domain import DomainError, choose_bits, layer_ranges
+from pibench.mpc.fss.relu import DEFAULT_BITS, ReluKey
 from pibench.mpc.net.hosts import Link, measurement_links, place_parties
 from pibench.mpc.parties.launch import Session, SessionConfig
 from pibench.mpc.net.network import NETWORKS, NetworkProfile
@@ -149,6 +150,8 @@ def _client_view(spec: str) -> Iterator[str]:
 # One crypten:fss inference's keys in this machine's memory, in multiples of one party's: the
 # client's and the server's, and at most about as much again at the dealer making and sending them.
 FSS_KEY_HOLDERS = 3
+# What loading a model spec raises when the spec is wrong (a bad folder, an unknown name): the parties report it.
+LOAD_ERRORS = (CheckpointError, KeyError, OSError)
 
 
 def available_memory() -> int | None:
@@ -161,25 +164,35 @@ def available_memory() -> int | None:
     return None
 
 
-def fss_memory_error(spec: str, batch: int) -> str:
+def fss_memory_error(spec: str, batch: int, bits: int = DEFAULT_BITS) -> str:
     """Why one crypten:fss inference of `spec` at `batch` cannot run with every party on this machine, or '' if
-    it can: its keys (~1 KB per ReLU and max-pool comparison, per party) must fit in the memory available. A
-    model that cannot be loaded is left to the parties, which report that error."""
+    it can: its keys (`ReluKey.size` at k = `bits` per ReLU and max-pool comparison, per party) must fit in the
+    memory available. A model that cannot be loaded is left to the parties, which report that error."""
     available = available_memory()
     if available is None:
         return ""
     try:
         _, program = public_program(spec)
-    except Exception:
+    except LOAD_ERRORS:
         return ""
     keys = (program.relus + program.comparisons) * batch
-    need = FSS_KEY_HOLDERS * ReluKey.size(keys)
+    need = FSS_KEY_HOLDERS * ReluKey.size(keys, bits)
     if need <= available:
         return ""
     return (f"crypten:fss needs about {need / 1e9:.1f} GB for one inference at batch {batch}: {keys:,} ReLU keys "
-            f"of ~{ReluKey.size(1):,} B for each party, held by the client and the server and made by the dealer, all "
-            f"on this machine, which has {available / 1e9:.1f} GB available; lower --batch, run the parties on "
-            "separate machines (pibench party), or use crypten:dealer")
+            f"of ~{ReluKey.size(8, bits) / 8:,.0f} B for each party (k = {bits}), held by the client and the server "
+            f"and made by the dealer, all on this machine, which has {available / 1e9:.1f} GB available; lower "
+            "--batch, run the parties on separate machines (pibench party), or use crypten:dealer")
+
+
+def fss_bits(spec: str, options: BenchOptions) -> int:
+    """The comparison domain k for `spec` under crypten:fss: measured in plaintext on the inputs the client will
+    use (all of them: the samples and the timed batch), with `pibench.mpc.fss.domain`'s headroom. Raises
+    DomainError naming the layer and the bound when no k <= 64 fits."""
+    server = server_model(spec)
+    x, _ = model_inputs(server.card, server.program.input_shape, max(options.n_samples, options.batch),
+                        options.seed, options.data_dir)
+    return choose_bits(layer_ranges(server.program, x))
 
 
 def _reference(spec: str, n: int, options: BenchOptions) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
@@ -192,6 +205,21 @@ def _reference(spec: str, n: int, options: BenchOptions) -> tuple[Any, torch.Ten
     x, labels = model_inputs(server.card, server.program.input_shape, max(n, options.batch), options.seed,
                              options.data_dir)
     return server.card, server.logits(x[:n]), labels[:n] if labels is not None else None
+
+
+def _fss_domain(spec: str, options: BenchOptions) -> tuple[str, int]:
+    """(error, k) for `spec` under crypten:fss: the measured domain, or an error naming the layer and the bound. A
+    model the evaluator cannot load keeps the default k: its parties report why it fails, and without a plaintext
+    model there is no reference either, so no row can show logits unchecked."""
+    try:
+        return "", fss_bits(spec, options)
+    except DomainError as e:
+        return str(e), DEFAULT_BITS
+    except LOAD_ERRORS:  # the parties report it
+        log.debug("%s: no plaintext range for crypten:fss", spec, exc_info=True)
+        return "", DEFAULT_BITS
+    except Exception as e:  # the model loads but its plaintext run fails: no k can be vouched for
+        return f"plaintext range for crypten:fss failed: {type(e).__name__}: {e}", DEFAULT_BITS
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -238,6 +266,7 @@ def result_rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor |
         setup_s=event["setup_s"], setup_bytes=event["setup_bytes"],
         offline_s=event["offline_s"], offline_bytes=event["offline_bytes"],
         offline_bytes_client=event.get("offline_bytes_client"), offline_bytes_server=event.get("offline_bytes_server"),
+        fss_bits=event.get("fss_bits"),
     )
     # CrypTen counts what a party sends plus what it receives; on a full-duplex link each
     # direction carries half of it (checked against a 100 Mbit/s tbf-shaped netns link).
@@ -284,12 +313,16 @@ def bench_models(models: Iterable[str], options: BenchOptions | None = None) -> 
             log.info("[%d] %s: %d repeat(s), batch %d, %d sample(s)", i, spec, options.repeats, options.batch, n)
             job = dict(model=spec, repeats=options.repeats, batch=options.batch, samples=n, seed=options.seed,
                        data_dir=options.data_dir)
-            too_big = fss_memory_error(spec, options.batch) if protocol.key == "crypten:fss" else ""
-            if too_big:  # before any party loads the model
-                log.error("[%d] %s: %s", i, spec, too_big)
-                events = [{"error": too_big}] * len(links)
+            failed = ""
+            if protocol.key == "crypten:fss":  # before any party loads the model
+                failed, job["fss_bits"] = _fss_domain(spec, options)
+                failed = failed or fss_memory_error(spec, options.batch, job["fss_bits"])
+            if failed:
+                log.error("[%d] %s: %s", i, spec, failed)
+                events = [{"error": failed}] * len(links)
             else:
-                events = _measure_on_links(session, net, links, job, spec, i)
+                events = [{**event, "fss_bits": job.get("fss_bits")} for event in
+                          _measure_on_links(session, net, links, job, spec, i)]
             card, ref, labels = None, None, None
             if not events[0].get("error"):
                 try:

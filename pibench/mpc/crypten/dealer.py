@@ -76,7 +76,7 @@ def weight_masks(server_stream: Prg, shapes: list[tuple[int, ...]]) -> list[torc
 def relu_keys(request: Request, prgs: list[Prg]) -> tuple[torch.Tensor, torch.Tensor]:
     """Both parties' FSS ReLU keys (int64 words) for the mask r = r_client + r_server drawn from their streams."""
     (r0,), (r1,) = party_draws(request, prgs[CLIENT], CLIENT), party_draws(request, prgs[SERVER], SERVER)
-    client_words, server_words = relu_gate.keygen_words((r0 + r1).numpy().view(np.uint64))
+    client_words, server_words = relu_gate.keygen_words((r0 + r1).numpy().view(np.uint64), request.relu_bits)
     return torch.from_numpy(client_words), torch.from_numpy(server_words)
 
 
@@ -176,7 +176,9 @@ def take_dealt(piece: torch.Tensor, dealt: list[tuple[Request, list[torch.Tensor
         if start + n > piece.numel():
             break
         part = piece[start:start + n].reshape(size)
-        mine.append(relu_gate.ReluKey.from_words(part.numpy(), request.sizes[0][0]) if request.kind == "relu" else part)
+        if request.kind == "relu":
+            part = relu_gate.ReluKey.from_words(part.numpy(), request.sizes[0][0], request.relu_bits)
+        mine.append(part)
         start += n
         i += 1
     if start != piece.numel():

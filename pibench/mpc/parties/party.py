@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 import torch
 
 from pibench.mpc.backend import run_program
+from pibench.mpc.fss.relu import DEFAULT_BITS as DEFAULT_FSS_BITS
 from pibench.model_spec import model_identity, model_inputs, public_program, server_model
 from pibench.mpc.parties.channel import recv_json, send_json
 from pibench.mpc.parties.measure import CommMeter, Measurement, Timed
@@ -186,7 +187,10 @@ class Party:
         from pibench.mpc.crypten.backend import CryptenBackend
         from pibench.mpc.crypten.fss_backend import FssBackend
 
-        backend = (FssBackend if self.fss else CryptenBackend)(program, self.rank, self.provider)
+        if self.fss:  # k as the launcher chose it for this model; the default where the job names none
+            backend = FssBackend(program, self.rank, self.provider, job.get("fss_bits") or DEFAULT_FSS_BITS)
+        else:
+            backend = CryptenBackend(program, self.rank, self.provider)
         dealer_bytes = self.provider.source.bytes if self.provider else 0
         self.meter.reset()
         t0 = time.perf_counter()
