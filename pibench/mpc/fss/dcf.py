@@ -199,34 +199,55 @@ def evaluate(party: int, key: DcfKey, x: np.ndarray) -> np.ndarray:
     return share
 
 
+def _t_mask(t: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Control bits t (count,) uint8 -> all-zero/all-one words in `out` (count, 2): both words written."""
+    np.subtract(U64(0), t, out=out[:, 0], dtype=U64)
+    out[:, 1] = out[:, 0]
+    return out
+
+
 def _evaluate_block(key: DcfKey, start: int, x: np.ndarray) -> np.ndarray:
     """One block of keys through all levels: per level one AES block per key, then the corrections selected by
-    the control bit t through an all-ones/all-zeros mask. `start` is a multiple of 8 (the bit planes' bytes)."""
+    the control bit t through an all-ones/all-zeros mask. `start` is a multiple of 8 (the bit planes' bytes).
+
+    Written for numpy's speed, not brevity: bits live in uint8 arrays, words in preallocated (count, 2)
+    buffers, and the taken children's value bits are XORed up as whole words and read once at the end.
+    """
     count, n, m = x.shape[0], key.n_bits, levels(key.n_bits)
     block = slice(start, start + count)
     planes = key.bits[:, :, start // 8:-(-(start + count) // 8)]
     seeds = key.seed[block].copy()
     aes = prg.Aes(seeds.shape)
-    t = seeds[:, 0] & U64(1)
+    t = (seeds[:, 0] & U64(1)).astype(np.uint8)
     seeds[:, 0] &= _LOW2
-    value = np.zeros(count, U64)
+    words = np.zeros(count, U64)  # XOR of the taken children's word 0: its bit 1 sums their value bits
+    corrected = np.zeros(count, np.uint8)  # XOR of t · v_cw over the levels
+    bit = np.empty(count, U64)
+    bit8 = np.empty(count, np.uint8)
     mask = np.empty((count, 2), U64)
     for i in range(m):
-        bit = (x >> U64(n - 1 - i)) & U64(1)
+        np.right_shift(x, U64(n - 1 - i), out=bit)
+        bit &= U64(1)
         seeds[:, 1] ^= bit  # the taken child's tweak
         g = aes.mmo(seeds)
-        level = np.unpackbits(planes[i], axis=-1, count=count).astype(U64)  # t_L, t_R, v
-        value ^= ((g[:, 0] >> U64(1)) ^ (t & level[2])) & U64(1)
-        t_cw = level[0] ^ ((level[0] ^ level[1]) & bit)
-        np.subtract(U64(0), t, out=mask[:, 0])
-        mask[:, 1] = mask[:, 0]
-        t_next = (g[:, 0] & U64(1)) ^ (t & t_cw)
+        words ^= g[:, 0]
+        _t_mask(t, mask)
+        level = np.unpackbits(planes[i], axis=-1, count=count)  # t_L, t_R, v_cw
+        level[2] &= t
+        corrected ^= level[2]
+        bit8[:] = bit
+        t_cw = level[0]  # t_L ^ ((t_L ^ t_R) & bit), the taken child's, times the parent's t
+        level[1] ^= t_cw
+        level[1] &= bit8
+        t_cw ^= level[1]
+        t_cw &= t
+        np.bitwise_and(g[:, 0], U64(1), out=t, casting="unsafe")
+        t ^= t_cw
         g[:, 0] &= _LOW2
         np.bitwise_and(key.s_cw[i, block], mask, out=mask)
         np.bitwise_xor(g, mask, out=seeds)
-        t = t_next
     seeds[:, 1] ^= _LEAF
     leaf = aes.mmo(seeds)
-    leaf ^= key.final[block] & _mask(t)
-    value ^= _leaf_bit(leaf, x & U64((1 << LEAF_BITS) - 1))
-    return value.astype(np.uint8)
+    leaf ^= key.final[block] & _t_mask(t, mask)
+    value = ((words >> U64(1)) & U64(1)) ^ _leaf_bit(leaf, x & U64((1 << LEAF_BITS) - 1))
+    return value.astype(np.uint8) ^ corrected
