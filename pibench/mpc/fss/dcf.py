@@ -120,7 +120,7 @@ def keygen(alpha: np.ndarray, n_bits: int, flip: np.ndarray | None = None,
     """
     alpha = np.asarray(alpha, dtype=U64)
     count = alpha.size
-    flip = np.zeros(count, U64) if flip is None else np.asarray(flip, dtype=U64)
+    flip = np.zeros(count, np.uint8) if flip is None else np.asarray(flip).astype(np.uint8)
     if alpha.shape != (count,) or flip.shape != (count,):
         raise ValueError(f"alpha has shape {alpha.shape}, flip {flip.shape}: one of each per comparison")
     if not LEAF_BITS <= n_bits <= 64 or (n_bits < 64 and np.any(alpha >> U64(n_bits))):
@@ -141,48 +141,65 @@ def keygen(alpha: np.ndarray, n_bits: int, flip: np.ndarray | None = None,
 
 def _keygen_block(alpha: np.ndarray, flip: np.ndarray, n_bits: int, keys: list[DcfKey], out: slice,
                   planes: np.ndarray) -> None:
+    """Keys for one block of comparisons, level by level, both parties at once.
+
+    Each node's children are expanded kept child first (tweak alpha_i), lost child second
+    (tweak 1 - alpha_i), so no select is needed between them; bits live in uint8 arrays and
+    the words in preallocated buffers. On alpha's path exactly one party has t = 1.
+    """
     count, m = alpha.size, levels(n_bits)
     seeds = random_seeds(2 * count).reshape(2, count, 2)  # party 0's roots, then party 1's
     seeds[:, :, 0] &= _LOW2
-    seeds[1, :, 0] |= U64(1)  # root control bits: party 0 has 0, party 1 has 1
-    keys[0].seed[out], keys[1].seed[out] = seeds[0], seeds[1]
-    seeds[1, :, 0] &= _LOW2
-    t = np.zeros((2, count), U64)
+    keys[0].seed[out] = seeds[0]
+    keys[1].seed[out] = seeds[1]
+    keys[1].seed[out, 0] |= U64(1)  # root control bits: party 0 has 0, party 1 has 1
+    t = np.zeros((2, count), np.uint8)
     t[1] = 1
-    acc = flip.copy()  # the XOR of both parties' value bits along alpha's path, offset by flip
-    blocks = np.empty((2, 2, count, 2), U64)  # (party, child L/R, N, 2)
+    acc = flip.copy()  # XOR of both parties' value bits along alpha's path, offset by flip
+    blocks = np.empty((2, 2, count, 2), U64)  # (party, kept / lost child, N, 2)
     aes = prg.Aes(blocks.shape)
+    a = np.empty(count, U64)
+    a8 = np.empty(count, np.uint8)
+    low = np.empty((2, 2, count), np.uint8)  # control bit (bit 0) and value bit (bit 1) of each child
+    t_mask = np.empty((2, count, 2), U64)
     for i in range(m):
-        a = (alpha >> U64(n_bits - 1 - i)) & U64(1)  # 1: keep the right child, lose the left
-        keep_right = _mask(a)
+        np.right_shift(alpha, U64(n_bits - 1 - i), out=a)
+        a &= U64(1)  # 1: keep the right child, lose the left
+        a8[:] = a
         blocks[:, 0] = seeds
         blocks[:, 1] = seeds
-        blocks[:, 1, :, 1] ^= U64(1)  # the right child's tweak
+        blocks[:, 0, :, 1] ^= a
+        a ^= U64(1)
+        blocks[:, 1, :, 1] ^= a
         g = aes.mmo(blocks)
-        t_child = g[..., 0] & U64(1)  # (party, child, N)
-        v_child = (g[..., 0] >> U64(1)) & U64(1)
+        np.bitwise_and(g[..., 0], U64(3), out=low, casting="unsafe")
         g[..., 0] &= _LOW2
-        seed_l, seed_r = g[0, 0] ^ g[1, 0], g[0, 1] ^ g[1, 1]
-        s_cw = seed_r ^ ((seed_l ^ seed_r) & keep_right)  # the lost child's seeds, made equal
-        v_l, v_r = v_child[0, 0] ^ v_child[1, 0], v_child[0, 1] ^ v_child[1, 1]
-        v_lose = v_r ^ ((v_l ^ v_r) & a)
+        s_cw = keys[0].s_cw[i, out]
+        np.bitwise_xor(g[0, 1], g[1, 1], out=s_cw)  # the lost child's seeds, made equal
+        t_keep, t_lose = low[0, 0] ^ low[1, 0], low[0, 1] ^ low[1, 1]  # both parties' bits XORed
         # Losing the left child (alpha_i = 1) means every x below it is < alpha: its subtree outputs 1 ^ flip.
-        v_cw = a ^ acc ^ v_lose
-        acc ^= v_l ^ v_r ^ v_lose ^ v_cw  # the kept child's value bits
-        t_l = t_child[0, 0] ^ t_child[1, 0] ^ a ^ U64(1)
-        t_r = t_child[0, 1] ^ t_child[1, 1] ^ a
-        keys[0].s_cw[i, out] = s_cw
-        planes[i, 0], planes[i, 1], planes[i, 2] = t_l, t_r, v_cw
-        t_keep = t_child[:, 0] ^ ((t_child[:, 0] ^ t_child[:, 1]) & a)
-        t_cw_keep = t_l ^ ((t_l ^ t_r) & a)
-        keep_seeds = g[:, 0] ^ ((g[:, 0] ^ g[:, 1]) & keep_right)
-        seeds = keep_seeds ^ (s_cw & _mask(t))
-        t = t_keep ^ (t & t_cw_keep)
+        v_cw = a8 ^ acc ^ (t_lose >> 1)
+        acc ^= (t_keep >> 1) ^ v_cw
+        t_keep &= 1
+        t_keep ^= 1  # the kept child's control bits must differ, the lost child's agree
+        t_lose &= 1
+        swap = (t_keep ^ t_lose) & a8
+        planes[i, 0] = t_keep ^ swap  # t_L
+        planes[i, 1] = t_lose ^ swap  # t_R
+        planes[i, 2] = v_cw
+        np.subtract(U64(0), t, out=t_mask[..., 0], dtype=U64)
+        t_mask[..., 1] = t_mask[..., 0]
+        t_mask &= s_cw
+        np.bitwise_xor(g[:, 0], t_mask, out=seeds)
+        t &= t_keep
+        t ^= low[:, 0] & 1
     leaves = seeds.copy()
     leaves[..., 1] ^= _LEAF
     leaf = prg.Aes(leaves.shape).mmo(leaves)
     table = _low_table(alpha & U64((1 << LEAF_BITS) - 1))
-    keys[0].final[out] = leaf[0] ^ leaf[1] ^ table ^ _mask(acc)
+    np.subtract(U64(0), acc, out=t_mask[0, :, 0], dtype=U64)
+    t_mask[0, :, 1] = t_mask[0, :, 0]
+    keys[0].final[out] = leaf[0] ^ leaf[1] ^ table ^ t_mask[0]
 
 
 def evaluate(party: int, key: DcfKey, x: np.ndarray) -> np.ndarray:
