@@ -30,12 +30,11 @@ so 441 B at k = 32, 260.875 B at k = 21, 506.5 B at k = 36 (`ReluKey.size`, per 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from pibench.mpc.fss import dcf
+from pibench.mpc.fss import dcf, prg
 
 U64 = np.uint64
 DEFAULT_BITS = 32  # k when no calibration chose one (`pibench party` by hand): |x| < 32,768 at scale 2^16
@@ -102,13 +101,13 @@ def keygen_words(r: np.ndarray, bits: int = DEFAULT_BITS) -> tuple[np.ndarray, n
     count = r.size
     words = np.zeros((2, ReluKey.words(count, bits)), np.int64)
     raw = words.view(np.uint8)
-    rho = np.frombuffer(os.urandom(-(-count // 8)), np.uint8)
-    rho = np.unpackbits(rho, count=count).astype(U64)
+    randomness = prg.random_bytes(-(-count // 8) + 16 * count)  # rho, then party 0's two shares
+    rho = np.unpackbits(randomness[16 * count:], count=count).astype(U64)
     m_r = (r >> U64(bits - 1)) & U64(1)
     dcf.keygen(r & U64((1 << (bits - 1)) - 1), bits - 1, flip=m_r ^ rho,
                out=(raw[0, 16 * count:ReluKey.size(count, bits)], raw[1, 16 * count:ReluKey.size(count, bits)]))
     shares = words[:, :2 * count].view(U64).reshape(2, 2, count)  # per party: its shares of rho and rho·r
-    shares[0] = np.frombuffer(os.urandom(16 * count), dtype=U64).reshape(2, count)
+    shares[0] = randomness[:16 * count].view(U64).reshape(2, count)
     shares[1, 0] = rho - shares[0, 0]
     shares[1, 1] = rho * r - shares[0, 1]
     return words[0], words[1]
