@@ -321,8 +321,7 @@ def bench_models(models: Iterable[str], options: BenchOptions | None = None) -> 
                 log.error("[%d] %s: %s", i, spec, failed)
                 events = [{"error": failed}] * len(links)
             else:
-                events = [{**event, "fss_bits": job.get("fss_bits")} for event in
-                          _measure_on_links(session, net, links, job, spec, i)]
+                events = _measure_on_links(session, net, links, job, spec, i)
             card, ref, labels = None, None, None
             if not events[0].get("error"):
                 try:

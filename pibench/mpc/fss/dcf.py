@@ -35,7 +35,7 @@ LEAF_BITS = 7  # early termination: the last 7 levels are the 2^7 = 128 bits of 
 U64 = np.uint64
 _LOW2 = ~U64(3)  # a PRG block's word 0 carries the control bit (bit 0) and the value bit (bit 1)
 _LEAF = U64(4)  # tweak of the leaf block (children use 0 and 1)
-CHUNK = 8_192  # keys per block in key generation: the working set of a level stays in cache
+CHUNK = 16_384  # keys per block in key generation: the working set of a level stays in cache
 EVAL_CHUNK = 32_768  # keys per block in evaluation
 
 

@@ -226,7 +226,7 @@ class Party:
             log.info("%s: %s: repeat %d/%d %.3f s online", self.role, job["model"], r + 1, job["repeats"],
                      m.latencies[-1])
         result = m.summary()
-        result.update(setup_s=setup_s, setup_bytes=setup_bytes,
+        result.update(setup_s=setup_s, setup_bytes=setup_bytes, fss_bits=backend.bits if self.fss else None,
                       logits=torch.cat(logits).tolist() if logits else [])
         return result
 
