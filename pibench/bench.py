@@ -43,7 +43,7 @@ from pibench.checkpoint import (CARD_FILE, MASKS_FILE, PROGRAM_FILE, CheckpointE
                                 public_card_json)
 from pibench.model_spec import model_inputs, public_program, server_model
 from pibench.mpc.fss.domain import DomainError, choose_bits, layer_ranges
-from pibench.mpc.fss.relu import DEFAULT_BITS, ReluKey
+from pibench.mpc.fss.relu import DEFAULT_BITS, MIN_BITS, ReluKey
 from pibench.mpc.net.hosts import Link, measurement_links, place_parties
 from pibench.mpc.parties.launch import Session, SessionConfig
 from pibench.mpc.net.network import NETWORKS, NetworkProfile
@@ -314,9 +314,11 @@ def bench_models(models: Iterable[str], options: BenchOptions | None = None) -> 
             job = dict(model=spec, repeats=options.repeats, batch=options.batch, samples=n, seed=options.seed,
                        data_dir=options.data_dir)
             failed = ""
-            if protocol.key == "crypten:fss":  # before any party loads the model
-                failed, job["fss_bits"] = _fss_domain(spec, options)
-                failed = failed or fss_memory_error(spec, options.batch, job["fss_bits"])
+            if protocol.key == "crypten:fss":  # before any party loads the model; keys at the smallest k first
+                failed = fss_memory_error(spec, options.batch, MIN_BITS)
+                if not failed:
+                    failed, job["fss_bits"] = _fss_domain(spec, options)
+                    failed = failed or fss_memory_error(spec, options.batch, job["fss_bits"])
             if failed:
                 log.error("[%d] %s: %s", i, spec, failed)
                 events = [{"error": failed}] * len(links)
@@ -367,7 +369,7 @@ def summary(result: BenchResult) -> dict[str, Any]:
         "agreement": row.mpc_agreement, "max_logit_error": row.max_logit_error, "mpc_accuracy": row.mpc_accuracy,
         "offline_s": row.offline_s, "offline_bytes": row.offline_bytes,
         "offline_bytes_client": row.offline_bytes_client, "offline_bytes_server": row.offline_bytes_server,
-        "setup_s": row.setup_s,
+        "setup_s": row.setup_s, "fss_bits": row.fss_bits,
         "setup_bytes": row.setup_bytes,
         "projected_latency_s": {r.network: r.projected_latency_s for r in result.rows},
         "measured": {r.network: {"link": r.link, "latency_s_median": r.latency_s_median, "comm_s": r.comm_s}

@@ -207,3 +207,13 @@ def test_keys_that_cannot_fit_this_machine_fail_the_model_before_any_party_loads
     assert time.monotonic() - t0 < 30
     assert big.error.startswith("crypten:fss needs about ") and "GB for one inference at batch 1024" in big.error
     assert "lower --batch" in big.error and big.rows[0].bytes_per_party is None
+
+
+def test_summary_line_names_k_and_warns_below_full_agreement():
+    from pibench.commands.bench import _line
+
+    s = dict(model="m", error="", relus=10, latency_s_median=0.1, bytes_per_party=1e6, rounds=3, agreement=0.875,
+             max_logit_error=2.1e5, fss_bits=32)
+    assert ", k = 32," in _line(s)
+    assert "WARNING: the MPC top-1 differs from the plaintext model's on 12.5% of the inputs" in _line(s)
+    assert "WARNING" not in _line({**s, "agreement": 1.0})

@@ -57,10 +57,11 @@ class _RangeBackend(TorchBackend):
 
 
 @torch.no_grad()
-def layer_ranges(program: Program, x: torch.Tensor) -> dict[str, float]:
-    """Each ReLU / max-pool layer's largest comparison input (real value) over the inputs x."""
+def layer_ranges(program: Program, x: torch.Tensor, batch: int = 64) -> dict[str, float]:
+    """Each ReLU / max-pool layer's largest comparison input (real value) over the inputs x, `batch` at a time."""
     backend = _RangeBackend(program)
-    run_program(program, backend, x)
+    for start in range(0, len(x), batch):
+        run_program(program, backend, x[start:start + batch])
     return backend.largest
 
 
