@@ -86,12 +86,12 @@ class DcfKey:
         return cls(n_bits, words[0], words[1:m + 1], words[m + 1], bits)
 
 
-def _mask(bits: np.ndarray) -> np.ndarray:
-    """0/1 (..., N) -> all-zero/all-one words (..., N, 2), to select (N, 2) words with & and ^. Built in the
-    words' own shape: numpy broadcasting an (N, 1) mask along a last axis of length 2 costs about 8x."""
-    out = np.empty(bits.shape + (2,), U64)
-    np.subtract(U64(0), bits, out=out[..., 0])
-    out[..., 1] = out[..., 0]
+def _mask(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """0/1 (N,) -> all-zero/all-one words (N, 2) (into `out` if given), to select (N, 2) words with & and ^.
+    Built in the words' own shape: numpy broadcasting an (N, 1) mask along a last axis of length 2 costs ~8x."""
+    out = np.empty(bits.shape + (2,), U64) if out is None else out
+    np.subtract(U64(0), bits, out=out[:, 0], dtype=U64)
+    out[:, 1] = out[:, 0]
     return out
 
 
@@ -158,19 +158,16 @@ def _keygen_block(alpha: np.ndarray, flip: np.ndarray, n_bits: int, keys: list[D
     acc = flip.copy()  # XOR of both parties' value bits along alpha's path, offset by flip
     blocks = np.empty((2, 2, count, 2), U64)  # (party, kept / lost child, N, 2)
     aes = prg.Aes(blocks.shape)
-    a = np.empty(count, U64)
+    tweaks = np.zeros((2, count, 2), U64)  # the kept child's tweak alpha_i, the lost child's 1 - alpha_i (word 1)
     a8 = np.empty(count, np.uint8)
     low = np.empty((2, 2, count), np.uint8)  # control bit (bit 0) and value bit (bit 1) of each child
-    t_mask = np.empty((2, count, 2), U64)
+    t_mask = np.empty((count, 2), U64)
     for i in range(m):
-        np.right_shift(alpha, U64(n_bits - 1 - i), out=a)
-        a &= U64(1)  # 1: keep the right child, lose the left
-        a8[:] = a
-        blocks[:, 0] = seeds
-        blocks[:, 1] = seeds
-        blocks[:, 0, :, 1] ^= a
-        a ^= U64(1)
-        blocks[:, 1, :, 1] ^= a
+        np.right_shift(alpha, U64(n_bits - 1 - i), out=tweaks[0, :, 1])
+        tweaks[0, :, 1] &= U64(1)  # 1: keep the right child, lose the left
+        np.bitwise_xor(tweaks[0, :, 1], U64(1), out=tweaks[1, :, 1])
+        a8[:] = tweaks[0, :, 1]
+        np.bitwise_xor(seeds[:, None], tweaks, out=blocks)
         g = aes.mmo(blocks)
         np.bitwise_and(g[..., 0], U64(3), out=low, casting="unsafe")
         g[..., 0] &= _LOW2
@@ -187,19 +184,18 @@ def _keygen_block(alpha: np.ndarray, flip: np.ndarray, n_bits: int, keys: list[D
         planes[i, 0] = t_keep ^ swap  # t_L
         planes[i, 1] = t_lose ^ swap  # t_R
         planes[i, 2] = v_cw
-        np.subtract(U64(0), t, out=t_mask[..., 0], dtype=U64)
-        t_mask[..., 1] = t_mask[..., 0]
+        _mask(t[0], t_mask)  # party 1's t is the complement of party 0's
         t_mask &= s_cw
-        np.bitwise_xor(g[:, 0], t_mask, out=seeds)
+        np.bitwise_xor(g[0, 0], t_mask, out=seeds[0])
+        t_mask ^= s_cw
+        np.bitwise_xor(g[1, 0], t_mask, out=seeds[1])
         t &= t_keep
         t ^= low[:, 0] & 1
     leaves = seeds.copy()
     leaves[..., 1] ^= _LEAF
     leaf = prg.Aes(leaves.shape).mmo(leaves)
     table = _low_table(alpha & U64((1 << LEAF_BITS) - 1))
-    np.subtract(U64(0), acc, out=t_mask[0, :, 0], dtype=U64)
-    t_mask[0, :, 1] = t_mask[0, :, 0]
-    keys[0].final[out] = leaf[0] ^ leaf[1] ^ table ^ t_mask[0]
+    keys[0].final[out] = leaf[0] ^ leaf[1] ^ table ^ _mask(acc)
 
 
 def evaluate(party: int, key: DcfKey, x: np.ndarray) -> np.ndarray:
@@ -214,13 +210,6 @@ def evaluate(party: int, key: DcfKey, x: np.ndarray) -> np.ndarray:
     for start in range(0, key.count, step):  # a block of keys at a time stays in cache through all levels
         share[start:start + step] = _evaluate_block(key, start, x[start:start + step])
     return share
-
-
-def _t_mask(t: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Control bits t (count,) uint8 -> all-zero/all-one words in `out` (count, 2): both words written."""
-    np.subtract(U64(0), t, out=out[:, 0], dtype=U64)
-    out[:, 1] = out[:, 0]
-    return out
 
 
 def _evaluate_block(key: DcfKey, start: int, x: np.ndarray) -> np.ndarray:
@@ -248,7 +237,7 @@ def _evaluate_block(key: DcfKey, start: int, x: np.ndarray) -> np.ndarray:
         seeds[:, 1] ^= bit  # the taken child's tweak
         g = aes.mmo(seeds)
         words ^= g[:, 0]
-        _t_mask(t, mask)
+        _mask(t, mask)
         level = np.unpackbits(planes[i], axis=-1, count=count)  # t_L, t_R, v_cw
         level[2] &= t
         corrected ^= level[2]
@@ -265,6 +254,6 @@ def _evaluate_block(key: DcfKey, start: int, x: np.ndarray) -> np.ndarray:
         np.bitwise_xor(g, mask, out=seeds)
     seeds[:, 1] ^= _LEAF
     leaf = aes.mmo(seeds)
-    leaf ^= key.final[block] & _t_mask(t, mask)
+    leaf ^= key.final[block] & _mask(t, mask)
     value = ((words >> U64(1)) & U64(1)) ^ _leaf_bit(leaf, x & U64((1 << LEAF_BITS) - 1))
     return value.astype(np.uint8) ^ corrected
