@@ -141,6 +141,7 @@ def test_keys_round_trip_and_a_truncated_key_fails_loudly():
     d_hat = relu.masked_drelu(0, back0, x_hat) ^ relu.masked_drelu(1, back1, x_hat)
     y = relu.finish(0, back0, x_hat, d_hat, x0) + relu.finish(1, back1, x_hat, d_hat, x1)
     assert np.array_equal(y.view(np.int64), np.maximum(x.view(np.int64), 0))
+    assert np.array_equal(back0.to_words(), w0) and np.array_equal(back1.to_words(), w1)
     raw = w0.view(np.uint8)[:relu.ReluKey.size(37)].tobytes()
     with pytest.raises(ValueError, match="truncated"):
         relu.ReluKey.from_bytes(raw[:-1], 37)

@@ -86,6 +86,15 @@ class DcfKey:
         return cls(n_bits, words[0], words[1:m + 1], words[m + 1], bits)
 
 
+    def write(self, out: np.ndarray) -> None:
+        """The key's bytes as sent into `out` (uint8, `nbytes` long): the inverse of `from_bytes`."""
+        start = 0
+        for part in (self.seed, self.s_cw, self.final, self.bits):
+            raw = np.ascontiguousarray(part).reshape(-1).view(np.uint8)
+            out[start:start + raw.size] = raw
+            start += raw.size
+
+
 def _mask(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """0/1 (N,) -> all-zero/all-one words (N, 2) (into `out` if given), to select (N, 2) words with & and ^.
     Built in the words' own shape: numpy broadcasting an (N, 1) mask along a last axis of length 2 costs ~8x."""

@@ -79,6 +79,15 @@ class ReluKey:
         key = dcf.DcfKey.from_bytes(data[16 * count:], count, bits - 1)
         return cls(bits, key, shares[:count], shares[count:])
 
+    def to_words(self) -> np.ndarray:
+        """The key as the int64 words the dealer sends (`keygen_words`), copied out of whatever it views."""
+        words = np.zeros(self.words(self.count, self.bits), np.int64)
+        raw = words.view(np.uint8)
+        raw[:8 * self.count] = self.rho.view(np.uint8)
+        raw[8 * self.count:16 * self.count] = self.rho_r.view(np.uint8)
+        self.dcf.write(raw[16 * self.count:self.nbytes])
+        return words
+
     @classmethod
     def from_words(cls, words: np.ndarray, count: int, bits: int = DEFAULT_BITS) -> "ReluKey":
         """The key in the int64 words `keygen_words` makes, viewed (no copy)."""
