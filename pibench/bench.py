@@ -179,7 +179,8 @@ def fss_memory_error(spec: str, batch: int, bits: int = DEFAULT_BITS) -> str:
     need = FSS_KEY_HOLDERS * ReluKey.size(keys, bits)
     if need <= available:
         return ""
-    return (f"crypten:fss needs about {need / 1e9:.1f} GB for one inference at batch {batch}: {keys:,} ReLU keys "
+    least = " at least" if bits == MIN_BITS else " about"  # checked at the smallest k before k is chosen
+    return (f"crypten:fss needs{least} {need / 1e9:.1f} GB for one inference at batch {batch}: {keys:,} ReLU keys "
             f"of ~{ReluKey.size(8, bits) / 8:,.0f} B for each party (k = {bits}), held by the client and the server "
             f"and made by the dealer, all on this machine, which has {available / 1e9:.1f} GB available; lower "
             "--batch, run the parties on separate machines (pibench party), or use crypten:dealer")
