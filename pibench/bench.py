@@ -148,8 +148,8 @@ def _client_view(spec: str) -> Iterator[str]:
 
 
 # One crypten:fss inference's keys in this machine's memory, in multiples of one party's: the
-# client's and the server's, and at most about as much again at the dealer making and sending them.
-FSS_KEY_HOLDERS = 3
+# client's and the server's, and both again at the dealer, which keeps its key buffers for the next run.
+FSS_KEY_HOLDERS = 4
 # What loading a model spec raises when the spec is wrong (a bad folder, an unknown name): the parties report it.
 LOAD_ERRORS = (CheckpointError, KeyError, OSError)
 
@@ -182,7 +182,7 @@ def fss_memory_error(spec: str, batch: int, bits: int = DEFAULT_BITS) -> str:
     least = " at least" if bits == MIN_BITS else " about"  # checked at the smallest k before k is chosen
     return (f"crypten:fss needs{least} {need / 1e9:.1f} GB for one inference at batch {batch}: {keys:,} ReLU keys "
             f"of ~{ReluKey.size(8, bits) / 8:,.0f} B for each party (k = {bits}), held by the client and the server "
-            f"and made by the dealer, all on this machine, which has {available / 1e9:.1f} GB available; lower "
+            f"and both made and kept by the dealer, all on this machine, which has {available / 1e9:.1f} GB available; lower "
             "--batch, run the parties on separate machines (pibench party), or use crypten:dealer")
 
 

@@ -157,6 +157,23 @@ def test_keys_round_trip_and_a_truncated_key_fails_loudly():
         relu.keygen_words(r, 7)
 
 
+def test_keys_made_in_a_used_buffer_are_the_same_keys():
+    """The dealer reuses key buffers: every byte, the padding too, is written again."""
+    r = rng.integers(0, 2**64, 37, dtype=U64)
+    x = ring(rng.integers(-1000, 1000, 37))
+    dirty = np.full((2, relu.ReluKey.words(37, 24)), -1, np.int64)
+    w0, w1 = relu.keygen_words(r, 24, dirty)
+    assert w0.base is dirty or w0.base is dirty.base
+    assert (w0.view(np.uint8)[relu.ReluKey.size(37, 24):] == 0).all()
+    k0, k1 = relu.ReluKey.from_words(w0, 37, 24), relu.ReluKey.from_words(w1, 37, 24)
+    x0, x1 = split(x)
+    d_hat = relu.masked_drelu(0, k0, x + r) ^ relu.masked_drelu(1, k1, x + r)
+    y = relu.finish(0, k0, x + r, d_hat, x0) + relu.finish(1, k1, x + r, d_hat, x1)
+    assert np.array_equal(y.view(np.int64), np.maximum(x.view(np.int64), 0))
+    with pytest.raises(ValueError, match="int64 buffer of shape"):
+        relu.keygen_words(r, 23, dirty)
+
+
 def test_two_keygens_give_fresh_keys():
     r = rng.integers(0, 2**64, 100, dtype=U64)
     (a0, a1), (b0, b1) = relu.keygen(r), relu.keygen(r)

@@ -218,3 +218,17 @@ def test_summary_line_names_k_and_warns_below_full_agreement():
     assert ", k = 32," in _line(s)
     assert "WARNING: the MPC top-1 differs from the plaintext model's on 12.5% of the inputs" in _line(s)
     assert "WARNING" not in _line({**s, "agreement": 1.0})
+
+
+def test_key_buffers_are_reused_run_to_run_and_dropped_when_unused():
+    from pibench.mpc.crypten.dealer import KeyBuffers
+
+    pool = KeyBuffers()
+    a, b = pool.take((2, 10)), pool.take((2, 10))  # two layers of one size in one run: two buffers
+    c = pool.take((2, 7))
+    assert a is not b
+    pool.release()
+    again = [pool.take((2, 10)), pool.take((2, 10))]
+    assert {id(x) for x in again} == {id(a), id(b)}
+    pool.release()  # the (2, 7) buffer was not used in this run: dropped
+    assert pool.take((2, 7)) is not c

@@ -102,14 +102,22 @@ def _check_bits(bits: int) -> None:
         raise ValueError(f"the ReLU domain has {MIN_BITS}..{MAX_BITS} bits, got {bits}")
 
 
-def keygen_words(r: np.ndarray, bits: int = DEFAULT_BITS) -> tuple[np.ndarray, np.ndarray]:
+def keygen_words(r: np.ndarray, bits: int = DEFAULT_BITS, out: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """The dealer's keys for ReLUs under the masks r (N,) in Z_2^64, made in their wire form (int64 words):
-    what it sends, with no copy between making and sending. The caller shares r itself."""
+    what it sends, with no copy between making and sending. The caller shares r itself. `out`, an int64 array
+    (2, `ReluKey.words`), is a buffer to make them in (every byte is overwritten), e.g. one reused from an
+    earlier inference, so that no run pays for the pages of fresh memory."""
     _check_bits(bits)
     r = np.asarray(r, dtype=U64).reshape(-1)
     count = r.size
-    words = np.zeros((2, ReluKey.words(count, bits)), np.int64)
+    shape = (2, ReluKey.words(count, bits))
+    if out is not None and (out.shape != shape or out.dtype != np.int64):
+        raise ValueError(f"keys for {count} ReLUs at k = {bits} need an int64 buffer of shape {shape}, got "
+                         f"{out.dtype} {out.shape}")
+    words = np.empty(shape, np.int64) if out is None else out
     raw = words.view(np.uint8)
+    raw[:, ReluKey.size(count, bits):] = 0  # the padding to whole words
     randomness = prg.random_bytes(-(-count // 8) + 16 * count)  # rho, then party 0's two shares
     rho = np.unpackbits(randomness[16 * count:], count=count).astype(U64)
     m_r = (r >> U64(bits - 1)) & U64(1)
