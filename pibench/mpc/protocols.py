@@ -10,7 +10,8 @@ party that deviates from it.
                     client or server as long as the dealer colludes with neither.
     crypten:fss     crypten:dealer with ReLU and max pooling by function secret sharing:
                     the dealer sends each party its own DCF keys offline; online a ReLU
-                    layer is one round, 16 bytes per ReLU per party. Same trust as dealer.
+                    layer is two rounds, 16 bytes per ReLU per party plus one bit. Same
+                    trust as dealer.
     crypten:tfp     CrypTen's trusted *first* party: the client (rank 0) generates every
                     Beaver triple in plaintext, so it could recover the server's weights.
                     INSECURE; kept to benchmark the online cost only.
