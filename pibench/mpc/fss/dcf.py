@@ -226,7 +226,7 @@ def _evaluate_block(key: DcfKey, start: int, x: np.ndarray) -> np.ndarray:
     the control bit t through an all-ones/all-zeros mask. `start` is a multiple of 8 (the bit planes' bytes).
 
     Written for numpy's speed, not brevity: bits live in uint8 arrays, words in preallocated (count, 2)
-    buffers, and the taken children's value bits are XORed up as whole words and read once at the end.
+    buffers, and the taken children's low bits are XORed up in one byte per key, read once at the end.
     """
     count, n, m = x.shape[0], key.n_bits, levels(key.n_bits)
     block = slice(start, start + count)
@@ -235,34 +235,37 @@ def _evaluate_block(key: DcfKey, start: int, x: np.ndarray) -> np.ndarray:
     aes = prg.Aes(seeds.shape)
     t = (seeds[:, 0] & U64(1)).astype(np.uint8)
     seeds[:, 0] &= _LOW2
-    words = np.zeros(count, U64)  # XOR of the taken children's word 0: its bit 1 sums their value bits
+    low = np.empty(count, np.uint8)  # a taken child's control bit (bit 0) and value bit (bit 1)
+    values = np.zeros(count, np.uint8)  # XOR of the taken children's low bits: bit 1 sums their value bits
     corrected = np.zeros(count, np.uint8)  # XOR of t · v_cw over the levels
-    bit = np.empty(count, U64)
-    bit8 = np.empty(count, np.uint8)
     mask = np.empty((count, 2), U64)
+    shifted = np.empty(count, U64)
+    bit = np.empty(count, np.uint8)  # the child x takes at this level
     for i in range(m):
-        np.right_shift(x, U64(n - 1 - i), out=bit)
-        bit &= U64(1)
-        seeds[:, 1] ^= bit  # the taken child's tweak
+        np.right_shift(x, U64(n - 1 - i), out=shifted)
+        np.bitwise_and(shifted, U64(1), out=bit, casting="unsafe")
+        np.bitwise_xor(seeds[:, 1], bit, out=seeds[:, 1], casting="unsafe")  # the taken child's tweak
         g = aes.mmo(seeds)
-        words ^= g[:, 0]
+        np.bitwise_and(g[:, 0], U64(3), out=low, casting="unsafe")
+        g[:, 0] &= _LOW2
+        values ^= low
         _mask(t, mask)
         level = np.unpackbits(planes[i], axis=-1, count=count)  # t_L, t_R, v_cw
         level[2] &= t
         corrected ^= level[2]
-        bit8[:] = bit
         t_cw = level[0]  # t_L ^ ((t_L ^ t_R) & bit), the taken child's, times the parent's t
         level[1] ^= t_cw
-        level[1] &= bit8
+        level[1] &= bit
         t_cw ^= level[1]
         t_cw &= t
-        np.bitwise_and(g[:, 0], U64(1), out=t, casting="unsafe")
+        np.bitwise_and(low, 1, out=t)
         t ^= t_cw
-        g[:, 0] &= _LOW2
         np.bitwise_and(key.s_cw[i, block], mask, out=mask)
         np.bitwise_xor(g, mask, out=seeds)
     seeds[:, 1] ^= _LEAF
     leaf = aes.mmo(seeds)
     leaf ^= key.final[block] & _mask(t, mask)
-    value = ((words >> U64(1)) & U64(1)) ^ _leaf_bit(leaf, x & U64((1 << LEAF_BITS) - 1))
-    return value.astype(np.uint8) ^ corrected
+    values >>= 1
+    values ^= corrected
+    values ^= _leaf_bit(leaf, x & U64((1 << LEAF_BITS) - 1)).astype(np.uint8)
+    return values & 1
