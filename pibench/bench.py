@@ -128,8 +128,13 @@ def _client_view(spec: str) -> Iterator[str]:
         yield str(public)
 
 
-def _memory_error(spec: str, protocol: Protocol, batch: int) -> str:
-    """The protocol's pre-flight memory check for one model ('' when it fits or the protocol has none).
+# What loading a model spec raises when the spec is wrong (a bad folder, an unknown name): the parties report it.
+LOAD_ERRORS = (PibenchError, CheckpointError, KeyError, OSError)
+
+
+def _memory_error(spec: str, protocol: Protocol, batch: int, bits: int | None = None) -> str:
+    """The protocol's pre-flight memory check for one model at comparison domain `bits` (None: the protocol's
+    smallest, a lower bound before the domain is chosen); '' when it fits or the protocol has no check.
 
     A model the evaluator cannot load (a user error) is left to the parties, which report it in its row;
     any other failure is a bug and raises, so the check never turns itself off."""
@@ -137,9 +142,29 @@ def _memory_error(spec: str, protocol: Protocol, batch: int) -> str:
         return ""
     try:
         _, program = public_program(spec)
-    except PibenchError:
+    except LOAD_ERRORS:
         return ""
-    return protocol.memory_error(program, batch)
+    return protocol.memory_error(program, batch, bits)
+
+
+def _domain(spec: str, protocol: Protocol, options: BenchOptions) -> tuple[str, int | None]:
+    """(error, k): the comparison domain of a protocol that compares x mod 2^k, chosen from the plaintext range of
+    every ReLU / max-pool input on the inputs the client will use (`Protocol.domain`), or an error naming the
+    layer and the bound. A model the evaluator cannot load keeps the protocol's default: its parties report why
+    it fails, and without a plaintext model there is no reference either, so no row shows logits unchecked."""
+    try:
+        server = server_model(spec)
+    except LOAD_ERRORS:
+        return "", None
+    try:
+        x, _ = model_inputs(server.card, server.program.input_shape, max(options.n_samples, options.batch),
+                            options.seed, options.data_dir)
+        return "", protocol.choose_domain(server.program, x)
+    except PibenchError as e:  # no k holds the model's range: the error names the layer and the bound
+        return str(e), None
+    except Exception as e:  # the model loads but its plaintext run fails: no k can be vouched for
+        log.debug("%s: plaintext range failed", spec, exc_info=True)
+        return f"plaintext range for {protocol.key} failed: {type(e).__name__}: {e}", None
 
 
 def _reference(spec: str, n: int, options: BenchOptions) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
@@ -198,6 +223,7 @@ def result_rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor |
         setup_s=event["setup_s"], setup_bytes=event["setup_bytes"],
         offline_s=event["offline_s"], offline_bytes=event["offline_bytes"],
         offline_bytes_client=event.get("offline_bytes_client"), offline_bytes_server=event.get("offline_bytes_server"),
+        fss_bits=event.get("fss_bits"),
     )
     # CrypTen counts what a party sends plus what it receives; on a full-duplex link each
     # direction carries half of it (checked against a 100 Mbit/s tbf-shaped netns link).
@@ -244,10 +270,15 @@ def bench_models(models: Iterable[str], options: BenchOptions | None = None) -> 
             log.info("[%d] %s: %d repeat(s), batch %d, %d sample(s)", i, spec, options.repeats, options.batch, n)
             job = dict(model=spec, repeats=options.repeats, batch=options.batch, samples=n, seed=options.seed,
                        data_dir=options.data_dir)
-            too_big = _memory_error(spec, protocol, options.batch)
-            if too_big:  # before any party loads the model
-                log.error("[%d] %s: %s", i, spec, too_big)
-                events = [{"error": too_big}] * len(links)
+            failed = ""
+            if protocol.domain:  # before any party loads the model: hopeless batches first, at the smallest k
+                failed = _memory_error(spec, protocol, options.batch)
+                if not failed:
+                    failed, job["fss_bits"] = _domain(spec, protocol, options)
+            failed = failed or _memory_error(spec, protocol, options.batch, job.get("fss_bits"))
+            if failed:
+                log.error("[%d] %s: %s", i, spec, failed)
+                events = [{"error": failed}] * len(links)
             else:
                 events = _measure_on_links(session, net, links, job, spec, i)
             card, ref, labels = None, None, None
@@ -288,7 +319,7 @@ def summary(result: BenchResult) -> dict[str, Any]:
         "agreement": row.mpc_agreement, "max_logit_error": row.max_logit_error, "mpc_accuracy": row.mpc_accuracy,
         "offline_s": row.offline_s, "offline_bytes": row.offline_bytes,
         "offline_bytes_client": row.offline_bytes_client, "offline_bytes_server": row.offline_bytes_server,
-        "setup_s": row.setup_s,
+        "setup_s": row.setup_s, "fss_bits": row.fss_bits,
         "setup_bytes": row.setup_bytes,
         "projected_latency_s": {r.network: r.projected_latency_s for r in result.rows},
         "measured": {r.network: {"link": r.link, "latency_s_median": r.latency_s_median, "comm_s": r.comm_s}

@@ -86,6 +86,7 @@ class ResultRow:
     offline_bytes: int | None = None  # bytes between the dealer and both parties per inference, sent + received
     offline_bytes_client: int | None = None  # of which the client's (its tuple shares and FSS keys)
     offline_bytes_server: int | None = None  # of which the server's (its FSS keys; 0 under crypten:dealer)
+    fss_bits: int | None = None  # crypten:fss: the comparison domain k (x mod 2^k) chosen from the plaintext range
     batch: int | None = None
     repeats: int | None = None
     backend: str | None = None  # MPC framework: crypten

@@ -25,12 +25,18 @@ from test_mpc_program import NETS, randomize
 # round, revealing the logits one.
 CRYPTEN_ROUNDS = {"input": 0, "output": 1, "conv": 1, "linear": 1, "affine": 1, "relu": 9, "add": 0, "flatten": 0,
                   "avgpool": 0, ("maxpool", (2, 2)): 46}
-# crypten:fss: a ReLU layer opens x + r in one round and evaluates its keys locally; a 2x2 max
-# pooling is a tree of ReLUs two levels deep (README, "Under crypten:fss").
-FSS_ROUNDS = {**CRYPTEN_ROUNDS, "relu": 1, ("maxpool", (2, 2)): 2}
+# crypten:fss: a ReLU layer opens x + r, evaluates its keys locally, then opens the masked DReLU bits:
+# two rounds; a 2x2 max pooling is a tree of ReLUs two levels deep (docs/fss.md).
+FSS_ROUNDS = {**CRYPTEN_ROUNDS, "relu": 2, ("maxpool", (2, 2)): 4}
 ROUNDS = {"crypten:dealer": CRYPTEN_ROUNDS, "crypten:tfp": CRYPTEN_ROUNDS, "crypten:fss": FSS_ROUNDS}
 # Online bytes per kept ReLU per party, sent + received (README): CrypTen's comparison, or one opened ring element
 BYTES_PER_RELU = {"crypten:dealer": 464, "crypten:tfp": 464, "crypten:fss": 16}
+# crypten:fss opens one bit per ReLU too, 64 to an 8-byte word per layer, sent + received (docs/fss.md)
+BYTES_PER_BIT_WORD = {"crypten:dealer": 0, "crypten:tfp": 0, "crypten:fss": 16}
+
+
+def relu_layer_bytes(protocol: str, relus: int) -> int:
+    return BYTES_PER_RELU[protocol] * relus + BYTES_PER_BIT_WORD[protocol] * -(-relus // 64)
 BYTES_PER_OPENED = 16  # a weights-fixed product opens 8 bytes per input element, sent and received (README)
 
 
@@ -87,11 +93,11 @@ def test_measured_rounds_and_bytes_are_the_programs(folders, protocol):
         ops = [None, *program.ops, None]
         assert [layer.rounds for layer in result.layers] == [op_rounds(protocol, k, o) for k, o in zip(kinds, ops)]
         # every kept ReLU costs exactly the protocol's bytes per party, a partial layer's like a full one's
-        per_relu = BYTES_PER_RELU[protocol]
+        relu_ops = [op for op in program.ops if op.kind == "relu"]
         for layer, op in zip(result.layers[1:-1], program.ops):
             if op.kind == "relu":
-                assert layer.bytes == per_relu * batch * op.relus, (net, layer.layer)
-        assert row.relu_bytes == per_relu * batch * program.relus
+                assert layer.bytes == relu_layer_bytes(protocol, batch * op.relus), (net, layer.layer)
+        assert row.relu_bytes == sum(relu_layer_bytes(protocol, batch * op.relus) for op in relu_ops)
         if protocol != "crypten:tfp":  # tfp re-opens the weights too: more, and not per element
             opened = opened_bytes(program, batch)
             assert {l.layer: l.bytes for l in result.layers if l.layer in opened} == opened, net

@@ -107,8 +107,13 @@ def _line(s: dict, per_link: bool = False) -> str:
         return f"{s['model']}: FAILED: {s['error']}"
     line = (f"{s['model']}: {s['relus']:,} ReLUs, {s['latency_s_median']:.3f} s median, "
             f"{s['bytes_per_party'] / 1e6:.2f} MB/party, {s['rounds']} rounds")
+    if s.get("fss_bits"):
+        line += f", k = {s['fss_bits']}"
     if s["agreement"] is not None:
         line += f", agreement {s['agreement']:.2%}, max logit error {s['max_logit_error']:.2e}"
+        if s["agreement"] < 1:
+            line += (f"\n  WARNING: the MPC top-1 differs from the plaintext model's on {1 - s['agreement']:.1%} of "
+                     "the inputs")
     if per_link:
         line += "".join(f"\n  {net}: measured {m['latency_s_median']:.3f} s on {m['link']} (comm {m['comm_s']:.3f} s), "
                         f"projected {s['projected_latency_s'][net]:.3f} s" for net, m in s["measured"].items())

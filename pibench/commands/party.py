@@ -47,6 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events", action="store_true",
                    help="print the JSON event lines a launcher reads (PIBENCH {...}) instead of progress lines")
     p.add_argument("--data-dir", default=None, help="dataset folder (CIFAR, TinyImageNet)")
+    p.add_argument("--fss-bits", type=int, default=None,
+                   help="crypten:fss: the comparison domain k, 8..64 (default 32): every ReLU / max-pool input must "
+                        "satisfy |x| < 2^(k-17) in real value, or the logits are wrong; give client and server the "
+                        "same k (docs/fss.md). `pibench bench` chooses it per model from the plaintext range")
     results = p.add_argument_group("results (client only)")
     results.add_argument("--out", default=None,
                          help="append the measured rows to OUT/results.csv and OUT/layers.csv (no plaintext "
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         samples = args.batch if args.samples is None else args.samples
         options = dict(repeats=args.repeats, batch=args.batch, samples=samples,
-                       seed=args.seed, data_dir=args.data_dir)
+                       seed=args.seed, data_dir=args.data_dir, fss_bits=args.fss_bits)
         jobs = static_jobs(args.model, **options)
     else:
         jobs = read_jobs(sys.stdin)

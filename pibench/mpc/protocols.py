@@ -10,7 +10,8 @@ party that deviates from it.
                     client or server as long as the dealer colludes with neither.
     crypten:fss     crypten:dealer with ReLU and max pooling by function secret sharing:
                     the dealer sends each party its own DCF keys offline; online a ReLU
-                    layer is one round, 16 bytes per ReLU per party. Same trust as dealer.
+                    layer is two rounds, 16 bytes per ReLU per party plus one bit. Same
+                    trust as dealer.
     crypten:tfp     CrypTen's trusted *first* party: the client (rank 0) generates every
                     Beaver triple in plaintext, so it could recover the server's weights.
                     INSECURE; kept to benchmark the online cost only.
@@ -65,7 +66,8 @@ class Protocol:
     engine: str = ""  # "module:attr" of the class that runs a program's ops (CrypTen protocols)
     requires: tuple[str, ...] = ()  # modules of an optional extra it needs; checked before any party starts
     extra: str = ""  # what to install when `requires` is missing, for the message
-    memory_check: str = ""  # "module:attr": (program, batch) -> why one inference cannot fit this machine, or ''
+    memory_check: str = ""  # "module:attr": (program, batch, bits) -> why one inference cannot fit here, or ''
+    domain: str = ""  # "module:attr": (program, inputs) -> the comparison domain k, for protocols comparing x mod 2^k
 
     @property
     def key(self) -> str:
@@ -87,9 +89,15 @@ class Protocol:
         if not all(importlib.util.find_spec(m) for m in self.requires):
             raise MissingExtra(f"{self.key} needs {self.extra}")
 
-    def memory_error(self, program: Any, batch: int) -> str:
-        """Why one inference of `program` at `batch` cannot run with every party on this machine, or ''."""
-        return resolve(self.memory_check)(program, batch) if self.memory_check else ""
+    def memory_error(self, program: Any, batch: int, bits: int | None = None) -> str:
+        """Why one inference of `program` at `batch` (comparison domain `bits`; None: the smallest) cannot run
+        with every party on this machine, or ''."""
+        return resolve(self.memory_check)(program, batch, bits) if self.memory_check else ""
+
+    def choose_domain(self, program: Any, inputs: Any) -> int:
+        """The comparison domain k for `program` on the client's `inputs` (plaintext); a PibenchError naming the
+        layer and the bound when none fits."""
+        return resolve(self.domain)(program, inputs)
 
 
 PROTOCOLS: Registry[Protocol] = Registry("protocol")
@@ -99,7 +107,7 @@ PROTOCOLS.register("crypten:dealer", Protocol(
 PROTOCOLS.register("crypten:fss", Protocol(
     "crypten", "fss", "semi-honest client/server; non-colluding dealer", secure=True, dealer=True,
     runner=_CRYPTEN_RUNNER, engine="pibench.mpc.crypten.fss_backend:FssBackend",
-    memory_check="pibench.mpc.crypten.fss_memory:fss_memory_error"))
+    memory_check="pibench.mpc.crypten.fss_memory:fss_memory_error", domain="pibench.mpc.fss.domain:model_bits"))
 PROTOCOLS.register("crypten:tfp", Protocol(
     "crypten", "tfp", "INSECURE: the client generates the randomness and could recover the weights; "
     "benchmark only (CrypTen's stock protocol: tuples made during the inference, weights re-opened per product)",

@@ -2,19 +2,22 @@
 
 Everything but the non-linear layers is `crypten:dealer`'s (weights-fixed products,
 recorded plan, offline/online split, key streams). A ReLU layer of N values is the
-one-round gate of `pibench.mpc.fss.relu`:
+two-round gate of `pibench.mpc.fss.relu` on the k-bit domain x mod 2^k:
 
     offline  each party draws its share r_b of a fresh mask r from its key stream; the
              dealer (who draws the same streams) makes a DCF key pair for r and sends
-             each party its own key: 1,047.75 bytes per ReLU and party at k = 32.
-    online   each party sends its share of x + r (8 B) and receives the other's (8 B):
-             one round, 16 B per ReLU per party; both evaluate their keys locally.
+             each party its own key: 441 bytes per ReLU and party at k = 32.
+    online   round 1: each party sends its share of x + r (8 B) and receives the other's;
+             both evaluate their keys locally; round 2: each sends its share of the masked
+             DReLU bit, packed 64 to an int64 word. 16 B per ReLU per party, plus 16 B per
+             64 ReLUs of a layer (sent + received).
 
 Max pooling takes max(a, b) = b + ReLU(a - b) pairwise over each window
-(`pibench.mpc.fss.maxpool`): ceil(log2 window) rounds, window - 1 ReLUs per output.
-Keys are never reused: the dealer draws fresh root seeds for every key and the masks
-come from the advancing key streams. The comparison reads x mod 2^32: activations must
-stay below 2^15 in magnitude (see `pibench.mpc.fss.relu`).
+(`pibench.mpc.fss.maxpool`): 2·ceil(log2 window) rounds, window - 1 ReLUs per output.
+Keys are never reused: the dealer draws fresh root seeds and masking bits for every key
+and the masks come from the advancing key streams. k is the launcher's choice for the
+model (`pibench.bench`: twice its largest comparison input, measured in plaintext), carried
+in every ReLU request, so both parties' plans (compared by digest) and the dealer agree on it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from pibench.mpc.crypten.preprocessing import PreprocessedProvider
 from pibench.mpc.program import Program
 
 from crypten.mpc import MPCTensor  # noqa: E402 (after the compatibility shim, via preprocessing)
-from crypten.mpc.primitives import ArithmeticSharedTensor  # noqa: E402
+from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor  # noqa: E402
 
 
 def _ring(share: torch.Tensor) -> np.ndarray:
@@ -42,18 +45,33 @@ def _ring(share: torch.Tensor) -> np.ndarray:
 class FssBackend(CryptenBackend):
     """`CryptenBackend` under a dealer, with ReLU and max pooling from FSS keys."""
 
-    def __init__(self, program: Program, rank: int, provider: PreprocessedProvider) -> None:
+    def __init__(self, program: Program, rank: int, provider: PreprocessedProvider,
+                 bits: int = relu_gate.DEFAULT_BITS) -> None:
         if provider is None:
             raise ValueError("crypten:fss needs the dealer's provider")
+        relu_gate.ReluKey.size(0, bits)  # a k outside 8..64 fails here, before any key is asked for
         super().__init__(program, rank, provider)
+        self.bits = bits
+
+    @classmethod
+    def for_job(cls, program: Program, rank: int, provider: PreprocessedProvider,
+                job: dict[str, Any]) -> "FssBackend":
+        """k as the launcher chose it for this model (`pibench.mpc.fss.domain`); the default where the job names
+        none (`pibench party` run by hand)."""
+        return cls(program, rank, provider, job.get("fss_bits") or relu_gate.DEFAULT_BITS)
 
     def relu_shares(self, share: np.ndarray) -> np.ndarray:
-        """One ReLU layer on this party's shares (flat uint64): open x + r, evaluate the key. One round."""
-        r, key = self.provider.relu_key(share.size)
-        r_share = _ring(r)
-        masked = torch.from_numpy((share + r_share).view(np.int64))
+        """One ReLU layer on this party's shares (flat uint64): open x + r, evaluate the key, open the masked
+        DReLU bits (packed), finish locally. Two rounds."""
+        r, key = self.provider.relu_key(share.size, self.bits)
+        masked = torch.from_numpy((share + _ring(r)).view(np.int64))
         x_hat = _ring(ArithmeticSharedTensor.from_shares(masked, precision=0).reveal())
-        return relu_gate.evaluate(self.rank, key, x_hat, r_share)
+        bits = np.packbits(relu_gate.masked_drelu(self.rank, key, x_hat))
+        words = np.zeros(-(-bits.size // 8), np.int64)
+        words.view(np.uint8)[:bits.size] = bits
+        opened = BinarySharedTensor.from_shares(torch.from_numpy(words)).reveal()
+        d_hat = np.unpackbits(opened.numpy().view(np.uint8), count=share.size)
+        return relu_gate.finish(self.rank, key, x_hat, d_hat, share)
 
     def relu(self, x: Any) -> Any:
         share = x._tensor.share

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import contextlib
 
-from pibench.mpc.fss.relu import ReluKey
+from pibench.mpc.fss.relu import MIN_BITS, ReluKey
 from pibench.mpc.program import Program
 
-# One crypten:fss inference's keys in this machine's memory, in multiples of one party's: the
-# client's and the server's, and at most about as much again at the dealer making and sending them.
-FSS_KEY_HOLDERS = 3
+# One crypten:fss inference's keys in this machine's memory, in multiples of one party's: the client's and
+# the server's, and both again at the dealer, which keeps its key buffers for the next run.
+FSS_KEY_HOLDERS = 4
 
 
 def available_memory() -> int | None:
@@ -26,17 +26,20 @@ def available_memory() -> int | None:
     return None
 
 
-def fss_memory_error(program: Program, batch: int) -> str:
+def fss_memory_error(program: Program, batch: int, bits: int | None = None) -> str:
     """Why one crypten:fss inference of `program` at `batch` cannot run with every party on this machine, or ''
-    if it can: its keys (~1 KB per ReLU and max-pool comparison, per party) must fit in the memory available."""
+    if it can: its keys (`ReluKey.size` at k = `bits` per ReLU and max-pool comparison, per party) must fit in
+    the memory available. `bits` None: the smallest k, a lower bound checked before k is chosen."""
     available = available_memory()
     if available is None:
         return ""
+    size = MIN_BITS if bits is None else bits
     keys = (program.relus + program.comparisons) * batch
-    need = FSS_KEY_HOLDERS * ReluKey.size(keys)
+    need = FSS_KEY_HOLDERS * ReluKey.size(keys, size)
     if need <= available:
         return ""
-    return (f"crypten:fss needs about {need / 1e9:.1f} GB for one inference at batch {batch}: {keys:,} ReLU keys "
-            f"of ~{ReluKey.size(1):,} B for each party, held by the client and the server and made by the dealer, all "
-            f"on this machine, which has {available / 1e9:.1f} GB available; lower --batch, run the parties on "
-            "separate machines (pibench party), or use crypten:dealer")
+    least = " at least" if bits is None else " about"
+    return (f"crypten:fss needs{least} {need / 1e9:.1f} GB for one inference at batch {batch}: {keys:,} ReLU keys "
+            f"of ~{ReluKey.size(8, size) / 8:,.0f} B for each party (k = {size}), held by the client and the server "
+            f"and both made and kept by the dealer, all on this machine, which has {available / 1e9:.1f} GB "
+            "available; lower --batch, run the parties on separate machines (pibench party), or use crypten:dealer")

@@ -83,8 +83,8 @@ class Request:
     additive: Beaver triple (a, b, c = op(a, b)); binary: AND triple (a, b, c = a & b);
     b2a: a random bit shared both ways (rA, rB); fixed: a weights-fixed pair (A, C = op(A, B))
     for the mask B of weight `key` (see pibench.mpc.crypten.weights_fixed); relu: a mask r
-    for sizes[0] ReLUs and each party's FSS key for it (see pibench.mpc.fss.relu), the one
-    kind whose dealt part goes to the server too.
+    for sizes[0] ReLUs and each party's FSS key for it on the domain of kwargs bits = k (see
+    pibench.mpc.fss.relu), the one kind whose dealt part goes to the server too.
     """
 
     kind: str
@@ -107,6 +107,11 @@ class Request:
         kind, sizes, op, kwargs, key = data
         return cls.make(kind, *sizes, op=op, kwargs=dict(kwargs), key=key)
 
+    @property
+    def relu_bits(self) -> int:
+        """k, the comparison domain of a relu request's keys (part of the plan both parties and the dealer share)."""
+        return int(dict(self.kwargs)["bits"])
+
     def ring_op(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return ring_op(self.op, x, y, dict(self.kwargs))
 
@@ -116,8 +121,8 @@ class Request:
             return tuple(torch.broadcast_shapes(*self.sizes))
         if self.kind == "b2a":
             return self.sizes[0]
-        if self.kind == "relu":  # the key as int64 words
-            return (relu_gate.ReluKey.words(math.prod(self.sizes[0])),)
+        if self.kind == "relu":  # the key as int64 words, for the domain of k bits the request names
+            return (relu_gate.ReluKey.words(math.prod(self.sizes[0]), self.relu_bits),)
         x, y = (torch.empty(s, device="meta") for s in self.sizes)
         return tuple(self.ring_op(x, y).shape)
 
@@ -241,9 +246,9 @@ class PreprocessedProvider(TupleProvider):
         r_binary, r_arithmetic = self._next(Request.make("b2a", size))
         return ArithmeticSharedTensor.from_shares(r_arithmetic, precision=0), BinarySharedTensor.from_shares(r_binary)
 
-    def relu_key(self, count: int) -> tuple[torch.Tensor, relu_gate.ReluKey]:
-        """This party's share of the mask r (count,) and its FSS ReLU key for one ReLU layer."""
-        r, key = self._next(Request.make("relu", (count,)))
+    def relu_key(self, count: int, bits: int) -> tuple[torch.Tensor, relu_gate.ReluKey]:
+        """This party's share of the mask r (count,) and its FSS ReLU key on k = `bits` for one ReLU layer."""
+        r, key = self._next(Request.make("relu", (count,), kwargs={"bits": bits}))
         return r, key
 
     def weights_fixed_pair(self, key: int, input_size: Any, weight_size: Any, op: str,

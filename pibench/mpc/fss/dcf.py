@@ -1,20 +1,24 @@
-"""Distributed comparison function (DCF): additive shares of beta * 1{x < alpha}, from a dealer's key pair.
+"""Distributed comparison function (DCF) with one-bit output and early termination, from a dealer's key pair.
 
-Boyle, Chandran, Gilboa, Gupta, Ishai, Kumar, Rathee, "Function Secret Sharing for
-Mixed-Mode and Fixed-Point Secure Computation" (EUROCRYPT 2021), Fig. 1. The dealer
-knows alpha (an n-bit integer) and beta (a payload of `width` elements of Z_2^64) and
-gives party b a key k_b; for any public x, evaluate(0, k_0, x) + evaluate(1, k_1, x)
-= beta if x < alpha else 0 (mod 2^64), while either key alone is pseudorandom.
+The dealer knows alpha (an n-bit integer) and a bit mu and gives party b a key k_b; for
+any public x, evaluate(0, k_0, x) XOR evaluate(1, k_1, x) = 1{x < alpha} XOR mu, while
+either key alone is pseudorandom (mu hides the comparison's result from the parties
+when the gate opens it; see `relu`).
 
-The key is a GGM tree walk: a root seed (the only part that differs between the
-parties) and, per level, a correction word: seed CW (lambda = 128 bits), two control
-bits and a value CW (the payload, 64·width bits); a final value CW closes the leaf:
+Construction: Boyle, Chandran, Gilboa, Gupta, Ishai, Kumar, Rathee, "Function Secret
+Sharing for Mixed-Mode and Fixed-Point Secure Computation" (EUROCRYPT 2021), Fig. 1, in
+the group Z_2, with early termination (Boyle, Gilboa, Ishai, CCS 2016; Orca, S&P 2024):
+the GGM tree walks only the top m = n - 7 bits of x; the leaf's 128-bit PRG output holds
+one bit for each of the 2^7 values of the low 7 bits, and a 128-bit final correction word
+turns it, on alpha's path, into the table 1{low < alpha's low bits}. Per tree level a key
+holds a seed correction word (lambda = 128 bits), two control bits and one value bit:
 
-    key bits = n·(lambda + 2 + 64·width) + lambda + 64·width
+    key bits = lambda (root) + m·(lambda + 3) + 2^7 (final),   m = n - 7
 
-(n = 31, width = 2: 8,254 bits = 1,032 bytes, `DcfKey.nbytes`). Evaluation walks x's
-bits from the top, two fixed-key AES blocks per level (`prg`); key generation four per
-level and party. Both run level by level over a whole batch of keys at once.
+(n = 31: 3,400 bits = 425 bytes, `DcfKey.size(1, 31)`). The 126 bits of a seed, its
+control bit and its value bit come from one fixed-key AES block (`prg`): evaluation costs
+m + 1 blocks per comparison, key generation 2 per level and party plus one per party.
+Both run level by level over a whole batch of keys.
 """
 
 from __future__ import annotations
@@ -24,229 +28,244 @@ from dataclasses import dataclass
 import numpy as np
 
 from pibench.mpc.fss import prg
-from pibench.mpc.fss.prg import expand, random_seeds
+from pibench.mpc.fss.prg import random_seeds
 
 LAMBDA = 128
+LEAF_BITS = 7  # early termination: the last 7 levels are the 2^7 = 128 bits of one leaf block
 U64 = np.uint64
-# Tweaks of the PRG blocks: seed and value of the left child, of the right child, the leaf value.
-_SEED, _VALUE, _LEAF = 0, 1, 4  # + 2 for the right child
-CHUNK = 8_192  # keys per block in key generation: the working set of a level stays in cache
-EVAL_CHUNK = 32_768  # keys per block in evaluation (half the blocks per key, a quarter of the work)
+_LOW2 = ~U64(3)  # a PRG block's word 0 carries the control bit (bit 0) and the value bit (bit 1)
+_LEAF = U64(4)  # tweak of the leaf block (children use 0 and 1)
+CHUNK = 16_384  # keys per block in key generation: the working set of a level stays in cache
+EVAL_CHUNK = 32_768  # keys per block in evaluation
+
+
+def levels(n_bits: int) -> int:
+    """Tree levels of a DCF on n bits: all but the 7 packed into the leaf."""
+    return n_bits - LEAF_BITS
 
 
 @dataclass
 class DcfKey:
-    """One party's keys for a batch of N comparisons on n-bit inputs with `width` payload words."""
+    """One party's keys for a batch of N comparisons on n-bit inputs (n >= 7)."""
 
     n_bits: int
-    width: int
-    seed: np.ndarray  # (N, 2) uint64: root seed, control bit 0 (party 0) or 1 (party 1)
-    s_cw: np.ndarray  # (n, N, 2) uint64: seed correction words
-    t_cw: np.ndarray  # (n, N, 2) uint8: control-bit correction words (left, right)
-    v_cw: np.ndarray  # (n, N, width) uint64: value correction words
-    final: np.ndarray  # (N, width) uint64: the leaf's correction word
+    seed: np.ndarray  # (N, 2) uint64: root seed (party 1's carries control bit 1 in bit 0)
+    s_cw: np.ndarray  # (m, N, 2) uint64: seed correction words
+    final: np.ndarray  # (N, 2) uint64: the leaf's correction word, 128 one-bit entries
+    bits: np.ndarray  # (m, 3, ceil(N/8)) uint8: per level the bit planes t_L, t_R, v, packed
 
     @property
     def count(self) -> int:
         return int(self.seed.shape[0])
 
     @staticmethod
-    def size(count: int, n_bits: int, width: int) -> int:
-        """Bytes of `count` keys as sent: the formula above, control bits packed 8 to a byte."""
-        words = 2 + n_bits * (2 + width) + width
-        return count * 8 * words + (2 * n_bits * count + 7) // 8
+    def size(count: int, n_bits: int) -> int:
+        """Bytes of `count` keys as sent: the formula above, each level's bits in three packed planes."""
+        m = levels(n_bits)
+        return 8 * count * (2 * m + 4) + 3 * m * (-(-count // 8))
 
     @property
     def nbytes(self) -> int:
-        return self.size(self.count, self.n_bits, self.width)
-
-    def to_bytes(self) -> bytes:
-        out = np.empty(self.nbytes, dtype=np.uint8)
-        self.write(out)
-        return out.tobytes()
-
-    def write(self, out: np.ndarray) -> None:
-        """The key's bytes into `out` (uint8, `nbytes` long): words, then the control bits packed."""
-        start = 0
-        for part in (self.seed, self.s_cw, self.v_cw, self.final):
-            n = 8 * part.size
-            out[start:start + n] = np.ascontiguousarray(part, dtype=U64).reshape(-1).view(np.uint8)
-            start += n
-        self.pack_control_bits(out)
+        return self.size(self.count, self.n_bits)
 
     @classmethod
-    def from_bytes(cls, data: bytes | memoryview | np.ndarray, count: int, n_bits: int, width: int,
-                   control_bits: np.ndarray | None = None) -> "DcfKey":
-        """The inverse of `to_bytes`, its words views of `data`: a received key is parsed without a copy, and
-        key generation writes straight into the buffer it will send (passing `control_bits`, an (n, N, 2)
-        uint8 array it fills and packs with `pack_control_bits`, instead of unpacking them from `data`).
-        A buffer of the wrong length raises ValueError (a truncated key)."""
+    def from_bytes(cls, data: bytes | memoryview | np.ndarray, count: int, n_bits: int) -> "DcfKey":
+        """Views of `data` (no copy): seeds, seed CWs, final CW (uint64 words), then the packed bit planes.
+        Key generation writes into these views of the buffer it sends. A buffer of the wrong length raises
+        ValueError (a truncated key)."""
+        if not LEAF_BITS <= n_bits <= 64:
+            raise ValueError(f"a DCF compares {LEAF_BITS}..64-bit inputs, got n_bits = {n_bits}")
         data = memoryview(data).cast("B")
-        expected = cls.size(count, n_bits, width)
+        expected = cls.size(count, n_bits)
         if len(data) != expected:
             raise ValueError(f"a DCF key for {count} comparisons on {n_bits} bits has {expected} bytes, got "
                              f"{len(data)}: the key was truncated or belongs to another layer")
-        words = np.frombuffer(data, dtype=U64, count=(expected - (2 * n_bits * count + 7) // 8) // 8)
-        shapes = [(count, 2), (n_bits, count, 2), (n_bits, count, width), (count, width)]
-        parts, start = [], 0
-        for shape in shapes:
-            n = int(np.prod(shape))
-            parts.append(words[start:start + n].reshape(shape))
-            start += n
-        if control_bits is None:
-            packed = np.frombuffer(data, dtype=np.uint8, offset=8 * start)
-            control_bits = np.unpackbits(packed, count=2 * n_bits * count).reshape(n_bits, count, 2)
-        seed, s_cw, v_cw, final = parts
-        return cls(n_bits, width, seed, s_cw, control_bits, v_cw, final)
-
-    def pack_control_bits(self, out: np.ndarray) -> None:
-        """Write the control bits, packed, at the end of `out` (the key's buffer, `nbytes` long)."""
-        out[self.nbytes - (self.t_cw.size + 7) // 8:] = np.packbits(self.t_cw.reshape(-1))
+        m = levels(n_bits)
+        words = np.frombuffer(data, dtype=U64, count=2 * count * (m + 2)).reshape(m + 2, count, 2)
+        bits = np.frombuffer(data, dtype=np.uint8, offset=16 * count * (m + 2)).reshape(m, 3, -(-count // 8))
+        return cls(n_bits, words[0], words[1:m + 1], words[m + 1], bits)
 
 
-def _mask(bits: np.ndarray) -> np.ndarray:
-    """0/1 (..., N) -> all-zero/all-one words (..., N, 2), to select (N, 2) words with & and ^. Built in the
-    words' own shape: numpy broadcasting an (N, 1) mask along a last axis of length 2 costs about 8x."""
-    out = np.empty(bits.shape + (2,), U64)
-    np.subtract(U64(0), bits, out=out[..., 0])
-    out[..., 1] = out[..., 0]
+    def write(self, out: np.ndarray) -> None:
+        """The key's bytes as sent into `out` (uint8, `nbytes` long): the inverse of `from_bytes`."""
+        start = 0
+        for part in (self.seed, self.s_cw, self.final, self.bits):
+            raw = np.ascontiguousarray(part).reshape(-1).view(np.uint8)
+            out[start:start + raw.size] = raw
+            start += raw.size
+
+
+def _mask(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """0/1 (N,) -> all-zero/all-one words (N, 2) (into `out` if given), to select (N, 2) words with & and ^.
+    Built in the words' own shape: numpy broadcasting an (N, 1) mask along a last axis of length 2 costs ~8x."""
+    out = np.empty(bits.shape + (2,), U64) if out is None else out
+    np.subtract(U64(0), bits, out=out[:, 0], dtype=U64)
+    out[:, 1] = out[:, 0]
     return out
 
 
-def _negate_if(bits: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """(-1)^bit · value in Z_2^64 for values (N, width): value XOR mask, minus mask (two's complement)."""
-    m = _mask(bits)[:, :values.shape[1]]
-    return (values ^ m) - m
+def _low_table(low: np.ndarray) -> np.ndarray:
+    """Per a (N,) < 128: the 128-bit table whose bit q is 1{q < a}, as (N, 2) uint64 words."""
+    out = np.empty(low.shape + (2,), U64)
+    for word in range(2):
+        ones = np.clip(low.astype(np.int64) - 64 * word, 0, 64).astype(U64)  # set bits in this word
+        full = ones == 64
+        out[..., word] = np.where(full, ~U64(0), (U64(1) << np.where(full, U64(0), ones)) - U64(1))
+    return out
 
 
-def _leaf(seeds: np.ndarray, width: int) -> np.ndarray:
-    return expand(seeds, np.array([_LEAF], dtype=U64))[:, 0, :width]
+def _leaf_bit(leaf: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """Bit `low` (N,) < 128 of each 128-bit block of leaf (N, 2), as uint64 0/1."""
+    word = np.take_along_axis(leaf, (low >> U64(6)).astype(np.intp)[:, None], axis=1)[:, 0]
+    return (word >> (low & U64(63))) & U64(1)
 
 
-def keygen(alpha: np.ndarray, beta: np.ndarray, n_bits: int,
+def keygen(alpha: np.ndarray, n_bits: int, flip: np.ndarray | None = None,
            out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[DcfKey, DcfKey]:
-    """Keys of f(x) = beta · 1{x < alpha} for N comparisons at once: alpha (N,) < 2^n, beta (N, width).
+    """Keys of f(x) = 1{x < alpha} XOR flip for N comparisons at once: alpha (N,) < 2^n, flip (N,) bits.
 
     With `out` (two uint8 buffers of `DcfKey.size` bytes) the keys are written there in their wire
     form, ready to send, and the returned keys view them.
     """
     alpha = np.asarray(alpha, dtype=U64)
-    beta = np.ascontiguousarray(beta, dtype=U64)
-    count, width = beta.shape
-    if alpha.shape != (count,):
-        raise ValueError(f"alpha has shape {alpha.shape}, beta {beta.shape}: one alpha per payload row")
-    if not 1 <= width <= 2:
-        raise ValueError(f"a DCF payload has 1 or 2 words (one PRG block), got {width}")
-    if not 1 <= n_bits <= 64 or (n_bits < 64 and np.any(alpha >> U64(n_bits))):
-        raise ValueError(f"alpha must fit in n_bits = {n_bits} (1..64)")
+    count = alpha.size
+    flip = np.zeros(count, np.uint8) if flip is None else np.asarray(flip).astype(np.uint8)
+    if alpha.shape != (count,) or flip.shape != (count,):
+        raise ValueError(f"alpha has shape {alpha.shape}, flip {flip.shape}: one of each per comparison")
+    if not LEAF_BITS <= n_bits <= 64 or (n_bits < 64 and np.any(alpha >> U64(n_bits))):
+        raise ValueError(f"alpha must fit in n_bits = {n_bits} ({LEAF_BITS}..64)")
     if out is None:
-        out = tuple(np.zeros((2, DcfKey.size(count, n_bits, width)), np.uint8))
-    control_bits = np.empty((n_bits, count, 2), np.uint8)  # common to both keys
-    keys = [DcfKey.from_bytes(buffer, count, n_bits, width, control_bits) for buffer in out]
+        out = tuple(np.zeros((2, DcfKey.size(count, n_bits)), np.uint8))
+    keys = [DcfKey.from_bytes(buffer, count, n_bits) for buffer in out]
+    m = levels(n_bits)
+    planes = np.empty((m, 3, count), np.uint8)  # common to both keys, packed at the end
     for start in range(0, count, CHUNK):  # a block of keys at a time stays in cache through all levels
-        _keygen_block(alpha[start:start + CHUNK], beta[start:start + CHUNK], n_bits, keys, start)
-    keys[0].pack_control_bits(out[0])
+        block = slice(start, start + CHUNK)
+        _keygen_block(alpha[block], flip[block], n_bits, keys, block, planes[:, :, block])
+    keys[0].bits[...] = np.packbits(planes, axis=-1)
     roots = keys[0].seed.nbytes  # after the root seeds, both keys hold the same correction words
     out[1][roots:] = out[0][roots:]
     return keys[0], keys[1]
 
 
-def _keygen_block(alpha: np.ndarray, beta: np.ndarray, n_bits: int, keys: list[DcfKey], start: int) -> None:
-    count, width = beta.shape
-    out = slice(start, start + count)
+def _keygen_block(alpha: np.ndarray, flip: np.ndarray, n_bits: int, keys: list[DcfKey], out: slice,
+                  planes: np.ndarray) -> None:
+    """Keys for one block of comparisons, level by level, both parties at once.
+
+    Each node's children are expanded kept child first (tweak alpha_i), lost child second
+    (tweak 1 - alpha_i), so no select is needed between them; bits live in uint8 arrays and
+    the words in preallocated buffers. On alpha's path exactly one party has t = 1.
+    """
+    count, m = alpha.size, levels(n_bits)
     seeds = random_seeds(2 * count).reshape(2, count, 2)  # party 0's roots, then party 1's
-    seeds[:, :, 0] &= ~U64(1)
-    keys[0].seed[out], keys[1].seed[out] = seeds[0], seeds[1]
-    t = np.zeros((2, count), U64)
+    seeds[:, :, 0] &= _LOW2
+    keys[0].seed[out] = seeds[0]
+    keys[1].seed[out] = seeds[1]
+    keys[1].seed[out, 0] |= U64(1)  # root control bits: party 0 has 0, party 1 has 1
+    t = np.zeros((2, count), np.uint8)
     t[1] = 1
-    v_alpha = np.zeros((count, width), U64)
-    # Both parties' children in one AES call: (party, tweak, N, 2) with tweaks seed L, seed R, value L, value R.
-    blocks = np.empty((2, 4, count, 2), U64)
+    acc = flip.copy()  # XOR of both parties' value bits along alpha's path, offset by flip
+    blocks = np.empty((2, 2, count, 2), U64)  # (party, kept / lost child, N, 2)
     aes = prg.Aes(blocks.shape)
-    for i in range(n_bits):
-        a = (alpha >> U64(n_bits - 1 - i)) & U64(1)  # 1: keep the right child, lose the left
-        keep_right = _mask(a)
-        for j, tweak in enumerate((_SEED, 2 + _SEED, _VALUE, 2 + _VALUE)):
-            blocks[:, j] = seeds
-            blocks[:, j, :, 1] ^= U64(tweak)
+    tweaks = np.zeros((2, count, 2), U64)  # the kept child's tweak alpha_i, the lost child's 1 - alpha_i (word 1)
+    a8 = np.empty(count, np.uint8)
+    low = np.empty((2, 2, count), np.uint8)  # control bit (bit 0) and value bit (bit 1) of each child
+    t_mask = np.empty((count, 2), U64)
+    for i in range(m):
+        np.right_shift(alpha, U64(n_bits - 1 - i), out=tweaks[0, :, 1])
+        tweaks[0, :, 1] &= U64(1)  # 1: keep the right child, lose the left
+        np.bitwise_xor(tweaks[0, :, 1], U64(1), out=tweaks[1, :, 1])
+        a8[:] = tweaks[0, :, 1]
+        np.bitwise_xor(seeds[:, None], tweaks, out=blocks)
         g = aes.mmo(blocks)
-        t_child = g[:, :2, :, 0] & U64(1)  # (2, 2, N): party, control bit L / R
-        g[:, :2, :, 0] &= ~U64(1)
-        # Only the parties' differences matter for the correction words (XOR-select: lose = keep ^ L ^ R).
-        seed_l, seed_r = g[0, 0] ^ g[1, 0], g[0, 1] ^ g[1, 1]
-        s_cw = seed_r ^ ((seed_l ^ seed_r) & keep_right)  # the lost child's seeds, made equal
-        value_l = g[1, 2, :, :width] - g[0, 2, :, :width]
-        value_r = g[1, 3, :, :width] - g[0, 3, :, :width]
-        keep_right_value = keep_right[:, :width]
-        lose = value_r ^ ((value_l ^ value_r) & keep_right_value)
-        keep = value_l ^ value_r ^ lose
-        # Losing the left branch (alpha_i = 1) means every x with x_i = 0 here is below alpha: pay beta.
-        cw = lose - v_alpha + (beta & keep_right_value)
-        keys[0].s_cw[i, out] = s_cw
-        keys[0].v_cw[i, out] = _negate_if(t[1], cw)
-        v_alpha += cw - keep
-        t_lr = t_child[0] ^ t_child[1]  # (2, N): L, R
-        t_lr[0] ^= a ^ U64(1)
-        t_lr[1] ^= a
-        keys[0].t_cw[i, out, 0] = t_lr[0]
-        keys[0].t_cw[i, out, 1] = t_lr[1]
-        t_keep = t_child[:, 0] ^ ((t_child[:, 0] ^ t_child[:, 1]) & a)
-        t_cw_keep = t_lr[0] ^ ((t_lr[0] ^ t_lr[1]) & a)
-        keep_seeds = g[:, 0] ^ ((g[:, 0] ^ g[:, 1]) & keep_right)
-        seeds = keep_seeds ^ (s_cw & _mask(t))
-        t = t_keep ^ (t & t_cw_keep)
-    leaf = _leaf(seeds.reshape(-1, 2), width).reshape(2, count, width)
-    keys[0].final[out] = _negate_if(t[1], leaf[1] - leaf[0] - v_alpha)
+        np.bitwise_and(g[..., 0], U64(3), out=low, casting="unsafe")
+        g[..., 0] &= _LOW2
+        s_cw = keys[0].s_cw[i, out]
+        np.bitwise_xor(g[0, 1], g[1, 1], out=s_cw)  # the lost child's seeds, made equal
+        t_keep, t_lose = low[0, 0] ^ low[1, 0], low[0, 1] ^ low[1, 1]  # both parties' bits XORed
+        # Losing the left child (alpha_i = 1) means every x below it is < alpha: its subtree outputs 1 ^ flip.
+        v_cw = a8 ^ acc ^ (t_lose >> 1)
+        acc ^= (t_keep >> 1) ^ v_cw
+        t_keep &= 1
+        t_keep ^= 1  # the kept child's control bits must differ, the lost child's agree
+        t_lose &= 1
+        swap = (t_keep ^ t_lose) & a8
+        planes[i, 0] = t_keep ^ swap  # t_L
+        planes[i, 1] = t_lose ^ swap  # t_R
+        planes[i, 2] = v_cw
+        _mask(t[0], t_mask)  # party 1's t is the complement of party 0's
+        t_mask &= s_cw
+        np.bitwise_xor(g[0, 0], t_mask, out=seeds[0])
+        t_mask ^= s_cw
+        np.bitwise_xor(g[1, 0], t_mask, out=seeds[1])
+        t &= t_keep
+        t ^= low[:, 0] & 1
+    leaves = seeds.copy()
+    leaves[..., 1] ^= _LEAF
+    leaf = prg.Aes(leaves.shape).mmo(leaves)
+    table = _low_table(alpha & U64((1 << LEAF_BITS) - 1))
+    keys[0].final[out] = leaf[0] ^ leaf[1] ^ table ^ _mask(acc)
 
 
 def evaluate(party: int, key: DcfKey, x: np.ndarray) -> np.ndarray:
-    """Party `party`'s shares (N, width) of beta · 1{x < alpha} at the public inputs x (N,) < 2^n."""
+    """Party `party`'s XOR share (N,) uint8 of 1{x < alpha} XOR flip at the public inputs x (N,) < 2^n."""
     x = np.asarray(x, dtype=U64)
     if x.shape != (key.count,):
         raise ValueError(f"{x.shape[0] if x.ndim else 1} inputs for {key.count} DCF keys")
     if party not in (0, 1):
         raise ValueError(f"a DCF party is 0 or 1, got {party}")
-    value = np.empty((key.count, key.width), U64)
-    for start in range(0, key.count, EVAL_CHUNK):  # a block of keys at a time stays in cache through all levels
-        block = slice(start, start + EVAL_CHUNK)
-        value[block] = _evaluate_block(party, key, block, x[block])
-    return value
+    share = np.empty(key.count, np.uint8)
+    step = max(8, EVAL_CHUNK // 8 * 8)  # blocks start on a byte of the packed bit planes
+    for start in range(0, key.count, step):  # a block of keys at a time stays in cache through all levels
+        share[start:start + step] = _evaluate_block(key, start, x[start:start + step])
+    return share
 
 
-def _evaluate_block(party: int, key: DcfKey, block: slice, x: np.ndarray) -> np.ndarray:
-    """One block of keys through all levels, with preallocated buffers and contiguous (count, 2) operands.
+def _evaluate_block(key: DcfKey, start: int, x: np.ndarray) -> np.ndarray:
+    """One block of keys through all levels: per level one AES block per key, then the corrections selected by
+    the control bit t through an all-ones/all-zeros mask. `start` is a multiple of 8 (the bit planes' bytes).
 
-    Written for numpy's speed, not brevity: an operand broadcast along a last axis of
-    length 2 costs about 8x a contiguous one, and AES itself is only about a quarter of
-    a level. Each level: the taken child's seed and value blocks, one AES call, then the
-    corrections selected by the control bit t through an all-ones/all-zeros mask.
+    Written for numpy's speed, not brevity: bits live in uint8 arrays, words in preallocated (count, 2)
+    buffers, and the taken children's low bits are XORed up in one byte per key, read once at the end.
     """
-    count, width, n = x.shape[0], key.width, key.n_bits
-    blocks = np.empty((2, count, 2), U64)  # the taken child's seed block and value block, tweaked
-    aes = prg.Aes(blocks.shape)
-    value_tweak = np.zeros((count, 2), U64)
-    value_tweak[:, 1] = _VALUE
-    mask = np.empty((count, 2), U64)  # 0 - t in both words
-    masked = np.empty((count, 2), U64)
-    value = np.zeros((count, 2), U64)  # with a one-word payload, the second column is unused
-    t = np.full(count, party, U64)
-    t_cw = key.t_cw[:, block].view(np.uint16)[..., 0]  # (n, count): the (left, right) bytes as one word
-    blocks[0] = key.seed[block]
-    for i in range(n):
-        bit = (x >> U64(n - 1 - i)) & U64(1)
-        blocks[0, :, 1] ^= bit << U64(1)  # tweak 2·bit + _SEED
-        np.bitwise_xor(blocks[0], value_tweak, out=blocks[1])
-        g = aes.mmo(blocks)
-        mask[:, 0] = U64(0) - t
-        mask[:, 1] = mask[:, 0]
-        t_taken = (t_cw[i] >> (bit.astype(np.uint16) << np.uint16(3))) & np.uint16(1)  # byte `bit` of the pair
-        t = (g[0, :, 0] & U64(1)) ^ (t & t_taken)
-        g[0, :, 0] &= ~U64(1)
-        value += g[1]
-        np.bitwise_and(key.v_cw[i, block], mask[:, :width], out=masked[:, :width])
-        value += masked
-        np.bitwise_and(key.s_cw[i, block], mask, out=masked)
-        np.bitwise_xor(g[0], masked, out=blocks[0])  # the next level's seeds
-    value = value[:, :width] + _leaf(blocks[0], width)
-    value += key.final[block] & _mask(t)[:, :width]
-    return U64(0) - value if party else value
+    count, n, m = x.shape[0], key.n_bits, levels(key.n_bits)
+    block = slice(start, start + count)
+    planes = key.bits[:, :, start // 8:-(-(start + count) // 8)]
+    seeds = key.seed[block].copy()
+    aes = prg.Aes(seeds.shape)
+    t = (seeds[:, 0] & U64(1)).astype(np.uint8)
+    seeds[:, 0] &= _LOW2
+    low = np.empty(count, np.uint8)  # a taken child's control bit (bit 0) and value bit (bit 1)
+    values = np.zeros(count, np.uint8)  # XOR of the taken children's low bits: bit 1 sums their value bits
+    corrected = np.zeros(count, np.uint8)  # XOR of t · v_cw over the levels
+    mask = np.empty((count, 2), U64)
+    shifted = np.empty(count, U64)
+    bit = np.empty(count, np.uint8)  # the child x takes at this level
+    for i in range(m):
+        np.right_shift(x, U64(n - 1 - i), out=shifted)
+        np.bitwise_and(shifted, U64(1), out=bit, casting="unsafe")
+        np.bitwise_xor(seeds[:, 1], bit, out=seeds[:, 1], casting="unsafe")  # the taken child's tweak
+        g = aes.mmo(seeds)
+        np.bitwise_and(g[:, 0], U64(3), out=low, casting="unsafe")
+        g[:, 0] &= _LOW2
+        values ^= low
+        _mask(t, mask)
+        level = np.unpackbits(planes[i], axis=-1, count=count)  # t_L, t_R, v_cw
+        level[2] &= t
+        corrected ^= level[2]
+        t_cw = level[0]  # t_L ^ ((t_L ^ t_R) & bit), the taken child's, times the parent's t
+        level[1] ^= t_cw
+        level[1] &= bit
+        t_cw ^= level[1]
+        t_cw &= t
+        np.bitwise_and(low, 1, out=t)
+        t ^= t_cw
+        np.bitwise_and(key.s_cw[i, block], mask, out=mask)
+        np.bitwise_xor(g, mask, out=seeds)
+    seeds[:, 1] ^= _LEAF
+    leaf = aes.mmo(seeds)
+    leaf ^= key.final[block] & _mask(t, mask)
+    values >>= 1
+    values ^= corrected
+    values ^= _leaf_bit(leaf, x & U64((1 << LEAF_BITS) - 1)).astype(np.uint8)
+    return values & 1

@@ -1,7 +1,7 @@
 """Max pooling from the ReLU gate: max(a, b) = b + ReLU(a - b), pairwise in a tree.
 
-A window of m values takes ceil(log2 m) rounds, one ReLU layer per level, and m - 1
-ReLUs in all (an odd element waits for the next level). The difference a - b must lie
+A window of m values takes ceil(log2 m) ReLU layers, one per level (two rounds each),
+and m - 1 ReLUs in all (an odd element waits for the next level). The difference a - b must lie
 in the gate's domain, |a - b| < 2^(k-1) (see `relu`). Windows are gathered locally
 from the shares; a padded position repeats the nearest row/column of the input
 (always in the same window, and max is idempotent), so padding costs no comparison
@@ -33,7 +33,7 @@ def _axis(size: int, kernel: int, stride: int, padding: int) -> np.ndarray:
 
 
 def tree_levels(m: int) -> list[int]:
-    """ReLUs per level of the max tree over m values (one round each): 9 -> [4, 2, 1, 1]."""
+    """ReLUs per level of the max tree over m values (one ReLU layer each): 9 -> [4, 2, 1, 1]."""
     levels = []
     while m > 1:
         levels.append(m // 2)

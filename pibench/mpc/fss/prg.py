@@ -71,6 +71,15 @@ def mmo(blocks: np.ndarray) -> np.ndarray:
     return Aes(blocks.shape).mmo(blocks)
 
 
+def random_bytes(n: int) -> np.ndarray:
+    """n fresh uniform bytes (uint8): AES-256-CTR under a key drawn from the OS's CSPRNG for this call alone.
+    A cryptographic PRG like os.urandom, about ten times faster for the megabytes a layer's keys need."""
+    out = np.empty(n + 16, dtype=np.uint8)  # update_into wants one spare block
+    encryptor = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(bytes(16))).encryptor()
+    encryptor.update_into(np.zeros(n, dtype=np.uint8), out)
+    return out[:n]
+
+
 def random_seeds(n: int) -> np.ndarray:
-    """n fresh uniform 128-bit seeds from the OS's CSPRNG, as (n, 2) uint64."""
-    return np.frombuffer(os.urandom(16 * n), dtype=np.uint64).reshape(n, 2).copy()
+    """n fresh uniform 128-bit seeds (`random_bytes`), as (n, 2) uint64."""
+    return random_bytes(16 * n).view(np.uint64).reshape(n, 2)

@@ -210,7 +210,7 @@ class Party:
             return backend.reveal_to_client(y)
 
     def measure(self, job: dict[str, Any], program: Program, x: torch.Tensor | None) -> dict[str, Any]:
-        backend = self.engine(program, self.rank, self.provider)
+        backend = self.engine.for_job(program, self.rank, self.provider, job)
         dealer_bytes = self.provider.source.bytes if self.provider else 0
         self.meter.reset()
         t0 = time.perf_counter()
@@ -246,7 +246,7 @@ class Party:
             log.info("%s: %s: repeat %d/%d %.3f s online", self.role, job["model"], r + 1, job["repeats"],
                      m.latencies[-1])
         result = m.summary()
-        result.update(setup_s=setup_s, setup_bytes=setup_bytes,
+        result.update(setup_s=setup_s, setup_bytes=setup_bytes, fss_bits=backend.bits,
                       logits=torch.cat(logits).tolist() if logits else [])
         return result
 
