@@ -11,6 +11,11 @@ party that deviates from it.
     crypten:fss     crypten:dealer with ReLU and max pooling by function secret sharing:
                     the dealer sends each party its own DCF keys offline; online a ReLU
                     layer is one round, 16 bytes per ReLU per party. Same trust as dealer.
+    crypten:gc      Delphi's online phase: ReLU and max pooling by garbled circuits (the server
+                    garbles, the client evaluates; OTs between them, no dealer), linear layers
+                    free online, their preprocessing dealt by the dealer (Delphi uses HE there;
+                    its cost is not measured). Online a ReLU is one round trip, 520 B per ReLU.
+                    Same trust as dealer for the linear layers; the GC/OT part trusts nobody.
     crypten:tfp     CrypTen's trusted *first* party: the client (rank 0) generates every
                     Beaver triple in plaintext, so it could recover the server's weights.
                     INSECURE; kept to benchmark the online cost only.
@@ -40,6 +45,7 @@ class Protocol:
     security: str  # the label written in every results row and the report
     secure: bool  # False: a benchmarking mode that leaks a party's secret
     dealer: bool  # True: a third process (the dealer) takes part
+    hooks: str = ""  # module with the protocol's `Backend`, `provider(rank, group, peer_group)`, `serve_dealer(group)`
 
     @property
     def key(self) -> str:
@@ -51,6 +57,10 @@ PROTOCOLS.register("crypten:dealer", Protocol(
     "crypten", "dealer", "semi-honest client/server; non-colluding dealer", secure=True, dealer=True))
 PROTOCOLS.register("crypten:fss", Protocol(
     "crypten", "fss", "semi-honest client/server; non-colluding dealer", secure=True, dealer=True))
+PROTOCOLS.register("crypten:gc", Protocol(
+    "crypten", "gc", "semi-honest client/server; non-colluding dealer for the linear layers only (garbled circuits "
+    "and OTs as in Delphi, no dealer; the linear preprocessing is the dealer's, Delphi's HE offline cost not "
+    "measured)", secure=True, dealer=True, hooks="pibench.mpc.crypten.gc_backend"))
 PROTOCOLS.register("crypten:tfp", Protocol(
     "crypten", "tfp", "INSECURE: the client generates the randomness and could recover the weights; "
     "benchmark only (CrypTen's stock protocol: tuples made during the inference, weights re-opened per product)",

@@ -29,6 +29,7 @@ served from the local queue: the online figures contain no dealer traffic.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -88,8 +89,9 @@ def iter_batches(n: int, batch: int) -> Iterator[tuple[int, int]]:
 # -- the party ---------------------------------------------------------------------------------
 class Party:
     def __init__(self, role: str, crypten: Any, provider: PreprocessedProvider | None = None,
-                 fss: bool = False) -> None:
+                 fss: bool = False, backend: type | None = None) -> None:
         self.role = role
+        self.backend = backend  # the protocol's own backend class (Protocol.hooks), if it has one
         self.rank = ROLES[role]
         self.crypten = crypten
         self.provider = provider  # None: CrypTen's TFP provider, no dealer
@@ -186,7 +188,7 @@ class Party:
         from pibench.mpc.crypten.backend import CryptenBackend
         from pibench.mpc.crypten.fss_backend import FssBackend
 
-        backend = (FssBackend if self.fss else CryptenBackend)(program, self.rank, self.provider)
+        backend = (self.backend or (FssBackend if self.fss else CryptenBackend))(program, self.rank, self.provider)
         dealer_bytes = self.provider.source.bytes if self.provider else 0
         self.meter.reset()
         t0 = time.perf_counter()
@@ -345,17 +347,20 @@ def run_party(role: str, rendezvous: str, *, protocol: str = DEFAULT_PROTOCOL, t
     from pibench.mpc.crypten.dealer import DealerLink, serve_dealer
     from pibench.mpc.crypten.preprocessing import PreprocessedProvider
 
+    hooks = importlib.import_module(proto.hooks) if proto.hooks else None
     if role == "dealer":
         emit({"event": "ready", "role": role})
-        serve_dealer(comm.get().ttp_group)
+        (hooks.serve_dealer if hooks else serve_dealer)(comm.get().ttp_group)
         return
     provider = None
     if proto.dealer:
-        provider = PreprocessedProvider(DealerLink(ROLES[role], comm.get().ttp_group))
+        provider = (hooks.provider(ROLES[role], comm.get().ttp_group, comm.get().main_group) if hooks else
+                    PreprocessedProvider(DealerLink(ROLES[role], comm.get().ttp_group)))
         use_provider(provider)
     emit({"event": "ready", "role": role, "threads": torch.get_num_threads()})
     try:
-        Party(role, crypten, provider, fss=proto.key == "crypten:fss").serve(jobs, on_event)
+        Party(role, crypten, provider, fss=proto.key == "crypten:fss",
+              backend=hooks.Backend if hooks else None).serve(jobs, on_event)
     finally:
         if provider is not None:  # also on a refused model: the dealer must not wait forever
             with contextlib.suppress(RuntimeError):
