@@ -161,23 +161,34 @@ def available_memory() -> int | None:
     return None
 
 
-def fss_memory_error(spec: str, batch: int) -> str:
-    """Why one crypten:fss inference of `spec` at `batch` cannot run with every party on this machine, or '' if
-    it can: its keys (~1 KB per ReLU and max-pool comparison, per party) must fit in the memory available. A
-    model that cannot be loaded is left to the parties, which report that error."""
+def memory_error(spec: str, batch: int, protocol: str) -> str:
+    """Why one inference of `spec` at `batch` under `protocol` cannot run with every party on this machine, or
+    '' if it can (or the protocol keeps nothing per ReLU): crypten:fss's keys (~1 KB per ReLU and max-pool
+    comparison, per party) or crypten:gc's garbled circuits and labels (~6 KB per ReLU) must fit in the memory
+    available. A model that cannot be loaded is left to the parties, which report that error."""
     available = available_memory()
-    if available is None:
+    if available is None or protocol not in ("crypten:fss", "crypten:gc"):
         return ""
     try:
         _, program = public_program(spec)
     except Exception:
         return ""
     keys = (program.relus + program.comparisons) * batch
-    need = FSS_KEY_HOLDERS * ReluKey.size(keys)
+    if protocol == "crypten:fss":
+        need = FSS_KEY_HOLDERS * ReluKey.size(keys)
+        what = (f"{keys:,} ReLU keys of ~{ReluKey.size(1):,} B for each party, held by the client and the server "
+                "and made by the dealer, all")
+    else:
+        from pibench.mpc.gc import relu as gc_relu
+
+        layers = [n * batch for _, _, n in program.relu_layers()]
+        layers += [op.comparisons * batch for op in program.ops if op.kind == "maxpool"]  # an upper bound per level
+        need = gc_relu.memory_bytes(layers)
+        what = (f"{keys:,} garbled ReLUs ({gc_relu.table_words(1) * 8:,} B of tables and "
+                f"{16 * gc_relu.client_input_count(gc_relu.DEFAULT_BITS):,} B of labels each at the client), all")
     if need <= available:
         return ""
-    return (f"crypten:fss needs about {need / 1e9:.1f} GB for one inference at batch {batch}: {keys:,} ReLU keys "
-            f"of ~{ReluKey.size(1):,} B for each party, held by the client and the server and made by the dealer, all "
+    return (f"{protocol} needs about {need / 1e9:.1f} GB for one inference at batch {batch}: {what} "
             f"on this machine, which has {available / 1e9:.1f} GB available; lower --batch, run the parties on "
             "separate machines (pibench party), or use crypten:dealer")
 
@@ -238,6 +249,8 @@ def result_rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor |
         setup_s=event["setup_s"], setup_bytes=event["setup_bytes"],
         offline_s=event["offline_s"], offline_bytes=event["offline_bytes"],
         offline_bytes_client=event.get("offline_bytes_client"), offline_bytes_server=event.get("offline_bytes_server"),
+        client_storage_bytes=event.get("client_storage_bytes"), peak_rss_client=event.get("peak_rss_client"),
+        peak_rss_server=event.get("peak_rss_server"),
     )
     # CrypTen counts what a party sends plus what it receives; on a full-duplex link each
     # direction carries half of it (checked against a 100 Mbit/s tbf-shaped netns link).
@@ -284,7 +297,7 @@ def bench_models(models: Iterable[str], options: BenchOptions | None = None) -> 
             log.info("[%d] %s: %d repeat(s), batch %d, %d sample(s)", i, spec, options.repeats, options.batch, n)
             job = dict(model=spec, repeats=options.repeats, batch=options.batch, samples=n, seed=options.seed,
                        data_dir=options.data_dir)
-            too_big = fss_memory_error(spec, options.batch) if protocol.key == "crypten:fss" else ""
+            too_big = memory_error(spec, options.batch, protocol.key)
             if too_big:  # before any party loads the model
                 log.error("[%d] %s: %s", i, spec, too_big)
                 events = [{"error": too_big}] * len(links)
@@ -335,7 +348,8 @@ def summary(result: BenchResult) -> dict[str, Any]:
         "agreement": row.mpc_agreement, "max_logit_error": row.max_logit_error, "mpc_accuracy": row.mpc_accuracy,
         "offline_s": row.offline_s, "offline_bytes": row.offline_bytes,
         "offline_bytes_client": row.offline_bytes_client, "offline_bytes_server": row.offline_bytes_server,
-        "setup_s": row.setup_s,
+        "client_storage_bytes": row.client_storage_bytes, "peak_rss_client": row.peak_rss_client,
+        "peak_rss_server": row.peak_rss_server, "setup_s": row.setup_s,
         "setup_bytes": row.setup_bytes,
         "projected_latency_s": {r.network: r.projected_latency_s for r in result.rows},
         "measured": {r.network: {"link": r.link, "latency_s_median": r.latency_s_median, "comm_s": r.comm_s}

@@ -80,3 +80,28 @@ def test_online_bytes_grow_by_520_per_kept_relu_and_removed_relus_cost_nothing(t
                 ots = iknp.padded(gc_relu.client_input_count(gc_relu.DEFAULT_BITS) * layer.relus)
                 assert layer.offline_bytes_client == gc_relu.table_words(layer.relus) * 8 + 16 * ots
                 assert layer.offline_bytes_server == 16 * ots
+
+
+def test_every_crypten_protocol_reports_client_storage_and_peak_memory(tmp_path):
+    """client_storage_bytes: what the client holds before an online inference (nothing without preprocessing);
+    peak_rss_*: each party's resident-set high-water mark for the model."""
+    folder = save(tmp_path, "d100", with_density(1.0, 0))
+    storage = {}
+    for protocol in ("crypten:tfp", "crypten:dealer", "crypten:fss", "crypten:gc"):
+        (result,) = bench_models([folder], BenchOptions(protocol=protocol, repeats=1, samples=0))
+        row = result.rows[0]
+        assert row.error == "", row.error
+        assert 50e6 < row.peak_rss_client < 8e9 and 50e6 < row.peak_rss_server < 8e9, protocol
+        storage[protocol] = row.client_storage_bytes
+    relus = 4608
+    assert storage["crypten:tfp"] == 0
+    assert storage["crypten:dealer"] > 0
+    assert storage["crypten:fss"] > 1000 * relus  # its ~1 KB key per ReLU, its masks and tuple shares
+    gc_per_relu = gc_relu.table_words(1) * 8 + 16 * gc_relu.client_input_count(gc_relu.DEFAULT_BITS)
+    assert gc_per_relu * relus < storage["crypten:gc"] < (gc_per_relu + 200) * relus
+
+
+def test_garbled_circuits_that_cannot_fit_this_machine_fail_the_model_before_any_party_loads_it():
+    (big,) = bench_models(["wrn22_8"], options(batch=1024, repeats=1, samples=0))
+    assert big.error.startswith("crypten:gc needs about ") and "GB for one inference at batch 1024" in big.error
+    assert "lower --batch" in big.error and big.rows[0].bytes_per_party is None

@@ -92,6 +92,11 @@ class GcProvider(TupleProvider):
     def finish_online(self) -> None:
         self.backend.finish_online()
 
+    def held_bytes(self) -> int:
+        """Bytes of the prepared inference: the client's tables, input labels and masks; the server's garbled
+        layers (its labels' zero values, Delta, decode bits) and u."""
+        return self.backend.prepared.nbytes() if self.backend.prepared is not None else 0
+
     def _refuse(self, *args: Any, **kwargs: Any) -> Any:
         raise PreprocessingError("crypten:gc makes no Beaver tuples: an op reached CrypTen's multiplication; "
                                  "the gc backend must implement it")

@@ -80,6 +80,16 @@ class Inference:
     products: list[Product] = field(default_factory=list)  # client, offline only
     relus: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # client, offline only: (c, r')
 
+    def nbytes(self) -> int:
+        """Bytes held of the material still to be used."""
+        def size(item: Any) -> int:
+            if isinstance(item, tuple):
+                return sum(size(i) for i in item)
+            if isinstance(item, gc_relu.GarbledLayer):
+                return item.server_zero.nbytes + item.decode.nbytes + item.delta.nbytes
+            return item.nbytes
+        return sum(size(i) for q in (self.inputs, self.rhos, self.masks, self.layers, self.us) for i in q)
+
     def left(self) -> int:
         return sum(len(q) for q in (self.inputs, self.rhos, self.masks, self.layers, self.us))
 

@@ -109,3 +109,13 @@ def colors(wires: list[np.ndarray]) -> np.ndarray:
         out |= (w[:, 0] & U64(1)) << U64(i)
     return out
 
+
+
+def memory_bytes(layers: list[int], bits: int = DEFAULT_BITS) -> int:
+    """Memory one inference needs with every party on one machine, for ReLU layers of these sizes (batch
+    included): what the client holds (tables, its input labels and masks) and the server (its garbled
+    layers), plus the largest layer in flight (its OT matrices and tables at both parties, counted twice)."""
+    inputs = client_input_count(bits)
+    held = table_words(1, bits) * 8 + 16 * inputs + 8 + 16 * bits + 8  # client + server, per ReLU
+    in_flight = 2 * (table_words(1, bits) * 8 + 4 * 16 * inputs)  # per ReLU of the layer being garbled
+    return held * sum(layers) + in_flight * max(layers, default=0)

@@ -43,6 +43,7 @@ import torch
 from pibench.mpc.backend import run_program
 from pibench.model_spec import model_identity, model_inputs, public_program, server_model
 from pibench.mpc.parties.channel import recv_json, send_json
+from pibench.mpc.parties import memory
 from pibench.mpc.parties.measure import CommMeter, Measurement, Timed
 from pibench.mpc.program import Op, Program
 from pibench.mpc.protocols import CLIENT, DEALER, DEFAULT_PROTOCOL, SERVER, Protocol, get_protocol, protocol_key
@@ -146,11 +147,16 @@ class Party:
             error = PEER_FAILED.format(peer="server" if self.rank == CLIENT else "client")
         if error:
             return {"event": "error" if self.rank == CLIENT else "done", "job": job["id"], "error": error}
+        memory.reset_peak()
         result = self.measure(job, program, x)
+        result["peak_rss"] = memory.peak_rss()
         totals = ("bytes", "rounds", "setup_bytes", "offline_s", "offline_bytes")
-        theirs = self.exchange({"ops": result["ops"], **{k: result[k] for k in totals}})
+        theirs = self.exchange({"ops": result["ops"], "peak_rss": result["peak_rss"],
+                                **{k: result[k] for k in totals}})
         if self.rank != CLIENT:
             return {"event": "done", "job": job["id"], "error": None}
+        result.update(client_storage_bytes=result.pop("storage_bytes"), peak_rss_client=result.pop("peak_rss"),
+                      peak_rss_server=theirs["peak_rss"])
         dealer = result["offline_bytes"] is not None  # None: no offline phase, on both sides
         if dealer:  # each party's own traffic with the dealer (the server's: its FSS keys)
             result.update(offline_bytes_client=result["offline_bytes"], offline_bytes_server=theirs["offline_bytes"])
@@ -212,6 +218,7 @@ class Party:
             if self.provider is not None:
                 offline_s, m.offline_bytes = self.offline(plans[job["batch"]])
                 m.offline_s.append(offline_s)
+                m.storage_bytes = self.provider.held_bytes()
             self.meter.reset()
             before = self.meter.read()
             self.infer(backend, program, first, job["batch"], m)
