@@ -186,7 +186,7 @@ class GcLink:
             u = _array(self._recv(CLIENT, self.peer_group), np.uint8)
             inputs = gc_relu.client_input_count(self.bits) * count
             delta = labels.random_delta()
-            zero, y = self.ot.extend(u.reshape(iknp.KAPPA, -1), inputs, delta)
+            zero, y = self.ot.extend(u.reshape(-1, iknp.padded(inputs) // 8), inputs, delta)
             self._send(_words(y), CLIENT, self.peer_group)
             layer, tables = gc_relu.garble(zero.reshape(-1, count, 2), delta, self.bits)
             self._send(_words(tables), CLIENT, self.peer_group)
