@@ -46,7 +46,8 @@ from pibench.mpc.parties.channel import recv_json, send_json
 from pibench.mpc.parties import memory
 from pibench.mpc.parties.measure import CommMeter, Measurement, Timed
 from pibench.mpc.program import Op, Program
-from pibench.mpc.protocols import CLIENT, DEALER, DEFAULT_PROTOCOL, SERVER, Protocol, get_protocol, protocol_key
+from pibench.mpc.protocols import (CLIENT, DEALER, DEFAULT_PROTOCOL, PROTOCOLS, SERVER, Protocol, get_protocol,
+                                   protocol_key)
 
 if TYPE_CHECKING:  # CrypTen is imported by the party processes only, not by the evaluator
     from pibench.mpc.crypten.backend import CryptenBackend  # or its FSS subclass
@@ -336,8 +337,8 @@ def run_party(role: str, rendezvous: str, *, protocol: str = DEFAULT_PROTOCOL, t
         raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
     proto = protocol_of(protocol)
     if role == "dealer" and not proto.dealer:
-        raise ValueError(f"protocol {proto.key} has no dealer; a dealer party only exists with crypten:dealer "
-                         "and crypten:fss")
+        with_dealer = ", ".join(k for k in PROTOCOLS.names() if PROTOCOLS.get(k).dealer)
+        raise ValueError(f"protocol {proto.key} has no dealer; a dealer party only exists with {with_dealer}")
     torch.set_num_threads(threads)
     os.environ.update(RENDEZVOUS=rendezvous, WORLD_SIZE="2", RANK=str(ROLES[role]), DISTRIBUTED_BACKEND="gloo")
     from pibench.mpc.crypten.compat import import_crypten, use_provider
