@@ -45,24 +45,61 @@ def _columns(seeds: list[bytes], extension: int, count: int) -> np.ndarray:
     return np.stack([_prg(seed, extension, nbytes) for seed in seeds])
 
 
-def _transpose8(x: np.ndarray) -> np.ndarray:
-    """Transpose the 8x8 bit matrix in every uint64 (byte r, bit c) -> (byte c, bit r) (Hacker's Delight 7-3)."""
-    for shift, mask in ((7, 0x00AA00AA00AA00AA), (14, 0x0000CCCC0000CCCC), (28, 0x00000000F0F0F0F0)):
-        t = ((x >> U64(shift)) ^ x) & U64(mask)
+_CHUNK_BYTES = 1 << 16  # byte columns per transpose step (524,288 OTs): bounds its buffers to 8 MiB
+_BITS8 = ((7, 0x00AA00AA00AA00AA), (14, 0x0000CCCC0000CCCC), (28, 0x00000000F0F0F0F0))
+
+
+def _swap(a: np.ndarray, b: np.ndarray, shift: int, mask: int, t: np.ndarray) -> None:
+    """The delta swap of a transpose: bits of a at `mask << shift` trade places with bits of b at `mask`."""
+    np.right_shift(a, U64(shift), out=t)
+    t ^= b
+    t &= U64(mask)
+    b ^= t
+    np.left_shift(t, U64(shift), out=t)
+    a ^= t
+
+
+def _transpose8(x: np.ndarray, t: np.ndarray) -> None:
+    """Transpose the 8x8 bit matrix in every uint64 of x in place: (byte r, bit c) -> (byte c, bit r)
+    (Hacker's Delight 7-3, as delta swaps within one word); t is scratch of x's shape."""
+    for shift, mask in _BITS8:
+        np.right_shift(x, U64(shift), out=t)
+        t ^= x
+        t &= U64(mask)
         x ^= t
-        x ^= t << U64(shift)
-    return x
+        np.left_shift(t, U64(shift), out=t)
+        x ^= t
+
+
+def _transpose_bytes8(words: np.ndarray) -> None:
+    """In place, along axis 1 (length 8): word j's byte r becomes word r's byte j (8x8 byte transposes)."""
+    t = np.empty_like(words[:, 0])
+    for distance, mask in ((4, 0x00000000FFFFFFFF), (2, 0x0000FFFF0000FFFF), (1, 0x00FF00FF00FF00FF)):
+        for r in range(8):
+            if not r & distance:
+                _swap(words[:, r], words[:, r + distance], 8 * distance, mask, t)
 
 
 def transpose(matrix: np.ndarray) -> np.ndarray:
     """The 128 x m bit matrix (128, m/8) uint8 as m rows of 128 bits: (m, 2) uint64 (bit j of row i = column j).
 
-    8x8 bit blocks: gather the 8 bytes of rows 8g..8g+7 in byte column c into one word, transpose its bits,
-    and its byte b is byte g of row 8c + b."""
+    In 8x8 bit blocks: the 8 bytes of rows 8g..8g+7 in byte column c become one word (byte transposes of
+    the rows' words), its bits are transposed, and its byte b is byte g of row 8c + b (byte transposes
+    again). Only whole words move between arrays, in chunks of columns."""
     nbytes = matrix.shape[1]
-    words = np.ascontiguousarray(matrix.reshape(KAPPA // 8, 8, nbytes).transpose(0, 2, 1)).view(U64)
-    blocks = _transpose8(words.reshape(KAPPA // 8, nbytes)).view(np.uint8).reshape(KAPPA // 8, nbytes, 8)
-    return np.ascontiguousarray(blocks.transpose(1, 2, 0)).reshape(nbytes * 8, 16).view(U64)
+    rows = np.empty((nbytes * 8, 2), dtype=U64)
+    groups = np.ascontiguousarray(matrix).view(U64).reshape(KAPPA // 8, 8, nbytes // 8)  # (g, r, w)
+    step = _CHUNK_BYTES // 8
+    for start in range(0, nbytes // 8, step):
+        stop = min(nbytes // 8, start + step)
+        words = groups[:, :, start:stop].copy()  # (g, r, w): word w of row 8g + r
+        _transpose_bytes8(words)  # (g, j, w): byte r = row 8g + r, byte column 8w + j
+        columns = np.ascontiguousarray(words.transpose(0, 2, 1)).reshape(KAPPA // 8, -1)  # (g, c)
+        _transpose8(columns, np.empty_like(columns))  # byte b, bit r: row 8g + r, OT 8c + b
+        halves = columns.reshape(2, 8, -1)  # (h, r, c) with g = 8h + r
+        _transpose_bytes8(halves)  # (h, b, c): byte r = byte 8h + r of OT row 8c + b
+        rows[64 * start:64 * stop] = halves.transpose(2, 1, 0).reshape(-1, 2)
+    return rows
 
 
 def padded(count: int) -> int:
