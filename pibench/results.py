@@ -87,6 +87,10 @@ class ResultRow:
     offline_bytes_client: int | None = None  # of which the client's (its tuple shares and FSS keys)
     offline_bytes_server: int | None = None  # of which the server's (its FSS keys; 0 under crypten:dealer)
     fss_bits: int | None = None  # crypten:fss: the comparison domain k (x mod 2^k) chosen from the plaintext range
+    client_storage_bytes: int | None = None  # what the client holds before an online inference (dealer: its tuple
+    # shares; fss: its keys and masks; gc: garbled tables, its input labels and masks; 0 without preprocessing)
+    peak_rss_client: int | None = None  # resident-set high-water mark of each party process while measuring
+    peak_rss_server: int | None = None  # this model, bytes (Linux VmHWM, reset per model)
     batch: int | None = None
     repeats: int | None = None
     backend: str | None = None  # MPC framework: crypten

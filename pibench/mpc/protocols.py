@@ -12,6 +12,11 @@ party that deviates from it.
                     the dealer sends each party its own DCF keys offline; online a ReLU
                     layer is two rounds, 16 bytes per ReLU per party plus one bit. Same
                     trust as dealer.
+    crypten:gc      Delphi's online phase: ReLU and max pooling by garbled circuits (the server
+                    garbles, the client evaluates; OTs between them, no dealer), linear layers
+                    free online, their preprocessing dealt by the dealer (Delphi uses HE there;
+                    its cost is not measured). Online a ReLU layer is one round trip, 520 B per
+                    ReLU. Same trust as dealer for the linear layers; the GC/OT part trusts nobody.
     crypten:tfp     CrypTen's trusted *first* party: the client (rank 0) generates every
                     Beaver triple in plaintext, so it could recover the server's weights.
                     INSECURE; kept to benchmark the online cost only.
@@ -68,6 +73,8 @@ class Protocol:
     extra: str = ""  # what to install when `requires` is missing, for the message
     memory_check: str = ""  # "module:attr": (program, batch, bits) -> why one inference cannot fit here, or ''
     domain: str = ""  # "module:attr": (program, inputs) -> the comparison domain k, for protocols comparing x mod 2^k
+    provider: str = ""  # "module:attr": (rank, dealer group, peer group) -> a party's provider; '' the dealer's tuples
+    dealer_loop: str = ""  # "module:attr": (dealer group) -> None, the dealer process; '' CrypTen's tuple dealer
 
     @property
     def key(self) -> str:
@@ -108,6 +115,12 @@ PROTOCOLS.register("crypten:fss", Protocol(
     "crypten", "fss", "semi-honest client/server; non-colluding dealer", secure=True, dealer=True,
     runner=_CRYPTEN_RUNNER, engine="pibench.mpc.crypten.fss_backend:FssBackend",
     memory_check="pibench.mpc.crypten.fss_memory:fss_memory_error", domain="pibench.mpc.fss.domain:model_bits"))
+PROTOCOLS.register("crypten:gc", Protocol(
+    "crypten", "gc", "semi-honest client/server; non-colluding dealer for the linear layers only (garbled circuits "
+    "and OTs as in Delphi, no dealer; the linear preprocessing is the dealer's, Delphi's HE offline cost not "
+    "measured)", secure=True, dealer=True, runner=_CRYPTEN_RUNNER, engine="pibench.mpc.crypten.gc_backend:GcBackend",
+    provider="pibench.mpc.crypten.gc_backend:provider", dealer_loop="pibench.mpc.crypten.gc_backend:serve_dealer",
+    memory_check="pibench.mpc.gc.preflight:gc_memory_error", domain="pibench.mpc.gc.preflight:model_bits"))
 PROTOCOLS.register("crypten:tfp", Protocol(
     "crypten", "tfp", "INSECURE: the client generates the randomness and could recover the weights; "
     "benchmark only (CrypTen's stock protocol: tuples made during the inference, weights re-opened per product)",

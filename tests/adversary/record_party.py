@@ -18,6 +18,11 @@ that show the adversary tests catch what they claim):
     counter_reset   draw the weight masks from a fresh copy of the server's key stream
     key_in_clear    the dealer sends each party its key-stream key in the clear
     mask_reuse      crypten:fss: every ReLU layer masks x with the same r (its keys stay fresh)
+crypten:gc (see _record_gc) also records "gc": the server's free-XOR offsets, the server's share entering
+each ReLU layer and the client's OT choice bits (as tensors), and knows these bugs:
+    gc_fixed_seed   every circuit garbled from one fixed seed: Delta and the server's labels repeat
+    gc_delta_reuse  one Delta for every layer and inference (labels stay fresh)
+    ot_choices_clear  the client sends its OT choice bits in the clear next to U
 """
 
 import atexit
@@ -26,7 +31,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-transcript = {"seen": [], "drawn": [], "keys": [], "input": [], "revealed": []}
+transcript = {"seen": [], "drawn": [], "keys": [], "input": [], "revealed": [],
+              "gc": {"deltas": [], "server_shares": [], "choices": []}}
 INJECT = sys.argv[2]
 
 
@@ -134,6 +140,63 @@ def _record_crypten() -> None:
         dealer.party_draws = reused_relu_mask
 
 
+# -- crypten:gc ------------------------------------------------------------------------------------
+def _record_gc() -> None:
+    import numpy as np
+
+    from pibench.mpc.crypten import gc_backend
+    from pibench.mpc.gc import iknp, labels
+    from pibench.mpc.gc import relu as gc_relu
+
+    backend = gc_backend.GcBackend
+    share_input, relu_shares = backend.share_input, backend.relu_shares
+
+    def recorded_share_input(self, x, shape):
+        if x is not None:
+            transcript["input"].append((x.float() * 2**16).long())
+        return share_input(self, x, shape)
+
+    def recorded_relu_shares(self, share):
+        if self.rank == 1:
+            transcript["gc"]["server_shares"].append(torch.from_numpy(share.view(np.int64).copy()))
+        return relu_shares(self, share)
+
+    backend.share_input, backend.relu_shares = recorded_share_input, recorded_relu_shares
+    random_delta = labels.random_delta
+    if INJECT == "gc_fixed_seed":
+        def fixed_labels(shape):
+            return np.random.default_rng(0).integers(0, 2**64, shape, dtype=np.uint64)
+
+        gc_relu.random_labels = fixed_labels
+        labels.random_delta = lambda: fixed_labels((2,)) | np.array([1, 0], dtype=np.uint64)
+    if INJECT == "gc_delta_reuse":
+        first = random_delta()
+        labels.random_delta = lambda: first.copy()
+    drawn = labels.random_delta
+
+    def recorded_delta():
+        delta = drawn()
+        transcript["gc"]["deltas"].append(torch.from_numpy(delta.view(np.int64).copy()))
+        return delta
+
+    labels.random_delta = recorded_delta
+    extend = iknp.Receiver.extend
+
+    def recorded_extend(self, choices):
+        transcript["gc"]["choices"].append(torch.from_numpy(np.asarray(choices, dtype=np.uint8).copy()))
+        u, pending = extend(self, choices)
+        if INJECT == "ot_choices_clear":  # one more row: the packed choices
+            clear = np.zeros((1, u.shape[1]), np.uint8)
+            clear[0, :] = np.packbits(pending.choices, bitorder="little")
+            u = np.concatenate([u, clear])
+        return u, pending
+
+    iknp.Receiver.extend = recorded_extend
+    if INJECT == "ot_choices_clear":
+        send = iknp.Sender.extend
+        iknp.Sender.extend = lambda self, u, count, delta: send(self, u[:iknp.KAPPA], count, delta)
+
+
 def _record_spu() -> None:
     from pibench.mpc.spu import backend as spu_backend, link as spu_link
 
@@ -161,6 +224,8 @@ if __name__ == "__main__":
     party_args = argv[argv.index("pibench.cli") + 1:]
     protocol = party_args[party_args.index("--protocol") + 1]
     (_record_spu if protocol.startswith("spu:") else _record_crypten)()
+    if protocol == "crypten:gc":
+        _record_gc()
     atexit.register(lambda: torch.save(transcript, sys.argv[1]))
     from pibench.cli import main
 

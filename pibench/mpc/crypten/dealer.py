@@ -157,13 +157,17 @@ class Outbox:
             self._wait()
 
 
-def serve_dealer(group: Any) -> None:
-    """The dealer's loop: agree a fresh key stream with each party (X25519), then answer the client until bye."""
-    # crypten.init() in each party starts CrypTen's own TTP client, which waits for a
-    # generator seed and a barrier; pibench's provider never draws from that generator.
+def start_session(group: Any) -> None:
+    """What every dealer does first: crypten.init() in each party starts CrypTen's own TTP client, which
+    waits for a generator seed and a barrier (pibench's providers never draw from that generator)."""
     for rank in (CLIENT, SERVER):
         dist.send(torch.tensor(secrets.randbits(63)), rank, group=group)
     dist.barrier(group=group)
+
+
+def serve_dealer(group: Any) -> None:
+    """The dealer's loop: agree a fresh key stream with each party (X25519), then answer the client until bye."""
+    start_session(group)
     prgs = [Prg(agree_key(rank, group, rank, first=True)) for rank in (CLIENT, SERVER)]
     masks: list[torch.Tensor] = []
     plans: list[list[Request]] = []

@@ -203,6 +203,10 @@ class PreprocessedProvider(TupleProvider):
         self.queue = deque(zip(plan.requests, self.source.make(plan)))
         self.served = 0
 
+    def held_bytes(self) -> int:
+        """Bytes of this party's preprocessed shares and keys not yet used (all of them before an online phase)."""
+        return sum(s.nbytes for _, shares in (self.queue or ()) for s in shares)
+
     def finish_online(self) -> None:
         """End of an online phase: every preprocessed tuple must have been used."""
         left = len(self.queue) if self.queue is not None else 0

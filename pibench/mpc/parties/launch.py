@@ -2,7 +2,7 @@
 
     client  rank 0  `pibench party --role client`   (hosts the rendezvous)
     server  rank 1  `pibench party --role server`
-    dealer  rank 2  `pibench party --role dealer`   (only with a dealer protocol: crypten:dealer, crypten:fss)
+    dealer  rank 2  `pibench party --role dealer`   (only with a dealer protocol: crypten:dealer, crypten:fss, crypten:gc)
 
 They talk over TCP through torch.distributed/gloo. The launcher only hands out jobs
 (JSON lines on the parties' stdin) and reads their events (stdout); it never sees

@@ -52,6 +52,7 @@ class Measurement:
         self.bytes = 0
         self.rounds = 0
         self.offline_bytes: int | None = None  # None: the protocol has no offline phase
+        self.storage_bytes = 0  # what this party held of its preprocessing when its online phase began
 
     def record(self, index: int, before: tuple, after: tuple) -> None:
         stats = self.ops[index]
@@ -68,6 +69,7 @@ class Measurement:
             "rounds": self.rounds,
             "offline_s": statistics.median(self.offline_s) if self.offline_s else None,
             "offline_bytes": self.offline_bytes,
+            "storage_bytes": self.storage_bytes,
             "ops": [{"op": s.kind, "layer": s.layer, "relus": s.relus,
                      "time_s": statistics.median(s.times) if s.times else 0.0,
                      "bytes": s.bytes, "rounds": s.rounds, "offline_bytes": s.offline_bytes} for s in self.ops],

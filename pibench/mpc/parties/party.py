@@ -42,9 +42,10 @@ import torch
 
 from pibench.mpc.backend import run_program
 from pibench.mpc.parties.channel import recv_json, send_json
+from pibench.mpc.parties import memory
 from pibench.mpc.parties.measure import CommMeter, Measurement, Timed
 from pibench.mpc.program import Op, Program
-from pibench.mpc.protocols import CLIENT, DEALER, DEFAULT_PROTOCOL, SERVER, protocol_of
+from pibench.mpc.protocols import CLIENT, DEALER, DEFAULT_PROTOCOL, SERVER, protocol_of, resolve
 
 if TYPE_CHECKING:  # CrypTen is imported by the party processes only, not by the evaluator
     from pibench.mpc.crypten.backend import CryptenBackend  # or its FSS subclass
@@ -109,7 +110,7 @@ def iter_batches(n: int, batch: int) -> Iterator[tuple[int, int]]:
 # What each party tells the other after a job: its counts (bytes, rounds, bytes from the dealer), which follow
 # from the public program and protocol. Its timings stay on its own side: a server's per-layer times are a
 # side channel the threat model does not name (they reflect its machine and load), so every time in the
-# results is the client's own measurement.
+# results is the client's own measurement. Its peak memory goes too: a column of its own (what a server needs).
 PEER_TOTALS = ("bytes", "rounds", "setup_bytes", "offline_bytes")
 PEER_OP_COUNTS = ("bytes", "rounds", "offline_bytes")
 
@@ -171,11 +172,15 @@ class Party:
             error = PEER_FAILED.format(peer="server" if self.rank == CLIENT else "client")
         if error:
             return {"event": "error" if self.rank == CLIENT else "done", "job": job["id"], "error": error}
+        memory.reset_peak()
         result = self.measure(job, program, x)
+        result["peak_rss"] = memory.peak_rss()
         theirs = self.exchange({"ops": [{k: op[k] for k in PEER_OP_COUNTS} for op in result["ops"]],
-                                **{k: result[k] for k in PEER_TOTALS}})
+                                "peak_rss": result["peak_rss"], **{k: result[k] for k in PEER_TOTALS}})
         if self.rank != CLIENT:
             return {"event": "done", "job": job["id"], "error": None}
+        result.update(client_storage_bytes=result.pop("storage_bytes"), peak_rss_client=result.pop("peak_rss"),
+                      peak_rss_server=theirs["peak_rss"])
         dealer = result["offline_bytes"] is not None  # None: no offline phase, on both sides
         if dealer:  # each party's own traffic with the dealer (the server's: its FSS keys)
             result.update(offline_bytes_client=result["offline_bytes"], offline_bytes_server=theirs["offline_bytes"])
@@ -234,6 +239,7 @@ class Party:
             if self.provider is not None:
                 offline_s, m.offline_bytes = self.offline(plans[job["batch"]])
                 m.offline_s.append(offline_s)
+                m.storage_bytes = self.provider.held_bytes()
             self.meter.reset()
             before = self.meter.read()
             self.infer(backend, program, first, job["batch"], m)
@@ -341,8 +347,8 @@ def run_party(role: str, rendezvous: str, *, models: PartyModels, protocol: str 
         raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
     proto = protocol_of(protocol)
     if role == "dealer" and not proto.dealer:
-        raise ValueError(f"protocol {proto.key} has no dealer; a dealer party only exists with crypten:dealer "
-                         "and crypten:fss")
+        with_dealer = ", ".join(k for k in PROTOCOLS.names() if PROTOCOLS.get(k).dealer)
+        raise ValueError(f"protocol {proto.key} has no dealer; a dealer party only exists with {with_dealer}")
     torch.set_num_threads(threads)
     os.environ.update(RENDEZVOUS=rendezvous, WORLD_SIZE="2", RANK=str(ROLES[role]), DISTRIBUTED_BACKEND="gloo")
     from pibench.mpc.crypten.compat import import_crypten, use_provider
@@ -361,11 +367,12 @@ def run_party(role: str, rendezvous: str, *, models: PartyModels, protocol: str 
 
     if role == "dealer":
         sink({"event": "ready", "role": role})
-        serve_dealer(comm.get().ttp_group)
+        (resolve(proto.dealer_loop) if proto.dealer_loop else serve_dealer)(comm.get().ttp_group)
         return
     provider = None
     if proto.dealer:
-        provider = PreprocessedProvider(DealerLink(ROLES[role], comm.get().ttp_group))
+        provider = (resolve(proto.provider)(ROLES[role], comm.get().ttp_group, comm.get().main_group)
+                    if proto.provider else PreprocessedProvider(DealerLink(ROLES[role], comm.get().ttp_group)))
         use_provider(provider)
     sink({"event": "ready", "role": role, "threads": torch.get_num_threads()})
     try:
