@@ -98,7 +98,8 @@ def test_out_of_range_activations_are_detected_not_trusted():
 
 
 # Bytes per ReLU and party (a multiple of 8 ReLUs), as docs/fss.md states them: 128 + (k - 8)·131 + 256 bits.
-KEY_BYTES_PER_RELU = {8: 48, 21: 260.875, 22: 277.25, 24: 310, 32: 441, 44: 637.5, 64: 965}
+KEY_BYTES_PER_RELU = {8: 48, 19: 228.125, 20: 244.5, 21: 260.875, 22: 277.25, 24: 310, 32: 441, 35: 490.125, 44: 637.5,
+                      64: 965}
 
 
 @pytest.mark.parametrize("bits", sorted(KEY_BYTES_PER_RELU))
