@@ -117,6 +117,9 @@ def test_key_bytes_sent_are_the_stated_numbers(bits):
 
 def test_key_bytes_at_k_32_meet_the_issue_bound():
     assert relu.ReluKey.size(8, 32) == 8 * 441 and 441 <= 450  # issue 27: <= 450 B per ReLU and party
+    assert relu.ReluKey.size(8) == 8 * 441  # the default domain (`pibench party` by hand) is k = 32 ...
+    assert not relu.out_of_range(ring([2**31 - 1, -2**31])).any()  # ... |x| < 2^31 ring units, 2^15 real
+    assert relu.out_of_range(ring([2**31, -2**31 - 1])).all()
     assert dcf.DcfKey.size(8, 31) == 8 * 425  # 128 + 24 * 131 + 128 bits
 
 
