@@ -35,10 +35,11 @@ def test_resnet18_layer_conv_relu(benchmark, pair):
 ONLINE_RATIO_BOUND = 0.75
 
 
-def test_resnet18_harness_vs_plain_crypten(benchmark, pair):
-    """End to end on resnet18 (random weights, all ReLUs): the harness under crypten:dealer (weights-fixed
-    products, tuples preprocessed), online alone and offline + online, vs a plain CrypTen script doing the
-    same ops the stock way (TFP tuples made during the inference, weights re-opened by every product)."""
+def test_resnet18_stock_crypten(benchmark, pair):
+    """The timed rows: resnet18 (random weights, all ReLUs) in a plain CrypTen script doing the ops the stock
+    way (TFP tuples made during the inference, weights re-opened by every product). Then the harness under
+    crypten:dealer (weights-fixed products, tuples preprocessed) measures the same model with `pibench bench`
+    (its own timer, printed beside the table), online alone and offline + online, against that median."""
     repeats = 3
     _timed(benchmark, pair, "resnet18", rounds=repeats)
     stock = benchmark.stats.stats.median

@@ -3,7 +3,7 @@
     pibench.export(model, example_input, "models/mynet")   # any traceable torch model -> model folder
     pibench.measure("models/mynet", protocol="crypten:dealer", network="lan,wan")   # -> pandas DataFrame
 
-`export` lives in `pibench.model_export`, `measure` in `pibench.bench`; they are
+`export` lives in `pibench.modelfolder.export`, `measure` in `pibench.bench`; they are
 imported on first use, so that `import pibench` (and `pibench --help`) does not load torch.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY = {"export": "pibench.model_export", "measure": "pibench.bench"}
+_LAZY = {"export": "pibench.modelfolder.export", "measure": "pibench.bench"}
 
 
 def __getattr__(name: str) -> Any:

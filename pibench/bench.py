@@ -1,7 +1,7 @@
 """The benchmark runner: models in, result rows out, one party session for all of them.
 
     for result in bench_models(["resnet18", "models/senet_50k"], BenchOptions(repeats=3)):
-        write_result("results/bench", result)      # rows are on disk before the next model
+        write_result("results/bench", result)      # pibench.results: rows on disk before the next model
 
 `bench_models` consumes its model iterable lazily and yields each model's rows as soon
 as they are measured, so a sweep can stream models through the same parties and
@@ -11,7 +11,7 @@ resume after a crash. A model that fails (compile error, bad folder) yields rows
 The evaluator (this process) holds the model folders and computes the plaintext
 reference logits itself; the client party only receives a public copy of each folder
 (architecture and masks, or the program of an exported model) and reports the logits
-it learned. Every process resolves a model spec through `pibench.model_spec`.
+it learned. Every process resolves a model spec through `pibench.modelfolder.spec`.
 
 `hosts` places the parties (pibench.mpc.net.hosts): "local" measures each model once on
 loopback and projects every network profile; "netns" runs them in network namespaces
@@ -24,7 +24,6 @@ import contextlib
 import datetime as dt
 import functools
 import importlib.metadata
-import importlib.util
 import logging
 import shutil
 import socket
@@ -39,17 +38,16 @@ import numpy as np
 import torch
 
 import pibench
-from pibench.checkpoint import (CARD_FILE, MASKS_FILE, PROGRAM_FILE, CheckpointError, is_model_folder, load_card,
-                                public_card_json)
-from pibench.model_spec import model_inputs, public_program, server_model
-from pibench.mpc.fss.domain import DomainError, choose_bits, layer_ranges
-from pibench.mpc.fss.relu import DEFAULT_BITS, MIN_BITS, ReluKey
+from pibench.errors import PibenchError
+from pibench.modelfolder.export import export
+from pibench.modelfolder.folder import (CARD_FILE, MASKS_FILE, PROGRAM_FILE, CheckpointError, is_model_folder,
+                                        load_card, public_card_json)
+from pibench.modelfolder.spec import model_inputs, public_program, server_model
 from pibench.mpc.net.hosts import Link, measurement_links, place_parties
+from pibench.mpc.net.network import NETWORKS, NetworkProfile, parse_networks
 from pibench.mpc.parties.launch import Session, SessionConfig
-from pibench.mpc.net.network import NETWORKS, NetworkProfile
-from pibench.mpc.parties.party import protocol_of
-from pibench.mpc.protocols import DEFAULT_PROTOCOL, get_protocol
-from pibench.results import LAYERS_FILE, RESULTS_FILE, LayerRow, ResultRow, append_rows
+from pibench.mpc.protocols import DEFAULT_PROTOCOL, Protocol, get_protocol, protocol_of
+from pibench.results import BenchResult, LayerRow, ResultRow
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -90,27 +88,6 @@ class BenchOptions:
         return self.batch if self.samples is None else self.samples
 
 
-@dataclass
-class BenchResult:
-    """One model's rows (one per network profile) and its per-op rows."""
-
-    model: str  # the `model` column: a folder's name or a registry name
-    rows: list[ResultRow]
-    layers: list[LayerRow]
-    spec: str = ""  # the model as the user gave it (a folder path), for messages
-
-    @property
-    def error(self) -> str:
-        return self.rows[0].error
-
-
-def check_backend(protocol: str) -> None:
-    """Raise one line when `protocol`'s backend is an extra that is not installed (SPU)."""
-    if protocol_of(protocol).backend == "spu" and not all(importlib.util.find_spec(m) for m in ("spu", "jax")):
-        raise ValueError(f"{protocol} needs the SecretFlow SPU extra, which is not installed: "
-                         "`make install EXTRAS=test,spu` (or pip install -e \".[spu]\" into a fresh venv)")
-
-
 @functools.cache
 def _environment() -> dict[str, str]:
     """Versions and host, written in every row (asked once: the git commit is a subprocess)."""
@@ -130,12 +107,16 @@ def _environment() -> dict[str, str]:
 
 @contextlib.contextmanager
 def _client_view(spec: str) -> Iterator[str]:
-    """What the client may see of a model: a registry name, or a copy of the folder's public files."""
+    """What the client may see of a model: a registry name, or a copy of the folder's public files.
+
+    The copy is named "model": the server's folder name (the user's naming of its model) stays
+    on the server's side, out of the client's job and logs.
+    """
     if not is_model_folder(spec):
         yield spec
         return
     with tempfile.TemporaryDirectory(prefix="pibench-public-") as tmp:
-        public = Path(tmp) / Path(spec).resolve().name
+        public = Path(tmp) / "model"
         public.mkdir()
         try:
             (public / CARD_FILE).write_text(public_card_json(spec))
@@ -147,53 +128,43 @@ def _client_view(spec: str) -> Iterator[str]:
         yield str(public)
 
 
-# One crypten:fss inference's keys in this machine's memory, in multiples of one party's: the
-# client's and the server's, and both again at the dealer, which keeps its key buffers for the next run.
-FSS_KEY_HOLDERS = 4
 # What loading a model spec raises when the spec is wrong (a bad folder, an unknown name): the parties report it.
-LOAD_ERRORS = (CheckpointError, KeyError, OSError)
+LOAD_ERRORS = (PibenchError, CheckpointError, KeyError, OSError)
 
 
-def available_memory() -> int | None:
-    """MemAvailable from /proc/meminfo, in bytes; None where there is none (not Linux)."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    return None
+def _memory_error(spec: str, protocol: Protocol, batch: int, bits: int | None = None) -> str:
+    """The protocol's pre-flight memory check for one model at comparison domain `bits` (None: the protocol's
+    smallest, a lower bound before the domain is chosen); '' when it fits or the protocol has no check.
 
-
-def fss_memory_error(spec: str, batch: int, bits: int = DEFAULT_BITS) -> str:
-    """Why one crypten:fss inference of `spec` at `batch` cannot run with every party on this machine, or '' if
-    it can: its keys (`ReluKey.size` at k = `bits` per ReLU and max-pool comparison, per party) must fit in the
-    memory available. A model that cannot be loaded is left to the parties, which report that error."""
-    available = available_memory()
-    if available is None:
+    A model the evaluator cannot load (a user error) is left to the parties, which report it in its row;
+    any other failure is a bug and raises, so the check never turns itself off."""
+    if not protocol.memory_check:
         return ""
     try:
         _, program = public_program(spec)
     except LOAD_ERRORS:
         return ""
-    keys = (program.relus + program.comparisons) * batch
-    need = FSS_KEY_HOLDERS * ReluKey.size(keys, bits)
-    if need <= available:
-        return ""
-    least = " at least" if bits == MIN_BITS else " about"  # checked at the smallest k before k is chosen
-    return (f"crypten:fss needs{least} {need / 1e9:.1f} GB for one inference at batch {batch}: {keys:,} ReLU keys "
-            f"of ~{ReluKey.size(8, bits) / 8:,.0f} B for each party (k = {bits}), held by the client and the server "
-            f"and both made and kept by the dealer, all on this machine, which has {available / 1e9:.1f} GB available; lower "
-            "--batch, run the parties on separate machines (pibench party), or use crypten:dealer")
+    return protocol.memory_error(program, batch, bits)
 
 
-def fss_bits(spec: str, options: BenchOptions) -> int:
-    """The comparison domain k for `spec` under crypten:fss: measured in plaintext on the inputs the client will
-    use (all of them: the samples and the timed batch), with `pibench.mpc.fss.domain`'s headroom. Raises
-    DomainError naming the layer and the bound when no k <= 64 fits."""
-    server = server_model(spec)
-    x, _ = model_inputs(server.card, server.program.input_shape, max(options.n_samples, options.batch),
-                        options.seed, options.data_dir)
-    return choose_bits(layer_ranges(server.program, x))
+def _domain(spec: str, protocol: Protocol, options: BenchOptions) -> tuple[str, int | None]:
+    """(error, k): the comparison domain of a protocol that compares x mod 2^k, chosen from the plaintext range of
+    every ReLU / max-pool input on the inputs the client will use (`Protocol.domain`), or an error naming the
+    layer and the bound. A model the evaluator cannot load keeps the protocol's default: its parties report why
+    it fails, and without a plaintext model there is no reference either, so no row shows logits unchecked."""
+    try:
+        server = server_model(spec)
+    except LOAD_ERRORS:
+        return "", None
+    try:
+        x, _ = model_inputs(server.card, server.program.input_shape, max(options.n_samples, options.batch),
+                            options.seed, options.data_dir)
+        return "", protocol.choose_domain(server.program, x)
+    except PibenchError as e:  # no k holds the model's range: the error names the layer and the bound
+        return str(e), None
+    except Exception as e:  # the model loads but its plaintext run fails: no k can be vouched for
+        log.debug("%s: plaintext range failed", spec, exc_info=True)
+        return f"plaintext range for {protocol.key} failed: {type(e).__name__}: {e}", None
 
 
 def _reference(spec: str, n: int, options: BenchOptions) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
@@ -206,21 +177,6 @@ def _reference(spec: str, n: int, options: BenchOptions) -> tuple[Any, torch.Ten
     x, labels = model_inputs(server.card, server.program.input_shape, max(n, options.batch), options.seed,
                              options.data_dir)
     return server.card, server.logits(x[:n]), labels[:n] if labels is not None else None
-
-
-def _fss_domain(spec: str, options: BenchOptions) -> tuple[str, int]:
-    """(error, k) for `spec` under crypten:fss: the measured domain, or an error naming the layer and the bound. A
-    model the evaluator cannot load keeps the default k: its parties report why it fails, and without a plaintext
-    model there is no reference either, so no row can show logits unchecked."""
-    try:
-        return "", fss_bits(spec, options)
-    except DomainError as e:
-        return str(e), DEFAULT_BITS
-    except LOAD_ERRORS:  # the parties report it
-        log.debug("%s: no plaintext range for crypten:fss", spec, exc_info=True)
-        return "", DEFAULT_BITS
-    except Exception as e:  # the model loads but its plaintext run fails: no k can be vouched for
-        return f"plaintext range for crypten:fss failed: {type(e).__name__}: {e}", DEFAULT_BITS
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -315,11 +271,11 @@ def bench_models(models: Iterable[str], options: BenchOptions | None = None) -> 
             job = dict(model=spec, repeats=options.repeats, batch=options.batch, samples=n, seed=options.seed,
                        data_dir=options.data_dir)
             failed = ""
-            if protocol.key == "crypten:fss":  # before any party loads the model; keys at the smallest k first
-                failed = fss_memory_error(spec, options.batch, MIN_BITS)
+            if protocol.domain:  # before any party loads the model: hopeless batches first, at the smallest k
+                failed = _memory_error(spec, protocol, options.batch)
                 if not failed:
-                    failed, job["fss_bits"] = _fss_domain(spec, options)
-                    failed = failed or fss_memory_error(spec, options.batch, job["fss_bits"])
+                    failed, job["fss_bits"] = _domain(spec, protocol, options)
+            failed = failed or _memory_error(spec, protocol, options.batch, job.get("fss_bits"))
             if failed:
                 log.error("[%d] %s: %s", i, spec, failed)
                 events = [{"error": failed}] * len(links)
@@ -350,13 +306,6 @@ def client_result(spec: str, event: dict[str, Any], options: BenchOptions) -> Be
     labels = torch.tensor(event["labels"]) if event.get("labels") is not None else None
     link = Link(options.link, None, tuple(options.networks))
     return result_rows(spec, card, event, None, labels, options, _environment(), link)
-
-
-def write_result(out_dir: str | Path, result: BenchResult) -> None:
-    """Append a model's rows to out_dir/results.csv and out_dir/layers.csv (flushed per row)."""
-    out_dir = Path(out_dir)
-    append_rows(out_dir / RESULTS_FILE, result.rows)
-    append_rows(out_dir / LAYERS_FILE, result.layers)
 
 
 def summary(result: BenchResult) -> dict[str, Any]:
@@ -390,14 +339,11 @@ def measure(model: str | Path | torch.nn.Module, *, protocol: str = DEFAULT_PROT
     """
     import pandas as pd
 
-    from pibench.mpc.net.network import parse_networks
 
     opts = BenchOptions(protocol=protocol, networks=parse_networks(network), repeats=repeats, batch=batch,
                         samples=samples, **options)
     with contextlib.ExitStack() as stack:
         if isinstance(model, torch.nn.Module):
-            from pibench.model_export import export
-
             if example_input is None:
                 raise ValueError("measure needs example_input to export a torch module, e.g. torch.randn(1, 3, 32, 32)")
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pibench-measure-"))) / "model"

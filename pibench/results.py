@@ -33,6 +33,8 @@ from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
+from pibench.mpc.protocols import PROTOCOLS
+
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.csv"
@@ -119,6 +121,27 @@ class LayerRow:
 
 RESULT_COLUMNS = [f.name for f in fields(ResultRow)]
 LAYER_COLUMNS = [f.name for f in fields(LayerRow)]
+
+
+@dataclass
+class BenchResult:
+    """One model's rows (one per network profile) and its per-op rows."""
+
+    model: str  # the `model` column: a folder's name or a registry name
+    rows: list[ResultRow]
+    layers: list[LayerRow]
+    spec: str = ""  # the model as the user gave it (a folder path), for messages
+
+    @property
+    def error(self) -> str:
+        return self.rows[0].error
+
+
+def write_result(out_dir: str | Path, result: BenchResult) -> None:
+    """Append a model's rows to out_dir/results.csv and out_dir/layers.csv (flushed per row)."""
+    out_dir = Path(out_dir)
+    append_rows(out_dir / RESULTS_FILE, result.rows)
+    append_rows(out_dir / LAYERS_FILE, result.layers)
 
 
 def _cell(value: Any) -> Any:
@@ -291,8 +314,6 @@ def load_results(path: str | Path) -> pd.DataFrame:
 
 
 def _security(key: str) -> str | None:
-    from pibench.mpc.protocols import PROTOCOLS
-
     return PROTOCOLS.get(key).security if key in PROTOCOLS else None
 
 

@@ -30,6 +30,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from pibench.data import dataset_info, dataset_options, make_loaders
+from pibench.modelfolder.folder import save_model
+from pibench.models import create_model
 from pibench.relu import masked_relus
 
 log = logging.getLogger(__name__)
@@ -344,10 +347,6 @@ def train_baseline(
     "kaiming_normal" (conv weights ~ N(0, 2 / fan_out), torchvision's ResNet init; the SNL paper
     config's teacher uses it). Returns the ModelCard.
     """
-    from pibench.checkpoint import save_model
-    from pibench.data import dataset_info, dataset_options, make_loaders
-    from pibench.models import create_model
-
     info = dataset_info(dataset)
     build = {"in_chans": info.in_chans, "input_size": info.input_size, "num_classes": info.num_classes, **(arch_kwargs or {})}
     seed_everything(seed)

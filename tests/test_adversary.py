@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from pibench.bench import BenchOptions, bench_models
-from pibench.model_spec import server_model
+from pibench.modelfolder.spec import server_model
 from pibench.mpc.backend import PRODUCT_WEIGHTS, TorchBackend, run_program
 from pibench.mpc.parties.launch import SessionConfig
 

@@ -1,6 +1,6 @@
 import pytest
 
-from pibench.budget import parse_budget
+from pibench.linearize.budget import parse_budget
 
 TOTAL = 557_056
 

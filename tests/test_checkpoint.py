@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from pibench.checkpoint import (
+from pibench.modelfolder.folder import (
     CARD_FILE,
     MASKS_FILE,
     WEIGHTS_FILE,
@@ -74,7 +74,7 @@ def test_tampered_weights_fail_hash(saved):
     model, folder = saved
     from safetensors.torch import save_file
 
-    from pibench.checkpoint import weights_state
+    from pibench.modelfolder.folder import weights_state
 
     state = weights_state(model)
     state["fc.bias"] = state["fc.bias"] + 1
@@ -158,7 +158,7 @@ RECIPE = {"seed": 0, "epochs": 15, "lr": 0.05, "batch_size": 64, "teacher_weight
 
 def test_public_part_holds_no_recipe_seed_or_weight_digest(tmp_path):
     """A client with a public-data model's recipe and seed could retrain its weights bit for bit."""
-    from pibench.checkpoint import PRIVATE_CARD_FILE, PUBLIC_FIELDS, load_card
+    from pibench.modelfolder.folder import PRIVATE_CARD_FILE, PUBLIC_FIELDS, load_card
 
     folder = tmp_path / "m"
     card = save_model(random_masked(), folder, dataset="digits", method="senet", budget=2000, accuracy=97.5,
@@ -177,7 +177,7 @@ def test_public_part_holds_no_recipe_seed_or_weight_digest(tmp_path):
 
 
 def test_folder_from_before_the_split_loads_and_its_public_copy_is_stripped(saved):
-    from pibench.checkpoint import PRIVATE_CARD_FILE, PUBLIC_FIELDS, load_card, public_card_json
+    from pibench.modelfolder.folder import PRIVATE_CARD_FILE, PUBLIC_FIELDS, load_card, public_card_json
 
     _, folder = saved
     whole = {**json.loads((folder / PRIVATE_CARD_FILE).read_text()), **json.loads((folder / CARD_FILE).read_text())}
@@ -193,7 +193,7 @@ def test_folder_from_before_the_split_loads_and_its_public_copy_is_stripped(save
 def test_the_public_masks_are_readable_by_all_and_the_weights_by_the_owner_only(tmp_path):
     import stat
 
-    from pibench.checkpoint import MASKS_FILE, WEIGHTS_FILE, save_model
+    from pibench.modelfolder.folder import MASKS_FILE, WEIGHTS_FILE, save_model
     from pibench.models import create_model
 
     save_model(create_model("cnn_digits"), tmp_path / "m", dataset="digits")

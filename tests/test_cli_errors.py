@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pibench.checkpoint import MASKS_FILE, save_model
+from pibench.modelfolder.folder import MASKS_FILE, save_model
 from pibench.models import create_model
 
 PIBENCH = [sys.executable, "-m", "pibench.cli"]

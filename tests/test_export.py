@@ -19,13 +19,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 import pibench
-from pibench.checkpoint import (CARD_FILE, MASKS_FILE, PRIVATE_CARD_FILE, PROGRAM_FILE, WEIGHTS_FILE, CheckpointError,
+from pibench.modelfolder.folder import (CARD_FILE, MASKS_FILE, PRIVATE_CARD_FILE, PROGRAM_FILE, WEIGHTS_FILE, CheckpointError,
                                 load_card)
-from pibench.model_export import load_program
+from pibench.modelfolder.export import load_program
 from pibench.mpc.backend import run_plain
 from pibench.mpc.compiler import compile_model
 from pibench.mpc.program import CompileError, program_from_json, program_to_json
-from pibench.onnx_import import SUPPORTED_OPS, import_onnx, load_onnx, program_from_onnx
+from pibench.modelfolder.onnx_import import SUPPORTED_OPS, import_onnx, load_onnx, program_from_onnx
 
 from test_mpc_program import WithGelu
 
@@ -389,3 +389,16 @@ def test_a_changed_program_or_mask_file_is_refused(tmp_path):
     save_file({"features.1": torch.ones(8, 16, 16, dtype=torch.bool)}, tmp_path / "m" / MASKS_FILE)
     with pytest.raises(CheckpointError, match=r"masks\.safetensors: masks do not match the sha256"):
         load_program(tmp_path / "m", load_card(tmp_path / "m"), weights=False)
+
+
+def test_onnx_stand_alone_batchnorm_is_an_affine_op(tmp_path):
+    """A BatchNormalization that follows an add (not a conv) cannot be folded: it must become an affine op, and
+    the imported program must compute the model (an importer that passed it through would be off by its scale)."""
+    model, x = randomize(Head()), torch.randn(2, 3, 9, 9)
+    graph = load_onnx(onnx_file(model, x, tmp_path / "head.onnx"))
+    assert sum(node.op_type == "BatchNormalization" for node in graph.graph.node) == 2
+    program = program_from_onnx(graph, {})
+    assert [op.kind for op in program.ops].count("affine") == 2
+    batch = torch.randn(4, 3, 9, 9)
+    with torch.no_grad():
+        assert torch.allclose(run_plain(program, batch), model(batch), atol=1e-5)

@@ -16,10 +16,10 @@ import yaml
 
 import pibench
 from pibench.bench import BenchOptions, bench_models
-from pibench.checkpoint import WEIGHTS_FILE
+from pibench.modelfolder.folder import WEIGHTS_FILE
 from pibench.mpc.parties.launch import SessionConfig
 from pibench.mpc.net.network import parse_networks
-from pibench.sweep import run_sweep
+from pibench.sweep.run import run_sweep
 
 from test_export import hook_count, net, onnx_file
 from test_mpc_parties import AUDIT_WRAPPER
@@ -32,7 +32,7 @@ def export_both(name: str, tmp_path: Path, masks=None) -> tuple[str, str, int]:
     """The model exported, and exported to ONNX then imported: two folders, and its hook-counted ReLUs."""
     model, x = net(name)
     pibench.export(model, x, tmp_path / f"{name}_export", masks=masks)
-    from pibench.onnx_import import import_onnx
+    from pibench.modelfolder.onnx_import import import_onnx
 
     import_onnx(onnx_file(model, x, tmp_path / f"{name}.onnx"), tmp_path / f"{name}_onnx")
     return str(tmp_path / f"{name}_export"), str(tmp_path / f"{name}_onnx"), hook_count(model, x)
@@ -128,33 +128,3 @@ def test_readme_measure_example_runs_as_printed(tmp_path, monkeypatch, capsys):
     for column in ("latency_s_median", "bytes_per_party", "rounds", "mpc_agreement"):
         assert df[column].notna().all(), column
     assert (df["mpc_agreement"] >= 0.99).all() and "latency_s_median" in capsys.readouterr().out
-
-
-TORCHVISION = {"resnet18": 32, "mobilenet_v2": 32, "squeezenet1_1": 64}
-
-
-@pytest.mark.slow
-def test_torchvision_models_by_both_routes_cost_the_same_and_agree(tmp_path):
-    """Where torchvision's builders import (a CPU torchvision beside CPU torch), the issue's three models."""
-    try:
-        import torchvision.models as tvm
-    except Exception as e:  # absent, or PyPI's CUDA-linked wheel beside CPU torch ("torchvision::nms does not exist")
-        pytest.skip(f"torchvision's models do not import here ({type(e).__name__}: {e})")
-    from pibench.onnx_import import import_onnx
-
-    from test_export import randomize
-
-    folders = []
-    for name, size in TORCHVISION.items():
-        torch.manual_seed(0)
-        model = randomize(getattr(tvm, name)(num_classes=10))  # BN statistics that keep the logits apart
-        x = torch.randn(1, 3, size, size)
-        pibench.export(model, x, tmp_path / name)
-        import_onnx(onnx_file(model, x, tmp_path / f"{name}.onnx"), tmp_path / f"{name}_onnx")
-        folders += [str(tmp_path / name), str(tmp_path / f"{name}_onnx")]
-    results = list(bench_models(folders, BenchOptions(repeats=1, batch=8, samples=8, networks=LAN)))
-    for exported, imported in zip(results[::2], results[1::2]):
-        a, b = exported.rows[0], imported.rows[0]
-        assert a.error == b.error == "", (a.error, b.error)
-        assert (a.relus, a.bytes_per_party, a.rounds) == (b.relus, b.bytes_per_party, b.rounds)
-        assert a.mpc_agreement >= 0.99 and b.mpc_agreement >= 0.99, exported.model

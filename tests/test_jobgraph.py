@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from pibench.cluster import ClusterError, check_slurm, job_parameters, make_executor
-from pibench.config import ConfigError, ExecutorConfig, Resources, load_config
-from pibench.jobgraph import Job, run_in_process, run_submitted, summary
+from pibench.sweep.cluster import ClusterError, check_slurm, job_parameters, make_executor
+from pibench.sweep.config import ConfigError, ExecutorConfig, Resources, load_config
+from pibench.sweep.jobgraph import Job, run_in_process, run_submitted, summary
 
 
 def _timed(out: Path, seconds: float = 1.0) -> Job:

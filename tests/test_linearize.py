@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pibench.checkpoint import load_model
+from pibench.modelfolder.folder import load_model
 from pibench.cli import main
 from pibench.linearize import METHODS, linearize, linearize_many, make_settings
 from pibench.linearize.senet import MaskSearch, allocate, random_masks, relu_feeding_convs, topk_mask
@@ -76,6 +76,19 @@ def test_mask_score_does_not_depend_on_the_positions_own_mask():
         search.select()
         assert student.relu.mask.flatten().tolist() == [True, True, False, False, False, False]
         search.close()
+
+
+def test_mask_scores_add_up_over_every_batch():
+    """The running score sums every batch of the pass: the first batch's scores are not lost when the last
+    batch comes (a score from the last batch alone would keep positions the last few images favour)."""
+    teacher = _OneReLU(torch.ones(1, 1, 4, dtype=torch.bool))
+    student = _OneReLU(torch.zeros(1, 1, 4, dtype=torch.bool))
+    batches = [torch.tensor([-8.0, -1.0, 0.0, 0.0]), torch.tensor([0.0, -2.0, -3.0, 5.0])]
+    search = MaskSearch(student, teacher, {"relu": 2})
+    search.score_pass(student, teacher, [(b.view(1, 1, 1, 4), None) for b in batches], "cpu")
+    assert search.scores["relu"].flatten().tolist() == [8.0, 3.0, 3.0, 0.0]
+    assert student.relu.mask.flatten().tolist() == [True, True, False, False]  # ties: the lower index
+    search.close()
 
 
 # ---------------------------------------------------------------- top-k masks
@@ -205,15 +218,15 @@ SWEEP_CONFIGS = ["demo", "resnet18_cifar100", "resnet18_tinyimagenet", "wrn22_8_
 def test_configs_are_valid(name):
     from pathlib import Path
 
-    from pibench.config import load_config
+    from pibench.sweep.config import load_config
 
     cfg = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")  # validates every key and budget
     assert cfg.run == name
 
 
 def test_report_lists_how_each_budget_was_reached(tmp_path):
-    from pibench.checkpoint import save_model
-    from pibench.report import budget_lines
+    from pibench.modelfolder.folder import save_model
+    from pibench.report.report import budget_lines
 
     run, models = tmp_path / "results" / "r", tmp_path / "models"
     run.mkdir(parents=True)

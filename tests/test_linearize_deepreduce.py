@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from pibench.checkpoint import load_model, save_model
+from pibench.modelfolder.folder import load_model, save_model
 from pibench.linearize import linearize, linearize_many, load_teacher
 from pibench.linearize.deepreduce import (Settings, criticality, criticality_scores, enumerate_candidates, select_for_training)
 from pibench.models import create_model, model_defaults
@@ -130,7 +130,7 @@ def test_paper_config_trains_the_papers_configurations():
     trains: the released C100 models' configurations among them (README: paper configs)."""
     from pathlib import Path
 
-    from pibench.sweep import describe
+    from pibench.sweep.run import describe
 
     config = Path(__file__).resolve().parents[1] / "configs" / "resnet18_cifar100.yaml"
     (line,) = [line for line in describe(config, "local").splitlines() if "trains " in line]
@@ -138,3 +138,68 @@ def test_paper_config_trains_the_papers_configurations():
     paper = {"cull1", "cull1_thin", "cull1_thin_a0.5", "cull14_thin_a0.5", "cull1_thin_s2", "cull1_thin_a0.5_s2",
              "cull14_thin_a0.5_s2"}
     assert paper <= trained
+
+
+def test_equal_relus_rank_cull_then_thin_then_alpha_then_stem_stride_then_blocks():
+    """The paper's order of steps among reshapings: alpha before rho (stem stride) before blocks, for one
+    reshaping and for two; thinning before any reshaping."""
+    from pibench.linearize.deepreduce import Candidate, paper_step_rank
+
+    def cand(name, thinned=False, alpha=1.0, stride=1, blocks=None):
+        kwargs = dict(culled=[1], thinned=thinned, alpha=alpha, stem_stride=stride, stem_relu=False)
+        if blocks:
+            kwargs["blocks"] = blocks
+        return Candidate(name, kwargs, relus=1000)
+
+    pool = [cand("blocks", blocks=[2, 1, 1]), cand("stride", stride=2), cand("alpha", alpha=0.5),
+            cand("stride+blocks", stride=2, blocks=[2, 1, 1]), cand("alpha+blocks", alpha=0.5, blocks=[2, 1, 1]),
+            cand("alpha+stride", alpha=0.5, stride=2), cand("thin", thinned=True), cand("thin+alpha", True, 0.5)]
+    assert [c.name for c in sorted(pool, key=paper_step_rank)] == [
+        "thin", "thin+alpha", "alpha", "stride", "blocks", "alpha+stride", "alpha+blocks", "stride+blocks"]
+
+
+def test_candidate_is_chosen_on_the_held_out_part_where_the_test_set_disagrees(teacher, tmp_path, monkeypatch):
+    """Trained candidates whose held-out and test accuracies rank them in opposite orders (a stand-in trainer
+    saves each untrained candidate with those accuracies): the budget's model is the held-out winner, and its
+    reported accuracy is that model's test accuracy."""
+    from pibench.modelfolder.folder import is_model_folder
+    from pibench.linearize import deepreduce
+
+    accuracies = {}  # candidate -> (test, held-out), opposite rankings
+
+    def trained(teacher_, cand, cfg, folder, loaders):
+        if cand.name not in accuracies:
+            accuracies[cand.name] = (50.0 + len(accuracies), 90.0 - len(accuracies))
+        test, held = accuracies[cand.name]
+        if not is_model_folder(folder):
+            save_model(deepreduce._build(teacher_, cand.kwargs), folder, dataset="digits", method="deepreduce",
+                       accuracy=test, method_info={"candidate": cand.name, "holdout_accuracy": held})
+        return test, held
+
+    monkeypatch.setattr(deepreduce, "train_candidate", trained)
+    card = linearize("deepreduce", teacher, 2304, tmp_path / "d", stage_order=[1, 2, 3], per_budget=3, epochs=1,
+                     batch_size=64, train_subset=128)
+    assert len(accuracies) == 3
+    held_winner = max(accuracies, key=lambda name: accuracies[name][1])
+    test_winner = max(accuracies, key=lambda name: accuracies[name][0])
+    assert held_winner != test_winner
+    assert card.method_info["chosen"] == held_winner and card.accuracy == accuracies[held_winner][0]
+
+
+def test_a_candidates_held_out_accuracy_is_measured_on_the_held_out_loader(teacher, tmp_path):
+    """`train_candidate` reports the test accuracy and chooses by the held-out one: with held-out labels
+    shifted by one class the two differ, and the held-out number is the model's accuracy on that loader."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from pibench.linearize import deepreduce
+    from pibench.train import evaluate
+
+    t = load_teacher(teacher, train_subset=128, batch_size=64)
+    images, labels = next(iter(DataLoader(t.test_loader.dataset, batch_size=64)))
+    shifted = DataLoader(TensorDataset(images, (labels + 1) % 10), batch_size=64)
+    cand = enumerate_candidates("resnet_digits", t.card.arch_args, [1, 2, 3])[0]
+    cfg = deepreduce._kd_config(t, Settings(), 1)
+    test, held = deepreduce.train_candidate(t, cand, cfg, tmp_path / cand.name, (t.train_loader, shifted))
+    _, model = load_model(tmp_path / cand.name)
+    assert held == pytest.approx(evaluate(model, shifted)) and test == pytest.approx(evaluate(model, t.test_loader))
+    assert held != test

@@ -88,6 +88,6 @@ def test_senet_masks_beat_random_masks_at_5_percent(setup):
 
 
 def linearize_masks_allocation(folder):
-    from pibench.checkpoint import load_card
+    from pibench.modelfolder.folder import load_card
 
     return load_card(folder).method_info["allocation"]

@@ -2,14 +2,13 @@
 inference, and the comparison domain k chosen per model from its plaintext range (see
 pibench.mpc.crypten.fss_backend and pibench.mpc.fss.domain)."""
 
-import time
 
 import numpy as np
 import pytest
 import torch
 
 from pibench.bench import BenchOptions, bench_models
-from pibench.model_spec import MODEL_SEED
+from pibench.modelfolder.spec import MODEL_SEED
 from pibench.models import create_model
 from pibench.mpc.crypten.dealer import deal, take_dealt
 from pibench.mpc.crypten.preprocessing import PreprocessingError, Prg, Request
@@ -201,10 +200,9 @@ def test_a_dealer_that_dies_while_making_keys_fails_the_session_fast_without_orp
 
 
 def test_keys_that_cannot_fit_this_machine_fail_the_model_before_any_party_loads_it():
-    """wrn22_8 at batch 1024: at least 67 GB of keys per party. The model's row says why and what to do, in seconds."""
-    t0 = time.monotonic()
+    """wrn22_8 at batch 1024: at least 67 GB of keys per party. The model's row says why and what to do, before
+    any party loads it and before the plaintext range is measured."""
     (big,) = bench_models(["wrn22_8"], options(batch=1024, repeats=1, samples=0))
-    assert time.monotonic() - t0 < 30
     assert big.error.startswith("crypten:fss needs at least ") and "GB for one inference at batch 1024" in big.error
     assert "(k = 8)" in big.error  # checked at the smallest domain, before the plaintext range is measured
     assert "lower --batch" in big.error and big.rows[0].bytes_per_party is None

@@ -8,12 +8,15 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from pibench.bench import BenchOptions, _client_view, bench_models, write_result
-from pibench.checkpoint import WEIGHTS_FILE, save_model
+from pibench.bench import BenchOptions, _client_view, bench_models
+from pibench.results import write_result
+from pibench.modelfolder.folder import WEIGHTS_FILE, save_model
+from pibench.modelfolder.spec import model_inputs, server_model
 from pibench.models import create_model
 from pibench.mpc.parties.launch import PartyError, Session, SessionConfig, free_port
 from pibench.mpc.compiler import compile_model
@@ -59,11 +62,31 @@ def test_masked_nets_match_plaintext_in_mpc(tmp_path):
         assert row.mpc_samples == 32
         assert row.max_logit_error < LOGIT_ERROR, r.model
         assert row.mpc_agreement >= 0.99, r.model
-        assert row.mpc_accuracy is not None  # real digits inputs with labels
+        assert row.mpc_accuracy == pytest.approx(plain_accuracy(folders[results.index(r)], 32))  # labelled digits
         assert row.cost_only  # random weights: the card records no accuracy
     vgg_max = next(r for r in results if r.model == "vgg_max").rows[0]
     assert vgg_max.maxpool_bytes > 0
     assert next(r for r in results if r.model == "vgg_avg").rows[0].maxpool_bytes == 0
+
+
+def plain_accuracy(folder: str, n: int) -> float:
+    """The plaintext model's accuracy (percent) on the first n inputs the client draws."""
+    server = server_model(folder)
+    x, labels = model_inputs(server.card, server.program.input_shape, n, 0, None)
+    return 100 * float((server.logits(x).argmax(1) == labels).double().mean())
+
+
+def test_wrong_mpc_logits_show_in_agreement_and_error(tmp_path):
+    """A client that reports its logits with the class order reversed: agreement and the logit error are
+    measured against the launcher's own plaintext model, so the row shows it (agreement 0 with these
+    untied logits, an error of whole units), while the costs are those of a normal run."""
+    folder = save(tmp_path, "cnn", randomize(create_model("cnn_digits"), seed=3))
+    prefix = [sys.executable, str(Path(__file__).parent / "faults" / "wrong_logits.py")]
+    options = BenchOptions(repeats=1, samples=8, batch=8, session=SessionConfig(prefixes={"client": prefix}))
+    (result,) = bench_models([folder], options)
+    row = result.rows[0]
+    assert row.error == "" and row.mpc_samples == 8 and row.rounds > 0
+    assert row.mpc_agreement < 0.5 and row.max_logit_error > 0.1
 
 
 def test_fewer_samples_than_a_batch_are_checked_on_the_clients_inputs(tmp_path):
@@ -200,9 +223,11 @@ def test_client_never_opens_the_weights_file(tmp_path):
 
 
 def test_client_view_of_a_folder_has_no_weights(tmp_path):
-    folder = save(tmp_path, "m", create_model("cnn_digits"))
+    folder = save(tmp_path, "secret_name_7k", create_model("cnn_digits"))
     with _client_view(folder) as public:
         assert sorted(os.listdir(public)) == ["masks.safetensors", "model.json"]
+        assert "secret_name" not in public  # the server's naming stays on its side
+        assert "secret_name" not in "".join(p.read_text() for p in Path(public).glob("*.json"))
     assert not os.path.exists(public)
     with _client_view("resnet18") as name:
         assert name == "resnet18"

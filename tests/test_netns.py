@@ -66,7 +66,6 @@ def leftovers(net: NetnsHosts) -> list[str]:
 
 
 @pytest.mark.root
-@pytest.mark.root
 def test_hosts_reach_each_other_and_tbf_caps_bandwidth():
     nbytes, rate = 20_000_000, 100.0
     with NetnsHosts(("client", "server", "dealer"), prefix=PREFIX) as net:
@@ -80,12 +79,11 @@ def test_hosts_reach_each_other_and_tbf_caps_bandwidth():
     assert leftovers(net) == []
     projected = nbytes * 8 / (rate * 1e6)
     print(f"20 MB: unshaped {unshaped:.3f} s, 100 Mbit {shaped_up:.3f} / {shaped_down:.3f} s, projected {projected:.2f} s")
-    for shaped in (shaped_up, shaped_down):  # both directions are capped
-        assert abs(shaped - projected) / projected < 0.25
+    for shaped in (shaped_up, shaped_down):  # both directions are capped (a lower bound: load only slows it)
+        assert shaped > 0.8 * projected
     assert unshaped < projected / 2
 
 
-@pytest.mark.root
 @pytest.mark.root
 def test_cleanup_after_exception_and_killed_process():
     with pytest.raises(RuntimeError, match="party failed"):
@@ -100,7 +98,6 @@ def test_cleanup_after_exception_and_killed_process():
     assert leftovers(net) == []
 
 
-@pytest.mark.root
 @pytest.mark.root
 def test_cleanup_stale_removes_only_dead_runs():
     dead = subprocess.Popen(["true"])

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from pibench.mpc.protocols import PROTOCOLS
-from pibench.plots import FIGURES, plot_run
-from pibench.report import write_report
+from pibench.report.plots import FIGURES, plot_run
+from pibench.report.report import write_report
 from pibench.results import LAYERS_FILE, RESULT_COLUMNS, RESULTS_FILE, LayerRow, ResultRow, append_rows, load_results
 
 MODELS = [
@@ -181,7 +181,7 @@ def test_budgets_that_gave_one_model_say_so_in_the_report(tmp_path):
 
 def test_a_method_keeps_one_look_in_every_figure(tmp_path):
     """SENet was orange where the baseline had no accuracy and green elsewhere; now its look is fixed."""
-    from pibench.plots import METHOD_LOOKS, draw_figures, with_series
+    from pibench.report.plots import METHOD_LOOKS, draw_figures, with_series
     from pibench.results import load_layers
 
     run = fixture_run(tmp_path / "run")
@@ -219,7 +219,7 @@ def test_plot_without_results_names_the_fix(tmp_path):
 
 
 def test_with_several_protocols_colour_is_the_protocol_and_marker_the_method(tmp_path):
-    from pibench.plots import _series_styles, with_series
+    from pibench.report.plots import _series_styles, with_series
 
     run = fixture_run(tmp_path / "run", protocols=("crypten:dealer", "spu:cheetah"))
     results, _ = with_series(load_results(run))
@@ -236,7 +236,7 @@ def test_with_several_protocols_colour_is_the_protocol_and_marker_the_method(tmp
 def test_a_narrow_log_axis_still_has_tick_labels():
     import matplotlib.pyplot as plt
 
-    from pibench.plots import _scale
+    from pibench.report.plots import _scale
 
     fig, ax = plt.subplots(figsize=(1.2, 2))
     values = pd.Series([0.012, 0.5, 1.9])

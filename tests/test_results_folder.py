@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from pibench.bench import BenchResult
-from pibench.result_parts import PARTS_DIR, merge_parts, write_part
+from pibench.results import BenchResult
+from pibench.sweep.parts import PARTS_DIR, merge_parts, write_part
 from pibench.results import (LAYERS_FILE, LOCK_FILE, RESULTS_FILE, FolderInUse, LayerRow, ResultRow, append_rows,
                              load_layers, load_results, results_lock)
 
@@ -117,6 +117,36 @@ def test_a_full_disk_leaves_the_csv_as_it_was_and_no_temporary_files(small_disk)
     with pytest.raises(OSError):
         write_part(small_disk.path, BenchResult("b", rows("b") * 200, layer_rows("b") * 200))
     assert not any((small_disk.path / PARTS_DIR).iterdir())  # no half-written part folder
+
+
+FILE_SIZE_LIMIT = """
+import resource, signal, sys
+from pibench.results import append_rows
+from test_results_folder import rows
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+try:
+    append_rows(sys.argv[1], [row for i in range(200) for row in rows(f"model{i}")])
+except OSError as e:
+    print(e)
+"""
+
+
+def test_a_write_cut_short_leaves_the_csv_as_it_was(tmp_path):
+    """The full-disk test's twin for any user: a file-size limit (RLIMIT_FSIZE) cuts the write short. The CSV
+    is written whole next to the old one and renamed over it, so the old file is intact and no temporary
+    file is left; a CSV rewritten in place would be truncated."""
+    path = tmp_path / RESULTS_FILE
+    append_rows(path, rows("a"))
+    before = path.read_bytes()
+    script = tmp_path / "limited.py"
+    script.write_text(FILE_SIZE_LIMIT)
+    out = subprocess.run([sys.executable, str(script), str(path), str(len(before) + 100)], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.returncode == 0, out.stderr
+    assert f"cannot write {path}: File too large; the rows written before are kept" in out.stdout
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([RESULTS_FILE, "limited.py"])
 
 
 SWEEP = {

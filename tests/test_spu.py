@@ -13,7 +13,7 @@ import yaml
 from pibench.bench import BenchOptions, bench_models
 from pibench.models import create_model
 from pibench.mpc.backend import run_plain
-from pibench.model_spec import model_inputs, server_model
+from pibench.modelfolder.spec import model_inputs, server_model
 from pibench.mpc.parties.launch import SessionConfig, free_port
 from pibench.mpc.net.network import parse_network
 from pibench.mpc.parties.party import EVENT_PREFIX
@@ -30,8 +30,9 @@ SLOPE = {"semi2k": 144, "cheetah": 98.5}
 # 1e-3 leaves room for other inputs and still fails on a wrong sign, scale or decoding.
 LOGIT_ERROR = 1e-3
 PARTY = ("import sys, json; from pibench.mpc.spu.party import run_spu_party; from pibench.mpc.parties.party import read_jobs;"
-         "run_spu_party(sys.argv[1], sys.argv[2], protocol=sys.argv[3], connect_timeout=float(sys.argv[4]),"
-         " jobs=read_jobs(sys.stdin))")
+         "from pibench.modelfolder.spec import PARTY_MODELS;"
+         "run_spu_party(sys.argv[1], sys.argv[2], models=PARTY_MODELS, protocol=sys.argv[3],"
+         " connect_timeout=float(sys.argv[4]), jobs=read_jobs(sys.stdin))")
 
 
 def run_parties(protocol, jobs, connect_timeout=60, roles=("client", "server"), timeout=900):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pibench.config import ConfigError, load_config
+from pibench.sweep.config import ConfigError, load_config
 from pibench.results import LAYER_COLUMNS, RESULT_COLUMNS
 
 GOOD = {
@@ -95,7 +95,7 @@ def test_bad_config_names_the_key_before_any_work(tmp_path, monkeypatch, keys, v
     path = write(tmp_path, with_change(keys, value))
     with pytest.raises(ConfigError, match=message):
         load_config(path)
-    from pibench.sweep import run_sweep
+    from pibench.sweep.run import run_sweep
 
     with pytest.raises(ConfigError):
         run_sweep(path)
@@ -158,8 +158,8 @@ def test_killed_sweep_resumes_without_repeating_rows(tmp_path):
 
 def test_parts_merge_each_model_protocol_and_network_once(tmp_path):
     """A model measured under crypten:dealer and spu:semi2k has two parts; neither hides the other."""
-    from pibench.bench import BenchResult
-    from pibench.result_parts import merge_parts, write_part
+    from pibench.results import BenchResult
+    from pibench.sweep.parts import merge_parts, write_part
     from pibench.results import LayerRow, ResultRow, load_results
 
     def result(backend, protocol, networks=("lan",)):
@@ -181,7 +181,7 @@ def test_parts_merge_each_model_protocol_and_network_once(tmp_path):
     rows = load_results(tmp_path)
     assert sorted(rows["protocol"] + "@" + rows["network"]) == ["dealer@lan", "dealer@wan", "semi2k@lan"]
     assert len(pd.read_csv(tmp_path / "layers.csv")) == 2
-    from pibench.sweep import finished_models
+    from pibench.sweep.run import finished_models
 
     assert finished_models(tmp_path, ["lan", "wan"], "crypten:dealer") == {"m"}
     assert finished_models(tmp_path, ["lan", "wan"], "spu:semi2k") == set()
@@ -189,7 +189,7 @@ def test_parts_merge_each_model_protocol_and_network_once(tmp_path):
 
 def test_entries_that_share_a_job_make_it_once(tmp_path):
     """Two experiments on one teacher, one budget given twice, one protocol named twice: each job once."""
-    from pibench.sweep import sweep_graph
+    from pibench.sweep.run import sweep_graph
 
     exp = {"dataset": "digits", "arch": "resnet_digits", "teacher": {"epochs": 1}, "budgets": [1000, "1k"]}
     raw = {"run": "t", "protocols": ["dealer", "crypten:dealer"],

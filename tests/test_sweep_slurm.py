@@ -174,9 +174,9 @@ def test_digits_sweep_on_slurm_matches_local_and_resumes_after_scancel(slurm, tm
 def test_a_job_slurm_will_never_start_fails_and_skips_what_needs_it(slurm, tmp_path, monkeypatch):
     """Asking the 1-minute `short` partition for 5 minutes pends forever (PartitionTimeLimit) on a cluster
     that does not enforce limits at submission: the sweep's runner cancels it and goes on."""
-    from pibench.cluster import make_executor
-    from pibench.config import ExecutorConfig
-    from pibench.jobgraph import Job, run_submitted
+    from pibench.sweep.cluster import make_executor
+    from pibench.sweep.config import ExecutorConfig
+    from pibench.sweep.jobgraph import Job, run_submitted
 
     env, _ = slurm
     monkeypatch.setenv("SLURM_CONF", env["SLURM_CONF"])  # this process talks to the test cluster

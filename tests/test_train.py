@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pibench.checkpoint import load_model
+from pibench.modelfolder.folder import load_model
 from pibench.data import make_loaders
 from pibench.models import create_model
 from pibench.train import Callback, TrainConfig, at_loss, evaluate, fit, kd_loss, train_baseline

@@ -60,9 +60,10 @@ def resolve_protocol(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pibench.modelfolder.check import check_model
     from pibench.mpc.net.network import parse_networks
-    from pibench.model_check import check_model
-    from pibench.results import check_writable, results_lock
+    from pibench.mpc.protocols import check_available
+    from pibench.results import check_writable, results_lock, write_result
 
     # everything that can be checked is checked before a party starts or a file is written
     # (the cheap checks before torch is imported)
@@ -73,13 +74,13 @@ def run(args: argparse.Namespace) -> int:
     for spec in args.models:
         check_model(spec)
     check_writable(args.out, "--out")
-    from pibench.bench import BenchOptions, bench_models, check_backend, summary, write_result
+    from pibench.bench import BenchOptions, bench_models, summary
 
     options = BenchOptions(
         repeats=args.repeats, batch=args.batch, protocol=args.protocol, networks=networks,
         samples=args.samples, threads=args.threads, data_dir=args.data_dir, run_id=args.run_id, hosts=args.hosts,
     )
-    check_backend(options.protocol)
+    check_available(options.protocol)
     if args.hosts == "netns":  # SIGTERM unwinds like Ctrl-C, so the namespaces are deleted
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     summaries = []

@@ -16,10 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pibench.model_check import check_model
+    from pibench.modelfolder.check import check_model
 
     check_model(args.model, weights=False)
-    from pibench.checkpoint import PROGRAM_ARCH, is_model_folder, load_card, load_public
+    from pibench.modelfolder.folder import PROGRAM_ARCH, is_model_folder, load_card, load_public
     from pibench.models import create_model
     from pibench.relu import LayerCount, relu_counts
 
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         card, name = None, args.model
     if card is not None and card.arch == PROGRAM_ARCH:  # an exported/imported model: its program's ReLU ops
-        from pibench.model_spec import public_program
+        from pibench.modelfolder.spec import public_program
 
         _, program = public_program(args.model)
         counts = [LayerCount(layer, shape, relus) for layer, shape, relus in program.relu_layers()]

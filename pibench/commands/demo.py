@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pibench.commands.sweep import interrupted
-    from pibench.sweep import run_sweep
+    from pibench.sweep.run import run_sweep
 
     try:
         run_dir = run_sweep(args.config)

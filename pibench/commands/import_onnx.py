@@ -24,8 +24,8 @@ def run(args: argparse.Namespace) -> int:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from pibench.checkpoint import is_model_folder
-    from pibench.onnx_import import import_onnx
+    from pibench.modelfolder.folder import is_model_folder
+    from pibench.modelfolder.onnx_import import import_onnx
 
     if is_model_folder(args.out):
         raise ValueError(f"{args.out} is already a model folder; choose a new --out or remove it")

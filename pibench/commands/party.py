@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import os
 import statistics
 import sys
 
 from pibench.commands import Interrupted
 from pibench.commands.bench import add_protocol_argument, resolve_protocol
+from pibench.errors import UsageError
 
 HELP = "run one party (client, server or dealer) of a secure-inference session"
 
@@ -59,25 +61,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pibench.bench import check_backend
-    from pibench.model_check import check_model
+    from pibench.modelfolder.check import check_model
+    from pibench.mpc.protocols import protocol_of
     from pibench.results import check_writable, results_lock
 
     resolve_protocol(args)
     if args.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {args.threads}")
-    check_backend(args.protocol)
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    protocol = protocol_of(args.protocol)
+    protocol.check_available()
     for spec in args.model:  # the client holds only the public part
         check_model(spec, weights=args.role == "server")
     if args.out is not None:
         check_writable(args.out, "--out")
 
-    from pibench.mpc.parties import party
-    from pibench.mpc.parties.party import protocol_of, read_jobs, run_party, static_jobs
+    from pibench.modelfolder.spec import PARTY_MODELS
+    from pibench.mpc.parties.party import print_event, read_jobs, static_jobs
 
     on_event = _result_writer(args) if args.out is not None else None
+    sink = print_event
     if not args.events:
-        party.EVENT_SINK = lambda event: _show_ready(args, event)
+        sink = functools.partial(_show_ready, args)
         on_event = _with_progress(args.role, on_event)
     if args.iface:
         os.environ["GLOO_SOCKET_IFNAME"] = args.iface
@@ -88,14 +92,12 @@ def run(args: argparse.Namespace) -> int:
         jobs = static_jobs(args.model, **options)
     else:
         jobs = read_jobs(sys.stdin)
-    runner = run_party
-    if protocol_of(args.protocol).backend == "spu":
-        from pibench.mpc.spu.party import run_spu_party as runner
+    runner = protocol.party_runner()
     print(_waiting_line(args), file=sys.stderr, flush=True)
     try:
         with results_lock(args.out) if args.out is not None else contextlib.nullcontext():
-            runner(args.role, args.rendezvous, protocol=args.protocol, threads=args.threads, jobs=jobs,
-                   on_event=on_event, connect_timeout=args.connect_timeout or None)
+            runner(args.role, args.rendezvous, models=PARTY_MODELS, protocol=args.protocol, threads=args.threads,
+                   jobs=jobs, on_event=on_event, connect_timeout=args.connect_timeout or None, sink=sink)
     except KeyboardInterrupt:
         kept = f"; rows measured so far are kept in {args.out}" if args.out else ""
         raise Interrupted(f"the {args.role} left the session{kept}") from None
@@ -104,9 +106,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _waiting_line(args: argparse.Namespace) -> str:
     """For whom this party waits, where, and until when."""
-    from pibench.mpc.parties.party import ROLES, protocol_of
+    from pibench.mpc.protocols import protocol_of
 
-    roles = [r for r in ROLES if r != "dealer" or protocol_of(args.protocol).dealer]
+    roles = protocol_of(args.protocol).roles
     peers = " and the ".join(r for r in roles if r != args.role)
     if args.connect_timeout:
         until = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=args.connect_timeout)
@@ -142,13 +144,14 @@ def _with_progress(role: str, on_event):
 
 def _result_writer(args: argparse.Namespace):
     """The client's sink for its events: rows appended to --out as each model finishes."""
-    from pibench.bench import BenchOptions, client_result, write_result
+    from pibench.bench import BenchOptions, client_result
     from pibench.mpc.net.network import parse_networks
+    from pibench.results import write_result
 
     if args.role != "client":
-        raise ValueError(f"--out: only the client learns the results; drop --out from the {args.role}")
+        raise UsageError(f"--out: only the client learns the results; drop --out from the {args.role}")
     if not args.model:
-        raise ValueError("--out needs the models as --model arguments")
+        raise UsageError("--out needs the models as --model arguments")
     options = BenchOptions(repeats=args.repeats, batch=args.batch, protocol=args.protocol,
                            networks=parse_networks(args.network), samples=args.samples, threads=args.threads,
                            data_dir=args.data_dir, run_id=args.run_id, seed=args.seed, link=args.link)

@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pibench.plots import plot_run
+    from pibench.report.plots import plot_run
 
     for path in plot_run(args.run_dir, anchors=args.anchors, models=args.models):
         print(path)

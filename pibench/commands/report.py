@@ -13,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pibench.report import write_report
+    from pibench.report.report import write_report
 
     print(write_report(args.run_dir, replot=not args.no_plots))
     return 0

@@ -11,7 +11,7 @@ HELP = "run (or resume) a sweep: teacher, methods × budgets, two-party MPC, fig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from pibench.sweep import EXECUTORS
+    from pibench.sweep.run import EXECUTORS
 
     p.add_argument("config", help="sweep config YAML (see configs/demo.yaml)")
     p.add_argument("--no-report", action="store_true", help="skip figures and report.md")
@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pibench.sweep import describe, run_sweep
+    from pibench.sweep.run import describe, run_sweep
 
     if args.dry_run:
         print(describe(args.config, args.executor))
@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
 def interrupted(config: str | Path) -> Interrupted:
     """What a Ctrl-C'd sweep kept: the models made and the rows measured (a re-run resumes from there)."""
-    from pibench.config import load_config
-    from pibench.result_parts import measured
+    from pibench.sweep.config import load_config
+    from pibench.sweep.parts import measured
 
     cfg = load_config(config)
     models = len({key[0] for key in measured(cfg.run_dir)})

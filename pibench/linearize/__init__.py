@@ -25,9 +25,13 @@ from typing import Any, Sequence
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pibench.budget import parse_budget
+from pibench.data import dataset_options, make_loaders
+from pibench.linearize.budget import parse_budget
+from pibench.modelfolder.folder import load_model, save_model
 from pibench.registry import Registry
-from pibench.train import ACCURACY_RULE, deterministic
+from pibench.relu import count_relus, relu_counts
+from pibench.train import ACCURACY_RULE, TrainConfig, deterministic, pick_device
+from pibench.typecheck import check_types
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ class Teacher:
     """The all-ReLU model a method starts from, with the data it was trained on."""
 
     folder: Path
-    card: Any  # pibench.checkpoint.ModelCard
+    card: Any  # pibench.modelfolder.folder.ModelCard
     model: nn.Module
     train_loader: DataLoader
     test_loader: DataLoader
@@ -67,7 +71,6 @@ def make_settings(method: str, epochs: int | None = None, **kwargs: Any):
     """The method's Settings with caller overrides (None values ignored); unknown keys and wrong types raise."""
     import typing
 
-    from pibench.config import check_types
 
     cls = method_module(method).Settings
     values = {k: v for k, v in {**kwargs, "epochs": epochs}.items() if v is not None}
@@ -98,11 +101,6 @@ def load_teacher(
     train_subset: int | None = None,
 ) -> Teacher:
     """Load a teacher folder (weights included) and loaders for its dataset."""
-    from pibench.checkpoint import load_model
-    from pibench.data import dataset_options, make_loaders
-    from pibench.relu import relu_counts
-    from pibench.train import pick_device
-
     folder = Path(teacher_folder)
     card, model = load_model(folder)
     if any(c.relus != c.size for c in relu_counts(model)):
@@ -135,8 +133,6 @@ def settings_key(teacher: Teacher, *parts: Any) -> str:
 
 def train_config(teacher: Teacher, settings: Any, epochs: int, **overrides: Any):
     """A method's training phase: its settings' optimizer and schedule, the teacher's seed; `overrides` win."""
-    from pibench.train import TrainConfig
-
     base = dict(epochs=epochs, lr=settings.lr, optimizer=settings.optimizer, weight_decay=settings.weight_decay,
                 schedule=settings.schedule, seed=teacher.seed)
     return TrainConfig(**{**base, **overrides})
@@ -172,9 +168,6 @@ def save_linearized(
 
     `budget_reached` says how the method met the budget (e.g. SNL's search vs its fallback).
     """
-    from pibench.checkpoint import save_model
-    from pibench.relu import count_relus
-
     kept = count_relus(model)
     if kept > budget:
         raise RuntimeError(f"{method} produced {kept:,} ReLUs for a budget of {budget:,}")

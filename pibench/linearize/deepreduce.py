@@ -49,14 +49,15 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import torch
 from torch import nn
-
 from torch.utils.data import DataLoader
 
 from pibench.data import get_dataset, holdout_loaders
 from pibench.linearize import Teacher, save_linearized, settings_key, train_config
+from pibench.modelfolder.folder import is_model_folder, load_card, load_model, save_model
 from pibench.models import create_model
-from pibench.pareto import pareto_front
+from pibench.models.resnet import ResNet
 from pibench.relu import count_relus
+from pibench.pareto import pareto_front
 from pibench.train import TrainConfig, evaluate, fit, seed_everything
 
 log = logging.getLogger(__name__)
@@ -139,8 +140,6 @@ def enumerate_candidates(
 
 
 def _check_resnet(teacher: Teacher) -> int:
-    from pibench.models.resnet import ResNet
-
     if not isinstance(teacher.model, ResNet):
         raise ValueError(
             f"DeepReDuce applies to ResNet-family models (stages in model.layers); {teacher.card.arch} is not one"
@@ -228,8 +227,6 @@ def train_candidate(teacher: Teacher, cand: Candidate, cfg: TrainConfig, folder:
     Returns its (test accuracy after the last epoch, held-out accuracy): the test accuracy
     is reported, the held-out one chooses.
     """
-    from pibench.checkpoint import is_model_folder, load_card, save_model
-
     if is_model_folder(folder):
         card = load_card(folder)
         return float(card.accuracy), float(card.method_info["holdout_accuracy"])
@@ -312,7 +309,6 @@ def run(teacher: Teacher, budgets: list[int], outs: list[Path], settings: Settin
     table = pd.DataFrame(rows)
     frontier = pareto_front(table).reset_index(drop=True)
     cards = []
-    from pibench.checkpoint import load_model
 
     for budget, out in zip(budgets, outs):
         fits = table[table["relus"] <= budget].sort_values(["holdout_accuracy", "relus"], ascending=[False, True])

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pibench.checkpoint import is_model_folder, load_card
+from pibench.modelfolder.folder import is_model_folder, load_card
 from pibench.linearize import Teacher, save_linearized, settings_key, train_config
 from pibench.linearize.senet import topk_mask
 from pibench.relu import masked_relus

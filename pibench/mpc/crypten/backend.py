@@ -25,12 +25,20 @@ class CryptenBackend(Backend):
     weight values (the client's is `Program.public()`, shapes only).
     """
 
+    bits: int | None = None  # the comparison domain k of protocols that compare x mod 2^k (none here: Z_2^64)
+
     def __init__(self, program: Program, rank: int, provider: PreprocessedProvider | None = None) -> None:
         super().__init__(program)
         self.rank = rank
         self.provider = provider
         if rank == SERVER and not program.has_weights:
             raise ValueError("the server's program must carry the weights")
+
+    @classmethod
+    def for_job(cls, program: Program, rank: int, provider: PreprocessedProvider | None,
+                job: dict[str, Any]) -> "CryptenBackend":
+        """The backend for one job of a party session (a protocol reads its own options from the job)."""
+        return cls(program, rank, provider)
 
     def share_weights(self) -> None:
         """One-time setup per model: share the weights from the server (masked once, with a dealer)."""

@@ -53,6 +53,13 @@ class FssBackend(CryptenBackend):
         super().__init__(program, rank, provider)
         self.bits = bits
 
+    @classmethod
+    def for_job(cls, program: Program, rank: int, provider: PreprocessedProvider,
+                job: dict[str, Any]) -> "FssBackend":
+        """k as the launcher chose it for this model (`pibench.mpc.fss.domain`); the default where the job names
+        none (`pibench party` run by hand)."""
+        return cls(program, rank, provider, job.get("fss_bits") or relu_gate.DEFAULT_BITS)
+
     def relu_shares(self, share: np.ndarray) -> np.ndarray:
         """One ReLU layer on this party's shares (flat uint64): open x + r, evaluate the key, open the masked
         DReLU bits (packed), finish locally. Two rounds."""

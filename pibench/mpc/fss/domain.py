@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from pibench.errors import UsageError
 from pibench.mpc.backend import TorchBackend, run_program
 from pibench.mpc.fss import relu as relu_gate
 from pibench.mpc.program import Op, Program
@@ -25,7 +26,7 @@ HEADROOM = 2.0
 SCALE_BITS = 16  # CrypTen's fixed-point precision
 
 
-class DomainError(ValueError):
+class DomainError(UsageError):
     """A model's comparison inputs do not fit any domain the gate supports (k <= 64)."""
 
 
@@ -77,3 +78,8 @@ def choose_bits(ranges: dict[str, float]) -> int:
                           f"{largest:.4g}, above {bound:.4g}, what k = {relu_gate.MAX_BITS} bits hold at scale 2^"
                           f"{SCALE_BITS} with {HEADROOM:g}x headroom; rescale the model or use crypten:dealer")
     return bits
+
+
+def model_bits(program: Program, x: torch.Tensor) -> int:
+    """The k for `program` on the client's inputs x: `choose_bits` over `layer_ranges` (the protocol table's hook)."""
+    return choose_bits(layer_ranges(program, x))

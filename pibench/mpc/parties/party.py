@@ -11,8 +11,8 @@ JSON events on stdout, one per line, prefixed with `EVENT_PREFIX`: "ready" once
 connected, then per job the client's "result" (measurements and revealed logits,
 which belong to the client) or "error", and the server's "done".
 
-Per job: resolve the spec (`pibench.model_spec`: the server its program with weights,
-the client the public program and its inputs), exchange the model's public identity
+Per job: resolve the spec through the `PartyModels` the caller gives (`pibench.modelfolder.spec`:
+the server its program with weights, the client the public program and its inputs), exchange the model's public identity
 (the hash of a folder's public card and masks, `checkpoint.public_hash`, or the
 registry name) and the program fingerprint; parties that loaded different models refuse to run
 (`ModelMismatch`, fatal: on two machines it means the wrong folders were given),
@@ -35,17 +35,16 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 
 from pibench.mpc.backend import run_program
-from pibench.mpc.fss.relu import DEFAULT_BITS as DEFAULT_FSS_BITS
-from pibench.model_spec import model_identity, model_inputs, public_program, server_model
 from pibench.mpc.parties.channel import recv_json, send_json
 from pibench.mpc.parties.measure import CommMeter, Measurement, Timed
 from pibench.mpc.program import Op, Program
-from pibench.mpc.protocols import CLIENT, DEALER, DEFAULT_PROTOCOL, SERVER, Protocol, get_protocol, protocol_key
+from pibench.mpc.protocols import CLIENT, DEALER, DEFAULT_PROTOCOL, SERVER, protocol_of
 
 if TYPE_CHECKING:  # CrypTen is imported by the party processes only, not by the evaluator
     from pibench.mpc.crypten.backend import CryptenBackend  # or its FSS subclass
@@ -56,6 +55,26 @@ log = logging.getLogger(__name__)
 ROLES = {"client": CLIENT, "server": SERVER, "dealer": DEALER}
 EVENT_PREFIX = "PIBENCH "
 PEER_FAILED = "the {peer} could not prepare this model (its own log says why)"
+
+
+EventSink = Callable[[dict[str, Any]], None]  # where a party's events go
+
+
+def print_event(event: dict[str, Any]) -> None:
+    """The default sink: one JSON line on stdout, read by the launcher (`pibench.mpc.parties.launch`)."""
+    sys.stdout.write(EVENT_PREFIX + json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+@dataclass(frozen=True)
+class PartyModels:
+    """What a party asks of a job's model spec. The caller supplies it (`pibench.modelfolder.spec.PARTY_MODELS`),
+    so the MPC layer never reads model folders itself."""
+
+    server: Callable[[str], Program]  # the server's program, with its weights
+    # the client's public program, the job's inputs and their labels (None without a dataset)
+    client: Callable[[dict[str, Any]], tuple[Program, torch.Tensor, torch.Tensor | None]]
+    identity: Callable[[str], str]  # what fixes the protocol of a spec, short and comparable across machines
 
 
 class ModelMismatch(RuntimeError):
@@ -87,14 +106,24 @@ def iter_batches(n: int, batch: int) -> Iterator[tuple[int, int]]:
 
 
 # -- the party ---------------------------------------------------------------------------------
+# What each party tells the other after a job: its counts (bytes, rounds, bytes from the dealer), which follow
+# from the public program and protocol. Its timings stay on its own side: a server's per-layer times are a
+# side channel the threat model does not name (they reflect its machine and load), so every time in the
+# results is the client's own measurement.
+PEER_TOTALS = ("bytes", "rounds", "setup_bytes", "offline_bytes")
+PEER_OP_COUNTS = ("bytes", "rounds", "offline_bytes")
+
+
 class Party:
-    def __init__(self, role: str, crypten: Any, provider: PreprocessedProvider | None = None,
-                 fss: bool = False) -> None:
+    def __init__(self, role: str, crypten: Any, engine: type[CryptenBackend], models: PartyModels,
+                 provider: PreprocessedProvider | None = None, sink: EventSink = print_event) -> None:
         self.role = role
         self.rank = ROLES[role]
         self.crypten = crypten
+        self.engine = engine  # the protocol's backend class (crypten:fss: ReLU and max pooling by FSS keys)
+        self.models = models
         self.provider = provider  # None: CrypTen's TFP provider, no dealer
-        self.fss = fss  # ReLU and max pooling by FSS keys from the dealer (crypten:fss)
+        self.sink = sink
         import crypten.communicator as comm
 
         self.comm = comm.get()
@@ -112,13 +141,10 @@ class Party:
         return other
 
     def prepare(self, job: dict[str, Any], spec: str) -> tuple[Program, torch.Tensor | None, torch.Tensor | None]:
-        """The server's program (with weights), or the client's public program and inputs (`pibench.model_spec`)."""
+        """The server's program (with weights), or the client's public program and inputs (`PartyModels`)."""
         if self.rank == SERVER:
-            return server_model(spec).program, None, None
-        card, program = public_program(spec)
-        n = max(job["samples"], job["batch"])
-        x, labels = model_inputs(card, program.input_shape, n, job["seed"], job.get("data_dir"))
-        return program, x, labels
+            return self.models.server(spec), None, None
+        return self.models.client(job)
 
     def run_job(self, job: dict[str, Any]) -> dict[str, Any]:
         """Prepare, check the peer holds the same model, measure; the client's event carries the results.
@@ -132,7 +158,7 @@ class Party:
         error = None
         try:
             program, x, labels = self.prepare(job, spec)
-            status["identity"] = model_identity(spec)
+            status["identity"] = self.models.identity(spec)
             status["fingerprint"] = program.fingerprint()
         except Exception as e:  # the session goes on with the next job
             log.debug("job %s failed to prepare", spec, exc_info=True)
@@ -146,15 +172,15 @@ class Party:
         if error:
             return {"event": "error" if self.rank == CLIENT else "done", "job": job["id"], "error": error}
         result = self.measure(job, program, x)
-        totals = ("bytes", "rounds", "setup_bytes", "offline_s", "offline_bytes")
-        theirs = self.exchange({"ops": result["ops"], **{k: result[k] for k in totals}})
+        theirs = self.exchange({"ops": [{k: op[k] for k in PEER_OP_COUNTS} for op in result["ops"]],
+                                **{k: result[k] for k in PEER_TOTALS}})
         if self.rank != CLIENT:
             return {"event": "done", "job": job["id"], "error": None}
         dealer = result["offline_bytes"] is not None  # None: no offline phase, on both sides
         if dealer:  # each party's own traffic with the dealer (the server's: its FSS keys)
             result.update(offline_bytes_client=result["offline_bytes"], offline_bytes_server=theirs["offline_bytes"])
             result["offline_bytes"] += theirs["offline_bytes"]
-        for k in totals:  # None (no offline phase) on both sides or on neither
+        for k in PEER_TOTALS:  # None (no offline phase) on both sides or on neither
             if result[k] is not None and k != "offline_bytes":
                 result[k] = max(result[k], theirs[k])
         for mine, other in zip(result["ops"], theirs["ops"]):
@@ -184,13 +210,7 @@ class Party:
             return backend.reveal_to_client(y)
 
     def measure(self, job: dict[str, Any], program: Program, x: torch.Tensor | None) -> dict[str, Any]:
-        from pibench.mpc.crypten.backend import CryptenBackend
-        from pibench.mpc.crypten.fss_backend import FssBackend
-
-        if self.fss:  # k as the launcher chose it for this model; the default where the job names none
-            backend = FssBackend(program, self.rank, self.provider, job.get("fss_bits") or DEFAULT_FSS_BITS)
-        else:
-            backend = CryptenBackend(program, self.rank, self.provider)
+        backend = self.engine.for_job(program, self.rank, self.provider, job)
         dealer_bytes = self.provider.source.bytes if self.provider else 0
         self.meter.reset()
         t0 = time.perf_counter()
@@ -226,7 +246,7 @@ class Party:
             log.info("%s: %s: repeat %d/%d %.3f s online", self.role, job["model"], r + 1, job["repeats"],
                      m.latencies[-1])
         result = m.summary()
-        result.update(setup_s=setup_s, setup_bytes=setup_bytes, fss_bits=backend.bits if self.fss else None,
+        result.update(setup_s=setup_s, setup_bytes=setup_bytes, fss_bits=backend.bits,
                       logits=torch.cat(logits).tolist() if logits else [])
         return result
 
@@ -266,21 +286,9 @@ class Party:
         for job in jobs:
             log.info("%s: job %s: %s", self.role, job["id"], job["model"])
             event = self.run_job(job)
-            emit(event)
+            self.sink(event)
             if on_event is not None:
                 on_event(job, event)
-
-
-# Where events go instead of stdout: `pibench party` run by hand shows progress lines (see --events).
-EVENT_SINK: Callable[[dict[str, Any]], None] | None = None
-
-
-def emit(event: dict[str, Any]) -> None:
-    if EVENT_SINK is not None:
-        EVENT_SINK(event)
-        return
-    sys.stdout.write(EVENT_PREFIX + json.dumps(event) + "\n")
-    sys.stdout.flush()
 
 
 def read_jobs(stream: Iterable[str]) -> Iterator[dict[str, Any]]:
@@ -315,14 +323,16 @@ def _exit_unless_connected(role: str, rendezvous: str, timeout: float) -> thread
     return timer
 
 
-def run_party(role: str, rendezvous: str, *, protocol: str = DEFAULT_PROTOCOL, threads: int = 1,
+def run_party(role: str, rendezvous: str, *, models: PartyModels, protocol: str = DEFAULT_PROTOCOL, threads: int = 1,
               jobs: Iterable[dict[str, Any]] = (), on_event: Callable[[dict, dict], None] | None = None,
-              connect_timeout: float | None = None) -> None:
+              connect_timeout: float | None = None, sink: EventSink = print_event) -> None:
     """Join the session at `rendezvous` as `role` and serve `jobs` (the dealer serves the client's requests).
 
     With `connect_timeout`, a party that has not connected by then exits with status 2
     and says so.
 
+    `models` turns each job's spec into a program (`pibench.modelfolder.spec.PARTY_MODELS`);
+    events go to `sink` (JSON lines on stdout by default).
     `on_event(job, event)` is called with each job's event after it is printed (the
     client's "result" or "error"; the server's "done"). Raises ModelMismatch when the
     peer loaded a different model.
@@ -350,16 +360,16 @@ def run_party(role: str, rendezvous: str, *, protocol: str = DEFAULT_PROTOCOL, t
     from pibench.mpc.crypten.preprocessing import PreprocessedProvider
 
     if role == "dealer":
-        emit({"event": "ready", "role": role})
+        sink({"event": "ready", "role": role})
         serve_dealer(comm.get().ttp_group)
         return
     provider = None
     if proto.dealer:
         provider = PreprocessedProvider(DealerLink(ROLES[role], comm.get().ttp_group))
         use_provider(provider)
-    emit({"event": "ready", "role": role, "threads": torch.get_num_threads()})
+    sink({"event": "ready", "role": role, "threads": torch.get_num_threads()})
     try:
-        Party(role, crypten, provider, fss=proto.key == "crypten:fss").serve(jobs, on_event)
+        Party(role, crypten, proto.engine_class(), models, provider, sink).serve(jobs, on_event)
     finally:
         if provider is not None:  # also on a refused model: the dealer must not wait forever
             with contextlib.suppress(RuntimeError):
@@ -367,7 +377,3 @@ def run_party(role: str, rendezvous: str, *, protocol: str = DEFAULT_PROTOCOL, t
             comm.get().ttp_initialized = False  # the dealer left on "bye"; CrypTen must not send its "terminate"
     crypten.uninit()
 
-
-def protocol_of(spec: str) -> Protocol:
-    """The protocol named by `spec` ("dealer", "crypten:tfp", ...), or a ValueError listing the known ones."""
-    return get_protocol(protocol_key(spec))

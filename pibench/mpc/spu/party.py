@@ -29,9 +29,10 @@ from typing import Any, Callable, Iterable
 import torch
 
 from pibench.mpc.parties.measure import Measurement
-from pibench.mpc.parties.party import (ROLES, ModelMismatch, Party, _exit_unless_connected, emit,
-                               iter_batches, protocol_of)
+from pibench.mpc.parties.party import (ROLES, EventSink, ModelMismatch, Party, PartyModels, _exit_unless_connected,
+                                       iter_batches, print_event)
 from pibench.mpc.program import Program
+from pibench.mpc.protocols import protocol_of
 from pibench.mpc.spu.backend import SpuBackend, runtime_config, set_up_runtime
 from pibench.mpc.spu.link import SpuLink
 
@@ -41,10 +42,12 @@ log = logging.getLogger(__name__)
 class SpuParty(Party):
     """A client or server computing with SPU; `Party` supplies the job loop."""
 
-    def __init__(self, role: str, protocol: str, link: SpuLink) -> None:  # no CrypTen: Party.__init__ is not called
+    def __init__(self, role: str, protocol: str, link: SpuLink, models: PartyModels,
+                 sink: EventSink = print_event) -> None:  # no CrypTen: Party.__init__ is not called
         import spu
 
         self.role, self.rank = role, ROLES[role]
+        self.models, self.sink = models, sink
         self.link = self.meter = link
         cfg = runtime_config(protocol)
         self.runtime = spu.Runtime(link.context, cfg)
@@ -110,9 +113,9 @@ def _log_dir() -> str:
     return path
 
 
-def run_spu_party(role: str, rendezvous: str, *, protocol: str, threads: int = 1,
+def run_spu_party(role: str, rendezvous: str, *, models: PartyModels, protocol: str, threads: int = 1,
                   jobs: Iterable[dict[str, Any]] = (), on_event: Callable[[dict, dict], None] | None = None,
-                  connect_timeout: float | None = None) -> None:
+                  connect_timeout: float | None = None, sink: EventSink = print_event) -> None:
     """Join the SPU session at `rendezvous` (the client listens there; see `pibench.mpc.spu.link.peer_addresses`), serve `jobs`.
 
     `protocol`: spu:cheetah or spu:semi2k.
@@ -137,9 +140,9 @@ def run_spu_party(role: str, rendezvous: str, *, protocol: str, threads: int = 1
     link = None
     try:
         link = SpuLink(ROLES[role], rendezvous, os.path.join(log_dir, "spu.log"), timeout)
-        party = SpuParty(role, proto.name, link)
+        party = SpuParty(role, proto.name, link, models, sink)
         watchdog.cancel()
-        emit({"event": "ready", "role": role, "threads": threads, "protocol": proto.key})
+        sink({"event": "ready", "role": role, "threads": threads, "protocol": proto.key})
         party.serve(jobs, on_event)
     finally:
         watchdog.cancel()

@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from pibench.config import ExecutorConfig
+from pibench.sweep.config import ExecutorConfig
 
 SLURM_COMMANDS = ("sbatch", "squeue", "scancel", "srun")
 LEDGER = "submitted.tsv"  # job name and id of every submission, in the executor's folder
@@ -68,7 +68,7 @@ def make_executor(name: str, ex: ExecutorConfig, folder: str | Path):
 
 
 def job_parameters(ex: ExecutorConfig, job: Any, after: list[str]) -> dict[str, Any]:
-    """submitit parameters of a pibench.jobgraph.Job: its kind's resources, its name, its dependencies."""
+    """submitit parameters of a pibench.sweep.jobgraph.Job: its kind's resources, its name, its dependencies."""
     res = getattr(ex, job.kind)
     extra = {"kill-on-invalid-dep": "yes", **ex.slurm}
     if after:

@@ -1,6 +1,6 @@
 """`report.md` for a run folder: settings, one table per method, comparisons, figures.
 
-Reads results.csv (and the figures `pibench.plots` wrote) only, so it can be re-run on
+Reads results.csv (and the figures `pibench.report.plots` wrote) only, so it can be re-run on
 old results.
 """
 
@@ -12,7 +12,7 @@ import pandas as pd
 import yaml
 
 from pibench.pareto import iso_relu_accuracy_gain
-from pibench.plots import FIGURES, plot_run, with_series
+from pibench.report.plots import FIGURES, plot_run, with_series
 from pibench.results import load_results
 
 SETTINGS = (
@@ -151,7 +151,7 @@ def budget_lines(run_dir: Path, models: list[str]) -> list[str]:
     The cards are found through the copy of the sweep config in the run folder; models
     whose folder is gone, or whose card predates the field, are left out.
     """
-    from pibench.checkpoint import is_model_folder, load_card
+    from pibench.modelfolder.folder import is_model_folder, load_card
 
     config = run_dir / "config.yaml"
     models_dir = Path((yaml.safe_load(config.read_text()) or {}).get("models_dir", "models")) if config.is_file() else None

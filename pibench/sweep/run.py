@@ -1,6 +1,6 @@
 """`pibench sweep CONFIG.yaml`: teacher → linearized models → two-party MPC → figures and report.
 
-The sweep is a graph of jobs (pibench.jobgraph): the teacher; each method's job, which
+The sweep is a graph of jobs (pibench.sweep.jobgraph): the teacher; each method's job, which
 makes all of its budgets from the teacher; cost-only models; and MPC benchmark jobs
 that each need the job that made their models. `--executor local` runs the jobs one
 after the other in this process, a benchmark job per maker (one party session for its
@@ -11,7 +11,7 @@ A sweep is resumable at every level: model folders that already exist in
 `models_dir` are reused, and models that already have a row for every network in
 `results/<run>/results.csv` are not measured again, so a re-run submits only what is
 missing. Benchmark jobs write their rows as one part per model, merged by the sweep
-(pibench.result_parts); in process, each model's rows are merged as soon as it is measured.
+(pibench.sweep.parts); in process, each model's rows are merged as soon as it is measured.
 
 Cost-only entries (random weights, no data) are written as model folders too, under
 `models_dir/cost_only/`, so the benchmark treats every model alike; their cards carry
@@ -29,10 +29,24 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pibench.budget import parse_budget
-from pibench.config import (RUN_KEYS, ConfigError, CostOnly, Experiment, SweepConfig, experiment_relus, is_folder_spec,
-                            load_config)
-from pibench.jobgraph import Job, run_in_process, run_submitted, summary
+from pibench.bench import BenchOptions, bench_models
+from pibench.data import dataset_info
+from pibench.linearize import linearize_many, make_settings, plan
+from pibench.linearize.budget import parse_budget
+from pibench.linearize.senet import allocate, random_masks
+from pibench.modelfolder.folder import is_model_folder, load_card, save_model
+from pibench.models import create_model
+from pibench.models.resnet import DRD_CONFIGS
+from pibench.mpc.net.network import parse_networks
+from pibench.relu import count_relus, relu_counts, set_masks
+from pibench.report.report import write_report
+from pibench.results import check_writable, results_lock
+from pibench.sweep.cluster import job_parameters, make_executor, still_queued
+from pibench.sweep.config import (RUN_KEYS, ConfigError, CostOnly, Experiment, SweepConfig, experiment_relus,
+                                  is_folder_spec, load_config)
+from pibench.sweep.jobgraph import Job, run_in_process, run_submitted, summary
+from pibench.sweep.parts import measured, merge_parts, remove_unfinished_parts, write_part
+from pibench.train import train_baseline
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +82,6 @@ def _settings_text(values: dict[str, Any]) -> str:
 
 def _teacher_settings(exp: Experiment, seed: int) -> dict[str, Any]:
     """train_baseline's effective training settings: its defaults, then the config's teacher block."""
-    from pibench.train import train_baseline
-
     skip = {"arch", "dataset", "out_folder", "data_dir", "seed", "arch_kwargs"}
     params = inspect.signature(train_baseline).parameters.values()
     defaults = {p.name: p.default for p in params if p.name not in skip and p.default is not inspect.Parameter.empty}
@@ -78,8 +90,6 @@ def _teacher_settings(exp: Experiment, seed: int) -> dict[str, Any]:
 
 def _method_settings(method: str, kwargs: dict[str, Any], seed: int) -> dict[str, Any]:
     """A method's effective settings (its Settings with the config's values) and run options."""
-    from pibench.linearize import make_settings
-
     settings = make_settings(method, **{k: v for k, v in kwargs.items() if k not in RUN_KEYS or k == "epochs"})
     run = {k: v for k, v in kwargs.items() if k in RUN_KEYS and k != "epochs"}
     return {**dataclasses.asdict(settings), **run, "seed": seed}
@@ -87,10 +97,6 @@ def _method_settings(method: str, kwargs: dict[str, Any], seed: int) -> dict[str
 
 def _method_plan(method: str, exp: Experiment, counts: list[int], kwargs: dict[str, Any]) -> str | None:
     """What the method will train (e.g. DeepReDuce's candidates at a pinned stage order), for dry runs."""
-    from pibench.data import dataset_info
-    from pibench.linearize import plan
-    from pibench.models import create_model
-
     info = dataset_info(exp.dataset)
     build = {"in_chans": info.in_chans, "input_size": info.input_size, "num_classes": info.num_classes}
     arch_args = create_model(exp.arch, **(build | exp.arch_args)).pibench_args
@@ -100,9 +106,6 @@ def _method_plan(method: str, exp: Experiment, counts: list[int], kwargs: dict[s
 def make_method_models(method: str, teacher: Path, counts: list[int], folders: list[Path], data_dir: str | None,
                        seed: int, kwargs: dict[str, Any]) -> None:
     """Linearize the teacher at the budgets whose folders are missing (one call shares the teacher-level work)."""
-    from pibench.checkpoint import is_model_folder
-    from pibench.linearize import linearize_many
-
     todo = [(c, f) for c, f in zip(counts, folders) if not is_model_folder(f)]
     if todo:
         linearize_many(method, teacher, [c for c, _ in todo], [f for _, f in todo], data_dir=data_dir, seed=seed,
@@ -111,8 +114,6 @@ def make_method_models(method: str, teacher: Path, counts: list[int], folders: l
 
 def experiment_makers(cfg: SweepConfig, exp: Experiment) -> list[Maker]:
     """The teacher's job, then one job per method making all its budgets from the teacher."""
-    from pibench.train import train_baseline
-
     prefix = Path(cfg.models_dir) / f"{exp.dataset}_{exp.arch}{_args_suffix(exp.arch_args)}"
     teacher = prefix.with_name(prefix.name + "_baseline")
     train = functools.partial(train_baseline, exp.arch, exp.dataset, teacher, data_dir=exp.data_dir, seed=cfg.seed,
@@ -146,9 +147,6 @@ def save_registry_model(model_name: str, arch_args: dict[str, Any], folder: Path
     """A registry model as it is, with random weights."""
     import torch
 
-    from pibench.checkpoint import save_model
-    from pibench.models import create_model
-    from pibench.models.resnet import DRD_CONFIGS
 
     torch.manual_seed(seed)
     save_model(
@@ -164,10 +162,6 @@ def save_allocated_models(entry: CostOnly, counts: list[int], folders: list[Path
     """Random-weight models with masks allocated by the method's rule at each budget (missing folders only)."""
     import torch
 
-    from pibench.checkpoint import is_model_folder, save_model
-    from pibench.linearize.senet import allocate, random_masks
-    from pibench.models import create_model
-    from pibench.relu import relu_counts, set_masks
 
     for count, folder in zip(counts, folders):
         if is_model_folder(folder):
@@ -194,16 +188,11 @@ def save_allocated_models(entry: CostOnly, counts: list[int], folders: list[Path
 
 
 def _exists(folder: Path) -> None:
-    from pibench.checkpoint import load_card
-
     load_card(folder)
 
 
 def cost_only_maker(cfg: SweepConfig, entry: CostOnly) -> Maker:
     """Folders with random weights: a registry model as it is, or masks allocated at budgets."""
-    from pibench.models import create_model
-    from pibench.relu import count_relus
-
     root = Path(cfg.models_dir) / "cost_only"
     suffix = _args_suffix(entry.arch_args)
     if entry.model is not None and is_folder_spec(entry.model):  # measured as it is: nothing to make
@@ -226,8 +215,6 @@ def cost_only_maker(cfg: SweepConfig, entry: CostOnly) -> Maker:
 
 def finished_models(run_dir: Path, networks: list[str], protocol: str) -> set[str]:
     """Models with a row for every network under `protocol` in run_dir/results.csv (failed rows count)."""
-    from pibench.result_parts import measured
-
     backend, name = protocol.split(":")
     have: dict[str, set[str]] = {}
     for model, b, p, network in measured(run_dir):
@@ -238,9 +225,6 @@ def finished_models(run_dir: Path, networks: list[str], protocol: str) -> set[st
 
 def bench_options(cfg: SweepConfig, protocol: str):
     """How to benchmark every model of the sweep under one protocol."""
-    from pibench.bench import BenchOptions
-    from pibench.mpc.net.network import parse_networks
-
     return BenchOptions(
         repeats=cfg.repeats,
         batch=cfg.batch,
@@ -257,9 +241,6 @@ def bench_options(cfg: SweepConfig, protocol: str):
 
 def measure(models: list[str], run_dir: Path, options, merge: bool) -> None:
     """Benchmark models in one party session; each model's rows become a part (merged at once if `merge`)."""
-    from pibench.bench import bench_models
-    from pibench.result_parts import merge_parts, write_part
-
     for i, result in enumerate(bench_models(models, options), 1):
         write_part(run_dir, result)
         if merge:  # only when this process is the run's one writer
@@ -293,9 +274,6 @@ def sweep_graph(cfg: SweepConfig, *, in_process: bool) -> list[Job]:
     One bench job per maker and protocol in process (starting the parties costs seconds
     per session); jobs run elsewhere benchmark one model under one protocol each.
     """
-    from pibench.checkpoint import is_model_folder
-    from pibench.mpc.net.network import parse_networks
-
     makers = [m for exp in cfg.experiments for m in experiment_makers(cfg, exp)]
     makers = unique_makers(makers + [cost_only_maker(cfg, entry) for entry in cfg.cost_only])
     networks = [n.name for n in parse_networks(cfg.networks)]
@@ -347,10 +325,6 @@ def describe(config_path: str | Path, executor: str = "local") -> str:
 
 def run_sweep(config_path: str | Path, *, report: bool = True, executor: str = "local", poll_s: float = 5.0) -> Path:
     """Run (or resume) a sweep; returns the run folder. Raises SweepFailed (after the report) if jobs failed."""
-    from pibench.cluster import job_parameters, make_executor, still_queued
-    from pibench.result_parts import merge_parts, remove_unfinished_parts
-    from pibench.results import check_writable, results_lock
-
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r} (known: {', '.join(EXECUTORS)})")
     cfg = load_config(config_path)
@@ -380,8 +354,6 @@ def run_sweep(config_path: str | Path, *, report: bool = True, executor: str = "
         merge_parts(run_dir)
         remove_unfinished_parts(run_dir)  # every job has ended
         if report and (run_dir / "results.csv").is_file():
-            from pibench.report import write_report
-
             log.info("report: %s", write_report(run_dir))
     failures = summary(outcomes)
     if failures:

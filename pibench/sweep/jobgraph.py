@@ -21,6 +21,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from pibench.sweep.cluster import NEVER_STARTS, active_jobs, record_submission
+
 log = logging.getLogger(__name__)
 
 RESULT_WAIT_S = 10  # a job that left the queue may take this long to show its result file on a shared disk
@@ -144,10 +146,8 @@ def run_submitted(
     ids of submitted jobs it must wait for (only on Slurm; elsewhere it is always empty).
     `previous` holds jobs an earlier sweep submitted that are still queued or running,
     by name: they are followed, not submitted again. Every submission is recorded in
-    the executor's folder (pibench.cluster.record_submission).
+    the executor's folder (pibench.sweep.cluster.record_submission).
     """
-    from pibench.cluster import NEVER_STARTS, active_jobs, record_submission
-
     check_unique(jobs)
     dependencies = getattr(executor, "cluster", "") == "slurm"
     submitted: dict[str, Any] = {j.name: previous[j.name] for j in jobs if j.name in (previous or {})}

@@ -13,7 +13,7 @@ no Python class of the user's:
                                       torch/onnx versions, the source file's sha256), weights digest
     models/<name>/weights.safetensors private: the program's weights (BatchNorm already folded)
 
-`pibench.onnx_import` writes the same kind of folder from an ONNX file.
+`pibench.modelfolder.onnx_import` writes the same kind of folder from an ONNX file.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pibench.checkpoint import (CARD_FILE, MASKS_FILE, PROGRAM_ARCH, PROGRAM_FILE, WEIGHTS_FILE, CheckpointError,
+from pibench.modelfolder.folder import (CARD_FILE, MASKS_FILE, PROGRAM_ARCH, PROGRAM_FILE, WEIGHTS_FILE, CheckpointError,
                                 ModelCard, sha256_file, write_card)
 from pibench.mpc.backend import run_plain
 from pibench.mpc.compiler import compile_model

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CARD_FILE = "model.json"  # pibench.checkpoint.CARD_FILE, without importing torch
+CARD_FILE = "model.json"  # pibench.modelfolder.folder.CARD_FILE, without importing torch
 
 
 def looks_like_path(spec: str) -> bool:
@@ -29,8 +29,8 @@ def check_model(spec: str, *, weights: bool = True) -> None:
     if not path.exists() and looks_like_path(spec):
         raise ValueError(f"{spec}: no such model folder")
     if path.is_dir():
-        from pibench.checkpoint import WEIGHTS_FILE
-        from pibench.model_spec import public_program
+        from pibench.modelfolder.folder import WEIGHTS_FILE
+        from pibench.modelfolder.spec import public_program
 
         public_program(spec)
         if weights and not (path / WEIGHTS_FILE).is_file():

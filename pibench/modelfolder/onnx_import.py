@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pibench.checkpoint import ModelCard, sha256_file
+from pibench.modelfolder.export import write_program_folder
+from pibench.modelfolder.folder import ModelCard, sha256_file
 from pibench.mpc.program import INPUT, Op, Program
 
 SUPPORTED_OPS = ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Constant", "Conv", "Dropout",
@@ -57,7 +58,6 @@ def import_onnx(path: str | Path, folder: str | Path, masks: dict[str, torch.Ten
     """Translate `path` into a program and write it as a model folder (nothing is written on failure)."""
     import onnx
 
-    from pibench.model_export import write_program_folder
 
     program = program_from_onnx(load_onnx(path), masks or {})
     provenance = {"source": "onnx", "onnx_version": onnx.__version__, "torch_version": torch.__version__,

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +47,17 @@ from typing import Any
 
 import yaml
 
-from pibench.mpc.protocols import DEFAULT_PROTOCOL, get_protocol
-
+from pibench.data import DATASETS, dataset_info
+from pibench.linearize import METHODS, linearize_many, make_settings
+from pibench.linearize.budget import parse_budget
+from pibench.modelfolder.folder import load_card
+from pibench.models import MODELS, create_model
+from pibench.mpc.net.hosts import HOSTS
+from pibench.mpc.net.network import parse_network
+from pibench.mpc.protocols import DEFAULT_PROTOCOL, check_available, get_protocol
+from pibench.relu import count_relus
+from pibench.train import train_baseline
+from pibench.typecheck import check_types
 
 # linearize_many's own keyword arguments; every other key of a method's entry is a Settings field.
 RUN_KEYS = ("epochs", "batch_size", "device", "cache_dir", "train_subset")
@@ -191,17 +199,6 @@ def load_config(path: str | Path) -> SweepConfig:
 
 def validate(cfg: SweepConfig, source: str) -> None:
     """Check every name and budget against the registries (cheap: builds no data)."""
-    from pibench.bench import check_backend
-    from pibench.budget import parse_budget
-    from pibench.checkpoint import load_card
-    from pibench.data import DATASETS
-    from pibench.linearize import METHODS, linearize_many, make_settings
-    from pibench.models import MODELS, create_model
-    from pibench.mpc.net.hosts import HOSTS
-    from pibench.mpc.net.network import parse_network
-    from pibench.relu import count_relus
-    from pibench.train import train_baseline
-
     if not cfg.experiments and not cfg.cost_only:
         raise ConfigError(f"{source}: nothing to run: add 'experiments' or 'cost_only'")
     if not isinstance(cfg.run, str) or not cfg.run or Path(cfg.run).name != cfg.run or cfg.run in (".", ".."):
@@ -214,7 +211,7 @@ def validate(cfg: SweepConfig, source: str) -> None:
     keys = [_check(lambda: get_protocol(str(p)).key, f"{source}: protocols[{i}]") for i, p in enumerate(cfg.protocols)]
     cfg.protocols = list(dict.fromkeys(keys))  # "dealer" and "crypten:dealer" are one protocol
     for i, key in enumerate(cfg.protocols):
-        _check(lambda: check_backend(key), f"{source}: protocols[{i}]")
+        _check(lambda: check_available(key), f"{source}: protocols[{i}]")
     if cfg.hosts not in HOSTS:
         raise ConfigError(f"{source}: hosts: unknown hosts {cfg.hosts!r} (known: {', '.join(HOSTS)})")
     for key in ("repeats", "batch", "samples", "threads"):
@@ -314,10 +311,6 @@ def _check_list(value: Any, where: str, what: str) -> None:
 
 def experiment_relus(exp: Experiment) -> int:
     """ReLUs of an experiment's all-ReLU model, built for its dataset's input and classes."""
-    from pibench.data import dataset_info
-    from pibench.models import create_model
-    from pibench.relu import count_relus
-
     info = dataset_info(exp.dataset)
     defaults = {"in_chans": info.in_chans, "input_size": info.input_size, "num_classes": info.num_classes}
     return count_relus(create_model(exp.arch, **(defaults | exp.arch_args)))
@@ -326,51 +319,6 @@ def experiment_relus(exp: Experiment) -> int:
 def is_folder_spec(model: str) -> bool:
     """A cost-only `model:` that names a folder (a path) rather than a registry name."""
     return "/" in model or Path(model).is_dir()
-
-
-def type_problem(value: Any, hint: Any) -> str | None:
-    """None when `value` (as YAML or JSON gives it) fits the type hint; else the type expected.
-
-    Settings and training arguments are checked against their declared types when a
-    config is loaded, so `lr: fast` fails naming the key, not an hour later in training.
-    """
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return None
-    if origin in (typing.Union, types.UnionType):
-        return None if any(type_problem(value, a) is None for a in args) else " or ".join(_type_name(a) for a in args)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            return _type_name(hint)
-        return next((f"{_type_name(hint)} (item {i}: {p})" for i, v in enumerate(value)
-                     if args and (p := type_problem(v, args[0])) is not None), None)
-    if origin is dict or hint is dict:
-        return None if isinstance(value, dict) else "a mapping"
-    if hint is type(None):
-        return None if value is None else "null"
-    if hint is float:
-        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "float"
-    if hint is int:
-        return None if isinstance(value, int) and not isinstance(value, bool) else "int"
-    if hint is Path:
-        return None if isinstance(value, (str, Path)) else "path"
-    if isinstance(hint, type):
-        return None if isinstance(value, hint) else hint.__name__
-    return None
-
-
-def _type_name(hint: Any) -> str:
-    if hint is type(None):
-        return "null"
-    return str(hint) if typing.get_origin(hint) else getattr(hint, "__name__", str(hint))
-
-
-def check_types(values: dict[str, Any], hints: dict[str, Any], what: str) -> None:
-    """Raise ValueError naming the first key whose value does not fit its declared type."""
-    for key, value in values.items():
-        problem = type_problem(value, hints[key]) if key in hints else None
-        if problem is not None:
-            raise ValueError(f"{what} {key}: expected {problem}, got {value!r}")
 
 
 def _check(fn: Any, where: str) -> Any:

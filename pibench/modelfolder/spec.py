@@ -22,11 +22,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from pibench.checkpoint import (CheckpointError, ModelCard, is_model_folder, load_card, load_model, load_public,
-                                public_hash)
-from pibench.model_export import PROGRAM_ARCH, load_program
+from pibench.data import get_dataset
+from pibench.modelfolder.export import PROGRAM_ARCH, load_program
+from pibench.modelfolder.folder import (CheckpointError, ModelCard, is_model_folder, load_card, load_model, load_public,
+                                        public_hash)
+from pibench.models import create_model
 from pibench.mpc.backend import run_plain
 from pibench.mpc.compiler import compile_model
+from pibench.mpc.parties.party import PartyModels
 from pibench.mpc.program import Program
 
 MODEL_SEED = 0  # registry names: the server's random weights (and the evaluator's copy)
@@ -56,8 +59,6 @@ def _folder_card(spec: str) -> ModelCard | None:
 
 def server_model(spec: str) -> ServerModel:
     """The server's model: a folder's weights, or seeded random weights for a registry name."""
-    from pibench.models import create_model
-
     card = _folder_card(spec)
     if card is not None and card.arch == PROGRAM_ARCH:
         return ServerModel(card, load_program(spec, card, weights=True))
@@ -71,8 +72,6 @@ def server_model(spec: str) -> ServerModel:
 
 def public_program(spec: str) -> tuple[ModelCard | None, Program]:
     """The client's program: from the public files only (never the weights file)."""
-    from pibench.models import create_model
-
     card = _folder_card(spec)
     if card is not None and card.arch == PROGRAM_ARCH:
         return card, load_program(spec, card, weights=False)
@@ -91,8 +90,6 @@ def model_inputs(card: Any, input_shape: tuple[int, ...], n: int, seed: int,
                  data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The first n test inputs (and labels) of the card's dataset; seeded normal noise without one."""
     if card is not None and card.dataset not in ("", "random"):
-        from pibench.data import get_dataset
-
         # digits / synthetic are generated at the model's input size; others have a fixed one
         kw: dict[str, Any] = {}
         if card.dataset in ("digits", "synthetic"):
@@ -110,3 +107,15 @@ def model_inputs(card: Any, input_shape: tuple[int, ...], n: int, seed: int,
         return x, torch.tensor([int(item[1]) for item in items])
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, *input_shape, generator=g), None
+
+
+def client_job(job: dict[str, Any]) -> tuple[Program, torch.Tensor, torch.Tensor | None]:
+    """The client's view of a job: the public program and the job's inputs (and labels, with a dataset)."""
+    card, program = public_program(job["model"])
+    n = max(job["samples"], job["batch"])
+    x, labels = model_inputs(card, program.input_shape, n, job["seed"], job.get("data_dir"))
+    return program, x, labels
+
+
+# How a party process resolves its jobs' specs (`pibench.mpc.parties.party.run_party(models=...)`).
+PARTY_MODELS = PartyModels(server=lambda spec: server_model(spec).program, client=client_job, identity=model_identity)

@@ -21,7 +21,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pibench.results import LAYERS_FILE, RESULTS_FILE, LayerRow, ResultRow, append_rows, load_layers, load_results
+from pibench.results import (LAYERS_FILE, RESULTS_FILE, BenchResult, LayerRow, ResultRow, append_rows, load_layers,
+                             load_results, write_result)
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,8 @@ def _key(row: ResultRow) -> tuple[str, str, str, str]:
     return row.model, row.backend, row.protocol, row.network
 
 
-def write_part(run_dir: str | Path, result) -> Path:
+def write_part(run_dir: str | Path, result: BenchResult) -> Path:
     """Write one model's BenchResult as run_dir/parts/<model>@<backend>-<protocol>/ (atomically)."""
-    from pibench.bench import write_result
-
     parts = Path(run_dir) / PARTS_DIR
     parts.mkdir(parents=True, exist_ok=True)
     row = result.rows[0]
