@@ -98,7 +98,8 @@ def test_out_of_range_activations_are_detected_not_trusted():
 
 
 # Bytes per ReLU and party (a multiple of 8 ReLUs), as docs/fss.md states them: 128 + (k - 8)·131 + 256 bits.
-KEY_BYTES_PER_RELU = {8: 48, 21: 260.875, 22: 277.25, 24: 310, 32: 441, 44: 637.5, 64: 965}
+KEY_BYTES_PER_RELU = {8: 48, 19: 228.125, 20: 244.5, 21: 260.875, 22: 277.25, 24: 310, 32: 441, 35: 490.125, 44: 637.5,
+                      64: 965}
 
 
 @pytest.mark.parametrize("bits", sorted(KEY_BYTES_PER_RELU))
@@ -116,6 +117,9 @@ def test_key_bytes_sent_are_the_stated_numbers(bits):
 
 def test_key_bytes_at_k_32_meet_the_issue_bound():
     assert relu.ReluKey.size(8, 32) == 8 * 441 and 441 <= 450  # issue 27: <= 450 B per ReLU and party
+    assert relu.ReluKey.size(8) == 8 * 441  # the default domain (`pibench party` by hand) is k = 32 ...
+    assert not relu.out_of_range(ring([2**31 - 1, -2**31])).any()  # ... |x| < 2^31 ring units, 2^15 real
+    assert relu.out_of_range(ring([2**31, -2**31 - 1])).all()
     assert dcf.DcfKey.size(8, 31) == 8 * 425  # 128 + 24 * 131 + 128 bits
 
 
