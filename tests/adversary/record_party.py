@@ -11,13 +11,21 @@ party exits:
 - "drawn": every random ring tensor this process draws (torch.randint: CrypTen's own
   randomness; `Prg.ring`: the key streams);
 - "keys": the key of every key stream this process builds;
-- "input": the client's encoded input; "revealed": the logits the client opens (ring units).
+- "input": the client's encoded input; "revealed": the logits the client opens (ring units);
+- "fss" (crypten:fss): at every ReLU gate the party evaluates, what it holds there: its key
+  (the int64 words of `ReluKey.to_words`, with "count" and "bits"), the opened x + r
+  ("x_hat") and its share of r ("r").
 The party runs unchanged unless INJECT names a known bug to put back (positive controls
 that show the adversary tests catch what they claim):
-    reduce_reveal   open the logits with CrypTen's reveal(dst=client), a gloo reduce
-    counter_reset   draw the weight masks from a fresh copy of the server's key stream
-    key_in_clear    the dealer sends each party its key-stream key in the clear
-    mask_reuse      crypten:fss: every ReLU layer masks x with the same r (its keys stay fresh)
+    reduce_reveal          open the logits with CrypTen's reveal(dst=client), a gloo reduce
+    counter_reset          draw the weight masks from a fresh copy of the server's key stream
+    key_in_clear           the dealer sends each party its key-stream key in the clear
+    mask_reuse             crypten:fss: every ReLU layer masks x with the same r (its keys stay fresh)
+    mask_reuse_in_inference  crypten:fss: every ReLU layer of one inference masks x with (a prefix of) the
+                           same r, drawn fresh for each inference
+    shared_root_seed       crypten:fss: both parties' DCF keys grow from one root seed
+    server_keys_to_client  crypten:fss: the dealer sends the client the server's FSS keys too
+    fixed_stream_keys      each party's key-stream key is a constant of its rank, not agreed by X25519
 """
 
 import atexit
@@ -26,8 +34,9 @@ import sys
 import torch
 import torch.distributed as dist
 
-transcript = {"seen": [], "drawn": [], "keys": [], "input": [], "revealed": []}
+transcript = {"seen": [], "drawn": [], "keys": [], "input": [], "revealed": [], "fss": []}
 INJECT = sys.argv[2]
+ROLE = sys.argv[sys.argv.index("--role") + 1] if "--role" in sys.argv else ""
 
 
 class _Pending:
@@ -72,9 +81,15 @@ def _recorded_randint(*args, **kwargs):
 torch.randint = _recorded_randint
 
 
+def _words(values) -> torch.Tensor:
+    """uint64 ring elements (numpy) as a flat int64 tensor, copied."""
+    return torch.from_numpy(values.reshape(-1).view("int64").copy())
+
+
 def _record_crypten() -> None:
-    from pibench.mpc.crypten import backend as crypten_backend, dealer, keys
+    from pibench.mpc.crypten import backend as crypten_backend, dealer, keys, preprocessing
     from pibench.mpc.crypten.preprocessing import Prg
+    from pibench.mpc.fss import dcf, relu as relu_gate
 
     ring, init = Prg.ring, Prg.__init__
 
@@ -107,6 +122,14 @@ def _record_crypten() -> None:
         return out
 
     backend.share_input, backend.reveal_to_client = recorded_share_input, recorded_reveal
+    evaluate = relu_gate.evaluate  # crypten:fss evaluates every ReLU gate through it
+
+    def recorded_evaluate(party, key, x_hat, r_share):
+        transcript["fss"].append({"count": key.count, "bits": key.bits, "key": _words(key.to_words()),
+                                  "x_hat": _words(x_hat), "r": _words(r_share)})
+        return evaluate(party, key, x_hat, r_share)
+
+    relu_gate.evaluate = recorded_evaluate
     if INJECT == "counter_reset":
         dealer.weight_masks = lambda stream, shapes: [Prg(stream.key).ring(s) for s in shapes]
     if INJECT == "key_in_clear":
@@ -132,6 +155,58 @@ def _record_crypten() -> None:
             return [Prg(prg.key).ring(request.sizes[0])]  # but r is always the stream's first block
 
         dealer.party_draws = reused_relu_mask
+    if INJECT == "mask_reuse_in_inference":
+        draws = dealer.party_draws
+
+        def reused_within_inference(request, prg, rank):
+            fresh = draws(request, prg, rank)  # the stream still advances as usual
+            if request.kind != "relu":
+                return fresh
+            # The ReLU layers of the models this is used with shrink, so a layer no smaller than the last
+            # starts an inference: its r is kept, and every later layer of the inference takes a prefix of it.
+            n = request.sizes[0][0]
+            if n >= getattr(prg, "last_relu", 0):
+                prg.inference_r = fresh[0]
+            prg.last_relu = n
+            return [prg.inference_r[:n]]
+
+        dealer.party_draws = reused_within_inference
+    if INJECT == "shared_root_seed":
+        draw = dcf.random_seeds  # DCF key generation draws 2N root seeds at once: party 0's, then party 1's
+
+        def shared_root_seed(n):
+            seeds = draw(n)
+            seeds[n // 2:] = seeds[:n // 2]
+            return seeds
+
+        dcf.random_seeds = shared_root_seed
+    if INJECT == "server_keys_to_client":
+        keys_of = dealer.relu_keys
+
+        def server_keys_to_client(request, prgs):
+            client_words, server_words = keys_of(request, prgs)
+            return torch.cat([client_words, server_words]), server_words
+
+        dealer.relu_keys = server_keys_to_client
+        if ROLE == "client":  # it takes its own key from the front of a part twice as long, and keeps the rest
+            output_size, from_words = preprocessing.Request.output_size, relu_gate.ReluKey.from_words.__func__
+
+            def with_server_key(self):
+                size = output_size(self)
+                return (2 * size[0],) if self.kind == "relu" else size
+
+            def own_key(cls, words, count, bits=relu_gate.DEFAULT_BITS):
+                return from_words(cls, words[:cls.words(count, bits)], count, bits)
+
+            preprocessing.Request.output_size = with_server_key
+            relu_gate.ReluKey.from_words = classmethod(own_key)
+    if INJECT == "fixed_stream_keys":
+        import hashlib
+
+        def fixed_key(peer, group, rank, *, first):
+            return hashlib.sha256(b"pibench fixed key of rank %d" % rank).digest()
+
+        dealer.agree_key = fixed_key
 
 
 def _record_spu() -> None:
