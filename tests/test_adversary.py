@@ -217,12 +217,16 @@ def blocks_found(view: dict, blocks: np.ndarray) -> np.ndarray:
     blob = b"".join(t.contiguous().numpy().tobytes() if isinstance(t, torch.Tensor) else t for t in view["seen"])
     order = np.argsort(blocks[:, 0])
     firsts, seconds = blocks[order, 0], blocks[order, 1]
+    low = np.uint64((1 << 20) - 1)
+    maybe = np.zeros(1 << 20, dtype=bool)  # the low 20 bits of the first words: a quick filter before the search
+    maybe[firsts & low] = True
     found = np.zeros(len(blocks), dtype=bool)
     for offset in range(8):
         words = np.frombuffer(blob, dtype=np.uint64, count=(len(blob) - offset) // 8, offset=offset)
-        at = np.searchsorted(firsts, words[:-1]).clip(max=len(firsts) - 1)
-        hit = np.flatnonzero(firsts[at] == words[:-1])  # a block's first word, here: is its second next to it?
-        found[order[at[hit[seconds[at[hit]] == words[hit + 1]]]]] = True
+        i = np.flatnonzero(maybe[words[:-1] & low])
+        at = np.searchsorted(firsts, words[i]).clip(max=len(firsts) - 1)
+        hit = (firsts[at] == words[i]) & (seconds[at] == words[i + 1])  # a block's first word, then its second
+        found[order[at[hit]]] = True
     return found
 
 
