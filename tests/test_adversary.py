@@ -15,8 +15,9 @@ then try to recover the other side's secret from it.
   of the client's activations.
 - Under `crypten:fss` neither party may hold key material of the other's FSS keys: it
   searches its transcript for the other's DCF root seeds (the one part of a key the two do
-  not share), and evaluates its own key, as is and completed with any such seed, as the
-  other party's at 0, which for a true pair pays out the mask r, hence the activations.
+  not share, so this also finds the other's key itself, or one seed grown into both), and
+  completes the other's key with any it finds: evaluated as a pair with its own, a binary
+  search then reads the comparison point, the mask r mod 2^(k-1), hence the activations.
 
 The dealer protocols run it all: `crypten:dealer`, and `crypten:fss`, where each party
 also receives its own FSS keys and the server sees x + r at every ReLU.
@@ -207,75 +208,100 @@ def layer_difference_found(model: str, server_view: dict, client_view: dict) -> 
 
 
 def relu_keys(view: dict) -> list[ReluKey]:
-    """The FSS ReLU keys the party evaluated (crypten:fss), parsed from their recorded words as it parses them."""
+    """The FSS ReLU keys the party took (crypten:fss), parsed from their recorded words as it parses them."""
     return [ReluKey.from_words(g["key"].numpy(), g["count"], g["bits"]) for g in view["fss"]]
 
 
-def blocks_found(view: dict, blocks: np.ndarray) -> np.ndarray:
-    """For each 16-byte block (rows of uint64 pairs: random seeds, whose first words differ), whether it lies
-    anywhere, at any byte alignment, in what the party received."""
+def fss_openings(view: dict) -> list[np.ndarray]:
+    """The opened x + r (uint64) of each ReLU layer the party took a key for: the first tensor of the layer's
+    size that it received after taking the key."""
+    return [next(t.reshape(-1).numpy().view(np.uint64) for t in view["seen"][gate["seen"]:]
+                 if isinstance(t, torch.Tensor) and t.numel() == gate["count"]) for gate in view["fss"]]
+
+
+SEED_BITS = ~np.uint64(3)  # the low two bits of a root seed's first word may carry control bits
+
+
+def root_seeds_found(view: dict, other: dict) -> np.ndarray:
+    """For each DCF root seed of the other party (its ReLU keys in order), whether this party's transcript holds
+    it (up to its control bits) anywhere, at any byte alignment. The root seed is the one part of a key that
+    the two parties' keys do not share (both hold the same correction words): one found completes the
+    other's key, and the other's key itself would be found this way too."""
+    seeds = np.concatenate([key.dcf.seed for key in relu_keys(other)]) & np.array([SEED_BITS, ~np.uint64(0)])
     blob = b"".join(t.contiguous().numpy().tobytes() if isinstance(t, torch.Tensor) else t for t in view["seen"])
-    order = np.argsort(blocks[:, 0])
-    firsts, seconds = blocks[order, 0], blocks[order, 1]
+    order = np.argsort(seeds[:, 0])  # random 126-bit seeds: their first words differ
+    firsts, seconds = seeds[order, 0], seeds[order, 1]
     low = np.uint64((1 << 20) - 1)
     maybe = np.zeros(1 << 20, dtype=bool)  # the low 20 bits of the first words: a quick filter before the search
     maybe[firsts & low] = True
-    found = np.zeros(len(blocks), dtype=bool)
+    found = np.zeros(len(seeds), dtype=bool)
     for offset in range(8):
         words = np.frombuffer(blob, dtype=np.uint64, count=(len(blob) - offset) // 8, offset=offset)
-        i = np.flatnonzero(maybe[words[:-1] & low])
-        at = np.searchsorted(firsts, words[i]).clip(max=len(firsts) - 1)
-        hit = (firsts[at] == words[i]) & (seconds[at] == words[i + 1])  # a block's first word, then its second
+        first = words[:-1] & SEED_BITS
+        i = np.flatnonzero(maybe[first & low])
+        at = np.searchsorted(firsts, first[i]).clip(max=len(firsts) - 1)
+        hit = (firsts[at] == first[i]) & (seconds[at] == words[i + 1])
         found[order[at[hit]]] = True
     return found
 
 
-def root_seeds_found(view: dict, other: dict) -> float:
-    """The fraction of the other party's DCF root seeds (the one part of a key the two parties do not share:
-    both keys hold the same correction words) that lie in what this party received."""
-    seeds = np.concatenate([key.dcf.seed for key in relu_keys(other)])
-    return float(blocks_found(view, seeds).mean())
+def _opened(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """What two DCF output shares open to, one row per comparison: XOR for shares of bits (uint8), the sum for
+    additive shares of ring words."""
+    out = a ^ b if a.dtype == np.uint8 else a + b
+    return out.reshape(len(out), -1)
 
 
-def mask_guesses(view: dict, other: dict, party: int) -> list[np.ndarray]:
-    """A party's attack on the other's FSS keys: evaluate its own DCF key (as `party`) and a candidate for the
-    other's (as 1 - party) at x = 0. A true pair pays beta = (1 - 2 m_r, (1 - 2 m_r) r) below alpha =
-    r mod 2^(k-1), which 0 is unless r = 0 there: beta_0 = ±1 shows a candidate is right, and then
-    beta_0 · beta_1 = r, the mask itself, and with x + r opened, the activation x. Candidates: its own key
-    as the other party's (right if both grew from one root seed), and its own key completed with those of
-    the other's root seeds that its transcript holds (both keys hold the same correction words).
-    Returns, per ReLU gate it evaluated, its guess of r (uint64; 0 where no candidate paid ±1)."""
-    theirs = relu_keys(other)
-    found = blocks_found(view, np.concatenate([key.dcf.seed for key in theirs]))
-    guesses, start = [], 0
-    for key, their_key in zip(relu_keys(view), theirs):
-        completed = np.where(found[start:start + key.count, None], their_key.dcf.seed, key.dcf.seed)
+def alpha_guesses(view: dict, other: dict, party: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A party's attack on the other's FSS keys: complete the other's DCF key from its own (the correction
+    words) and those of the other's root seeds its transcript holds, and evaluate the pair (itself as
+    `party`). A true pair opens to one value below alpha = r mod 2^(k-1) and another from alpha on, so a
+    binary search over x finds alpha: the low k-1 bits of the mask r, and with x + r opened, those of the
+    activation x (all of x while |x| < 2^(k-2)). Per ReLU layer: (which ReLUs it could try, its guesses)."""
+    found = root_seeds_found(view, other)
+    out, start = [], 0
+    for key, theirs in zip(relu_keys(view), relu_keys(other)):
+        tried = found[start:start + key.count]
         start += key.count
-        zero = np.zeros(key.count, dtype=np.uint64)
         guess = np.zeros(key.count, dtype=np.uint64)
-        for candidate in (key.dcf, dataclasses.replace(key.dcf, seed=completed)):
-            beta = dcf.evaluate(party, key.dcf, zero) + dcf.evaluate(1 - party, candidate, zero)
-            right = (beta[:, 0] == 1) | (beta[:, 0] == np.uint64(2**64 - 1))
-            guess[right] = beta[right, 0] * beta[right, 1]
-        guesses.append(guess)
-    return guesses
+        if tried.any():
+            completed = dataclasses.replace(key.dcf, seed=np.where(tried[:, None], theirs.dcf.seed, key.dcf.seed))
+
+            def opened(x):
+                return _opened(dcf.evaluate(party, key.dcf, x), dcf.evaluate(1 - party, completed, x))
+
+            top = np.uint64((1 << key.dcf.n_bits) - 1)  # alpha < 2^n: the top input lies at or above it
+            lo, hi = np.zeros(key.count, dtype=np.uint64), np.full(key.count, top)
+            above = opened(hi)
+            for _ in range(key.dcf.n_bits):  # the smallest x that opens like the top: alpha
+                mid = lo + (hi - lo) // np.uint64(2)
+                at_or_above = (opened(mid) == above).all(axis=1)
+                hi, lo = np.where(at_or_above, mid, hi), np.where(at_or_above, lo, mid + np.uint64(1))
+            guess = np.where(tried, hi, guess)
+        out.append((tried, guess))
+    return out
 
 
-def masks_right(guesses: list[np.ndarray], view: dict, other: dict) -> float:
-    """The fraction of the ReLUs whose mask r = r_0 + r_1 (both parties' shares, as recorded) was guessed."""
-    right = [guess == (mine["r"] + their["r"]).numpy().view(np.uint64)
-             for guess, mine, their in zip(guesses, view["fss"], other["fss"])]
+def alphas_right(guesses: list[tuple[np.ndarray, np.ndarray]], view: dict, other: dict) -> float:
+    """The fraction of the ReLUs whose alpha = (r_0 + r_1) mod 2^(k-1) the party tried and got right."""
+    right = []
+    for (tried, guess), key, mine, theirs in zip(guesses, relu_keys(view), view["fss"], other["fss"]):
+        alpha = (mine["r"] + theirs["r"]).numpy().view(np.uint64) & np.uint64((1 << key.dcf.n_bits) - 1)
+        right.append(tried & (guess == alpha))
     return float(np.concatenate(right).mean())
 
 
-def activations_learned(model: str, client: dict, guesses: list[np.ndarray]) -> float:
-    """The client's pre-activations x = (x + r) - r from its guesses of r: the fraction that match the
-    plaintext program's (within 0.01), over every ReLU gate of every inference."""
+def activations_learned(model: str, client: dict, guesses: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """The client's pre-activations (x + r) - alpha mod 2^(k-1), from its guesses of alpha: the fraction that
+    match the plaintext program's (within 0.01) over every ReLU of every inference."""
     truth = [x for inputs in relu_inputs(model, client) for x in inputs]
-    guessed = [torch.from_numpy((gate["x_hat"].numpy().view(np.uint64) - guess).view(np.int64))
-               for gate, guess in zip(client["fss"], guesses)]
-    assert [t.numel() for t in truth] == [g.numel() for g in guessed]
-    return _close(torch.cat(guessed), torch.cat(truth))
+    assert [t.numel() for t in truth] == [gate["count"] for gate in client["fss"]]
+    close = []
+    for (tried, guess), x_hat, x, key in zip(guesses, fss_openings(client), truth, relu_keys(client)):
+        domain = np.uint64((1 << key.dcf.n_bits) - 1)
+        error = (x_hat - guess - x.numpy().view(np.uint64)) & domain
+        close.append(tried & ((error < SCALE // 100) | (error > domain - np.uint64(SCALE // 100))))
+    return float(np.concatenate(close).mean())
 
 
 def repeated_stream_keys(sessions: list[dict]) -> list[str]:
@@ -356,8 +382,8 @@ def test_no_party_holds_the_others_fss_key(fixed_runs):
     _, views = fixed_runs("crypten:fss")
     client, server = views["client"], views["server"]
     for mine, other, party in ((client, server, 0), (server, client, 1)):
-        assert root_seeds_found(mine, other) == 0
-        assert masks_right(mask_guesses(mine, other, party), mine, other) == 0
+        assert not root_seeds_found(mine, other).any()
+        assert alphas_right(alpha_guesses(mine, other, party), mine, other) == 0
 
 
 def test_stream_keys_are_fresh_per_session_and_party(fixed_runs):
@@ -418,9 +444,9 @@ def test_one_root_seed_for_both_keys_hands_the_client_every_mask(tmp_path):
     result, views = record(tmp_path, "crypten:fss", "drd_c100_7k", inject="shared_root_seed")
     assert result.rows[0].mpc_agreement == 1.0
     client, server = views["client"], views["server"]
-    assert root_seeds_found(client, server) == 1.0
-    guesses = mask_guesses(client, server, 0)
-    assert masks_right(guesses, client, server) > 0.99
+    assert root_seeds_found(client, server).all()  # its own key's root seeds
+    guesses = alpha_guesses(client, server, 0)
+    assert alphas_right(guesses, client, server) > 0.99
     assert activations_learned("drd_c100_7k", client, guesses) > 0.99  # every pre-activation, exactly
 
 
@@ -429,9 +455,9 @@ def test_server_keys_sent_to_the_client_hand_it_every_mask(tmp_path):
     result, views = record(tmp_path, "crypten:fss", "drd_c100_7k", inject="server_keys_to_client")
     assert result.rows[0].mpc_agreement == 1.0
     client, server = views["client"], views["server"]
-    assert root_seeds_found(client, server) == 1.0 and root_seeds_found(server, client) == 0
-    guesses = mask_guesses(client, server, 0)
-    assert masks_right(guesses, client, server) > 0.99
+    assert root_seeds_found(client, server).all() and not root_seeds_found(server, client).any()
+    guesses = alpha_guesses(client, server, 0)
+    assert alphas_right(guesses, client, server) > 0.99
     assert activations_learned("drd_c100_7k", client, guesses) > 0.99
 
 

@@ -12,9 +12,10 @@ party exits:
   randomness; `Prg.ring`: the key streams);
 - "keys": the key of every key stream this process builds;
 - "input": the client's encoded input; "revealed": the logits the client opens (ring units);
-- "fss" (crypten:fss): at every ReLU gate the party evaluates, what it holds there: its key
-  (the int64 words of `ReluKey.to_words`, with "count" and "bits"), the opened x + r
-  ("x_hat") and its share of r ("r").
+- "fss" (crypten:fss): for every ReLU layer's key the party takes, the key (the int64 words
+  of `ReluKey.to_words`, with "count" and "bits"), its share of the mask r ("r") and how many
+  tensors it had received by then ("seen": the layer's opened x + r is the first one of its
+  size after that).
 The party runs unchanged unless INJECT names a known bug to put back (positive controls
 that show the adversary tests catch what they claim):
     reduce_reveal          open the logits with CrypTen's reveal(dst=client), a gloo reduce
@@ -81,11 +82,6 @@ def _recorded_randint(*args, **kwargs):
 torch.randint = _recorded_randint
 
 
-def _words(values) -> torch.Tensor:
-    """uint64 ring elements (numpy) as a flat int64 tensor, copied."""
-    return torch.from_numpy(values.reshape(-1).view("int64").copy())
-
-
 def _record_crypten() -> None:
     from pibench.mpc.crypten import backend as crypten_backend, dealer, keys, preprocessing
     from pibench.mpc.crypten.preprocessing import Prg
@@ -122,14 +118,15 @@ def _record_crypten() -> None:
         return out
 
     backend.share_input, backend.reveal_to_client = recorded_share_input, recorded_reveal
-    evaluate = relu_gate.evaluate  # crypten:fss evaluates every ReLU gate through it
+    relu_key = preprocessing.PreprocessedProvider.relu_key  # crypten:fss takes every ReLU layer's key through it
 
-    def recorded_evaluate(party, key, x_hat, r_share):
-        transcript["fss"].append({"count": key.count, "bits": key.bits, "key": _words(key.to_words()),
-                                  "x_hat": _words(x_hat), "r": _words(r_share)})
-        return evaluate(party, key, x_hat, r_share)
+    def recorded_relu_key(self, *args, **kwargs):
+        r, key = relu_key(self, *args, **kwargs)
+        transcript["fss"].append({"count": key.count, "bits": key.bits, "key": torch.from_numpy(key.to_words().copy()),
+                                  "r": r.reshape(-1).clone(), "seen": len(transcript["seen"])})
+        return r, key
 
-    relu_gate.evaluate = recorded_evaluate
+    preprocessing.PreprocessedProvider.relu_key = recorded_relu_key
     if INJECT == "counter_reset":
         dealer.weight_masks = lambda stream, shapes: [Prg(stream.key).ring(s) for s in shapes]
     if INJECT == "key_in_clear":
