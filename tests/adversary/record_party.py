@@ -18,15 +18,15 @@ party exits:
   size after that).
 The party runs unchanged unless INJECT names a known bug to put back (positive controls
 that show the adversary tests catch what they claim):
-    reduce_reveal          open the logits with CrypTen's reveal(dst=client), a gloo reduce
-    counter_reset          draw the weight masks from a fresh copy of the server's key stream
-    key_in_clear           the dealer sends each party its key-stream key in the clear
-    mask_reuse             crypten:fss: every ReLU layer masks x with the same r (its keys stay fresh)
-    mask_reuse_in_inference  crypten:fss: every ReLU layer of one inference masks x with (a prefix of) the
-                           same r, drawn fresh for each inference
-    shared_root_seed       crypten:fss: both parties' DCF keys grow from one root seed
-    server_keys_to_client  crypten:fss: the dealer sends the client the server's FSS keys too
-    fixed_stream_keys      each party's key-stream key is a constant of its rank, not agreed by X25519
+    reduce_reveal            open the logits with CrypTen's reveal(dst=client), a gloo reduce
+    counter_reset            draw the weight masks from a fresh copy of the server's key stream
+    key_in_clear             the dealer sends each party its key-stream key in the clear
+    fixed_stream_keys        each party's key-stream key is a constant of its rank, not agreed by X25519
+    mask_reuse               crypten:fss: every ReLU layer masks x with the same r (its keys stay fresh)
+    mask_reuse_in_inference  crypten:fss: every ReLU layer of an inference masks x with (a prefix of) one r,
+                             drawn afresh for each inference
+    shared_root_seed         crypten:fss: both parties' DCF keys grow from one root seed
+    server_keys_to_client    crypten:fss: the dealer sends the client the server's FSS keys too
 """
 
 import atexit
@@ -83,9 +83,11 @@ torch.randint = _recorded_randint
 
 
 def _record_crypten() -> None:
-    from pibench.mpc.crypten import backend as crypten_backend, dealer, keys, preprocessing
+    from pibench.mpc.crypten import backend as crypten_backend
+    from pibench.mpc.crypten import dealer, keys, preprocessing
     from pibench.mpc.crypten.preprocessing import Prg
-    from pibench.mpc.fss import dcf, relu as relu_gate
+    from pibench.mpc.fss import dcf
+    from pibench.mpc.fss import relu as relu_gate
 
     ring, init = Prg.ring, Prg.__init__
 
@@ -207,7 +209,8 @@ def _record_crypten() -> None:
 
 
 def _record_spu() -> None:
-    from pibench.mpc.spu import backend as spu_backend, link as spu_link
+    from pibench.mpc.spu import backend as spu_backend
+    from pibench.mpc.spu import link as spu_link
 
     reveal = spu_backend.SpuBackend.reveal_to_client
 
