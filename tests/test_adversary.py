@@ -8,29 +8,42 @@ then try to recover the other side's secret from it.
 - The curious **server** looks for the client's logits (exact ring values) in everything
   it received or holds after the run, and for anything correlated with the client's
   input, which comes from a seed the server is not given.
-- Nobody's transcript may contain a key-stream key (they are agreed by X25519).
-- Under `crypten:fss` the server also compares its openings x + r across inferences: with
-  a mask used twice their difference is that of the client's activations.
+- Nobody's transcript may contain a key-stream key (they are agreed by X25519), of this
+  session or another, and no key repeats across parties or sessions.
+- Under `crypten:fss` the server also compares its openings x + r across inferences and
+  across the ReLU layers of one inference: with a mask used twice their difference is that
+  of the client's activations.
+- Under `crypten:fss` neither party may hold key material of the other's FSS keys: it
+  searches its transcript for the other's DCF root seeds (the one part of a key the two do
+  not share, so this also finds the other's key itself, or one seed grown into both), and
+  completes the other's key with any it finds: evaluated as a pair with its own, a binary
+  search then reads the comparison point, the mask r mod 2^(k-1), hence the activations.
 
 The dealer protocols run it all: `crypten:dealer`, and `crypten:fss`, where each party
 also receives its own FSS keys and the server sees x + r at every ReLU.
 
 Each attack is shown to work where it should (positive controls): under `crypten:tfp`
 the client recovers the weights (the INSECURE label), and with an injected bug (the
-reduce-based reveal, a key stream restarting at 0, keys sent in the clear, FSS masks
-reused; see tests/adversary/record_party.py) the matching attack succeeds.
+reduce-based reveal, a key stream restarting at 0, keys sent in the clear or fixed per
+rank, FSS masks reused across inferences or across layers, one root seed for both DCF
+keys, the server's FSS keys sent to the client; see tests/adversary/record_party.py) the
+matching attack succeeds. docs/security-tests.md says what each attack found.
 """
 
+import dataclasses
 import itertools
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from pibench.bench import BenchOptions, bench_models
 from pibench.modelfolder.spec import server_model
 from pibench.mpc.backend import PRODUCT_WEIGHTS, TorchBackend, run_program
+from pibench.mpc.fss import dcf
+from pibench.mpc.fss.relu import ReluKey
 from pibench.mpc.parties.launch import SessionConfig
 
 SCALE = 2**16  # CrypTen's fixed point; a weight guess counts as recovered within one unit of it
@@ -130,39 +143,187 @@ def key_windows(views: dict) -> list[str]:
     return leaks
 
 
-class _FirstRelu(TorchBackend):
-    """The plaintext program, keeping what enters its first ReLU layer."""
+class _ReluInputs(TorchBackend):
+    """The plaintext program, keeping what enters each ReLU gate call (flat, in order)."""
 
     def __init__(self, program):
         super().__init__(program)
-        self.first = None
+        self.inputs = []
 
     def relu(self, x):
-        if self.first is None:
-            self.first = x.reshape(-1)
+        self.inputs.append(x.reshape(-1))
         return super().relu(x)
+
+
+def relu_inputs(model: str, client_view: dict) -> list[list[torch.Tensor]]:
+    """For each inference, in the order inferred, what enters each ReLU gate (ring units): the truth that the
+    attacks below compare with, computed in plaintext from the client's recorded input and the server's program."""
+    program = server_model(model).program
+    out = []
+    for x in client_view["input"]:
+        backend = _ReluInputs(program)
+        with torch.no_grad():
+            run_program(program, backend, x.float() / SCALE)
+        out.append([(t * SCALE).round().long() for t in backend.inputs])
+    return out
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The fraction of elements of two ring tensors within 0.01 of each other."""
+    return float(((a - b).abs() < SCALE // 100).double().mean())
 
 
 def activation_difference_found(model: str, server_view: dict, client_view: dict) -> float:
     """The server's attack on reused FSS masks: opened x + r of the first ReLU layer, from two inferences, differ
     by x_i - x_j, the difference of the client's activations (which, with its own weights, gives away the
     difference of the inputs). The largest fraction of elements any pair of openings gets within 0.01 of it."""
-    program = server_model(model).program
-    activations = []
-    for x in client_view["input"]:  # the inputs in the order they were inferred
-        backend = _FirstRelu(program)
-        with torch.no_grad():
-            run_program(program, backend, x.float() / SCALE)
-        activations.append((backend.first * SCALE).round().long())
+    activations = [inputs[0] for inputs in relu_inputs(model, client_view)]
     n = activations[0].numel()
     openings = [t for t in ring_tensors(server_view["seen"]) if t.numel() == n]
     best = 0.0
     for i, j in itertools.combinations(range(len(activations)), 2):
         truth = activations[i] - activations[j]
         for a, b in itertools.permutations(range(len(openings)), 2):
-            found = ((openings[a] - openings[b] - truth).abs() < SCALE // 100).double().mean()
-            best = max(best, float(found))
+            best = max(best, _close(openings[a] - openings[b], truth))
     return best
+
+
+def layer_difference_found(model: str, server_view: dict, client_view: dict) -> float:
+    """The server's attack on an FSS mask reused across the ReLU layers of one inference: the openings x_a + r
+    and x_b + r[:n] of two layers (layer b of n values, no larger than a) differ by x_a[:n] - x_b, a difference
+    of the client's activations. The largest fraction of elements any pair of openings gets within 0.01 of
+    it, over every pair of layers of every inference."""
+    seen = ring_tensors(server_view["seen"])
+    best = 0.0
+    for inputs in relu_inputs(model, client_view):
+        for xa, xb in itertools.permutations(inputs, 2):
+            n = xb.numel()
+            if xa.numel() < n:
+                continue
+            truth = xa[:n] - xb
+            for a in (t for t in seen if t.numel() == xa.numel()):
+                for b in (t for t in seen if t.numel() == n and t is not a):
+                    best = max(best, _close(a[:n] - b, truth))
+    return best
+
+
+def relu_keys(view: dict) -> list[ReluKey]:
+    """The FSS ReLU keys the party took (crypten:fss), parsed from their recorded words as it parses them."""
+    return [ReluKey.from_words(g["key"].numpy(), g["count"], g["bits"]) for g in view["fss"]]
+
+
+def fss_openings(view: dict) -> list[np.ndarray]:
+    """The opened x + r (uint64) of each ReLU layer the party took a key for: the first tensor of the layer's
+    size that it received after taking the key."""
+    return [next(t.reshape(-1).numpy().view(np.uint64) for t in view["seen"][gate["seen"]:]
+                 if isinstance(t, torch.Tensor) and t.numel() == gate["count"]) for gate in view["fss"]]
+
+
+SEED_BITS = ~np.uint64(3)  # the low two bits of a root seed's first word may carry control bits
+
+
+def root_seeds_found(view: dict, other: dict) -> np.ndarray:
+    """For each DCF root seed of the other party (its ReLU keys in order), whether this party's transcript holds
+    it (up to its control bits) anywhere, at any byte alignment. The root seed is the one part of a key that
+    the two parties' keys do not share (both hold the same correction words): one found completes the
+    other's key, and the other's key itself would be found this way too."""
+    seeds = np.concatenate([key.dcf.seed for key in relu_keys(other)]) & np.array([SEED_BITS, ~np.uint64(0)])
+    blob = b"".join(t.contiguous().numpy().tobytes() if isinstance(t, torch.Tensor) else t for t in view["seen"])
+    order = np.argsort(seeds[:, 0])  # random 126-bit seeds: their first words differ
+    firsts, seconds = seeds[order, 0], seeds[order, 1]
+    low = np.uint64((1 << 20) - 1)
+    maybe = np.zeros(1 << 20, dtype=bool)  # the low 20 bits of the first words: a quick filter before the search
+    maybe[firsts & low] = True
+    found = np.zeros(len(seeds), dtype=bool)
+    for offset in range(8):
+        words = np.frombuffer(blob, dtype=np.uint64, count=(len(blob) - offset) // 8, offset=offset)
+        first = words[:-1] & SEED_BITS
+        i = np.flatnonzero(maybe[first & low])
+        at = np.searchsorted(firsts, first[i]).clip(max=len(firsts) - 1)
+        hit = (firsts[at] == first[i]) & (seconds[at] == words[i + 1])
+        found[order[at[hit]]] = True
+    return found
+
+
+def _opened(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """What two DCF output shares open to, one row per comparison: XOR for shares of bits (uint8), the sum for
+    additive shares of ring words."""
+    out = a ^ b if a.dtype == np.uint8 else a + b
+    return out.reshape(len(out), -1)
+
+
+def comparison_points(party: int, mine: dcf.DcfKey, theirs: dcf.DcfKey) -> np.ndarray:
+    """The alpha (uint64) of each DCF key pair, `mine` evaluated as `party` and `theirs` as the other: a true pair
+    opens to one value below alpha and another from alpha on, so a binary search over the n-bit inputs (n pair
+    evaluations) finds it. For keys that are not a pair the result means nothing."""
+
+    def opened(x):
+        return _opened(dcf.evaluate(party, mine, x), dcf.evaluate(1 - party, theirs, x))
+
+    lo, hi = np.zeros(mine.count, dtype=np.uint64), np.full(mine.count, np.uint64((1 << mine.n_bits) - 1))
+    above = opened(hi)  # alpha < 2^n: the top input lies at or above it
+    for _ in range(mine.n_bits):  # the smallest x that opens like the top
+        mid = lo + (hi - lo) // np.uint64(2)
+        at_or_above = (opened(mid) == above).all(axis=1)
+        hi, lo = np.where(at_or_above, mid, hi), np.where(at_or_above, lo, mid + np.uint64(1))
+    return hi
+
+
+def alpha_guesses(view: dict, other: dict, party: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A party's attack on the other's FSS keys: complete the other's DCF key from its own (the correction
+    words) and those of the other's root seeds its transcript holds, and find the pair's comparison point
+    alpha = r mod 2^(k-1): the low k-1 bits of the mask r, and with x + r opened, those of the activation x
+    (all of x while |x| < 2^(k-2)). Per ReLU layer: (which ReLUs it could try, its guesses of alpha)."""
+    found = root_seeds_found(view, other)
+    out, start = [], 0
+    for key, theirs in zip(relu_keys(view), relu_keys(other), strict=True):
+        tried = found[start:start + key.count]
+        start += key.count
+        guess = np.zeros(key.count, dtype=np.uint64)
+        if tried.any():
+            completed = dataclasses.replace(key.dcf, seed=np.where(tried[:, None], theirs.dcf.seed, key.dcf.seed))
+            guess[tried] = comparison_points(party, key.dcf, completed)[tried]
+        out.append((tried, guess))
+    return out
+
+
+def alphas_right(guesses: list[tuple[np.ndarray, np.ndarray]], view: dict, other: dict) -> float:
+    """The fraction of the ReLUs whose alpha = (r_0 + r_1) mod 2^(k-1) the party tried and got right."""
+    right = []
+    for (tried, guess), key, mine, theirs in zip(guesses, relu_keys(view), view["fss"], other["fss"], strict=True):
+        alpha = (mine["r"] + theirs["r"]).numpy().view(np.uint64) & np.uint64((1 << key.dcf.n_bits) - 1)
+        right.append(tried & (guess == alpha))
+    return float(np.concatenate(right).mean())
+
+
+def activations_learned(model: str, client: dict, guesses: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """The client's pre-activations (x + r) - alpha mod 2^(k-1), from its guesses of alpha: the fraction that
+    match the plaintext program's (within 0.01) over every ReLU of every inference."""
+    truth = [x for inputs in relu_inputs(model, client) for x in inputs]
+    assert [t.numel() for t in truth] == [gate["count"] for gate in client["fss"]]
+    close = []
+    for (tried, guess), x_hat, x, key in zip(guesses, fss_openings(client), truth, relu_keys(client),
+                                                strict=True):
+        domain = np.uint64((1 << key.dcf.n_bits) - 1)
+        error = (x_hat - guess - x.numpy().view(np.uint64)) & domain
+        close.append(tried & ((error < SCALE // 100) | (error > domain - np.uint64(SCALE // 100))))
+    return float(np.concatenate(close).mean())
+
+
+def pooled(sessions: list[dict]) -> dict:
+    """The views of several sessions as one ("role@session": view), for `key_windows` across sessions."""
+    return {f"{role}@{i}": view for i, views in enumerate(sessions) for role, view in views.items()}
+
+
+def repeated_stream_keys(sessions: list[dict]) -> list[str]:
+    """Key-stream keys held by more than one party or in more than one session ("role@session = ..."): each
+    must be fresh, agreed anew by X25519 for every party in every session."""
+    holders: dict[bytes, list[str]] = {}
+    for i, views in enumerate(sessions):
+        for role in ("client", "server"):
+            for key in set(views[role]["keys"]):
+                holders.setdefault(key, []).append(f"{role}@{i}")
+    return sorted(" = ".join(who) for who in holders.values() if len(who) > 1)
 
 
 def max_input_correlation(server_view: dict, x: torch.Tensor) -> float:
@@ -173,10 +334,23 @@ def max_input_correlation(server_view: dict, x: torch.Tensor) -> float:
 
 
 # -- the fixed protocol ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fixed_runs(tmp_path_factory):
+    """The fixed protocol's recorded runs of drd_c100_7k, by protocol: each session is recorded once per module."""
+    runs = {}
+
+    def run(protocol: str):
+        if protocol not in runs:
+            runs[protocol] = record(tmp_path_factory.mktemp(protocol.split(":")[1]), protocol, "drd_c100_7k")
+        return runs[protocol]
+
+    return run
+
+
 @pytest.fixture(scope="module", params=["crypten:dealer", "crypten:fss"])
-def dealer_run(request, tmp_path_factory):
+def dealer_run(request, fixed_runs):
     """Both dealer protocols; under crypten:fss each party also receives its FSS keys and sees x + r."""
-    return record(tmp_path_factory.mktemp(request.param.split(":")[1]), request.param, "drd_c100_7k")
+    return fixed_runs(request.param)
 
 
 def test_dealer_client_recovers_no_weight(dealer_run):
@@ -207,6 +381,27 @@ def test_no_key_stream_key_in_any_transcript(dealer_run):
     assert {len(k) for v in views.values() for k in v["keys"]} == {32}
     assert len({k for v in views.values() for k in v["keys"]}) == 2  # one stream per party, agreed with the dealer
     assert key_windows(views) == []
+
+
+def test_fss_layers_of_one_inference_share_no_mask(fixed_runs):
+    _, views = fixed_runs("crypten:fss")
+    assert [g["count"] for g in views["server"]["fss"]] == [4096, 2048, 1024] * 2  # two inferences
+    assert layer_difference_found("drd_c100_7k", views["server"], views["client"]) < 0.01
+
+
+def test_no_party_holds_the_others_fss_key(fixed_runs):
+    _, views = fixed_runs("crypten:fss")
+    client, server = views["client"], views["server"]
+    for mine, other, party in ((client, server, 0), (server, client, 1)):
+        assert not root_seeds_found(mine, other).any()
+        assert alphas_right(alpha_guesses(mine, other, party), mine, other) == 0
+
+
+def test_stream_keys_are_fresh_per_session_and_party(fixed_runs):
+    sessions = [fixed_runs(protocol)[1] for protocol in ("crypten:dealer", "crypten:fss")]
+    assert repeated_stream_keys(sessions) == []
+    assert len({k for views in sessions for view in views.values() for k in view["keys"]}) == 4
+    assert key_windows(pooled(sessions)) == []  # not even a key of another session
 
 
 @pytest.mark.parametrize("protocol", ["crypten:dealer", "crypten:tfp"])
@@ -243,6 +438,47 @@ def test_reused_fss_masks_hand_the_server_the_clients_activation_differences(tmp
     assert result.rows[0].mpc_agreement == 1.0  # the bug does not show in the results
     assert len({tuple(x.reshape(-1).tolist()) for x in views["client"]["input"]}) == 2  # two different inputs
     assert activation_difference_found("drd_c100_7k", views["server"], views["client"]) > 0.99
+
+
+def test_mask_reused_within_an_inference_hands_the_server_activation_differences(tmp_path):
+    """crypten:fss with one mask r for every ReLU layer of an inference (a prefix of it for smaller layers),
+    fresh for each inference: the comparison across inferences misses it, the one across layers does not."""
+    result, views = record(tmp_path, "crypten:fss", "drd_c100_7k", inject="mask_reuse_in_inference")
+    assert result.rows[0].mpc_agreement == 1.0  # the bug does not show in the results
+    assert activation_difference_found("drd_c100_7k", views["server"], views["client"]) < 0.01
+    assert layer_difference_found("drd_c100_7k", views["server"], views["client"]) > 0.99
+
+
+def test_one_root_seed_for_both_keys_hands_the_client_every_activation(tmp_path):
+    """Both parties' DCF keys grown from one root seed: the client's own key is also the server's."""
+    result, views = record(tmp_path, "crypten:fss", "drd_c100_7k", inject="shared_root_seed")
+    assert result.rows[0].mpc_agreement == 1.0
+    client, server = views["client"], views["server"]
+    assert root_seeds_found(client, server).all()  # its own key's root seeds
+    guesses = alpha_guesses(client, server, 0)
+    assert alphas_right(guesses, client, server) > 0.99
+    assert activations_learned("drd_c100_7k", client, guesses) > 0.99  # every pre-activation, to 0.01
+
+
+def test_server_keys_sent_to_the_client_hand_it_every_activation(tmp_path):
+    """The dealer sends the client the server's FSS keys too (after its own)."""
+    result, views = record(tmp_path, "crypten:fss", "drd_c100_7k", inject="server_keys_to_client")
+    assert result.rows[0].mpc_agreement == 1.0
+    client, server = views["client"], views["server"]
+    assert root_seeds_found(client, server).all() and not root_seeds_found(server, client).any()
+    guesses = alpha_guesses(client, server, 0)
+    assert alphas_right(guesses, client, server) > 0.99
+    assert activations_learned("drd_c100_7k", client, guesses) > 0.99
+
+
+def test_fixed_stream_keys_repeat_across_sessions(tmp_path):
+    """Each party's key-stream key a constant of its rank: no key travels, but every session reuses them."""
+    sessions = []
+    for i in range(2):
+        (tmp_path / str(i)).mkdir()
+        sessions.append(record(tmp_path / str(i), "crypten:dealer", "cnn_digits", inject="fixed_stream_keys")[1])
+    assert key_windows(pooled(sessions)) == []  # only the freshness check catches it
+    assert repeated_stream_keys(sessions) == ["client@0 = client@1", "server@0 = server@1"]
 
 
 def test_keys_sent_in_the_clear_are_found(tmp_path):

@@ -11,13 +11,22 @@ party exits:
 - "drawn": every random ring tensor this process draws (torch.randint: CrypTen's own
   randomness; `Prg.ring`: the key streams);
 - "keys": the key of every key stream this process builds;
-- "input": the client's encoded input; "revealed": the logits the client opens (ring units).
+- "input": the client's encoded input; "revealed": the logits the client opens (ring units);
+- "fss" (crypten:fss): for every ReLU layer's key the party takes, the key (the int64 words
+  of `ReluKey.to_words`, with "count" and "bits"), its share of the mask r ("r") and how many
+  tensors it had received by then ("seen": the layer's opened x + r is the first one of its
+  size after that).
 The party runs unchanged unless INJECT names a known bug to put back (positive controls
 that show the adversary tests catch what they claim):
-    reduce_reveal   open the logits with CrypTen's reveal(dst=client), a gloo reduce
-    counter_reset   draw the weight masks from a fresh copy of the server's key stream
-    key_in_clear    the dealer sends each party its key-stream key in the clear
-    mask_reuse      crypten:fss: every ReLU layer masks x with the same r (its keys stay fresh)
+    reduce_reveal            open the logits with CrypTen's reveal(dst=client), a gloo reduce
+    counter_reset            draw the weight masks from a fresh copy of the server's key stream
+    key_in_clear             the dealer sends each party its key-stream key in the clear
+    fixed_stream_keys        each party's key-stream key is a constant of its rank, not agreed by X25519
+    mask_reuse               crypten:fss: every ReLU layer masks x with the same r (its keys stay fresh)
+    mask_reuse_in_inference  crypten:fss: every ReLU layer of an inference masks x with (a prefix of) one r,
+                             drawn afresh for each inference
+    shared_root_seed         crypten:fss: both parties' DCF keys grow from one root seed
+    server_keys_to_client    crypten:fss: the dealer sends the client the server's FSS keys too
 crypten:gc (see _record_gc) also records "gc": the server's free-XOR offsets, the server's share entering
 each ReLU layer and the client's OT choice bits (as tensors), and knows these bugs:
     gc_fixed_seed   every circuit garbled from one fixed seed: Delta and the server's labels repeat
@@ -31,9 +40,10 @@ import sys
 import torch
 import torch.distributed as dist
 
-transcript = {"seen": [], "drawn": [], "keys": [], "input": [], "revealed": [],
+transcript = {"seen": [], "drawn": [], "keys": [], "input": [], "revealed": [], "fss": [],
               "gc": {"deltas": [], "server_shares": [], "choices": []}}
 INJECT = sys.argv[2]
+ROLE = sys.argv[sys.argv.index("--role") + 1] if "--role" in sys.argv else ""
 
 
 class _Pending:
@@ -79,8 +89,11 @@ torch.randint = _recorded_randint
 
 
 def _record_crypten() -> None:
-    from pibench.mpc.crypten import backend as crypten_backend, dealer, keys
+    from pibench.mpc.crypten import backend as crypten_backend
+    from pibench.mpc.crypten import dealer, keys, preprocessing
     from pibench.mpc.crypten.preprocessing import Prg
+    from pibench.mpc.fss import dcf
+    from pibench.mpc.fss import relu as relu_gate
 
     ring, init = Prg.ring, Prg.__init__
 
@@ -113,6 +126,15 @@ def _record_crypten() -> None:
         return out
 
     backend.share_input, backend.reveal_to_client = recorded_share_input, recorded_reveal
+    relu_key = preprocessing.PreprocessedProvider.relu_key  # crypten:fss takes every ReLU layer's key through it
+
+    def recorded_relu_key(self, *args, **kwargs):
+        r, key = relu_key(self, *args, **kwargs)
+        transcript["fss"].append({"count": key.count, "bits": key.bits, "key": torch.from_numpy(key.to_words().copy()),
+                                  "r": r.reshape(-1).clone(), "seen": len(transcript["seen"])})
+        return r, key
+
+    preprocessing.PreprocessedProvider.relu_key = recorded_relu_key
     if INJECT == "counter_reset":
         dealer.weight_masks = lambda stream, shapes: [Prg(stream.key).ring(s) for s in shapes]
     if INJECT == "key_in_clear":
@@ -138,6 +160,58 @@ def _record_crypten() -> None:
             return [Prg(prg.key).ring(request.sizes[0])]  # but r is always the stream's first block
 
         dealer.party_draws = reused_relu_mask
+    if INJECT == "mask_reuse_in_inference":
+        draws = dealer.party_draws
+
+        def reused_within_inference(request, prg, rank):
+            fresh = draws(request, prg, rank)  # the stream still advances as usual
+            if request.kind != "relu":
+                return fresh
+            # The ReLU layers of the models this is used with shrink, so a layer no smaller than the last
+            # starts an inference: its r is kept, and every later layer of the inference takes a prefix of it.
+            n = request.sizes[0][0]
+            if n >= getattr(prg, "last_relu", 0):
+                prg.inference_r = fresh[0]
+            prg.last_relu = n
+            return [prg.inference_r[:n]]
+
+        dealer.party_draws = reused_within_inference
+    if INJECT == "shared_root_seed":
+        draw = dcf.random_seeds  # DCF key generation draws 2N root seeds at once: party 0's, then party 1's
+
+        def shared_root_seed(n):
+            seeds = draw(n)
+            seeds[n // 2:] = seeds[:n // 2]
+            return seeds
+
+        dcf.random_seeds = shared_root_seed
+    if INJECT == "server_keys_to_client":
+        keys_of = dealer.relu_keys
+
+        def server_keys_to_client(request, prgs):
+            client_words, server_words = keys_of(request, prgs)
+            return torch.cat([client_words, server_words]), server_words
+
+        dealer.relu_keys = server_keys_to_client
+        if ROLE == "client":  # it takes its own key from the front of a part twice as long, and keeps the rest
+            output_size, from_words = preprocessing.Request.output_size, relu_gate.ReluKey.from_words.__func__
+
+            def with_server_key(self):
+                size = output_size(self)
+                return (2 * size[0],) if self.kind == "relu" else size
+
+            def own_key(cls, words, count, bits=relu_gate.DEFAULT_BITS):
+                return from_words(cls, words[:cls.words(count, bits)], count, bits)
+
+            preprocessing.Request.output_size = with_server_key
+            relu_gate.ReluKey.from_words = classmethod(own_key)
+    if INJECT == "fixed_stream_keys":
+        import hashlib
+
+        def fixed_key(peer, group, rank, *, first):
+            return hashlib.sha256(b"pibench fixed key of rank %d" % rank).digest()
+
+        dealer.agree_key = fixed_key
 
 
 # -- crypten:gc ------------------------------------------------------------------------------------
@@ -198,7 +272,8 @@ def _record_gc() -> None:
 
 
 def _record_spu() -> None:
-    from pibench.mpc.spu import backend as spu_backend, link as spu_link
+    from pibench.mpc.spu import backend as spu_backend
+    from pibench.mpc.spu import link as spu_link
 
     reveal = spu_backend.SpuBackend.reveal_to_client
 
