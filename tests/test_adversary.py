@@ -32,6 +32,7 @@ matching attack succeeds. docs/security-tests.md says what each attack found.
 
 import dataclasses
 import itertools
+import json
 import sys
 from pathlib import Path
 
@@ -381,6 +382,35 @@ def test_no_key_stream_key_in_any_transcript(dealer_run):
     assert {len(k) for v in views.values() for k in v["keys"]} == {32}
     assert len({k for v in views.values() for k in v["keys"]}) == 2  # one stream per party, agreed with the dealer
     assert key_windows(views) == []
+
+
+def json_messages(view: dict) -> list:
+    """The control messages (JSON) a party received from its peers (`pibench.mpc.parties.channel`)."""
+    out = []
+    for t in view["seen"]:
+        if isinstance(t, torch.Tensor) and t.dtype == torch.uint8:
+            try:
+                out.append(json.loads(bytes(t.numpy()).decode()))
+            except (UnicodeDecodeError, ValueError):
+                continue
+    return out
+
+
+def keys_of(obj) -> set[str]:
+    """Every key of every dict inside a JSON value."""
+    if isinstance(obj, dict):
+        return set(obj) | {k for v in obj.values() for k in keys_of(v)}
+    return {k for v in obj for k in keys_of(v)} if isinstance(obj, list) else set()
+
+
+def test_the_server_reports_counts_to_the_client_never_timings(dealer_run):
+    """After a job the server tells the client its bytes and rounds per op (public, from the program and the
+    protocol) but none of its timings: per-layer times are a side channel the threat model does not name."""
+    _, views = dealer_run
+    reports = [m for m in json_messages(views["client"]) if isinstance(m, dict) and "ops" in m]
+    assert len(reports) == 1 and len(reports[0]["ops"]) > 10 and "rounds" in reports[0]["ops"][0]
+    timings = {k for k in keys_of(reports) if k.endswith("_s") or "time" in k}
+    assert timings == set(), timings
 
 
 def test_fss_layers_of_one_inference_share_no_mask(fixed_runs):
