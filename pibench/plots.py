@@ -146,7 +146,7 @@ def with_series(results: pd.DataFrame, layers: pd.DataFrame | None = None) -> tu
     """Label rows by what a figure tells apart: `key` (backend:protocol), `series` (method, plus
     the protocol when a run measured several) and `entry` (model, plus the protocol likewise);
     layers get `entry` too."""
-    keys = results["backend"].fillna("crypten") + ":" + results["protocol"].fillna("")
+    keys = results["protocol"].fillna("")
     several = keys.nunique() > 1
     suffix = (" · " + keys) if several else ""
     results = results.assign(key=keys, series=results["method"] + suffix, entry=results["model"] + suffix)

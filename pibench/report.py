@@ -134,7 +134,7 @@ def protocol_lines(results: pd.DataFrame) -> list[str]:
     from pibench.mpc.protocols import PROTOCOLS
 
     lines = ["## Protocols and threat model", ""]
-    for key in sorted((results["backend"] + ":" + results["protocol"]).dropna().unique()):
+    for key in sorted(results["protocol"].dropna().unique()):
         protocol = PROTOCOLS.get(key) if key in PROTOCOLS else None
         security = protocol.security if protocol else "unknown protocol"
         flag = "" if protocol and protocol.secure else " **(not secure: benchmark only)**"

@@ -228,10 +228,9 @@ def finished_models(run_dir: Path, networks: list[str], protocol: str) -> set[st
     """Models with a row for every network under `protocol` in run_dir/results.csv (failed rows count)."""
     from pibench.result_parts import measured
 
-    backend, name = protocol.split(":")
     have: dict[str, set[str]] = {}
-    for model, b, p, network in measured(run_dir):
-        if (b, p) == (backend, name):
+    for model, _, p, network in measured(run_dir):
+        if p == protocol:
             have.setdefault(model, set()).add(network)
     return {model for model, nets in have.items() if set(networks) <= nets}
 

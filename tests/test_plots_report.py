@@ -62,7 +62,7 @@ def fixture_run(run_dir, cost_only=False, netns=False, protocols=("crypten:deale
                     batch=1,
                     repeats=3,
                     backend=protocol.backend,
-                    protocol=protocol.name,
+                    protocol=protocol.key,
                     security=protocol.security,
                     threads=1,
                     torch_version="2.13.0",
@@ -147,7 +147,7 @@ def test_results_of_older_versions_load_plot_and_report(tmp_path):
     old.to_csv(run / RESULTS_FILE, index=False)
     df = load_results(run)
     assert list(df.columns) == RESULT_COLUMNS
-    assert set(df["backend"]) == {"crypten"} and set(df["protocol"]) == {"tfp"}
+    assert set(df["backend"]) == {"crypten"} and set(df["protocol"]) == {"crypten:tfp"}
     assert df["security"].str.startswith("INSECURE").all() and df["offline_s"].isna().all()
     assert {p.stem for p in plot_run(run)} == set(FIGURES)
     assert "**(not secure: benchmark only)**" in write_report(run).read_text()
