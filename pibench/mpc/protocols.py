@@ -48,9 +48,11 @@ class Protocol:
 
 PROTOCOLS: Registry[Protocol] = Registry("protocol")
 PROTOCOLS.register("crypten:dealer", Protocol(
-    "crypten", "dealer", "semi-honest client/server; non-colluding dealer", secure=True, dealer=True))
+    "crypten", "dealer", "semi-honest client/server; non-colluding dealer (it deals Beaver triples and comparison "
+    "tuples offline; ReLU by CrypTen's comparison online)", secure=True, dealer=True))
 PROTOCOLS.register("crypten:fss", Protocol(
-    "crypten", "fss", "semi-honest client/server; non-colluding dealer", secure=True, dealer=True))
+    "crypten", "fss", "semi-honest client/server; non-colluding dealer (it deals each party its own FSS comparison "
+    "keys offline; ReLU in one round online)", secure=True, dealer=True))
 PROTOCOLS.register("crypten:tfp", Protocol(
     "crypten", "tfp", "INSECURE: the client generates the randomness and could recover the weights; "
     "benchmark only (CrypTen's stock protocol: tuples made during the inference, weights re-opened per product)",
