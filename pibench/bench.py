@@ -333,6 +333,7 @@ def summary(result: BenchResult) -> dict[str, Any]:
         "linear_bytes": row.linear_bytes, "relu_bytes": row.relu_bytes, "rounds": row.rounds, "latency_s_median": row.latency_s_median,
         "latency_s_p10": row.latency_s_p10, "latency_s_p90": row.latency_s_p90,
         "agreement": row.mpc_agreement, "max_logit_error": row.max_logit_error, "mpc_accuracy": row.mpc_accuracy,
+        "mpc_samples": row.mpc_samples,
         "offline_s": row.offline_s, "offline_bytes": row.offline_bytes,
         "offline_bytes_client": row.offline_bytes_client, "offline_bytes_server": row.offline_bytes_server,
         "setup_s": row.setup_s,
