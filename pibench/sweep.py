@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from pibench.budget import parse_budget
-from pibench.config import (RUN_KEYS, ConfigError, CostOnly, Experiment, SweepConfig, experiment_relus, is_folder_spec,
-                            load_config)
+from pibench.config import (RUN_KEYS, ConfigError, CostOnly, Experiment, SweepConfig, check_data_folders,
+                            experiment_relus, is_folder_spec, load_config)
 from pibench.jobgraph import Job, run_in_process, run_submitted, summary
 
 log = logging.getLogger(__name__)
@@ -353,6 +353,7 @@ def run_sweep(config_path: str | Path, *, report: bool = True, executor: str = "
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r} (known: {', '.join(EXECUTORS)})")
     cfg = load_config(config_path)
+    check_data_folders(cfg, str(config_path))
     run_dir = cfg.run_dir
     folder = Path(cfg.executor.folder or run_dir / "jobs").absolute()
     # before any work: Slurm must answer

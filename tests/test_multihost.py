@@ -158,8 +158,9 @@ def test_parties_with_different_masks_refuse_to_run(tmp_path):
         assert proc.returncode == 2
         assert expected in err, err[-2000:]
         assert folders[peer] not in err  # no path crosses to the peer
-    dealer.communicate(timeout=60)
-    assert dealer.returncode == 0  # the client said bye before leaving
+    _, err = dealer.communicate(timeout=60)
+    assert dealer.returncode == 2  # the client's bye said its session failed: every party exits with an error
+    assert "the session failed at the client (ModelMismatch" in err and folders["client"] not in err
     assert not (tmp_path / "results").exists()  # nothing was measured
 
 

@@ -129,7 +129,11 @@ class Outbox:
 
 
 def serve_dealer(group: Any) -> None:
-    """The dealer's loop: agree a fresh key stream with each party (X25519), then answer the client until bye."""
+    """The dealer's loop: agree a fresh key stream with each party (X25519), then answer the client until bye.
+
+    Raises RuntimeError when the client's bye says its session failed, so that every party of a
+    failed session exits with an error.
+    """
     # crypten.init() in each party starts CrypTen's own TTP client, which waits for a
     # generator seed and a barrier; pibench's provider never draws from that generator.
     for rank in (CLIENT, SERVER):
@@ -142,6 +146,8 @@ def serve_dealer(group: Any) -> None:
         msg, _ = recv_json(CLIENT, group)
         kind = msg["kind"]
         if kind == "bye":
+            if msg.get("failed"):
+                raise RuntimeError(f"the session failed at the client ({msg['failed']}; the client's log says why)")
             log.info("dealer: session over")
             return
         if kind == "masks":
@@ -234,6 +240,8 @@ class DealerLink:
             i = take_dealt(piece, dealt, i, self.rank)
         return shares
 
-    def close(self) -> None:
+    def close(self, failed: str = "") -> None:
+        """End the dealer's session; `failed` (the client's error type, never its message, which may name
+        paths) makes the dealer exit with an error too."""
         if self.rank == CLIENT:
-            self._send({"kind": "bye"})
+            self._send({"kind": "bye", "failed": failed})

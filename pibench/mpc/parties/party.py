@@ -354,12 +354,16 @@ def run_party(role: str, rendezvous: str, *, protocol: str = DEFAULT_PROTOCOL, t
         provider = PreprocessedProvider(DealerLink(ROLES[role], comm.get().ttp_group))
         use_provider(provider)
     emit({"event": "ready", "role": role, "threads": torch.get_num_threads()})
+    failed = ""
     try:
         Party(role, crypten, provider, fss=proto.key == "crypten:fss").serve(jobs, on_event)
+    except BaseException as e:
+        failed = type(e).__name__
+        raise
     finally:
         if provider is not None:  # also on a refused model: the dealer must not wait forever
             with contextlib.suppress(RuntimeError):
-                provider.source.close()
+                provider.source.close(failed)
             comm.get().ttp_initialized = False  # the dealer left on "bye"; CrypTen must not send its "terminate"
     crypten.uninit()
 
