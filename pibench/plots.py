@@ -159,14 +159,15 @@ def _series_styles(rows: pd.DataFrame) -> dict[str, dict[str, str]]:
 
 def with_series(results: pd.DataFrame, layers: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Label rows by what a figure tells apart: `key` (backend:protocol), `series` (method, plus
-    the protocol when a run measured several), `label` (model, plus the protocol likewise) and
-    `entry` (model with the ReLUs it keeps, plus the protocol); layers get the same `entry`."""
+    the protocol when a run measured several), `label` (model, plus the protocol likewise),
+    `kept` (model with the ReLUs it keeps) and `entry` (`kept` plus the protocol); layers get the
+    same `entry`."""
     keys = results["protocol"].fillna("")
     several = keys.nunique() > 1
     suffix = (" · " + keys) if several else ""
-    kept = results["relus"].map(lambda r: "" if pd.isna(r) else f" ({int(r):,} ReLUs)")
+    kept = results["model"] + results["relus"].map(lambda r: "" if pd.isna(r) else f" ({int(r):,} ReLUs)")
     results = results.assign(key=keys, series=results["method"] + suffix, label=results["model"] + suffix,
-                             entry=results["model"] + kept + suffix)
+                             kept=kept, entry=kept + suffix)
     if layers is not None:
         entries = dict(zip(zip(results["model"], results["key"]), results["entry"]))
         keys = layers["protocol"].fillna("")
@@ -398,11 +399,6 @@ def layer_breakdown(layers: pd.DataFrame, models: list[str] | None = None) -> pl
                                 "Per-layer cost breakdown")
 
 
-def _model_label(rows: pd.DataFrame) -> pd.Series:
-    """A model's name with the ReLUs it keeps (the budget in a name is only what was asked for)."""
-    return rows["model"] + rows["relus"].map(lambda r: "" if pd.isna(r) else f" ({int(r):,} ReLUs)")
-
-
 def protocol_costs(results: pd.DataFrame) -> plt.Figure:
     """Protocols side by side, for runs that measured several: per model, the online latency (error
     bars from the repeats' 10th to 90th percentile), the slowest profile's projection and the
@@ -410,7 +406,7 @@ def protocol_costs(results: pd.DataFrame) -> plt.Figure:
 
     Colour is the protocol here (the bars' categories), named in the legend.
     """
-    rows = _ok_rows(results).assign(label=_model_label)
+    rows = _ok_rows(results).assign(label=results["kept"])
     slowest = rows.loc[rows["projected_latency_s"].idxmax(), "network"] if rows["projected_latency_s"].notna().any() \
         else None
     first = rows.drop_duplicates(["label", "key"])

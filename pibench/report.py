@@ -168,7 +168,7 @@ def protocol_comparison(ok: pd.DataFrame, layers: pd.DataFrame | None) -> list[s
         "model": first["model"], "ReLUs": [f"{int(v):,}" for v in first["relus"]], "protocol": first["key"],
         "online s (p10–p90)": [f"{m:.3f} ({lo:.3f}–{hi:.3f})" for m, lo, hi in
                                zip(first["latency_s_median"], first["latency_s_p10"], first["latency_s_p90"])],
-        f"{slowest} s (proj.)": [_fmt(wan.get((m, k), float("nan")), ".3f") for m, k in zip(first["model"], first["key"])],
+        f"{slowest} s (proj.)": [_fmt(wan.get(mk, float("nan")), ".3f") for mk in zip(first["model"], first["key"])],
         "online MB / party": [_mb(v) for v in first["bytes_per_party"]],
         "rounds": [_fmt(v, ".0f") for v in first["rounds"]],
         "offline s": [_fmt(v, ".3f") for v in first["offline_s"]],

@@ -163,8 +163,8 @@ def test_parts_merge_each_model_protocol_and_network_once(tmp_path):
     from pibench.results import LayerRow, ResultRow, load_results
 
     def result(backend, protocol, networks=("lan",)):
-        rows = [ResultRow("r", "now", "m", network=n, backend=backend, protocol=f"{backend}:{protocol}", bytes_per_party=1)
-                for n in networks]
+        rows = [ResultRow("r", "now", "m", network=n, backend=backend, protocol=f"{backend}:{protocol}",
+                          bytes_per_party=1) for n in networks]
         return BenchResult("m", rows, [LayerRow("r", "m", 0, "relu", "l", 1, 0.1, 1, 1, f"{backend}:{protocol}")])
 
     write_part(tmp_path, result("crypten", "dealer"))
@@ -179,7 +179,8 @@ def test_parts_merge_each_model_protocol_and_network_once(tmp_path):
     write_part(tmp_path, result("crypten", "dealer", networks=("lan", "wan")))
     assert merge_parts(tmp_path) == 1
     rows = load_results(tmp_path)
-    assert sorted(rows["protocol"] + "@" + rows["network"]) == ["crypten:dealer@lan", "crypten:dealer@wan", "spu:semi2k@lan"]
+    assert sorted(rows["protocol"] + "@" + rows["network"]) == ["crypten:dealer@lan", "crypten:dealer@wan",
+                                                               "spu:semi2k@lan"]
     assert len(pd.read_csv(tmp_path / "layers.csv")) == 2
     from pibench.sweep import finished_models
 
