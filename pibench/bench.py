@@ -194,7 +194,7 @@ def result_rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor |
                 budget=card.budget if card else None, accuracy=card.accuracy if card else None,
                 # untrained (no accuracy on the card) or no labelled inputs: only the cost columns mean something
                 cost_only=card is None or card.accuracy is None or labels is None,
-                batch=options.batch, repeats=options.repeats, backend=protocol.backend, protocol=protocol.name,
+                batch=options.batch, repeats=options.repeats, backend=protocol.backend, protocol=protocol.key,
                 security=protocol.security, threads=options.threads, link=link.name, **env)
     if event.get("error"):
         rows = [ResultRow(**base, network=p.name, bandwidth_mbps=p.bandwidth_mbps, rtt_ms=p.rtt_ms,
@@ -314,11 +314,12 @@ def summary(result: BenchResult) -> dict[str, Any]:
     """The headline numbers of one model (what `pibench bench --json` prints)."""
     row = result.rows[0]
     return {
-        "model": result.spec or result.model, "error": row.error, "protocol": f"{row.backend}:{row.protocol}",
+        "model": result.spec or result.model, "error": row.error, "protocol": row.protocol,
         "security": row.security, "relus": row.relus, "macs": row.macs, "bytes_per_party": row.bytes_per_party,
         "linear_bytes": row.linear_bytes, "relu_bytes": row.relu_bytes, "rounds": row.rounds, "latency_s_median": row.latency_s_median,
         "latency_s_p10": row.latency_s_p10, "latency_s_p90": row.latency_s_p90,
         "agreement": row.mpc_agreement, "max_logit_error": row.max_logit_error, "mpc_accuracy": row.mpc_accuracy,
+        "mpc_samples": row.mpc_samples,
         "offline_s": row.offline_s, "offline_bytes": row.offline_bytes,
         "offline_bytes_client": row.offline_bytes_client, "offline_bytes_server": row.offline_bytes_server,
         "setup_s": row.setup_s, "fss_bits": row.fss_bits,

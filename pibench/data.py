@@ -120,6 +120,7 @@ class ImageFiles(_Images):
 class DatasetEntry:
     info: DatasetInfo
     load: Callable[..., Dataset]
+    folder: str | None = None  # the folder under data_dir it is read from (None: bundled or generated)
 
 
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
@@ -329,9 +330,9 @@ def _load_tinyimagenet(split: str, data_dir: str | None = None, *, augment: bool
 
 DATASETS.register("digits", DatasetEntry(DIGITS_INFO, _load_digits))
 DATASETS.register("synthetic", DatasetEntry(SYNTHETIC_INFO, _load_synthetic))
-DATASETS.register("cifar10", DatasetEntry(CIFAR10_INFO, _load_cifar10))
-DATASETS.register("cifar100", DatasetEntry(CIFAR100_INFO, _load_cifar100))
-DATASETS.register("tinyimagenet", DatasetEntry(TINY_INFO, _load_tinyimagenet))
+DATASETS.register("cifar10", DatasetEntry(CIFAR10_INFO, _load_cifar10, "cifar-10-batches-py"))
+DATASETS.register("cifar100", DatasetEntry(CIFAR100_INFO, _load_cifar100, "cifar-100-python"))
+DATASETS.register("tinyimagenet", DatasetEntry(TINY_INFO, _load_tinyimagenet, "tiny-imagenet-200"))
 
 
 def dataset_info(name: str) -> DatasetInfo:

@@ -49,7 +49,7 @@ class ResultRow:
     Fields are None (an empty cell) when they do not apply, e.g. on a failed model's row.
     """
 
-    run_id: str
+    run_id: str  # the run's name (--run-id, the sweep's `run`, or a UTC time stamp)
     timestamp: str  # UTC ISO 8601, when the model's measurement finished
     model: str  # model folder name or registry name
     arch: str | None = None  # registry architecture
@@ -65,43 +65,53 @@ class ResultRow:
     max_logit_error: float | None = None  # max |MPC logit - plaintext logit| over the samples
     mpc_samples: int | None = None  # inputs used for agreement / accuracy
     network: str | None = None  # network profile of the projection
-    bandwidth_mbps: float | None = None
-    rtt_ms: float | None = None
+    bandwidth_mbps: float | None = None  # the profile's bandwidth (Mbit/s), used by the projection
+    rtt_ms: float | None = None  # the profile's round-trip time (ms), used by the projection
     link: str | None = None  # link the run was measured on ("loopback", a netns tbf shape, "hosts")
-    latency_s_median: float | None = None  # measured on `link`, input sharing to logits revealed
-    latency_s_p10: float | None = None
-    latency_s_p90: float | None = None
+    latency_s_median: float | None = None  # online latency per inference measured on `link` (median over repeats),
+    # input sharing to logits revealed
+    latency_s_p10: float | None = None  # 10th percentile of the repeats' latencies
+    latency_s_p90: float | None = None  # 90th percentile of the repeats' latencies
     latency_s_samples: str | None = None  # raw per-repeat latencies, ';'-joined
     compute_s: float | None = None  # median latency minus median communication time
-    comm_s: float | None = None  # median time inside CrypTen's communicator
-    projected_latency_s: float | None = None  # compute_s + rounds*rtt + (bytes_per_party/2)/bandwidth, this profile
-    bytes_per_party: int | None = None  # online bytes of one inference, max over the parties: CrypTen's counter, sent + received
-    rounds: int | None = None  # online communicator calls of one inference, max over the parties
+    comm_s: float | None = None  # median time inside CrypTen's communicator (0 under SPU, which does not report it)
+    projected_latency_s: float | None = None  # online latency projected for this profile: compute_s + rounds × RTT +
+    # (bytes_per_party / 2) × 8 / bandwidth
+    bytes_per_party: int | None = None  # online bytes of one inference, max over the parties, sent + received
+    # (CrypTen's counter; SPU's link counters plus pibench's shares)
+    rounds: int | None = None  # online communicator calls of one inference, max over the parties (SPU: the link's
+    # send actions, an upper bound)
     relu_bytes: int | None = None  # bytes of ReLU ops
     maxpool_bytes: int | None = None  # bytes of max-pool ops (secure comparisons)
     linear_bytes: int | None = None  # online bytes of conv / linear / affine ops
     setup_s: float | None = None  # once per model: weight sharing / masking (and the dealer's masks)
-    setup_bytes: int | None = None
-    offline_s: float | None = None  # median offline phase per inference: the dealer's tuples made and delivered
-    offline_bytes: int | None = None  # bytes between the dealer and both parties per inference, sent + received
-    offline_bytes_client: int | None = None  # of which the client's (its tuple shares and FSS keys)
-    offline_bytes_server: int | None = None  # of which the server's (its FSS keys; 0 under crypten:dealer)
-    fss_bits: int | None = None  # crypten:fss: the comparison domain k (x mod 2^k) chosen from the plaintext range
+    setup_bytes: int | None = None  # once per model: bytes of the weight masking / sharing, sent + received
+    offline_s: float | None = None  # median offline phase per inference: the dealer's tuples or FSS keys made and
+    # delivered; empty without a dealer
+    offline_bytes: int | None = None  # offline bytes per inference, sent + received: dealer ↔ client plus dealer ↔
+    # server (crypten:dealer: the client's tuple shares only; crypten:fss: both parties' keys), and under crypten:gc
+    # also the OTs and garbled tables between client and server; empty without a dealer
+    offline_bytes_client: int | None = None  # of offline_bytes, the client's (its tuple shares or FSS keys)
+    offline_bytes_server: int | None = None  # of offline_bytes, the server's (its FSS keys; 0 under crypten:dealer,
+    # whose server draws its tuples from a key stream)
+    fss_bits: int | None = None  # crypten:fss / crypten:gc: the comparison domain k (inputs read mod 2^k), fss's
+    # chosen from the plaintext range of the model on the client's inputs, gc's fixed at 32 and checked against it
     client_storage_bytes: int | None = None  # what the client holds before an online inference (dealer: its tuple
     # shares; fss: its keys and masks; gc: garbled tables, its input labels and masks; 0 without preprocessing)
     peak_rss_client: int | None = None  # resident-set high-water mark of each party process while measuring
     peak_rss_server: int | None = None  # this model, bytes (Linux VmHWM, reset per model)
-    batch: int | None = None
-    repeats: int | None = None
-    backend: str | None = None  # MPC framework: crypten
-    protocol: str | None = None  # dealer | fss | tfp | ... (pibench.mpc.protocols); offline_*: empty without a dealer
+    batch: int | None = None  # inputs per inference (latencies and bytes are per inference of `batch` inputs)
+    repeats: int | None = None  # timed inferences per model, after a warm-up
+    backend: str | None = None  # MPC framework: crypten or spu
+    protocol: str | None = None  # backend:name, as --protocol takes it: crypten:dealer, crypten:fss, crypten:gc,
+    # crypten:tfp, spu:cheetah, spu:semi2k
     security: str | None = None  # what the protocol protects, against whom
     threads: int | None = None  # torch threads per party
-    torch_version: str | None = None
-    crypten_version: str | None = None
-    pibench_version: str | None = None
-    git_commit: str | None = None
-    host: str | None = None
+    torch_version: str | None = None  # environment of the launching process
+    crypten_version: str | None = None  # CrypTen's version
+    pibench_version: str | None = None  # pibench's version
+    git_commit: str | None = None  # the checkout's commit, when run from a git checkout
+    host: str | None = None  # host name of the launching process
     error: str = ""  # empty on success; otherwise why this model was not measured
 
 
@@ -109,18 +119,19 @@ class ResultRow:
 class LayerRow:
     """One op of one model; time is the median over repeats, bytes/rounds are per inference (max over parties)."""
 
-    run_id: str
-    model: str
+    run_id: str  # the run's name, as in results.csv
+    model: str  # as in results.csv
     op_index: int  # position in the program (input sharing and reveal included)
     op: str  # input, conv, relu, maxpool, avgpool, add, affine, linear, flatten, output
     layer: str  # source module name
     relus: int  # kept ReLUs per input
-    time_s: float
-    bytes: int
-    rounds: int
+    time_s: float  # median over repeats of the op's time
+    bytes: int  # online bytes of the op per inference, sent + received, max over the parties
+    rounds: int  # online communicator calls of the op per inference, max over the parties
     protocol: str = ""  # backend:name the op was measured under
-    offline_bytes_client: int | None = None  # the dealer's parts (tuple shares, FSS keys) this op used, per party
-    offline_bytes_server: int | None = None  # (empty without a dealer; control messages not included)
+    offline_bytes_client: int | None = None  # the client's offline bytes (tuple shares, FSS keys) this op used; empty
+    # without a dealer
+    offline_bytes_server: int | None = None  # the server's likewise (control messages not included)
 
 
 RESULT_COLUMNS = [f.name for f in fields(ResultRow)]
@@ -307,13 +318,17 @@ def _read_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
 def load_results(path: str | Path) -> pd.DataFrame:
     """results.csv (or a folder holding it) as a DataFrame; empty strings become NaN.
 
-    Files from older pibench versions load too: columns they lack are empty, and their
-    CrypTen `provider` (tfp, ttp) becomes the `protocol` of backend crypten.
+    Files from older pibench versions load too: columns they lack are empty, their CrypTen
+    `provider` (tfp, ttp) becomes the `protocol` of backend crypten, and a bare protocol
+    name (`fss`) becomes the backend:name every other file uses (`crypten:fss`).
     """
     df = _read_csv(_csv(path, RESULTS_FILE), keep_default_na=True, dtype={"error": str, "dataset": str})
     if "provider" in df and "protocol" not in df:
         df = df.rename(columns={"provider": "protocol"}).assign(backend="crypten")
         df["security"] = df["protocol"].map(lambda name: _security(f"crypten:{name}"))
+    if "protocol" in df:
+        bare = df["protocol"].notna() & ~df["protocol"].astype(str).str.contains(":")
+        df.loc[bare, "protocol"] = df.loc[bare, "backend"].fillna("crypten") + ":" + df.loc[bare, "protocol"]
     return df.reindex(columns=RESULT_COLUMNS + [c for c in df.columns if c not in RESULT_COLUMNS])
 
 

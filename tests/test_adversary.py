@@ -372,7 +372,7 @@ def test_dealer_server_sees_no_logit_and_no_input(dealer_run):
     x = views["client"]["input"][0]
     # five standard deviations of a chance correlation between independent vectors of this length
     assert max_input_correlation(views["server"], x) < 5 / x.numel() ** 0.5
-    if result.rows[0].protocol == "fss":  # the server opens x + r: a mask used twice shows a zero difference,
+    if result.rows[0].protocol == "crypten:fss":  # the server opens x + r: a mask used twice shows a zero difference,
         assert len(views["client"]["input"]) == 2  # since the same input went in twice (recording, timed)
         assert activation_difference_found("drd_c100_7k", views["server"], views["client"]) < 0.01
 

@@ -359,7 +359,8 @@ def test_import_cli_writes_a_folder_or_one_line_and_no_folder(tmp_path):
 
     bad = onnx_file(SoftmaxInside().eval(), torch.randn(1, 3, 8, 8), tmp_path / "softmax.onnx")
     line = one_line(cli("import", bad, "--out", str(tmp_path / "sm")))
-    assert "unsupported ONNX op Softmax (node '/Softmax')" in line and ", ".join(SUPPORTED_OPS) in line
+    assert "unsupported ONNX op Softmax before the model's output (node '/Softmax')" in line
+    assert "only a softmax at the very end can be dropped" in line and ", ".join(SUPPORTED_OPS) in line
     assert not (tmp_path / "sm").exists()
 
     (tmp_path / "text.onnx").write_text("this is not an onnx file\n")

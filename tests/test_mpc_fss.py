@@ -42,7 +42,7 @@ def test_fss_nets_match_plaintext_and_report_both_parties_offline_bytes(tmp_path
     for name, r in results.items():
         row = r.rows[0]
         assert row.error == "", row.error
-        assert row.protocol == "fss" and row.mpc_samples == 32
+        assert row.protocol == "crypten:fss" and row.mpc_samples == 32
         assert row.max_logit_error < 1e-2 and row.mpc_agreement >= 0.99, name
         # every ReLU op is two rounds; every max-pool op two rounds per level of its 2x2 tree
         for layer in r.layers:

@@ -123,7 +123,8 @@ def test_two_party_commands_with_dealer_write_the_clients_rows(tmp_path):
     assert row["relus"] == 4096 and row["mpc_samples"] == 8 and row["mpc_accuracy"] == expected
     # no weights on the client, so no plaintext reference
     assert pd.isna(row["mpc_agreement"]) and pd.isna(row["max_logit_error"])
-    assert row["offline_bytes"] > 0 and row["offline_s"] > 0 and row["protocol"] == "dealer"  # apart from online
+    assert row["offline_bytes"] > 0 and row["offline_s"] > 0  # apart from online
+    assert row["protocol"] == "crypten:dealer"
     assert df.iloc[1]["projected_latency_s"] == pytest.approx(
         row["compute_s"] + row["bytes_per_party"] / 2 * 8 / 100e6)
     # the same bytes and rounds as the launcher's own loopback run of this model
@@ -158,8 +159,9 @@ def test_parties_with_different_masks_refuse_to_run(tmp_path):
         assert proc.returncode == 2
         assert expected in err, err[-2000:]
         assert folders[peer] not in err  # no path crosses to the peer
-    dealer.communicate(timeout=60)
-    assert dealer.returncode == 0  # the client said bye before leaving
+    _, err = dealer.communicate(timeout=60)
+    assert dealer.returncode == 2  # the client's bye said its session failed: every party exits with an error
+    assert "the session failed at the client (ModelMismatch" in err and folders["client"] not in err
     assert not (tmp_path / "results").exists()  # nothing was measured
 
 

@@ -19,9 +19,14 @@ MODELS = [
 
 
 def fixture_run(run_dir, cost_only=False, netns=False, protocols=("crypten:dealer",)):
+    """A run folder as `pibench sweep` writes it. Under crypten:fss a ReLU costs 16 bytes and the
+    latency less (so protocols differ); the p10-p90 spread grows with the ReLUs."""
     rows, layers = [], []
     for (model, method, budget, relus, acc, sent), key in ((m, k) for k in protocols for m in MODELS):
         protocol = PROTOCOLS.get(key)
+        per_relu = 16 if protocol.name == "fss" else 464
+        sent = sent - (464 - per_relu) * relus
+        latency = (0.08 if protocol.name == "fss" else 0.1) + relus * 1e-5
         for network, bw, rtt in (("lan", 3000.0, 0.3), ("wan", 400.0, 40.0)):
             rows.append(
                 dict(
@@ -44,25 +49,27 @@ def fixture_run(run_dir, cost_only=False, netns=False, protocols=("crypten:deale
                     bandwidth_mbps=bw,
                     rtt_ms=rtt,
                     link=f"netns:{bw:g}mbit" if netns else "loopback",
-                    latency_s_median=0.1 + relus * 1e-5,
-                    latency_s_p10=0.09,
-                    latency_s_p90=0.12,
+                    latency_s_median=latency,
+                    latency_s_p10=latency - 0.005,
+                    latency_s_p90=latency + relus * 1e-6,
                     latency_s_samples="0.1;0.1;0.1",
                     compute_s=0.05,
                     comm_s=0.05,
                     projected_latency_s=0.05 + 40 * rtt / 1000 + sent * 8 / (bw * 1e6),
                     bytes_per_party=sent,
                     rounds=40,
-                    relu_bytes=464 * relus,
-                    linear_bytes=sent - 464 * relus,
+                    relu_bytes=per_relu * relus,
+                    linear_bytes=sent - per_relu * relus,
                     setup_s=0.1,
                     setup_bytes=100,
                     offline_s=0.2 if protocol.dealer else None,
                     offline_bytes=sent // 3 if protocol.dealer else None,
+                    offline_bytes_client=sent // 3 if protocol.dealer else None,
+                    offline_bytes_server=0 if protocol.dealer else None,
                     batch=1,
                     repeats=3,
                     backend=protocol.backend,
-                    protocol=protocol.name,
+                    protocol=protocol.key,
                     security=protocol.security,
                     threads=1,
                     torch_version="2.13.0",
@@ -74,7 +81,7 @@ def fixture_run(run_dir, cost_only=False, netns=False, protocols=("crypten:deale
                 )
             )
         for i, (op, t, b) in enumerate(
-            (("conv", 0.03, 300_000), ("relu", relus * 1e-5, 464 * relus), ("linear", 0.001, 1000))
+            (("conv", 0.03, 300_000), ("relu", relus * 1e-5, per_relu * relus), ("linear", 0.001, 1000))
         ):
             layers.append(
                 dict(
@@ -86,7 +93,7 @@ def fixture_run(run_dir, cost_only=False, netns=False, protocols=("crypten:deale
                     relus=relus if op == "relu" else 0,
                     time_s=t,
                     bytes=b,
-                    rounds=9 if op == "relu" else 1,
+                    rounds=(1 if protocol.name == "fss" else 9) if op == "relu" else 1,
                     protocol=key,
                 )
             )
@@ -98,7 +105,7 @@ def fixture_run(run_dir, cost_only=False, netns=False, protocols=("crypten:deale
 
 
 def test_every_figure_is_written_non_empty(tmp_path):
-    run = fixture_run(tmp_path / "run")
+    run = fixture_run(tmp_path / "run", protocols=("crypten:dealer", "crypten:fss"))
     written = plot_run(run)
     for name in FIGURES:
         for ext in ("png", "pdf"):
@@ -122,21 +129,43 @@ def test_netns_run_draws_measured_latency_per_network(tmp_path):
 def test_cost_only_run_skips_accuracy_figures(tmp_path):
     run = fixture_run(tmp_path / "run", cost_only=True)
     names = {p.stem for p in plot_run(run)}
-    assert names == {"latency_vs_relus", "communication_vs_relus", "online_vs_offline", "layer_breakdown",
-                     "protocol_costs"}
+    assert names == {"latency_vs_relus", "communication_vs_relus", "online_vs_offline", "layer_breakdown"}
 
 
 def test_two_protocols_side_by_side_in_figures_and_report(tmp_path):
     run = fixture_run(tmp_path / "run", protocols=("crypten:dealer", "crypten:tfp", "spu:cheetah"))
     assert {p.stem for p in plot_run(run)} == set(FIGURES)
     text = write_report(run).read_text()
-    assert "- `crypten:dealer`: semi-honest client/server; non-colluding dealer; parties: client, server and a dealer." in text
+    assert "- `crypten:dealer`: semi-honest client/server; non-colluding dealer (it deals Beaver triples" in text
     assert "- `crypten:tfp` **(not secure: benchmark only)**: INSECURE: the client generates" in text
     assert "- `spu:cheetah`: semi-honest client/server; no dealer (CHEETAH" in text
     # one line per model and protocol; tfp has no offline phase, so its offline cells are empty
     assert "| senet_5 · crypten:dealer | 230 | 230 | 90.00 | 100.0 |" in text
     tfp_line = next(line for line in text.splitlines() if line.startswith("| senet_5 · crypten:tfp |"))
     assert tfp_line.endswith("| 0.62 | 40 |  |  |")
+
+
+def test_report_compares_two_protocols_and_explains_why(tmp_path):
+    run, _, _ = two_by_two(tmp_path)
+    extra = load_results(run).query("model == 'drd_5'").assign(run_id="second")  # a later run into the same folder
+    append_rows(run / RESULTS_FILE, [ResultRow(**{k: (None if pd.isna(v) else v) for k, v in r.items()})
+                                     for r in extra[RESULT_COLUMNS].to_dict("records")])
+    text = write_report(run).read_text()
+    assert "- run ids: fixture, second" in text
+    dealer, fss = (next(line for line in text.splitlines() if line.startswith(f"- `crypten:{p}`: semi-honest"))
+                   for p in ("dealer", "fss"))
+    assert dealer != fss and "FSS comparison keys" in fss
+    section = text.split("## Protocols compared")[1].split("\n## ")[0]
+    assert ("| model | ReLUs | protocol | online s (p10–p90) | wan s (proj.) | online MB / party | rounds "
+            "| offline s |") in section
+    for model in ("base", "senet_50", "drd_50", "senet_5", "drd_5"):
+        for protocol in ("crypten:dealer", "crypten:fss"):
+            assert f"| {model} | " in section and f"| {protocol} | " in section
+    assert "| drd_5 | 192 | crypten:fss | 0.082 (0.077–0.082) |" in section
+    assert "- `crypten:dealer`: 464 B online per kept ReLU and party, 9 round(s) per ReLU layer" in section
+    assert "- `crypten:fss`: 16 B online per kept ReLU and party, 1 round(s) per ReLU layer" in section
+    assert "![Protocols compared per model" in text
+    assert "## Protocols compared" not in write_report(fixture_run(tmp_path / "one"), replot=False).read_text()
 
 
 def test_results_of_older_versions_load_plot_and_report(tmp_path):
@@ -147,9 +176,9 @@ def test_results_of_older_versions_load_plot_and_report(tmp_path):
     old.to_csv(run / RESULTS_FILE, index=False)
     df = load_results(run)
     assert list(df.columns) == RESULT_COLUMNS
-    assert set(df["backend"]) == {"crypten"} and set(df["protocol"]) == {"tfp"}
+    assert set(df["backend"]) == {"crypten"} and set(df["protocol"]) == {"crypten:tfp"}
     assert df["security"].str.startswith("INSECURE").all() and df["offline_s"].isna().all()
-    assert {p.stem for p in plot_run(run)} == set(FIGURES)
+    assert {p.stem for p in plot_run(run)} == set(FIGURES) - {"protocol_costs"}  # one protocol
     assert "**(not secure: benchmark only)**" in write_report(run).read_text()
 
 
@@ -179,24 +208,58 @@ def test_budgets_that_gave_one_model_say_so_in_the_report(tmp_path):
     assert "| drd_60 | 2,764 | 2,048 | 95.00 |" in text and text.count("same model as drd_50") == 1
 
 
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def series_artists(fig):
+    """Each labelled series of a figure: label -> list of (axes index, data line, error-bar container or None)."""
+    from matplotlib.container import ErrorbarContainer
+
+    found: dict[str, list] = {}
+    for i, ax in enumerate(fig.axes):
+        for container in ax.containers:
+            if isinstance(container, ErrorbarContainer) and not container.get_label().startswith("_"):
+                found.setdefault(container.get_label(), []).append((i, container.lines[0], container))
+        for line in ax.get_lines():
+            if not line.get_label().startswith("_"):
+                found.setdefault(line.get_label(), []).append((i, line, None))
+    return found
+
+
+def two_by_two(tmp_path):
+    """Figures of a two-method x two-protocol sweep (and the baseline), by name."""
+    from pibench.report.plots import draw_figures, with_series
+    from pibench.results import load_layers
+
+    run = fixture_run(tmp_path / "run", protocols=("crypten:dealer", "crypten:fss"))
+    results, layers = with_series(load_results(run), load_layers(run))
+    return run, results, draw_figures(results, layers)
+
+
 def test_a_method_keeps_one_look_in_every_figure(tmp_path):
-    """SENet was orange where the baseline had no accuracy and green elsewhere; now its look is fixed."""
+    """A method's colour and marker are the same in every figure of every run, whatever the protocols."""
     from pibench.report.plots import METHOD_LOOKS, draw_figures, with_series
     from pibench.results import load_layers
 
     run = fixture_run(tmp_path / "run")
     results, layers = with_series(load_results(run), load_layers(run))
     results.loc[results["method"] == "baseline", "accuracy"] = None  # the accuracy figures lack the baseline
-    figures = draw_figures(results, layers)
+    figures = {**draw_figures(results, layers), **{f"two:{k}": v for k, v in two_by_two(tmp_path)[2].items()}}
     looks: dict[str, set] = {}
     drawn_in: dict[str, set] = {}
     for name, fig in figures.items():
-        for ax in fig.axes:
-            for line in ax.get_lines():
-                looks.setdefault(line.get_label(), set()).add((line.get_color(), line.get_marker()))
-                drawn_in.setdefault(line.get_label(), set()).add(name)
+        for label, artists in series_artists(fig).items():
+            method = label.split(" · ")[0]
+            for _, line, _ in artists:
+                looks.setdefault(method, set()).add((line.get_color(), line.get_marker()))
+            drawn_in.setdefault(label, set()).add(name)
     assert drawn_in["senet"] == {"accuracy_vs_relus", "accuracy_vs_latency", "latency_vs_relus",
-                                 "communication_vs_relus"}
+                                 "communication_vs_relus", "two:accuracy_vs_relus"}
     for method in ("senet", "deepreduce", "baseline"):
         assert looks[method] == {METHOD_LOOKS[method][:2]}, method
     # overlapping series stay apart: every method its own marker and line style
@@ -213,21 +276,98 @@ def test_a_method_keeps_one_look_in_every_figure(tmp_path):
     assert {ax.get_yscale() for ax in fig.axes} == {"linear"} or len({ax.get_yscale() for ax in fig.axes}) == 1
 
 
+def test_accuracy_is_drawn_once_per_method_whatever_the_protocols(tmp_path):
+    from pibench.report.plots import METHOD_LOOKS
+
+    _, _, figures = two_by_two(tmp_path)
+    series = series_artists(figures["accuracy_vs_relus"])
+    assert sorted(series) == ["baseline", "deepreduce", "senet"]  # no protocol: one series per method
+    for method, artists in series.items():
+        ((_, line, _),) = artists
+        assert (line.get_color(), line.get_marker()) == METHOD_LOOKS[method][:2]
+    # each model once: DeepReDuce's two models, not four points on top of each other
+    drd = [line for line in figures["accuracy_vs_relus"].axes[0].get_lines()
+           if line.get_color() == METHOD_LOOKS["deepreduce"][0]]
+    assert sum(len(line.get_xdata()) for line in drd) == 2
+
+
+def test_latency_has_error_bars_and_names_the_protocol(tmp_path):
+    from pibench.report.plots import METHOD_LOOKS, PROTOCOL_LINES
+
+    _, results, figures = two_by_two(tmp_path)
+    series = series_artists(figures["latency_vs_relus"])
+    assert {"deepreduce · crypten:dealer", "deepreduce · crypten:fss", "senet · crypten:dealer",
+            "senet · crypten:fss"} <= set(series)
+    for label, artists in series.items():
+        if label == "linear layers only":
+            continue
+        method, protocol = label.split(" · ")
+        for panel, line, bars in artists:
+            assert line.get_color() == METHOD_LOOKS[method][0]  # the method's colour under every protocol
+            assert line.get_linestyle() == {"crypten:dealer": "-", "crypten:fss": "--"}[protocol]
+            assert PROTOCOL_LINES[:2] == ["-", "--"]
+            rows = results[(results["series"] == label) & results["error"].isna()].drop_duplicates("model")
+            rows = rows.sort_values("relus")
+            segments = bars.lines[2][0].get_segments()  # one vertical bar per model: p10 .. p90
+            if panel == 0:  # the measured panel: the bars are the repeats' percentiles
+                assert [y for s in segments for y in (s[0][1], s[1][1])] == pytest.approx(
+                    [y for pair in zip(rows["latency_s_p10"], rows["latency_s_p90"]) for y in pair])
+            else:
+                assert all(s[1][1] > s[0][1] for s in segments)
+
+
+def test_protocol_comparison_figure_only_with_several_protocols(tmp_path):
+    from matplotlib.colors import to_hex
+
+    from pibench.report.plots import draw_figures, protocol_color, with_series
+
+    run, _, figures = two_by_two(tmp_path)
+    fig = figures["protocol_costs"]
+    legend = fig.legends[0]
+    names = [t.get_text() for t in legend.get_texts()]
+    assert names == ["crypten:dealer", "crypten:fss"]
+    # every bar has its protocol's colour, the legend's
+    legend_colors = {to_hex(h.get_facecolor()) for h in legend.legend_handles}
+    bars = {to_hex(p.get_facecolor()) for ax in fig.axes for p in ax.patches}
+    assert bars == legend_colors == {to_hex(protocol_color(k)) for k in names}
+    from matplotlib.container import ErrorbarContainer
+
+    # p10-p90 on the online bars: one error bar per model and protocol
+    bars_with_errors = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars_with_errors) == 2 and all(len(c.lines[2][0].get_segments()) == 5 for c in bars_with_errors)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert "drd_50 (2,048 ReLUs)" in labels  # the ReLUs kept, not the budget in the name
+    assert [t.get_text() for t in fig.axes[-1].get_yticklabels()] == names
+    one, layers = with_series(load_results(fixture_run(tmp_path / "one")))
+    assert "protocol_costs" not in draw_figures(one, None)
+
+
+def test_online_and_offline_bytes_are_never_stacked(tmp_path):
+    _, _, figures = two_by_two(tmp_path)
+    ax_time, ax_bytes = figures["online_vs_offline"].axes
+    assert {p.get_x() for p in ax_bytes.patches} == {0}  # side by side, each bar from zero
+    assert [t.get_text() for t in ax_bytes.get_legend().get_texts()] == [
+        "online, per party", "offline, client", "offline, server"]
+    assert "per inference and party" in ax_bytes.get_xlabel()
+    labels = [t.get_text() for t in ax_time.get_yticklabels()]
+    assert "drd_5 (192 ReLUs) · crypten:fss" in labels
+
+
 def test_plot_without_results_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `pibench bench` or `pibench sweep` first"):
         plot_run(tmp_path)
 
 
-def test_with_several_protocols_colour_is_the_protocol_and_marker_the_method(tmp_path):
+def test_with_several_protocols_colour_and_marker_are_the_method_and_line_style_the_protocol(tmp_path):
     from pibench.report.plots import _series_styles, with_series
 
     run = fixture_run(tmp_path / "run", protocols=("crypten:dealer", "spu:cheetah"))
     results, _ = with_series(load_results(run))
     styles = _series_styles(results)
-    assert styles["senet · crypten:dealer"]["color"] == styles["baseline · crypten:dealer"]["color"]
-    assert styles["senet · crypten:dealer"]["color"] != styles["senet · spu:cheetah"]["color"]
+    assert styles["senet · crypten:dealer"]["color"] == styles["senet · spu:cheetah"]["color"]
+    assert styles["senet · crypten:dealer"]["color"] != styles["deepreduce · crypten:dealer"]["color"]
     assert styles["senet · crypten:dealer"]["marker"] == styles["senet · spu:cheetah"]["marker"]
-    assert styles["senet · crypten:dealer"]["marker"] != styles["baseline · crypten:dealer"]["marker"]
+    assert styles["senet · crypten:dealer"]["ls"] != styles["senet · spu:cheetah"]["ls"]
     one, _ = with_series(load_results(fixture_run(tmp_path / "one")))
     single = _series_styles(one)
     assert len({s["color"] for s in single.values()}) == 3 and len({s["marker"] for s in single.values()}) == 3

@@ -122,7 +122,7 @@ def test_bench_runs_spu_parties_through_the_launcher(tmp_path):
     (result,) = bench_models([folder], BenchOptions(protocol="spu:semi2k", repeats=2, samples=8, batch=8))
     row = result.rows[0]
     assert row.error == "", row.error
-    assert (row.backend, row.protocol) == ("spu", "semi2k") and row.security.startswith("INSECURE")
+    assert (row.backend, row.protocol) == ("spu", "spu:semi2k") and row.security.startswith("INSECURE")
     assert row.mpc_samples == 8 and row.mpc_agreement >= 0.99 and row.max_logit_error <= LOGIT_ERROR
     assert row.relu_bytes > 0 and row.linear_bytes > 0 and row.bytes_per_party > row.relu_bytes
     assert row.offline_bytes is None and len(str(row.latency_s_samples).split(";")) == 2
@@ -145,7 +145,7 @@ def test_a_sweep_measures_crypten_and_spu_side_by_side(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     run = tmp_path / "results" / "both"
     results = load_results(run)
-    assert sorted((results["backend"] + ":" + results["protocol"]).unique()) == [
+    assert sorted(results["protocol"].unique()) == [
         "crypten:dealer", "spu:cheetah", "spu:semi2k"]
     assert len(results) == 6 and results["error"].isna().all() and (results["mpc_agreement"] == 1.0).all()
     assert results.groupby("model")["protocol"].nunique().eq(3).all()

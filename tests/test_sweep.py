@@ -163,8 +163,8 @@ def test_parts_merge_each_model_protocol_and_network_once(tmp_path):
     from pibench.results import LayerRow, ResultRow, load_results
 
     def result(backend, protocol, networks=("lan",)):
-        rows = [ResultRow("r", "now", "m", network=n, backend=backend, protocol=protocol, bytes_per_party=1)
-                for n in networks]
+        rows = [ResultRow("r", "now", "m", network=n, backend=backend, protocol=f"{backend}:{protocol}",
+                          bytes_per_party=1) for n in networks]
         return BenchResult("m", rows, [LayerRow("r", "m", 0, "relu", "l", 1, 0.1, 1, 1, f"{backend}:{protocol}")])
 
     write_part(tmp_path, result("crypten", "dealer"))
@@ -173,13 +173,14 @@ def test_parts_merge_each_model_protocol_and_network_once(tmp_path):
     write_part(tmp_path, result("crypten", "dealer"))  # measured again by a job a re-run could not see
     assert merge_parts(tmp_path) == 1
     rows = load_results(tmp_path)
-    assert sorted(rows["backend"] + ":" + rows["protocol"]) == ["crypten:dealer", "spu:semi2k"]
+    assert sorted(rows["protocol"]) == ["crypten:dealer", "spu:semi2k"]
     assert len(pd.read_csv(tmp_path / "layers.csv")) == 2
     # a network added to the config later: its rows join, the old ones stay, per-op rows are not repeated
     write_part(tmp_path, result("crypten", "dealer", networks=("lan", "wan")))
     assert merge_parts(tmp_path) == 1
     rows = load_results(tmp_path)
-    assert sorted(rows["protocol"] + "@" + rows["network"]) == ["dealer@lan", "dealer@wan", "semi2k@lan"]
+    assert sorted(rows["protocol"] + "@" + rows["network"]) == ["crypten:dealer@lan", "crypten:dealer@wan",
+                                                               "spu:semi2k@lan"]
     assert len(pd.read_csv(tmp_path / "layers.csv")) == 2
     from pibench.sweep.run import finished_models
 

@@ -10,6 +10,7 @@ import argparse
 import json
 import signal
 import sys
+from pathlib import Path
 
 from pibench.commands import Interrupted
 
@@ -94,27 +95,62 @@ def run(args: argparse.Namespace) -> int:
                 summaries.append(s)
                 if not args.json:
                     print(_line(s, args.hosts == "netns"), flush=True)
+                    warning = _warning(s)
+                    if warning:
+                        print(warning, flush=True)
         except KeyboardInterrupt:
             raise Interrupted(f"{len(summaries)} of {len(args.models)} models measured, "
                               f"rows kept in {args.out}") from None
     if args.json:
         print(json.dumps(summaries, indent=2))
+    else:
+        print(f"rows in {Path(args.out) / 'results.csv'} (per op: {Path(args.out) / 'layers.csv'}); "
+              f"figures and report: pibench report {args.out}", flush=True)
     return 1 if failed else 0
 
 
 def _line(s: dict, per_link: bool = False) -> str:
+    """One model's summary: protocol, online and offline cost, the projections, agreement and its sample count."""
     if s["error"]:
-        return f"{s['model']}: FAILED: {s['error']}"
-    line = (f"{s['model']}: {s['relus']:,} ReLUs, {s['latency_s_median']:.3f} s median, "
+        return f"{s['model']} [{s['protocol']}]: FAILED: {s['error']}"
+    spread = f" (p10-p90 {s['latency_s_p10']:.3f}-{s['latency_s_p90']:.3f})" if s["latency_s_p10"] is not None else ""
+    line = (f"{s['model']} [{s['protocol']}]: {s['relus']:,} ReLUs; online {s['latency_s_median']:.3f} s{spread}, "
             f"{s['bytes_per_party'] / 1e6:.2f} MB/party, {s['rounds']} rounds")
     if s.get("fss_bits"):
         line += f", k = {s['fss_bits']}"
+    if s["offline_s"] is not None:
+        client = s["offline_bytes_client"] if s["offline_bytes_client"] is not None else s["offline_bytes"]
+        line += (f"; offline {s['offline_s']:.3f} s, {s['offline_bytes'] / 1e6:.2f} MB (client "
+                 f"{client / 1e6:.2f} + server {(s['offline_bytes_server'] or 0) / 1e6:.2f})")
+    else:
+        line += "; no offline phase"
+    line += "; projected " + ", ".join(f"{net} {t:.3f} s" for net, t in s["projected_latency_s"].items())
+    n = s["mpc_samples"] or 0
     if s["agreement"] is not None:
-        line += f", agreement {s['agreement']:.2%}, max logit error {s['max_logit_error']:.2e}"
-        if s["agreement"] < 1:
-            line += (f"\n  WARNING: the MPC top-1 differs from the plaintext model's on {1 - s['agreement']:.1%} of "
-                     "the inputs")
+        line += (f"; agreement {s['agreement']:.2%} on {n} input{'s' if n != 1 else ''}"
+                 f"{' (--samples N checks more)' if n < 8 else ''}, max logit error {s['max_logit_error']:.1e}")
+    else:
+        line += "; agreement not checked" + (" (--samples 0)" if n == 0 else " (no plaintext reference here)")
     if per_link:
         line += "".join(f"\n  {net}: measured {m['latency_s_median']:.3f} s on {m['link']} (comm {m['comm_s']:.3f} s), "
                         f"projected {s['projected_latency_s'][net]:.3f} s" for net, m in s["measured"].items())
     return line
+
+
+def _warning(s: dict) -> str | None:
+    """A WARNING line when MPC and plaintext disagree or the logits drift past the protocol's tolerance."""
+    from pibench.mpc.protocols import get_protocol
+
+    if s["error"] or s["agreement"] is None:
+        return None
+    tolerance = get_protocol(s["protocol"]).logit_tolerance
+    problems = []
+    if s["agreement"] < 1:
+        problems.append(f"MPC top-1 differs from plaintext on {1 - s['agreement']:.2%} of {s['mpc_samples']} inputs")
+    if s["max_logit_error"] > tolerance:
+        problems.append(f"max logit error {s['max_logit_error']:.1e} exceeds {s['protocol']}'s tolerance "
+                        f"{tolerance:.0e}")
+    if not problems:
+        return None
+    return (f"WARNING {s['model']}: {'; '.join(problems)} (near-tied logits can flip a top-1; an error far above "
+            "the tolerance points to activations beyond the fixed-point range)")

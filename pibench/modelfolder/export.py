@@ -19,6 +19,7 @@ no Python class of the user's:
 from __future__ import annotations
 
 import inspect
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ from pibench.modelfolder.folder import (CARD_FILE, MASKS_FILE, PROGRAM_ARCH, PRO
 from pibench.mpc.backend import run_plain
 from pibench.mpc.compiler import compile_model
 from pibench.mpc.program import CompileError, Program, program_from_json, program_to_json, program_weights
+from pibench.mpc.rewrites import dropped_final, final_note
+
+log = logging.getLogger(__name__)
 
 
 
@@ -51,6 +55,7 @@ def export(model: nn.Module, example_input: torch.Tensor, folder: str | Path,
     program = compile_model(model, tuple(example_input.shape[1:]), masks)
     if not masks:
         _check_computes(program, model, example_input)
+    log_dropped_final(program)
     source = inspect.getsourcefile(type(model))
     provenance = {"source": "export", "class": f"{type(model).__module__}.{type(model).__qualname__}",
                   "torch_version": torch.__version__,
@@ -73,10 +78,20 @@ def _check_computes(program: Program, model: nn.Module, x: torch.Tensor) -> None
     finally:
         model.train(was_training)
     got = run_plain(program, x.float())
+    final = dropped_final(program)
+    if final:  # the model's output is after its final softmax; the program's before it
+        got = getattr(torch, final)(got, dim=-1)
     err = float((got - expected).abs().max())
     if err > 1e-3 * max(1.0, float(expected.abs().max())):
         raise CompileError(f"the compiled program does not compute {type(model).__name__}: max |logit difference| "
                            f"{err:.3g} on example_input; please report the model")
+
+
+def log_dropped_final(program: Program) -> None:
+    """Tell the user when a final softmax was dropped (export and import both do it)."""
+    note = final_note(program)
+    if note:
+        log.warning("%s", note)
 
 
 def write_program_folder(program: Program, folder: str | Path, *, name: str | None, dataset: str,

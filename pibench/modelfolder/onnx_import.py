@@ -7,8 +7,10 @@ exported with `torch.onnx.export` and imported here compiles to the same program
 through an ONNX-to-torch converter instead would add a dependency whose generated
 modules the fx compiler would then have to support too.
 
-Anything outside `SUPPORTED_OPS` fails before any file is written, naming the op
-type and the node; a file that is not ONNX, or is truncated, fails on load.
+A `Softmax` or `LogSoftmax` whose output is the model's is dropped with a note (the argmax
+is unchanged, `pibench.mpc.rewrites`). Anything else outside `SUPPORTED_OPS` fails before any
+file is written, naming the op type, the node and the nearest supported rewrite; a file that
+is not ONNX, or is truncated, fails on load.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from pibench.modelfolder.export import write_program_folder
+from pibench.modelfolder.export import log_dropped_final, write_program_folder
 from pibench.modelfolder.folder import ModelCard, sha256_file
 from pibench.mpc.program import INPUT, Op, Program
+from pibench.mpc.rewrites import FINAL_NOTE, rewrite_hint
 
 SUPPORTED_OPS = ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Constant", "Conv", "Dropout",
                  "Flatten", "Gemm", "GlobalAveragePool", "Identity", "MaxPool", "ReduceMean", "Relu", "Reshape",
                  "Squeeze", "Unsqueeze")
+FINAL_OPS = {"Softmax": "softmax", "LogSoftmax": "log_softmax"}  # dropped where they make the model's output
 
 
 class OnnxImportError(ValueError):
@@ -60,6 +64,7 @@ def import_onnx(path: str | Path, folder: str | Path, masks: dict[str, torch.Ten
 
 
     program = program_from_onnx(load_onnx(path), masks or {})
+    log_dropped_final(program)
     provenance = {"source": "onnx", "onnx_version": onnx.__version__, "torch_version": torch.__version__,
                   "source_file": Path(path).name, "source_sha256": sha256_file(Path(path))}
     return write_program_folder(program, folder, name=name, dataset=dataset, accuracy=accuracy, method=method,
@@ -68,10 +73,13 @@ def import_onnx(path: str | Path, folder: str | Path, masks: dict[str, torch.Ten
 
 def program_from_onnx(model: Any, masks: dict[str, torch.Tensor]) -> Program:
     """The program of a checked ONNX model; `masks` ({Relu/Clip node name: boolean mask}) linearize ReLUs."""
+    outputs = {o.name for o in model.graph.output}
     for node in model.graph.node:
-        if node.op_type not in SUPPORTED_OPS:
-            raise OnnxImportError(f"unsupported ONNX op {node.op_type} (node {node.name!r}); pibench imports "
-                                  f"{', '.join(SUPPORTED_OPS)}")
+        final = node.op_type in FINAL_OPS and node.output[0] in outputs
+        if node.op_type not in SUPPORTED_OPS and not final:
+            where = " before the model's output" if node.op_type in FINAL_OPS else ""
+            raise OnnxImportError(f"unsupported ONNX op {node.op_type}{where} (node {node.name!r}): "
+                                  f"{rewrite_hint(node.op_type)}; pibench imports {', '.join(SUPPORTED_OPS)}")
     return _Translator(model, masks).program()
 
 
@@ -151,7 +159,12 @@ class _Translator:
         a = _attrs(node)
         op = node.op_type
         x = node.input[0] if node.input else None
-        if op == "Constant":
+        if op in FINAL_OPS:  # the model's output (program_from_onnx checked): the logits before it
+            if len(self._shape(x, node)) != 1 or a.get("axis", -1) not in (1, -1):
+                raise self._unsupported(node, "a softmax over other than the class axis of (N, classes) logits")
+            self.value[node.output[0]] = self.value[x]
+            self.notes.append(FINAL_NOTE.format(kind=FINAL_OPS[op], layer=layer))
+        elif op == "Constant":
             if "value" not in a:
                 raise self._unsupported(node, f"a constant given as {sorted(a)}")
             self.constants[node.output[0]] = numpy_helper.to_array(a["value"])

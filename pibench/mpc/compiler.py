@@ -14,7 +14,10 @@ Compilation is where secure-inference cost is decided:
 - Identity, eval-mode dropout and reshapes that keep the shape disappear; reshapes
   that keep the batch dimension are local ops; max pooling is kept and its secure
   comparisons are counted.
-Anything else fails here, naming the op and the layer, not halfway through a run.
+- A softmax or log-softmax at the very end is dropped with a note (the argmax is unchanged;
+  `pibench.mpc.rewrites`).
+Anything else fails here, naming the op, the layer and the nearest supported rewrite, not
+halfway through a run.
 """
 
 
@@ -32,6 +35,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from pibench.mpc.program import INPUT, CompileError, Op, Program
+from pibench.mpc.rewrites import FINAL_NOTE, rewrite_hint
 from pibench.relu import MaskedReLU
 
 SNL_THRESHOLD = 1e-2  # SNL's official code keeps a ReLU where its alpha > 0.01 (`--threshold`)
@@ -101,6 +105,9 @@ _RELU_FUNCTIONS = {torch.relu, torch.relu_, F.relu, F.relu_}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
 _DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout}
+_SOFTMAX = {nn.Softmax: "softmax", nn.LogSoftmax: "log_softmax", F.softmax: "softmax", torch.softmax: "softmax",
+            F.log_softmax: "log_softmax", torch.log_softmax: "log_softmax", "softmax": "softmax",
+            "log_softmax": "log_softmax"}  # module class, function or method name -> kind
 
 
 class _Compiler:
@@ -140,10 +147,20 @@ class _Compiler:
     def _alias(self, node: torch.fx.Node, source: torch.fx.Node) -> None:
         self.value[node] = self.value[source]
 
-    def _unsupported(self, node: torch.fx.Node, what: str) -> CompileError:
+    def _unsupported(self, node: torch.fx.Node, what: str, op: str | None = None) -> CompileError:
+        """One line: the op, its layer, the nearest supported rewrite (by `op`'s name), the supported list."""
         layer = node.target if node.op == "call_module" else node.name
-        return CompileError(f"unsupported op {what} at layer {layer!r} "
-                            f"({node.format_node()}); pibench's MPC compiler supports {SUPPORTED}")
+        return CompileError(f"unsupported op {what} at layer {layer!r}: {rewrite_hint(op or what.split()[0])}; "
+                            f"pibench's MPC compiler supports {SUPPORTED}")
+
+    def _softmax(self, node: torch.fx.Node, kind: str, x: torch.fx.Node, dim: Any) -> None:
+        """Drop a softmax / log-softmax over the classes that is the model's output (the argmax stays)."""
+        final = list(node.users) and all(user.op == "output" for user in node.users)
+        if not final or len(self._shape(node)) != 1 or dim not in (1, -1):
+            raise self._unsupported(node, f"{kind}" + ("" if final else " before the model's output"), kind)
+        self._alias(node, x)
+        self.notes.append(FINAL_NOTE.format(kind=kind, layer=str(node.target if node.op == "call_module"
+                                                                  else node.name)))
 
     @staticmethod
     def _is_tensor(node: Any) -> bool:
@@ -232,6 +249,8 @@ class _Compiler:
         elif isinstance(m, nn.MaxPool2d):
             self._maxpool(node, name, x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
                           m.return_indices)
+        elif type(m) in _SOFTMAX:
+            self._softmax(node, _SOFTMAX[type(m)], x, m.dim)
         else:
             raise self._unsupported(node, type(m).__name__)
 
@@ -271,8 +290,11 @@ class _Compiler:
                 raise self._unsupported(node, f"{fn.__name__} with training=True (random at inference; pass "
                                               "training=self.training)")
             self._alias(node, x)
+        elif fn in _SOFTMAX:
+            self._softmax(node, _SOFTMAX[fn], x, _arg(node, 1, "dim"))
         else:
-            raise self._unsupported(node, f"function {getattr(fn, '__name__', fn)}")
+            name = getattr(fn, "__name__", str(fn))
+            raise self._unsupported(node, f"function {name}", name)
 
     def _method(self, node: torch.fx.Node) -> None:
         method, x = node.target, node.args[0]
@@ -286,8 +308,10 @@ class _Compiler:
             self._reshape(node, node.name, x)
         elif method == "mean":
             self._mean(node, x)
+        elif method in _SOFTMAX:
+            self._softmax(node, _SOFTMAX[method], x, _arg(node, 1, "dim"))
         else:
-            raise self._unsupported(node, f"method .{method}()")
+            raise self._unsupported(node, f"method .{method}()", method)
 
     # -- ops ---------------------------------------------------------------------------------
     def _conv(self, node: torch.fx.Node, name: str, m: nn.Conv2d, x: torch.fx.Node) -> None:

@@ -75,6 +75,9 @@ class Protocol:
     domain: str = ""  # "module:attr": (program, inputs) -> the comparison domain k, for protocols comparing x mod 2^k
     provider: str = ""  # "module:attr": (rank, dealer group, peer group) -> a party's provider; '' the dealer's tuples
     dealer_loop: str = ""  # "module:attr": (dealer group) -> None, the dealer process; '' CrypTen's tuple dealer
+    # The largest |MPC logit - plaintext logit| its fixed-point encoding should give (CrypTen: 16
+    # fractional bits, SPU: 18; measured <= 2.3e-4); `pibench bench` warns above it.
+    logit_tolerance: float = 1e-3
 
     @property
     def key(self) -> str:
@@ -109,10 +112,12 @@ class Protocol:
 
 PROTOCOLS: Registry[Protocol] = Registry("protocol")
 PROTOCOLS.register("crypten:dealer", Protocol(
-    "crypten", "dealer", "semi-honest client/server; non-colluding dealer", secure=True, dealer=True,
+    "crypten", "dealer", "semi-honest client/server; non-colluding dealer (it deals Beaver triples and comparison "
+    "tuples offline; ReLU by CrypTen's comparison online)", secure=True, dealer=True,
     runner=_CRYPTEN_RUNNER, engine="pibench.mpc.crypten.backend:CryptenBackend"))
 PROTOCOLS.register("crypten:fss", Protocol(
-    "crypten", "fss", "semi-honest client/server; non-colluding dealer", secure=True, dealer=True,
+    "crypten", "fss", "semi-honest client/server; non-colluding dealer (it deals each party its own FSS comparison "
+    "keys offline; ReLU in two rounds online)", secure=True, dealer=True,
     runner=_CRYPTEN_RUNNER, engine="pibench.mpc.crypten.fss_backend:FssBackend",
     memory_check="pibench.mpc.crypten.fss_memory:fss_memory_error", domain="pibench.mpc.fss.domain:model_bits"))
 PROTOCOLS.register("crypten:gc", Protocol(

@@ -3,9 +3,12 @@
 Each figure is sized for one paper column (3.4 in wide) and saved as PNG and PDF.
 Axes switch to log scale when the data spans more than a decade; panels meant to be
 compared share the scale type. Tick labels are plain numbers in the axis unit
-(0.05 s, 0.5 MB); only ReLU counts use k / M. Every method has one colour, marker and
-line style in every figure of every run (`METHOD_LOOKS`); with several protocols the
-colour is the protocol's and the marker and line style the method's.
+(0.05 s, 0.5 MB); only ReLU counts use k / M. Every method has one colour and marker in
+every figure of every run (`METHOD_LOOKS`). Accuracy does not depend on the protocol, so
+accuracy-vs-ReLUs draws each model once; cost figures draw one series per method and
+protocol, the protocol named in the legend and drawn in its line style (`PROTOCOL_LINES`).
+Latencies carry error bars from the repeats' 10th to 90th percentile. Model labels carry
+the ReLUs a model keeps, which may differ from the budget in its name.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
@@ -39,7 +43,7 @@ STYLE = {
     "figure.dpi": 200,
 }
 FIGURES = ("accuracy_vs_relus", "latency_vs_relus", "communication_vs_relus", "online_vs_offline",
-           "accuracy_vs_latency", "layer_breakdown", "protocol_costs")
+           "accuracy_vs_latency", "layer_breakdown", "protocol_costs")  # protocol_costs: runs of several protocols
 # Which per-layer ops are linear (free of secure comparisons) for the breakdown figure.
 LINEAR_OPS = {"conv", "linear", "add", "affine", "avgpool", "flatten"}
 COMPARISON_OPS = {"relu", "maxpool"}
@@ -110,7 +114,9 @@ METHOD_LOOKS = {
     "registry": ("tab:purple", "v", "-"),
 }
 EXTRA_LOOKS = [("tab:brown", "P", "--"), ("tab:pink", "X", "-."), ("tab:olive", "*", ":"), ("tab:cyan", "<", "-")]
-# With several protocols, a protocol's colour: by its place among the known protocols.
+# With several protocols, a protocol's line style in the cost figures, and its bar colour where
+# protocols are the categories (protocol_costs): by its place among the known protocols.
+PROTOCOL_LINES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1))]
 PROTOCOL_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:olive", "tab:cyan"]
 
 
@@ -119,40 +125,70 @@ def method_look(method: str) -> tuple[str, str, str]:
     return METHOD_LOOKS.get(method) or EXTRA_LOOKS[zlib.crc32(str(method).encode()) % len(EXTRA_LOOKS)]
 
 
-def protocol_color(key: str) -> str:
+def _protocol_index(key: str) -> int:
     from pibench.mpc.protocols import PROTOCOLS
 
     known = PROTOCOLS.names()
-    index = known.index(key) if key in known else zlib.crc32(key.encode())
-    return PROTOCOL_COLORS[index % len(PROTOCOL_COLORS)]
+    return known.index(key) if key in known else zlib.crc32(key.encode())
+
+
+def protocol_color(key: str) -> str:
+    """A protocol's colour where protocols are the categories of a figure (protocol_costs)."""
+    return PROTOCOL_COLORS[_protocol_index(key) % len(PROTOCOL_COLORS)]
+
+
+def protocol_line(key: str) -> str | tuple:
+    """A protocol's line style in the cost figures of a run that measured several."""
+    return PROTOCOL_LINES[_protocol_index(key) % len(PROTOCOL_LINES)]
 
 
 def _series_styles(rows: pd.DataFrame) -> dict[str, dict[str, str]]:
-    """Each series' colour, marker and line style (`ls`), fixed by its method (and protocol).
+    """Each series' colour, marker and line style (`ls`): colour and marker are the method's, always.
 
-    With one protocol the colour tells the methods apart; with several (the series
-    names carry the protocol, see `with_series`), the colour is the protocol, so each
-    protocol reads as one family, and marker and line style are the method's.
+    With one protocol the line style is the method's too; with several (the series names
+    carry the protocol, see `with_series`) it is the protocol's, so a method keeps its
+    colour under every protocol and the legend names the protocol.
     """
     styles = {}
     for r in rows.drop_duplicates("series").itertuples():
         color, marker, ls = method_look(r.method)
         several = r.series != r.method
-        styles[r.series] = {"color": protocol_color(r.key) if several else color, "marker": marker, "ls": ls}
+        styles[r.series] = {"color": color, "marker": marker, "ls": protocol_line(r.key) if several else ls}
     return styles
 
 
 def with_series(results: pd.DataFrame, layers: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Label rows by what a figure tells apart: `key` (backend:protocol), `series` (method, plus
-    the protocol when a run measured several) and `entry` (model, plus the protocol likewise);
-    layers get `entry` too."""
-    keys = results["backend"].fillna("crypten") + ":" + results["protocol"].fillna("")
+    the protocol when a run measured several), `label` (model, plus the protocol likewise),
+    `kept` (model with the ReLUs it keeps) and `entry` (`kept` plus the protocol); layers get the
+    same `entry`."""
+    keys = results["protocol"].fillna("")
     several = keys.nunique() > 1
     suffix = (" · " + keys) if several else ""
-    results = results.assign(key=keys, series=results["method"] + suffix, entry=results["model"] + suffix)
+    kept = results["model"] + results["relus"].map(lambda r: "" if pd.isna(r) else f" ({int(r):,} ReLUs)")
+    results = results.assign(key=keys, series=results["method"] + suffix, label=results["model"] + suffix,
+                             kept=kept, entry=kept + suffix)
     if layers is not None:
-        layers = layers.assign(entry=layers["model"] + ((" · " + layers["protocol"].fillna("")) if several else ""))
+        entries = dict(zip(zip(results["model"], results["key"]), results["entry"]))
+        keys = layers["protocol"].fillna("")
+        layers = layers.assign(entry=[entries.get((m, k), m) for m, k in zip(layers["model"], keys)])
     return results, layers
+
+
+def several_protocols(results: pd.DataFrame) -> bool:
+    """Whether a run measured more than one protocol (then figures compare them)."""
+    return results["key"].nunique() > 1
+
+
+def _latency_spread(rows: pd.DataFrame, center: pd.Series) -> list[pd.Series]:
+    """Error bars around `center`: the repeats' spread, median to 10th and to 90th percentile.
+
+    A projection is the measured compute time moved by a constant (rounds × RTT and bytes
+    over bandwidth), so it carries the measurement's spread.
+    """
+    low = (rows["latency_s_median"] - rows["latency_s_p10"]).clip(lower=0).fillna(0)
+    high = (rows["latency_s_p90"] - rows["latency_s_median"]).clip(lower=0).fillna(0)
+    return [low.where(center.notna(), 0), high.where(center.notna(), 0)]
 
 
 def _ok_rows(results: pd.DataFrame) -> pd.DataFrame:
@@ -181,12 +217,16 @@ def _legend(fig: plt.Figure, axes: list[plt.Axes]) -> None:
 
 
 def accuracy_vs_relus(results: pd.DataFrame, anchors: pd.DataFrame | None = None) -> plt.Figure:
-    """Accuracy against kept ReLUs per method, Pareto frontier marked, paper anchors optional."""
-    per_model = _ok_rows(results).dropna(subset=["accuracy"]).drop_duplicates("entry")
+    """Accuracy against kept ReLUs, one series per method, Pareto frontier marked, paper anchors optional.
+
+    Accuracy is the model's, whatever protocol measured it, so each model is drawn once
+    (in its method's look), not once per protocol on top of itself.
+    """
+    per_model = _ok_rows(results).dropna(subset=["accuracy"]).drop_duplicates("model")
     fig, ax = _figure()
-    styles = _series_styles(results)
-    for series, group in per_model.groupby("series"):
-        _plot_front(ax, group, "relus", styles[series], series)
+    for method, group in per_model.groupby("method"):
+        color, marker, ls = method_look(method)
+        _plot_front(ax, group, "relus", {"color": color, "marker": marker, "ls": ls}, method)
     if anchors is not None and len(anchors):
         for method, group in anchors.groupby("method"):
             ax.plot(group["relus"], group["accuracy"], "x", color=method_look(method)[0], label=f"{method} (paper)")
@@ -224,7 +264,8 @@ def _linear_floor(layers: pd.DataFrame, profile_rows: pd.DataFrame | None) -> pd
 
 
 def latency_vs_relus(results: pd.DataFrame, layers: pd.DataFrame | None = None) -> plt.Figure:
-    """Latency against ReLUs, one panel per network profile (filled: projected).
+    """Latency against ReLUs, one panel per network profile (filled: projected), one series per
+    method and protocol, error bars from the repeats' 10th to 90th percentile.
 
     Parties on one machine measure each model once (a "measured" panel); in network
     namespaces each profile is measured on its own shaped link, shown hollow beside
@@ -239,24 +280,22 @@ def latency_vs_relus(results: pd.DataFrame, layers: pd.DataFrame | None = None) 
     panels += [(f"{net} (projected)", group, group) for net, group in rows.groupby("network")]
     fig, axes = plt.subplots(1, len(panels), figsize=(0.75 * COLUMN_WIDTH_IN * len(panels), 2.5), squeeze=False)
     styles = _series_styles(results)
-    several = rows["key"].nunique() > 1
     values = []
     for ax, (title, data, profile_rows) in zip(axes[0], panels):
         column = "latency_s_median" if profile_rows is None else "projected_latency_s"
         values.append(data[column])
         for series, group in data.groupby("series"):
-            ax.plot(group["relus"], group[column], **{**styles[series], "ls": "none"}, label=series)
+            group = group.sort_values("relus")
+            ax.errorbar(group["relus"], group[column], yerr=_latency_spread(group, group[column]), capsize=2,
+                        elinewidth=0.8, **styles[series], label=series)
             if measured_per_network:
-                ax.plot(group["relus"], group["latency_s_median"], mfc="none", **{**styles[series], "ls": "none"})
+                ax.errorbar(group["relus"], group["latency_s_median"], capsize=2, elinewidth=0.8, mfc="none",
+                            yerr=_latency_spread(group, group["latency_s_median"]), **{**styles[series], "ls": "none"})
                 values.append(group["latency_s_median"])
         if layers is not None and len(layers):
             floor = _linear_floor(layers, profile_rows)
-            by_entry = data.set_index("entry")
-            at = by_entry["relus"].reindex(floor.index).dropna()
-            # with several protocols, a cross takes its protocol's colour
-            colors = ([styles[s]["color"] for s in by_entry.loc[at.index, "series"]] if several else "k")
-            ax.scatter(at, floor[at.index], marker="x", c=colors, s=12, linewidths=0.8,
-                       label="linear layers only" + (" (protocol's colour)" if several else ""))
+            at = data.drop_duplicates("entry").set_index("entry")["relus"].reindex(floor.index).dropna()
+            ax.scatter(at, floor[at.index], marker="x", c="k", s=12, linewidths=0.8, label="linear layers only")
             values.append(floor)
         ax.set_title(title + (", hollow: measured" if measured_per_network else ""))
         ax.set_xlabel("ReLUs kept")
@@ -273,7 +312,7 @@ def communication_vs_relus(results: pd.DataFrame) -> plt.Figure:
     per_model = _ok_rows(results).drop_duplicates("entry")
     panels = [("bytes_per_party", "online per party (MB)")]
     if per_model["offline_bytes"].notna().any():
-        panels.append(("offline_bytes", "offline, dealer-parties (MB)"))
+        panels.append(("offline_bytes", "offline, dealer ↔ both parties (MB)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(0.75 * COLUMN_WIDTH_IN * len(panels), 2.5), squeeze=False)
     styles = _series_styles(results)
     for ax, (column, ylabel) in zip(axes[0], panels):
@@ -290,13 +329,16 @@ def communication_vs_relus(results: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def _time_and_bytes_bars(time: pd.DataFrame, sent_mb: pd.DataFrame, bytes_label: str, title: str) -> plt.Figure:
-    """Two panels of stacked horizontal bars sharing their rows: seconds, and MB."""
+def _time_and_bytes_bars(time: pd.DataFrame, sent_mb: pd.DataFrame, bytes_label: str, title: str,
+                         stack_bytes: bool = True) -> plt.Figure:
+    """Two panels of horizontal bars sharing their rows: seconds (stacked), and MB (stacked, or side
+    by side where the parts are not of one whole)."""
     fig, (ax_t, ax_b) = plt.subplots(
-        1, 2, figsize=(2 * COLUMN_WIDTH_IN, max(2.0, 0.25 * len(time) + 1.0)), sharey=True
+        1, 2, figsize=(2 * COLUMN_WIDTH_IN, max(2.0, 0.25 * len(time) * (1 if stack_bytes else 2) + 1.0)),
+        sharey=True
     )
     time.plot.barh(stacked=True, ax=ax_t, width=0.7)
-    sent_mb.plot.barh(stacked=True, ax=ax_b, width=0.7, legend=False)
+    sent_mb.plot.barh(stacked=stack_bytes, ax=ax_b, width=0.8, legend=not stack_bytes)
     ax_t.set_xlabel("time per inference (s)")
     ax_b.set_xlabel(bytes_label)
     ax_t.set_ylabel("")
@@ -308,12 +350,18 @@ def _time_and_bytes_bars(time: pd.DataFrame, sent_mb: pd.DataFrame, bytes_label:
 
 
 def online_vs_offline(results: pd.DataFrame) -> plt.Figure:
-    """Per model, the online phase and the offline (preprocessing) phase stacked: time and bytes."""
+    """Per model (and protocol), the online and offline (preprocessing) phases: time stacked (one
+    inference end to end), and bytes per party side by side: online (the busier party's, sent +
+    received) beside each party's offline bytes from the dealer, never a per-party amount stacked
+    on a two-party one."""
     per_model = _ok_rows(results).drop_duplicates("entry").set_index("entry").sort_values("relus")
     time = pd.DataFrame({"online": per_model["latency_s_median"], "offline": per_model["offline_s"].fillna(0)})
-    sent = pd.DataFrame({"online": per_model["bytes_per_party"], "offline": per_model["offline_bytes"].fillna(0)})
-    return _time_and_bytes_bars(time, sent / 1e6, "MB per inference\n(online: per party; offline: dealer-parties)",
-                                "Online and offline (preprocessing) phases")
+    # files without the per-party split: all offline bytes went to the client (crypten:dealer)
+    client = per_model["offline_bytes_client"].fillna(per_model["offline_bytes"]).fillna(0)
+    sent = pd.DataFrame({"online, per party": per_model["bytes_per_party"], "offline, client": client,
+                         "offline, server": per_model["offline_bytes_server"].fillna(0)})
+    return _time_and_bytes_bars(time, sent / 1e6, "MB per inference and party", "Online and offline phases",
+                                stack_bytes=False)
 
 
 def accuracy_vs_latency(results: pd.DataFrame) -> plt.Figure:
@@ -351,40 +399,56 @@ def layer_breakdown(layers: pd.DataFrame, models: list[str] | None = None) -> pl
                                 "Per-layer cost breakdown")
 
 
-def protocol_costs(results: pd.DataFrame, layers: pd.DataFrame) -> plt.Figure:
-    """What each protocol charges: bytes per kept ReLU, and the time and bytes of each model's linear layers.
+def protocol_costs(results: pd.DataFrame) -> plt.Figure:
+    """Protocols side by side, for runs that measured several: per model, the online latency (error
+    bars from the repeats' 10th to 90th percentile), the slowest profile's projection and the
+    offline phase; per protocol, what a kept ReLU costs in online bytes, which explains the rest.
 
-    The two costs pull in opposite directions (CHEETAH: few bytes per ReLU but slow HE
-    convolutions), which is why a ReLU budget ranks models differently per protocol.
+    Colour is the protocol here (the bars' categories), named in the legend.
     """
-    rows = _ok_rows(results)
-    rows = rows[rows["relus"] > 0]
-    per_relu = (rows["relu_bytes"] / (rows["relus"] * rows["batch"])).groupby(rows["key"]).median()
-    linear = layers[layers["op"].isin(["conv", "linear", "affine"])].fillna({"protocol": "unknown"})
-    time = linear.pivot_table(index="model", columns="protocol", values="time_s", aggfunc="sum")
-    sent = linear.pivot_table(index="model", columns="protocol", values="bytes", aggfunc="sum") / 1e6
-    height = max(2.0, 0.12 * time.size + 1.0)
-    # model names on the left, protocol names on the right: no gap between panels wastes width
-    fig, (ax_t, ax_b, ax_r) = plt.subplots(1, 3, figsize=(2 * COLUMN_WIDTH_IN, height),
-                                           gridspec_kw={"width_ratios": [1, 1, 0.7]})
-    for ax, data, xlabel in ((ax_t, time, "time per inference (s)"), (ax_b, sent, "MB per party")):
-        data.plot.barh(ax=ax, width=0.8, legend=False, color=[protocol_color(k) for k in data.columns])
-        values = data.stack()
-        _scale([ax], values, "x")
-        if ax.get_xscale() == "log":  # bars start at 0: keep the axis where the bars end
-            ax.set_xlim(values[values > 0].min() / 2, values.max() * 1.5)
+    rows = _ok_rows(results).assign(label=results["kept"])
+    slowest = rows.loc[rows["projected_latency_s"].idxmax(), "network"] if rows["projected_latency_s"].notna().any() \
+        else None
+    first = rows.drop_duplicates(["label", "key"])
+    keys = sorted(first["key"].unique(), key=_protocol_index)
+    order = first.groupby("label")["relus"].first().sort_values().index
+
+    def table(data: pd.DataFrame, column: str) -> pd.DataFrame:
+        return data.pivot_table(index="label", columns="key", values=column, aggfunc="first").reindex(
+            index=order, columns=keys)
+
+    online = table(first, "latency_s_median")
+    spread = np.stack([[table(first, "latency_s_median")[k] - table(first, "latency_s_p10")[k],
+                        table(first, "latency_s_p90")[k] - table(first, "latency_s_median")[k]] for k in keys])
+    panels = [("online s, measured", online, np.nan_to_num(spread.clip(min=0)))]
+    if slowest is not None:
+        panels.append((f"{slowest} s, projected", table(rows[rows["network"] == slowest],
+                                                                   "projected_latency_s"), None))
+    panels.append(("offline s", table(first, "offline_s").fillna(0), None))
+    kept = first[first["relus"] > 0]
+    per_relu = (kept["relu_bytes"] / (kept["relus"] * kept["batch"])).groupby(kept["key"]).median().reindex(keys)
+    colors = [protocol_color(k) for k in keys]
+    height = max(2.2, 0.1 * len(order) * len(keys) + 1.2)
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(2 * COLUMN_WIDTH_IN, height),
+                             gridspec_kw={"width_ratios": [1] * len(panels) + [0.7]})
+    for i, (ax, (xlabel, data, err)) in enumerate(zip(axes, panels)):
+        data.plot.barh(ax=ax, width=0.8, legend=False, color=colors, xerr=err, capsize=1.5,
+                       error_kw={"elinewidth": 0.6})
         ax.set_xlabel(xlabel)
         ax.set_ylabel("")
-        ax.set_title("Linear layers per model" if ax is ax_t else "Linear layers")
+        ax.xaxis.set_major_formatter(FuncFormatter(_plain_label))
         ax.grid(alpha=0.3, axis="x")
-    ax_b.tick_params(labelleft=False)
-    per_relu.sort_index(ascending=False).plot.barh(ax=ax_r, color="tab:gray", width=0.7)
+        if i:
+            ax.tick_params(labelleft=False)
+    ax_r = axes[-1]
+    ax_r.barh(range(len(keys)), per_relu.values, color=colors, height=0.7)
+    ax_r.set_yticks(range(len(keys)), keys)
     ax_r.yaxis.tick_right()
-    ax_r.set_ylabel("")
-    ax_r.set_xlabel("bytes per kept ReLU\nper party")
-    ax_r.set_title("ReLU")
-    handles, labels = ax_t.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.4, 0.0), ncol=len(labels), frameon=False)
+    ax_r.set_xlabel("online bytes per\nkept ReLU and party")
+    ax_r.xaxis.set_major_formatter(FuncFormatter(_plain_label))
+    axes[0].set_title("Protocols compared, per model (ReLUs kept)", loc="left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(labels), frameon=False)
     return fig
 
 
@@ -402,7 +466,8 @@ def draw_figures(results: pd.DataFrame, layers: pd.DataFrame | None = None, anch
     figures["online_vs_offline"] = online_vs_offline(results)
     if layers is not None:
         figures["layer_breakdown"] = layer_breakdown(layers, models)
-        figures["protocol_costs"] = protocol_costs(results, layers)
+    if several_protocols(_ok_rows(results)):
+        figures["protocol_costs"] = protocol_costs(results)
     return figures
 
 

@@ -1,7 +1,8 @@
-"""`report.md` for a run folder: settings, one table per method, comparisons, figures.
+"""`report.md` for a run folder: settings, protocols, one table per method, the protocols compared,
+method comparisons, figures.
 
-Reads results.csv (and the figures `pibench.report.plots` wrote) only, so it can be re-run on
-old results.
+Reads results.csv, layers.csv where there is one, and the figures `pibench.report.plots` wrote, so it
+can be re-run on old results.
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ import pandas as pd
 import yaml
 
 from pibench.pareto import iso_relu_accuracy_gain
-from pibench.report.plots import FIGURES, plot_run, with_series
-from pibench.results import load_results
+from pibench.report.plots import FIGURES, plot_run, several_protocols, with_series
+from pibench.results import LAYERS_FILE, load_layers, load_results
 
-SETTINGS = (
-    "run_id",
+SETTINGS = (  # as the first row has them (every run id is listed apart)
     "threads",
     "batch",
     "repeats",
@@ -35,7 +35,8 @@ FIGURE_CAPTIONS = {
     "online_vs_offline": "Online and offline phases per model",
     "accuracy_vs_latency": "Accuracy vs latency",
     "layer_breakdown": "Per-layer cost: linear vs ReLU",
-    "protocol_costs": "Per protocol: bytes per kept ReLU, and linear-layer time and bytes per model",
+    "protocol_costs": "Protocols compared per model: online (p10–p90), projected and offline latency, and online "
+                      "bytes per kept ReLU",
 }
 
 
@@ -54,8 +55,8 @@ def _fmt(value: float, spec: str) -> str:
 def method_table(rows: pd.DataFrame) -> pd.DataFrame:
     """One line per model (and protocol) of a method: budget, ReLUs, accuracy, agreement, online
     latencies, MB and rounds, then the offline phase."""
-    per_model = rows.drop_duplicates("entry").set_index("entry")
-    projected = rows.pivot_table(index="entry", columns="network", values="projected_latency_s", aggfunc="first")
+    per_model = rows.drop_duplicates("label").set_index("label")
+    projected = rows.pivot_table(index="label", columns="network", values="projected_latency_s", aggfunc="first")
     table = pd.DataFrame(
         {
             "model": per_model.index,
@@ -129,12 +130,82 @@ def _comparisons(ok: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _mb(value: float) -> str:
+    return _fmt(value / 1e6, ",.2f")
+
+
+def _per_protocol_costs(ok: pd.DataFrame, layers: pd.DataFrame | None) -> pd.DataFrame:
+    """What a protocol charges per kept ReLU (online bytes, offline bytes per party) and per ReLU
+    layer (rounds), medians over the run's models: the numbers that explain its costs."""
+    rows = ok.drop_duplicates(["model", "key"])
+    rows = rows[rows["relus"] > 0]
+    inputs = rows["relus"] * rows["batch"].fillna(1)
+    client = rows["offline_bytes_client"].fillna(rows["offline_bytes"])
+    costs = pd.DataFrame({
+        "online B per ReLU": (rows["relu_bytes"] / inputs).groupby(rows["key"]).median(),
+        "offline B per ReLU, client": (client / inputs).groupby(rows["key"]).median(),
+        "offline B per ReLU, server": (rows["offline_bytes_server"] / inputs).groupby(rows["key"]).median(),
+        "rounds": rows.groupby("key")["rounds"].median(),
+    })
+    if layers is not None and len(layers):
+        relu_ops = layers[layers["op"] == "relu"]
+        costs["rounds per ReLU layer"] = relu_ops.groupby(relu_ops["protocol"].fillna(""))["rounds"].median()
+    return costs
+
+
+def protocol_comparison(ok: pd.DataFrame, layers: pd.DataFrame | None) -> list[str]:
+    """The protocols side by side, per model: online, offline, client storage (where measured) and the
+    slowest network's projection; then what each protocol charges per ReLU and per round, which is
+    why they differ. Empty for a run of one protocol."""
+    if not several_protocols(ok):
+        return []
+    slowest = ok.loc[ok["projected_latency_s"].idxmax(), "network"]
+    first = ok.drop_duplicates(["model", "key"]).sort_values(["relus", "model", "key"], ascending=[False, True, True])
+    on_slowest = ok[ok["network"] == slowest].drop_duplicates(["model", "key"])
+    wan = dict(zip(zip(on_slowest["model"], on_slowest["key"]), on_slowest["projected_latency_s"]))
+    storage = "client_storage_bytes" in ok and ok["client_storage_bytes"].notna().any()
+    table = pd.DataFrame({
+        "model": first["model"], "ReLUs": [f"{int(v):,}" for v in first["relus"]], "protocol": first["key"],
+        "online s (p10–p90)": [f"{m:.3f} ({lo:.3f}–{hi:.3f})" for m, lo, hi in
+                               zip(first["latency_s_median"], first["latency_s_p10"], first["latency_s_p90"])],
+        f"{slowest} s (proj.)": [_fmt(wan.get(mk, float("nan")), ".3f") for mk in zip(first["model"], first["key"])],
+        "online MB / party": [_mb(v) for v in first["bytes_per_party"]],
+        "rounds": [_fmt(v, ".0f") for v in first["rounds"]],
+        "offline s": [_fmt(v, ".3f") for v in first["offline_s"]],
+        "offline MB, client + server": [
+            "" if pd.isna(total) else f"{_mb(c if not pd.isna(c) else total)} + {_mb(s if not pd.isna(s) else 0)}"
+            for total, c, s in zip(first["offline_bytes"], first["offline_bytes_client"],
+                                   first["offline_bytes_server"])],
+    })
+    if storage:
+        table["client storage MB"] = [_mb(v) for v in first["client_storage_bytes"]]
+    costs = _per_protocol_costs(ok, layers)
+    why = []
+    for key, c in costs.iterrows():
+        parts = [f"{c['online B per ReLU']:,.0f} B online per kept ReLU and party"]
+        if "rounds per ReLU layer" in c and not pd.isna(c["rounds per ReLU layer"]):
+            parts.append(f"{c['rounds per ReLU layer']:.0f} round(s) per ReLU layer")
+        if not pd.isna(c["offline B per ReLU, client"]):
+            parts.append(f"offline bytes ÷ kept ReLUs {c['offline B per ReLU, client']:,.0f} B (client) + "
+                         f"{_fmt(c['offline B per ReLU, server'], ',.0f') or '0'} B (server)")
+        else:
+            parts.append("no offline phase")
+        parts.append(f"median {c['rounds']:.0f} rounds per inference")
+        why.append(f"- `{key}`: " + ", ".join(parts) + ".")
+    return ["## Protocols compared", "",
+            f"Per model and protocol: the online phase (measured), its projection on {slowest}, and the offline "
+            "phase per inference (the dealer's work and what each party receives from it).", "",
+            markdown_table(table), "",
+            "Why they differ: the bytes a kept ReLU costs online and offline, and the rounds a ReLU layer takes "
+            f"(a round costs one RTT on {slowest}); medians over this run's models.", "", *why, ""]
+
+
 def protocol_lines(results: pd.DataFrame) -> list[str]:
     """What each measured protocol protects, and which numbers it has (online / offline)."""
     from pibench.mpc.protocols import PROTOCOLS
 
     lines = ["## Protocols and threat model", ""]
-    for key in sorted((results["backend"] + ":" + results["protocol"]).dropna().unique()):
+    for key in sorted(results["protocol"].dropna().unique()):
         protocol = PROTOCOLS.get(key) if key in PROTOCOLS else None
         security = protocol.security if protocol else "unknown protocol"
         flag = "" if protocol and protocol.secure else " **(not secure: benchmark only)**"
@@ -166,7 +237,8 @@ def write_report(run_dir: str | Path, replot: bool = True) -> Path:
     run_dir = Path(run_dir)
     if replot:
         plot_run(run_dir)
-    results, _ = with_series(load_results(run_dir))
+    layers_csv = run_dir / LAYERS_FILE
+    results, layers = with_series(load_results(run_dir), load_layers(layers_csv) if layers_csv.is_file() else None)
     failed = (
         results[results["error"].notna() & (results["error"].astype(str) != "")]
         if "error" in results
@@ -175,6 +247,8 @@ def write_report(run_dir: str | Path, replot: bool = True) -> Path:
     ok = results.drop(failed.index)
     first = results.iloc[0]
     lines = [f"# pibench report: {run_dir.name}", "", "## Settings", ""]
+    run_ids = list(dict.fromkeys(results["run_id"].dropna().astype(str)))
+    lines.append(f"- run id{'s' if len(run_ids) > 1 else ''}: {', '.join(run_ids)}")
     lines += [f"- {key}: {first[key]}" for key in SETTINGS if key in results and not pd.isna(first[key])]
     lines += [
         f"- measured at: {results['timestamp'].min()} … {results['timestamp'].max()} (UTC)",
@@ -188,6 +262,7 @@ def write_report(run_dir: str | Path, replot: bool = True) -> Path:
         cost_only = bool(rows["cost_only"].astype(str).str.lower().eq("true").all())
         lines += [f"## {method}" + (" (cost only: random weights, no accuracy)" if cost_only else ""), ""]
         lines += [markdown_table(method_table(rows)), ""]
+    lines += protocol_comparison(ok, layers)
     reached = budget_lines(run_dir, sorted(ok["model"].unique()))
     if reached:
         lines += ["## How each budget was reached", "", *reached, ""]

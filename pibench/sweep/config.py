@@ -287,6 +287,28 @@ def validate(cfg: SweepConfig, source: str) -> None:
             _check(lambda: parse_budget(b, relus), f"{where}.budgets[{j}]")
 
 
+def check_data_folders(cfg: SweepConfig, source: str) -> None:
+    """Raise naming the YAML key and the path looked in when an experiment's dataset folder is missing.
+
+    Apart from `validate`, which needs no data (a dry run lists the jobs on a machine without
+    it); a sweep calls this before it writes anything.
+    """
+    from pibench.data import DATASETS
+
+    for i, exp in enumerate(cfg.experiments):
+        folder = DATASETS.get(exp.dataset).folder
+        where = f"{source}: experiments[{i}].data_dir"
+        if folder is None:
+            continue
+        if exp.data_dir is None:
+            raise ConfigError(f"{where}: {exp.dataset} is read from a local folder holding {folder}/; set data_dir "
+                              f"to the folder that holds it (e.g. data_dir: data, with data/{folder}/)")
+        path = Path(exp.data_dir) / folder
+        if not path.is_dir():
+            raise ConfigError(f"{where}: no {folder}/ in {exp.data_dir} (looked for {path.absolute()}); unpack "
+                              f"{exp.dataset} there, or set data_dir to the folder that holds {folder}/")
+
+
 def validate_executor(ex: ExecutorConfig, where: str) -> None:
     """Resources Slurm can be asked for; a benchmark job holds two parties."""
     for kind in ("train", "bench"):

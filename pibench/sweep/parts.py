@@ -2,7 +2,7 @@
 
 Jobs on a cluster measure models at the same time; instead of appending to one CSV
 together, each job writes one model's rows under one protocol to
-`parts/<model>@<backend>-<protocol>/` (written in a temporary folder, then renamed, so a
+`parts/<model>@<backend>-<name>/` (written in a temporary folder, then renamed, so a
 part is whole or absent). The sweep merges parts into the run's files, adding only
 the rows whose (model, protocol, network) is not there yet, and the per-op rows of a
 (model, protocol) not in layers.csv yet, then removes them. So a part merged twice (a
@@ -35,11 +35,11 @@ def _key(row: ResultRow) -> tuple[str, str, str, str]:
 
 
 def write_part(run_dir: str | Path, result: BenchResult) -> Path:
-    """Write one model's BenchResult as run_dir/parts/<model>@<backend>-<protocol>/ (atomically)."""
+    """Write one model's BenchResult as run_dir/parts/<model>@<backend>-<name>/ (atomically)."""
     parts = Path(run_dir) / PARTS_DIR
     parts.mkdir(parents=True, exist_ok=True)
     row = result.rows[0]
-    final = parts / f"{result.model}@{row.backend}-{row.protocol}"
+    final = parts / f"{result.model}@{row.protocol.replace(':', '-')}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=parts))
     try:
         write_result(tmp, result)

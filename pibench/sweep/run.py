@@ -215,10 +215,9 @@ def cost_only_maker(cfg: SweepConfig, entry: CostOnly) -> Maker:
 
 def finished_models(run_dir: Path, networks: list[str], protocol: str) -> set[str]:
     """Models with a row for every network under `protocol` in run_dir/results.csv (failed rows count)."""
-    backend, name = protocol.split(":")
     have: dict[str, set[str]] = {}
-    for model, b, p, network in measured(run_dir):
-        if (b, p) == (backend, name):
+    for model, _, p, network in measured(run_dir):
+        if p == protocol:
             have.setdefault(model, set()).add(network)
     return {model for model, nets in have.items() if set(networks) <= nets}
 
@@ -328,6 +327,7 @@ def run_sweep(config_path: str | Path, *, report: bool = True, executor: str = "
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r} (known: {', '.join(EXECUTORS)})")
     cfg = load_config(config_path)
+    check_data_folders(cfg, str(config_path))
     run_dir = cfg.run_dir
     folder = Path(cfg.executor.folder or run_dir / "jobs").absolute()
     # before any work: Slurm must answer

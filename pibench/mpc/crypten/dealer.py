@@ -165,8 +165,23 @@ def start_session(group: Any) -> None:
     dist.barrier(group=group)
 
 
+def session_over(msg: dict[str, Any]) -> bool:
+    """Whether the client's message ends the dealer's session; a bye from a failed session raises RuntimeError,
+    so that every party of a failed session exits with an error."""
+    if msg["kind"] != "bye":
+        return False
+    if msg.get("failed"):
+        raise RuntimeError(f"the session failed at the client ({msg['failed']}; the client's log says why)")
+    log.info("dealer: session over")
+    return True
+
+
 def serve_dealer(group: Any) -> None:
-    """The dealer's loop: agree a fresh key stream with each party (X25519), then answer the client until bye."""
+    """The dealer's loop: agree a fresh key stream with each party (X25519), then answer the client until bye.
+
+    Raises RuntimeError when the client's bye says its session failed, so that every party of a
+    failed session exits with an error.
+    """
     start_session(group)
     prgs = [Prg(agree_key(rank, group, rank, first=True)) for rank in (CLIENT, SERVER)]
     masks: list[torch.Tensor] = []
@@ -174,8 +189,7 @@ def serve_dealer(group: Any) -> None:
     while True:
         msg, _ = recv_json(CLIENT, group)
         kind = msg["kind"]
-        if kind == "bye":
-            log.info("dealer: session over")
+        if session_over(msg):
             return
         if kind == "masks":
             masks = weight_masks(prgs[SERVER], [tuple(shape) for shape in msg["shapes"]])
@@ -270,6 +284,8 @@ class DealerLink:
             i = take_dealt(piece, dealt, i, self.rank)
         return shares
 
-    def close(self) -> None:
+    def close(self, failed: str = "") -> None:
+        """End the dealer's session; `failed` (the client's error type, never its message, which may name
+        paths) makes the dealer exit with an error too."""
         if self.rank == CLIENT:
-            self._send({"kind": "bye"})
+            self._send({"kind": "bye", "failed": failed})

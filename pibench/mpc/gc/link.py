@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pibench.mpc.crypten.dealer import start_session, weight_masks
+from pibench.mpc.crypten.dealer import session_over, start_session, weight_masks
 from pibench.mpc.crypten.keys import agree_key
 from pibench.mpc.crypten.preprocessing import Prg, ring_op
 from pibench.mpc.gc import iknp, labels
@@ -129,9 +129,10 @@ class GcLink:
     def register(self, plan: Any) -> None:
         """Nothing to register: the dealer learns each inference's ops from the client's offline message."""
 
-    def close(self) -> None:
+    def close(self, failed: str = "") -> None:
+        """End the dealer's session; `failed` (the client's error type) makes the dealer exit with an error too."""
         if self.rank == CLIENT:
-            self._send_json({"kind": "bye"}, DEALER, self.group)
+            self._send_json({"kind": "bye", "failed": failed}, DEALER, self.group)
 
     # -- setup ---------------------------------------------------------------------------
     def masks(self, shapes: list[tuple[int, ...]]) -> list[torch.Tensor] | None:
@@ -200,8 +201,7 @@ def serve_gc_dealer(group: Any) -> None:
     masks: list[torch.Tensor] = []
     while True:
         msg, _ = recv_json(CLIENT, group)
-        if msg["kind"] == "bye":
-            log.info("dealer: session over")
+        if session_over(msg):
             return
         if msg["kind"] == "masks":
             masks = weight_masks(prg, [tuple(s) for s in msg["shapes"]])

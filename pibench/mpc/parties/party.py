@@ -375,12 +375,16 @@ def run_party(role: str, rendezvous: str, *, models: PartyModels, protocol: str 
                     if proto.provider else PreprocessedProvider(DealerLink(ROLES[role], comm.get().ttp_group)))
         use_provider(provider)
     sink({"event": "ready", "role": role, "threads": torch.get_num_threads()})
+    failed = ""
     try:
         Party(role, crypten, proto.engine_class(), models, provider, sink).serve(jobs, on_event)
+    except BaseException as e:
+        failed = type(e).__name__
+        raise
     finally:
         if provider is not None:  # also on a refused model: the dealer must not wait forever
             with contextlib.suppress(RuntimeError):
-                provider.source.close()
+                provider.source.close(failed)
             comm.get().ttp_initialized = False  # the dealer left on "bye"; CrypTen must not send its "terminate"
     crypten.uninit()
 
