@@ -4,7 +4,6 @@ circuit reads (see pibench.mpc.crypten.gc_backend)."""
 
 import math
 
-import pytest
 
 from pibench.bench import BenchOptions, bench_models
 from pibench.models import create_model

@@ -42,8 +42,8 @@ from pibench.relu import count_relus, relu_counts, set_masks
 from pibench.report.report import write_report
 from pibench.results import check_writable, results_lock
 from pibench.sweep.cluster import job_parameters, make_executor, still_queued
-from pibench.sweep.config import (RUN_KEYS, ConfigError, CostOnly, Experiment, SweepConfig, experiment_relus,
-                                  is_folder_spec, load_config)
+from pibench.sweep.config import (RUN_KEYS, ConfigError, CostOnly, Experiment, SweepConfig, check_data_folders,
+                                  experiment_relus, is_folder_spec, load_config)
 from pibench.sweep.jobgraph import Job, run_in_process, run_submitted, summary
 from pibench.sweep.parts import measured, merge_parts, remove_unfinished_parts, write_part
 from pibench.train import train_baseline

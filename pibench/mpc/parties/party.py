@@ -45,7 +45,7 @@ from pibench.mpc.parties.channel import recv_json, send_json
 from pibench.mpc.parties import memory
 from pibench.mpc.parties.measure import CommMeter, Measurement, Timed
 from pibench.mpc.program import Op, Program
-from pibench.mpc.protocols import CLIENT, DEALER, DEFAULT_PROTOCOL, SERVER, protocol_of, resolve
+from pibench.mpc.protocols import CLIENT, DEALER, DEFAULT_PROTOCOL, PROTOCOLS, SERVER, protocol_of, resolve
 
 if TYPE_CHECKING:  # CrypTen is imported by the party processes only, not by the evaluator
     from pibench.mpc.crypten.backend import CryptenBackend  # or its FSS subclass
