@@ -92,7 +92,7 @@ class GarbledLayer:
 
 
 def garble(client_zero: np.ndarray, delta: np.ndarray, bits: int = DEFAULT_BITS) -> tuple[GarbledLayer, np.ndarray]:
-    """Garble N ReLUs given the client's input zero labels ((k + 64), N, 2) from the OTs under `delta`.
+    """Garble N ReLUs given the client's input zero labels ((k + 63), N, 2) from the OTs under `delta`.
 
     Returns what the server keeps and the tables (flat uint64) for the client."""
     count = client_zero.shape[1]
