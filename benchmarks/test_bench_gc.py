@@ -1,7 +1,7 @@
 """Garbled-circuit micro-benchmarks (`make bench`), one thread, no communication: 100,000 ReLUs at k = 32.
 
 Garbling (the server, offline), evaluation (the client, online) and the IKNP extension for
-the client's 96 input bits per ReLU. Issue 26's targets: garbling <= 30 us and evaluation
+the client's 95 input bits per ReLU. Issue 26's targets: garbling <= 30 us and evaluation
 <= 20 us per ReLU on one core (Delphi: ~30 and ~55 us).
 """
 
@@ -22,8 +22,9 @@ def layer():
     delta = labels.random_delta()
     client_zero = labels.random_labels((relu.client_input_count(BITS), RELUS, 2))
     garbled, tables = relu.garble(client_zero, delta, BITS)
-    client = labels.select(client_zero, relu.client_bits(r, mask, BITS), delta)
-    return x, r, mask, delta, client_zero, garbled, tables, client
+    choices = relu.client_bits(r, mask, BITS)
+    client = labels.select(client_zero, choices, delta)
+    return x, r, mask, delta, client_zero, garbled, tables, (client, choices)
 
 
 def test_gc_garble(benchmark, layer):
@@ -36,13 +37,13 @@ def test_gc_garble(benchmark, layer):
 def test_gc_evaluate(benchmark, layer):
     x, r, mask, _, _, garbled, tables, client = layer
     server = garbled.encode(x.view(np.uint64) - r)
-    colors = benchmark.pedantic(relu.evaluate, args=(tables, server, client), rounds=3, iterations=1)
+    colors = benchmark.pedantic(relu.evaluate, args=(tables, server, *client, mask), rounds=3, iterations=1)
     benchmark.extra_info.update(relus=RELUS, us_per_relu=benchmark.stats["median"] / RELUS * 1e6)
     assert np.array_equal((garbled.decode_output(colors) + mask).view(np.int64), np.maximum(x, 0))
 
 
 def test_gc_ot_extension(benchmark):
-    """Both sides of the IKNP extension for one layer's client inputs (96 OTs per ReLU), in one process."""
+    """Both sides of the IKNP extension for one layer's client inputs (95 OTs per ReLU), in one process."""
     receiver, sender = iknp.Receiver(), iknp.Sender()
     receiver.setup(sender.setup_answer(receiver.base.message))
     count = relu.client_input_count(BITS) * RELUS // 10  # 10,000 ReLUs' worth

@@ -13,20 +13,29 @@ U64 = np.uint64
 
 
 def garbled_gate(gate, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Garble `gate(engine, A, B)` for bit vectors a, b; evaluate on the labels of a, b; decode the output."""
+    """Garble `gate(engine, A, B)` for bit vectors a, b; evaluate on the labels of a, b; decode the output.
+    B is the evaluator's known wire (label and bit) where the gate uses and_known."""
     delta = labels.random_delta()
     a0, b0 = labels.random_labels(a.shape + (2,)), labels.random_labels(b.shape + (2,))
     g = Garbler(delta, a.size * 4)
     out0 = gate(g, a0, b0)
-    e = Evaluator(g.table[:4 * g.ands])
-    out = gate(e, labels.select(a0, a, delta), labels.select(b0, b, delta))
+    e = Evaluator(g.table[:g.words])
+    b_label = labels.select(b0, b, delta)
+    out = gate(e, labels.select(a0, a, delta), (b_label, b) if getattr(gate, "known", False) else b_label)
     e.finish()
     assert np.array_equal(labels.color(out0 ^ delta), labels.color(out0) ^ 1)  # the two labels' colors differ
     return labels.color(out) ^ labels.color(out0)  # the evaluator's color XOR the decode bit
 
 
+def _known(gate):
+    gate.known = True
+    return gate
+
+
 @pytest.mark.parametrize("name, gate, plain", [
     ("and", lambda e, a, b: e.and_(a, b), lambda a, b: a & b),
+    ("and with a known input", _known(lambda e, a, b: e.and_known(a, b)), lambda a, b: a & b),
+    ("not of and_known", _known(lambda e, a, b: e.not_(e.and_known(e.xor(a, a), b))), lambda a, b: a * 0 + 1),
     ("xor", lambda e, a, b: e.xor(a, b), lambda a, b: a ^ b),
     ("not", lambda e, a, b: e.not_(a), lambda a, b: a ^ 1),
     ("nand of xor", lambda e, a, b: e.not_(e.and_(e.xor(a, b), b)), lambda a, b: ((a ^ b) & b) ^ 1),
@@ -40,7 +49,7 @@ def test_and_gates_leak_no_label_pair():
     """The evaluator's output label is one of the two, never the other (Delta stays hidden)."""
     delta = labels.random_delta()
     a0, b0 = labels.random_labels((64, 2)), labels.random_labels((64, 2))
-    g = Garbler(delta, 64)
+    g = Garbler(delta, 4 * 64)
     z0 = g.and_(a0, b0)
     e = Evaluator(g.tables())
     ones = np.ones(64, np.uint8)
@@ -50,7 +59,7 @@ def test_and_gates_leak_no_label_pair():
 
 def test_tables_of_another_circuit_are_refused():
     delta = labels.random_delta()
-    g = Garbler(delta, 10)
+    g = Garbler(delta, 40)
     g.and_(labels.random_labels((10, 2)), labels.random_labels((10, 2)))
     with pytest.raises(ValueError, match="another circuit or were truncated"):
         Evaluator(g.tables()[:-1]).and_(labels.random_labels((10, 2)), labels.random_labels((10, 2)))
@@ -58,7 +67,7 @@ def test_tables_of_another_circuit_are_refused():
     e.and_(labels.random_labels((10, 2)), labels.random_labels((10, 2)))
     with pytest.raises(ValueError, match="belong to another circuit"):
         e.finish()
-    with pytest.raises(ValueError, match="more than the 10 AND gates"):
+    with pytest.raises(ValueError, match="more than the 40 table words"):
         g.and_(labels.random_labels((1, 2)), labels.random_labels((1, 2)))
 
 
@@ -82,10 +91,16 @@ def shares_and_masks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 def plain_relu(s: np.ndarray, r: np.ndarray, mask: np.ndarray, bits: int) -> np.ndarray:
     """The circuit on cleartext bits (Plain engine): z as uint64."""
+    return relu.plain(s, r, mask, bits)
+
+
+@pytest.mark.parametrize("bits", [2, 8, 32, 64])
+def test_and_gate_count_of_the_circuit(bits):
     e = Plain()
-    out = circuits.relu(e, relu.to_bits(s, bits), relu.to_bits(r, bits), relu.to_bits(U64(0) - mask, 64))
-    assert e.ands == circuits.and_gates(bits) * s.size
-    return relu.from_bits(np.stack(out))
+    wires = relu.client_bits(np.zeros(3, U64), np.ones(3, U64), bits)
+    circuits.relu(e, relu.to_bits(np.zeros(3, U64), bits), wires[:bits], wires[bits:2 * bits - 1],
+                  wires[2 * bits - 1:])
+    assert e.ands == circuits.and_gates(bits) * 3
 
 
 @pytest.mark.parametrize("bits", [2, 3, 8, 16, 32, 63, 64])
@@ -97,8 +112,9 @@ def test_relu_circuit_in_the_clear_is_relu_minus_the_mask(bits):
 
 
 def test_and_gates_per_relu():
-    assert circuits.and_gates(32) == 125 and relu.table_words(1) * 8 == 4000
+    assert circuits.and_gates(32) == 125 and circuits.ciphertexts(32) == 218 and relu.table_words(1) * 8 == 3488
     assert circuits.and_gates(64) == 189 and circuits.and_gates(16) == 93
+    assert relu.client_input_count(32) == 95
 
 
 @pytest.mark.parametrize("bits", [8, 32, 64])
@@ -110,8 +126,8 @@ def test_garbled_relu_decodes_to_the_plaintext_circuit(bits):
     client_zero = labels.random_labels((relu.client_input_count(bits), x.size, 2))
     layer, tables = relu.garble(client_zero, delta, bits)
     assert tables.size == relu.table_words(x.size, bits)
-    client = labels.select(client_zero, relu.client_bits(r, mask, bits), delta)
-    colors = relu.evaluate(tables, layer.encode(s), client)
+    choices = relu.client_bits(r, mask, bits)
+    colors = relu.evaluate(tables, layer.encode(s), labels.select(client_zero, choices, delta), choices, mask)
     z = layer.decode_output(colors)
     assert np.array_equal(z, plain_relu(s, r, mask, bits))
     assert np.array_equal((z + mask).view(np.int64), np.maximum(x, 0))

@@ -26,7 +26,7 @@ def options(**kw) -> BenchOptions:
 
 def test_online_bytes_per_relu_are_the_labels_of_the_servers_share_and_the_output_colors():
     assert ONLINE_BYTES_PER_RELU == 520
-    assert gc_relu.table_words(1) * 8 == 2 * LABEL_BYTES * circuits.and_gates(32) == 4000
+    assert gc_relu.table_words(1) * 8 == LABEL_BYTES * circuits.ciphertexts(32) == 3488
 
 
 def test_gc_nets_match_plaintext_with_free_weighted_layers(tmp_path):
@@ -97,7 +97,7 @@ def test_every_crypten_protocol_reports_client_storage_and_peak_memory(tmp_path)
     assert storage["crypten:tfp"] == 0
     assert storage["crypten:dealer"] > 0
     assert storage["crypten:fss"] > ReluKey.size(relus, bits["crypten:fss"])  # its keys, masks and tuple shares
-    gc_per_relu = gc_relu.table_words(1) * 8 + 16 * gc_relu.client_input_count(gc_relu.DEFAULT_BITS)
+    gc_per_relu = gc_relu.table_words(1) * 8 + 17 * gc_relu.client_input_count(gc_relu.DEFAULT_BITS)
     assert gc_per_relu * relus < storage["crypten:gc"] < (gc_per_relu + 200) * relus
 
 

@@ -215,9 +215,10 @@ class GcBackend(FssBackend):
             self.prepared.masks.append(mask)
             return mask
         mask = self._next("masks")
-        tables, mine = self._next("layers")
+        tables, mine, choices = self._next("layers")
         server = comm.get().recv(torch.empty(bits * count * 2, dtype=torch.long), SERVER)
-        colors = gc_relu.evaluate(tables, server.numpy().view(np.uint64).reshape(bits, count, 2), mine)
+        colors = gc_relu.evaluate(tables, server.numpy().view(np.uint64).reshape(bits, count, 2), mine, choices,
+                                  mask)
         comm.get().send(torch.from_numpy(colors.view(np.int64)), SERVER)
         self.provider.dealt_bytes += tables.nbytes + 16 * iknp.padded(mine.shape[0] * count)
         return mask

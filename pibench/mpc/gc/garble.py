@@ -1,13 +1,15 @@
 """Free-XOR + half-gates garbling (Zahur, Rosulek, Evans, EUROCRYPT 2015), vectorized.
 
-A circuit is a Python function over an *engine* with three gates, `xor`, `not_` and
-`and_`, each applied to whole arrays of wires at once (for a layer of N ReLUs a wire
+A circuit is a Python function over an *engine* with four gates, `xor`, `not_`, `and_`
+and `and_known` (an AND whose second input the evaluator knows in the clear: its own
+input bit, so only the evaluator half is needed, one ciphertext), each applied to whole arrays of wires at once (for a layer of N ReLUs a wire
 is an (N, 2) label array, a group of wires (bits, N, 2)). The same function runs on:
 
     Garbler    wires are zero labels; XOR/NOT free (NOT adds Delta); AND emits two
-               ciphertexts per gate instance (TG, TE) and returns the output zero label
-    Evaluator  wires are the labels the evaluator holds; AND reads the two ciphertexts
-               and does two hashes
+               ciphertexts per gate instance (TG, TE) and returns the output zero label,
+               `and_known` one (TE)
+    Evaluator  wires are the labels the evaluator holds (a known wire: its label and bit);
+               AND reads the two ciphertexts and does two hashes, `and_known` one and one
     Plain      wires are bits (uint8); the reference the other two are tested against
 
 Gates are numbered in call order; the tweak of instance i of AND call g is (i, 2g) for
@@ -21,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from pibench.mpc.fss.prg import Aes
-from pibench.mpc.gc.labels import U64, color_masks, sigma, sigma_into
+from pibench.mpc.gc.labels import U64, color_masks, masks, sigma, sigma_into
 
 CIPHERTEXTS_PER_AND = 2
 BYTES_PER_AND = 16 * CIPHERTEXTS_PER_AND
@@ -71,18 +73,22 @@ class Plain:
         self.ands += int(np.prod(a.shape))
         return a & b
 
+    def and_known(self, a: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return self.and_(a, v)
+
 
 class Garbler:
     """Garbles as the circuit runs: wires are zero labels; `tables()` is what the evaluator needs."""
 
-    def __init__(self, delta: np.ndarray, ands: int) -> None:
+    def __init__(self, delta: np.ndarray, table_words: int) -> None:
         if not int(delta[0]) & 1:
             raise ValueError("free-XOR's Delta must have color bit 1 (labels.random_delta)")
         self.delta = delta
         self.sigma_delta = sigma(delta)
         self.gates = 0
         self.ands = 0
-        self.table = np.empty(4 * ands, dtype=U64)  # the circuit's AND gates, known in advance
+        self.table = np.empty(table_words, dtype=U64)  # the circuit's ciphertexts, known in advance
+        self.words = 0
         self._hasher = _Hasher()
 
     def xor(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -97,8 +103,7 @@ class Garbler:
         shape = a0.shape
         n = int(np.prod(shape[:-1]))
         a0, b0 = a0.reshape(n, 2), b0.reshape(n, 2)
-        if 4 * (self.ands + n) > self.table.size:
-            raise ValueError(f"the circuit has more than the {self.table.size // 4} AND gates it was declared with")
+        table = self._table(4 * n).reshape(2, n, 2)
         x = self._hasher.blocks(4, n)
         sigma_delta = self._hasher.tile(self.sigma_delta)
         delta = self._hasher.tile(self.delta)
@@ -107,7 +112,6 @@ class Garbler:
         sigma_into(b0, x[2], self._hasher.index, 2 * self.gates + 1)
         np.bitwise_xor(x[2], sigma_delta, out=x[3])
         h = self._hasher.hash()
-        table = self.table[4 * self.ands:4 * (self.ands + n)].reshape(2, n, 2)
         tg, te = table[0], table[1]
         mb = color_masks(b0)
         np.bitwise_xor(h[0], h[1], out=tg)
@@ -122,10 +126,33 @@ class Garbler:
         self.ands += n
         return out.reshape(shape)
 
+    def and_known(self, a0: np.ndarray, v0: np.ndarray) -> np.ndarray:
+        """The evaluator half alone, for a v the evaluator knows: TE = H(V0) ^ H(V1) ^ A0, output zero label
+        H(V0) (the evaluator gets H(V0) or H(V1) ^ TE ^ A = H(V0) ^ a·D)."""
+        shape = a0.shape
+        n = int(np.prod(shape[:-1]))
+        a0, v0 = a0.reshape(n, 2), v0.reshape(n, 2)
+        te = self._table(2 * n).reshape(n, 2)
+        x = self._hasher.blocks(2, n)
+        sigma_into(v0, x[0], self._hasher.index, 2 * self.gates + 1)
+        np.bitwise_xor(x[0], self._hasher.tile(self.sigma_delta), out=x[1])
+        h = self._hasher.hash()
+        np.bitwise_xor(h[0], h[1], out=te)
+        te ^= a0
+        self.gates += 1
+        self.ands += n
+        return h[0].copy().reshape(shape)
+
+    def _table(self, words: int) -> np.ndarray:
+        if self.words + words > self.table.size:
+            raise ValueError(f"the circuit has more than the {self.table.size} table words it was declared with")
+        self.words += words
+        return self.table[self.words - words:self.words]
+
     def tables(self) -> np.ndarray:
-        """Every AND gate's two ciphertexts, in gate order, as one flat uint64 array."""
-        if 4 * self.ands != self.table.size:
-            raise ValueError(f"the circuit has {self.ands} AND gates, declared {self.table.size // 4}")
+        """Every AND gate's ciphertexts, in gate order, as one flat uint64 array."""
+        if self.words != self.table.size:
+            raise ValueError(f"the circuit has {self.words} table words, declared {self.table.size}")
         return self.table
 
 
@@ -144,17 +171,20 @@ class Evaluator:
     def not_(self, a: np.ndarray) -> np.ndarray:
         return a
 
+    def _table(self, words: int) -> np.ndarray:
+        end = self.offset + words
+        if end > self.table.size:
+            raise ValueError(f"the garbled tables end at word {self.table.size}, AND gate {self.gates} needs "
+                             f"words up to {end}: the tables belong to another circuit or were truncated")
+        self.offset = end
+        return self.table[end - words:end]
+
     def and_(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """WG = H(A) ^ sa·TG, WE = H(B) ^ sb·(TE ^ A), output WG ^ WE (sa, sb the labels' colors)."""
         shape = a.shape
         n = int(np.prod(shape[:-1]))
         a, b = a.reshape(n, 2), b.reshape(n, 2)
-        end = self.offset + 4 * n
-        if end > self.table.size:
-            raise ValueError(f"the garbled tables end at word {self.table.size}, AND gate {self.gates} needs "
-                             f"words up to {end}: the tables belong to another circuit or were truncated")
-        table = self.table[self.offset:end].reshape(2, n, 2)
-        self.offset = end
+        table = self._table(4 * n).reshape(2, n, 2)
         x = self._hasher.blocks(2, n)
         sigma_into(a, x[0], self._hasher.index, 2 * self.gates)
         sigma_into(b, x[1], self._hasher.index, 2 * self.gates + 1)
@@ -165,6 +195,20 @@ class Evaluator:
         te &= color_masks(b)
         out ^= te
         out ^= h[1]
+        self.gates += 1
+        return out.reshape(shape)
+
+    def and_known(self, a: np.ndarray, v: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """v = (its label V_v, its bit v): output H(V_v) ^ v·(TE ^ A)."""
+        shape = a.shape
+        n = int(np.prod(shape[:-1]))
+        label, bit = v
+        a = a.reshape(n, 2)
+        te = self._table(2 * n).reshape(n, 2)
+        x = self._hasher.blocks(1, n)
+        sigma_into(label.reshape(n, 2), x[0], self._hasher.index, 2 * self.gates + 1)
+        out = self._hasher.hash()[0].copy()
+        out ^= masks(bit.reshape(n)) & (te ^ a)
         self.gates += 1
         return out.reshape(shape)
 

@@ -19,7 +19,7 @@ client's randomness (and it knows B, not W); the server sees m1 and m2, each mas
 uniform value it does not know (sigma, rho); the client sees nothing new.
 
 A ReLU layer of N (client share c, output mask r'): the client extends IKNP correlated OTs
-with its k + 64 input bits per ReLU (c's low k bits and -r'), the server garbles under a
+with its k + 63 input bits per ReLU (`relu.client_bits`), the server garbles under a
 fresh Delta with the OTs' zero labels and sends the tables (`pibench.mpc.gc.relu`).
 """
 
@@ -75,7 +75,7 @@ class Inference:
     inputs: deque = field(default_factory=deque)  # client: r0
     rhos: deque = field(default_factory=deque)  # client: its share of each weighted op's output
     masks: deque = field(default_factory=deque)  # client: r' of each ReLU layer
-    layers: deque = field(default_factory=deque)  # client: (tables, its input labels); server: GarbledLayer
+    layers: deque = field(default_factory=deque)  # client: (tables, its input labels, bits); server: GarbledLayer
     us: deque = field(default_factory=deque)  # server: u of each weighted op
     products: list[Product] = field(default_factory=list)  # client, offline only
     relus: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # client, offline only: (c, r')
@@ -174,7 +174,7 @@ class GcLink:
             self._send(_words(u), SERVER, self.peer_group)
             mine = pending.labels(_array(self._recv(SERVER, self.peer_group)).reshape(-1, 2))
             tables = _array(self._recv(SERVER, self.peer_group))
-            inf.layers.append((tables, mine.reshape(choices.shape + (2,))))
+            inf.layers.append((tables, mine.reshape(choices.shape + (2,)), choices))
 
     def server_offline(self, inf: Inference) -> None:
         """The server's side: u for every weighted op, a garbled circuit for every ReLU layer."""
