@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from pibench.errors import MissingFile, UsageError
 from pibench.registry import Registry
 
 
@@ -227,12 +228,12 @@ def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndar
         data = np.asarray(raw[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(raw[label_key], dtype=np.int64)
     except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError, AttributeError) as e:
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{path}: not a CIFAR python batch ({type(e).__name__}: {e}); expected a dict with "
             f"{b'data'!r} (N x 3072 uint8) and {label_key!r}"
         ) from e
     if len(data) != len(labels):
-        raise FileNotFoundError(f"{path}: {len(data)} images but {len(labels)} labels")
+        raise MissingFile(f"{path}: {len(data)} images but {len(labels)} labels")
     return data, labels
 
 
@@ -240,13 +241,13 @@ def _cifar(
     split: str, data_dir: str | None, folder: str, files: dict[str, list[str]], label_key: bytes, info: DatasetInfo, augment
 ) -> Dataset:
     if data_dir is None:
-        raise FileNotFoundError(f"{info.name} is read from a local folder: pass --data-dir DIR containing {folder}/")
+        raise MissingFile(f"{info.name} is read from a local folder: pass --data-dir DIR containing {folder}/")
     root = Path(data_dir) / folder
     expected = [root / f for f in files[split]]
     missing = [str(p) for p in expected if not p.is_file()]
     if missing:
         wanted = ", ".join(f"{folder}/{f}" for f in files["train"] + files["test"])
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{info.name}: missing {', '.join(missing)}; expected the python version of the dataset "
             f"under {data_dir}: {wanted}"
         )
@@ -254,7 +255,7 @@ def _cifar(
     x = torch.from_numpy(np.concatenate([p[0] for p in parts]))
     y = torch.from_numpy(np.concatenate([p[1] for p in parts]))
     if int(y.max()) >= info.num_classes or int(y.min()) < 0:
-        raise FileNotFoundError(f"{root}: labels outside 0..{info.num_classes - 1}; is this the right dataset?")
+        raise MissingFile(f"{root}: labels outside 0..{info.num_classes - 1}; is this the right dataset?")
     return TensorImages(x, y, info, _augment_for(info, split, augment))
 
 
@@ -291,11 +292,11 @@ TINY_LAYOUT = (
 def _load_tinyimagenet(split: str, data_dir: str | None = None, *, augment: bool | None = None) -> Dataset:
     """TinyImageNet-200 from DIR/tiny-imagenet-200/; the labelled `val` set serves as test split."""
     if data_dir is None:
-        raise FileNotFoundError(f"tinyimagenet is read from a local folder: pass --data-dir DIR containing {TINY_LAYOUT}")
+        raise MissingFile(f"tinyimagenet is read from a local folder: pass --data-dir DIR containing {TINY_LAYOUT}")
     root = Path(data_dir) / "tiny-imagenet-200"
     wnids_file = root / "wnids.txt"
     if not wnids_file.is_file():
-        raise FileNotFoundError(f"tinyimagenet: missing {wnids_file}; expected {TINY_LAYOUT} under {data_dir}")
+        raise MissingFile(f"tinyimagenet: missing {wnids_file}; expected {TINY_LAYOUT} under {data_dir}")
     wnids = [line.strip() for line in wnids_file.read_text().splitlines() if line.strip()]
     index = {w: i for i, w in enumerate(wnids)}
     files: list[Path] = []
@@ -304,26 +305,26 @@ def _load_tinyimagenet(split: str, data_dir: str | None = None, *, augment: bool
         for w in wnids:
             found = sorted((root / "train" / w / "images").glob("*.JPEG"))
             if not found:
-                raise FileNotFoundError(f"tinyimagenet: no images in {root / 'train' / w / 'images'}; expected {TINY_LAYOUT}")
+                raise MissingFile(f"tinyimagenet: no images in {root / 'train' / w / 'images'}; expected {TINY_LAYOUT}")
             files += found
             labels += [index[w]] * len(found)
     else:
         ann = root / "val" / "val_annotations.txt"
         if not ann.is_file():
-            raise FileNotFoundError(f"tinyimagenet: missing {ann}; expected {TINY_LAYOUT} under {data_dir}")
+            raise MissingFile(f"tinyimagenet: missing {ann}; expected {TINY_LAYOUT} under {data_dir}")
         for line in ann.read_text().splitlines():
             fields = line.split("\t")
             if len(fields) < 2:
                 continue
             if fields[1] not in index:
-                raise FileNotFoundError(f"{ann}: class {fields[1]!r} is not in {wnids_file}")
+                raise MissingFile(f"{ann}: class {fields[1]!r} is not in {wnids_file}")
             path = root / "val" / "images" / fields[0]
             if not path.is_file():
-                raise FileNotFoundError(f"tinyimagenet: {path} is listed in {ann} but missing")
+                raise MissingFile(f"tinyimagenet: {path} is listed in {ann} but missing")
             files.append(path)
             labels.append(index[fields[1]])
         if not files:
-            raise FileNotFoundError(f"{ann}: no annotations; expected lines 'FILE<TAB>WNID<TAB>...'")
+            raise MissingFile(f"{ann}: no annotations; expected lines 'FILE<TAB>WNID<TAB>...'")
     return ImageFiles(files, labels, TINY_INFO, _augment_for(TINY_INFO, split, augment))
 
 
@@ -381,7 +382,7 @@ def holdout_loaders(train_loader: DataLoader, plain: Dataset, fraction: float, s
     as if it were one; a held-out part of the training set keeps the test accuracy honest.
     """
     if not 0 < fraction < 1:
-        raise ValueError(f"the held-out fraction of the training set must be between 0 and 1, got {fraction}")
+        raise UsageError(f"the held-out fraction of the training set must be between 0 and 1, got {fraction}")
     dataset = train_loader.dataset
     base = list(dataset.indices) if isinstance(dataset, torch.utils.data.Subset) else list(range(len(dataset)))
     order = torch.randperm(len(base), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -406,12 +407,12 @@ def dataset_options(name: str, input_shape: Sequence[int], num_classes: int) -> 
     if name == "synthetic":
         return {"shape": (c, h, w), "num_classes": int(num_classes)}
     if (c, num_classes) != (info.in_chans, info.num_classes) or h != w:
-        raise ValueError(
+        raise UsageError(
             f"dataset {name} has {info.in_chans} channels and {info.num_classes} classes; a model with input "
             f"{list(input_shape)} and {num_classes} classes cannot use it"
         )
     if name == "digits":
         return {"size": h} if h != info.input_size else {}
     if h != info.input_size:
-        raise ValueError(f"dataset {name} has {info.input_size}x{info.input_size} images, the model expects {h}x{w}")
+        raise UsageError(f"dataset {name} has {info.input_size}x{info.input_size} images, the model expects {h}x{w}")
     return {}

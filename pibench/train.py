@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pibench.data import dataset_info, dataset_options, make_loaders
+from pibench.errors import UsageError
 from pibench.modelfolder.folder import save_model
 from pibench.models import create_model
 from pibench.relu import masked_relus
@@ -192,7 +193,7 @@ def _optimizer(params: list, cfg: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adam")
+    raise UsageError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adam")
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
@@ -203,7 +204,7 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_s
         return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=cfg.gamma)
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    raise ValueError(f"unknown schedule {cfg.schedule!r}; use cosine, step or constant")
+    raise UsageError(f"unknown schedule {cfg.schedule!r}; use cosine, step or constant")
 
 
 def _save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -236,7 +237,7 @@ def fit(
     device = pick_device(device)
     callback = callback or Callback()
     if (cfg.kd or cfg.at) and teacher is None:
-        raise ValueError("knowledge distillation / attention transfer need a teacher model")
+        raise UsageError("knowledge distillation / attention transfer need a teacher model")
     model.to(device)
     if teacher is not None:
         teacher.to(device).eval()
@@ -379,7 +380,7 @@ def initialize(model: nn.Module, init: str) -> None:
     if init == "default":
         return
     if init != "kaiming_normal":
-        raise ValueError(f"unknown init {init!r}; use default or kaiming_normal")
+        raise UsageError(f"unknown init {init!r}; use default or kaiming_normal")
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

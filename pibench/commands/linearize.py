@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from pibench.errors import UsageError
+
 HELP = "linearize a trained all-ReLU model to a ReLU budget (deepreduce, senet, snl)"
 
 
@@ -31,7 +33,7 @@ def parse_settings(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
         key = key.replace("-", "_")
         try:
             settings[key] = json.loads(value)
@@ -50,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
     for key, flag in (("method", "--method"), ("teacher_folder", "--teacher"), ("budgets", "--budget"),
                       ("out_folders", "--out")):
         if key in settings:
-            raise ValueError(f"--set {key}: give it as {flag}")
+            raise UsageError(f"--set {key}: give it as {flag}")
     for key in options.keys() & settings.keys():  # a flag and a --set of one name must agree
         if options[key] != settings[key]:
-            raise ValueError(f"--{key.replace('_', '-')} {options[key]} and --set {key}={settings[key]} disagree; "
+            raise UsageError(f"--{key.replace('_', '-')} {options[key]} and --set {key}={settings[key]} disagree; "
                              "give one of them")
     cards = linearize_many(args.method, args.teacher, args.budget, args.out, **{**options, **settings})
     for out, card in zip(args.out, cards):

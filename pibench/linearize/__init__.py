@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pibench.data import dataset_options, make_loaders
+from pibench.errors import UsageError
 from pibench.linearize.budget import parse_budget
 from pibench.modelfolder.folder import load_model, save_model
 from pibench.registry import Registry
@@ -77,7 +78,7 @@ def make_settings(method: str, epochs: int | None = None, **kwargs: Any):
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         known = ", ".join(f.name for f in dataclasses.fields(cls))
-        raise ValueError(f"unknown {method} settings {unknown}; known: {known}")
+        raise UsageError(f"unknown {method} settings {unknown}; known: {known}")
     check_types(values, typing.get_type_hints(cls), f"{method} setting")
     return cls(**values)
 
@@ -104,7 +105,7 @@ def load_teacher(
     folder = Path(teacher_folder)
     card, model = load_model(folder)
     if any(c.relus != c.size for c in relu_counts(model)):
-        raise ValueError(f"{folder}: the teacher must keep all of its ReLUs (it has {card.relus:,}); use a baseline model")
+        raise UsageError(f"{folder}: the teacher must keep all of its ReLUs (it has {card.relus:,}); use a baseline model")
     options = dataset_options(card.dataset, card.input_shape, card.num_classes)
     train_loader, test_loader = make_loaders(
         card.dataset, data_dir, batch_size=batch_size, seed=seed, train_subset=train_subset, **options
@@ -205,9 +206,9 @@ def linearize_many(
     one ModelCard per budget, in the order given.
     """
     if len(budgets) != len(out_folders):
-        raise ValueError(f"{len(budgets)} budgets but {len(out_folders)} output folders")
+        raise UsageError(f"{len(budgets)} budgets but {len(out_folders)} output folders")
     if not budgets:
-        raise ValueError("no budgets given")
+        raise UsageError("no budgets given")
     module = method_module(method)
     settings = make_settings(method, epochs, **method_kwargs)
     teacher = load_teacher(

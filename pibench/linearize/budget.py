@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import re
 
+from pibench.errors import UsageError
+
 _SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d+))?\s*([kKmM]?)\s*$")
 
@@ -18,7 +20,7 @@ def parse_budget(text: str | int | float, total: int) -> int:
     does not parse, a budget <= 0, or one above `total`.
     """
     if isinstance(text, bool):
-        raise ValueError(f"budget must be a number, got {text!r}")
+        raise UsageError(f"budget must be a number, got {text!r}")
     if isinstance(text, int):
         count = text
     elif isinstance(text, float):
@@ -26,7 +28,7 @@ def parse_budget(text: str | int | float, total: int) -> int:
     else:
         match = _PATTERN.match(str(text))
         if not match:
-            raise ValueError(
+            raise UsageError(
                 f"cannot parse budget {text!r}: use a ReLU count (50000, 50k, 1.5M) or a fraction of the model (0.1)"
             )
         number, exponent, suffix = match.groups()
@@ -34,16 +36,16 @@ def parse_budget(text: str | int | float, total: int) -> int:
         if suffix:
             count = value * _SUFFIX[suffix.lower()]
             if count != int(count):
-                raise ValueError(f"budget {text!r} is not a whole number of ReLUs")
+                raise UsageError(f"budget {text!r} is not a whole number of ReLUs")
             count = int(count)
         elif "." in number or exponent:
             count = _fraction_or_count(value, text, total)
         else:
             count = int(number)
     if count <= 0:
-        raise ValueError(f"budget {text!r} is {count} ReLUs; a budget must keep at least one ReLU")
+        raise UsageError(f"budget {text!r} is {count} ReLUs; a budget must keep at least one ReLU")
     if count > total:
-        raise ValueError(f"budget {text!r} ({count:,} ReLUs) is above the model's {total:,} ReLUs")
+        raise UsageError(f"budget {text!r} ({count:,} ReLUs) is above the model's {total:,} ReLUs")
     return count
 
 
@@ -52,4 +54,4 @@ def _fraction_or_count(value: float, text: str, total: int) -> int:
         return math.floor(value * total)
     if value == int(value):
         return int(value)
-    raise ValueError(f"budget {text!r}: a fraction must lie in (0, 1]; a count must be a whole number")
+    raise UsageError(f"budget {text!r}: a fraction must lie in (0, 1]; a count must be a whole number")

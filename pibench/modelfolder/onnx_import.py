@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pibench.errors import PibenchError
 from pibench.modelfolder.export import write_program_folder
 from pibench.modelfolder.folder import ModelCard, sha256_file
 from pibench.mpc.program import INPUT, Op, Program
@@ -29,7 +30,7 @@ SUPPORTED_OPS = ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "
                  "Squeeze", "Unsqueeze")
 
 
-class OnnxImportError(ValueError):
+class OnnxImportError(PibenchError, ValueError):
     """The ONNX file cannot be imported; the message names the node or the file problem."""
 
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
+from pibench.errors import UsageError
 from pibench.mpc.program import INPUT, CompileError, Op, Program
 from pibench.relu import MaskedReLU
 
@@ -433,7 +434,7 @@ def compile_model(model: nn.Module, input_shape: tuple[int, ...] | None = None,
     if input_shape is None:
         args = getattr(model, "pibench_args", None)
         if not args:
-            raise ValueError("compile_model needs input_shape for a model not built by pibench.models.create_model")
+            raise UsageError("compile_model needs input_shape for a model not built by pibench.models.create_model")
         input_shape = (args["in_chans"], args["input_size"], args["input_size"])
     model = copy.deepcopy(model).eval()
     return _Compiler(model, input_shape, masks or {}).compile()

@@ -31,6 +31,7 @@ from typing import Any
 
 from pibench.bench import BenchOptions, bench_models
 from pibench.data import dataset_info
+from pibench.errors import PibenchError, UsageError
 from pibench.linearize import linearize_many, make_settings, plan
 from pibench.linearize.budget import parse_budget
 from pibench.linearize.senet import allocate, random_masks
@@ -41,7 +42,7 @@ from pibench.mpc.net.network import parse_networks
 from pibench.relu import count_relus, relu_counts, set_masks
 from pibench.report.report import write_report
 from pibench.results import check_writable, results_lock
-from pibench.sweep.cluster import job_parameters, make_executor, still_queued
+from pibench.sweep.cluster import EXECUTORS, job_parameters, make_executor, still_queued
 from pibench.sweep.config import (RUN_KEYS, ConfigError, CostOnly, Experiment, SweepConfig, experiment_relus,
                                   is_folder_spec, load_config)
 from pibench.sweep.jobgraph import Job, run_in_process, run_submitted, summary
@@ -51,15 +52,9 @@ from pibench.train import train_baseline
 log = logging.getLogger(__name__)
 
 
-EXECUTORS = {
-    "local": "one job after the other in this process (as on one machine before)",
-    "slurm": "every job submitted to Slurm through submitit, with dependencies; needs sbatch and squeue",
-    "processes": "each job a process on this machine through submitit's LocalExecutor (tests the job graph; "
-    "jobs running at the same time disturb each other's timings)",
-}
 
 
-class SweepFailed(RuntimeError):
+class SweepFailed(PibenchError, RuntimeError):
     """Some jobs failed or were skipped; the message lists them with their logs."""
 
 
@@ -326,7 +321,7 @@ def describe(config_path: str | Path, executor: str = "local") -> str:
 def run_sweep(config_path: str | Path, *, report: bool = True, executor: str = "local", poll_s: float = 5.0) -> Path:
     """Run (or resume) a sweep; returns the run folder. Raises SweepFailed (after the report) if jobs failed."""
     if executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r} (known: {', '.join(EXECUTORS)})")
+        raise UsageError(f"unknown executor {executor!r} (known: {', '.join(EXECUTORS)})")
     cfg = load_config(config_path)
     run_dir = cfg.run_dir
     folder = Path(cfg.executor.folder or run_dir / "jobs").absolute()

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 
+from pibench.errors import PibenchError, UsageError
 from pibench.mpc.backend import run_program
 from pibench.mpc.parties.channel import recv_json, send_json
 from pibench.mpc.parties.measure import CommMeter, Measurement, Timed
@@ -77,7 +78,7 @@ class PartyModels:
     identity: Callable[[str], str]  # what fixes the protocol of a spec, short and comparable across machines
 
 
-class ModelMismatch(RuntimeError):
+class ModelMismatch(PibenchError, RuntimeError):
     """The client and the server loaded different models; they must not run a protocol together."""
 
 
@@ -330,10 +331,10 @@ def run_party(role: str, rendezvous: str, *, models: PartyModels, protocol: str 
     peer loaded a different model.
     """
     if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+        raise UsageError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
     proto = protocol_of(protocol)
     if role == "dealer" and not proto.dealer:
-        raise ValueError(f"protocol {proto.key} has no dealer; a dealer party only exists with crypten:dealer "
+        raise UsageError(f"protocol {proto.key} has no dealer; a dealer party only exists with crypten:dealer "
                          "and crypten:fss")
     torch.set_num_threads(threads)
     os.environ.update(RENDEZVOUS=rendezvous, WORLD_SIZE="2", RANK=str(ROLES[role]), DISTRIBUTED_BACKEND="gloo")
