@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from pibench.data import dataset_options, make_loaders
 from pibench.errors import UsageError
-from pibench.linearize.budget import parse_budget
+from pibench.settings import parse_budget
 from pibench.modelfolder.folder import load_model, save_model
 from pibench.registry import Registry
 from pibench.relu import count_relus, relu_counts

@@ -48,7 +48,7 @@ from typing import Any
 import yaml
 
 from pibench.errors import PibenchError
-from pibench.linearize.budget import parse_budget
+from pibench.settings import parse_budget
 from pibench.mpc.net.hosts import HOSTS
 from pibench.mpc.net.network import parse_network
 from pibench.mpc.protocols import DEFAULT_PROTOCOL, check_available, get_protocol

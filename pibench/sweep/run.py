@@ -33,7 +33,7 @@ from pibench.bench import BenchOptions, bench_models
 from pibench.data import dataset_info
 from pibench.errors import PibenchError, UsageError
 from pibench.linearize import linearize_many, make_settings, plan
-from pibench.linearize.budget import parse_budget
+from pibench.settings import parse_budget
 from pibench.linearize.senet import allocate, random_masks
 from pibench.modelfolder.folder import is_model_folder, load_card, save_model
 from pibench.models import create_model
