@@ -27,12 +27,11 @@ from torch.utils.data import DataLoader
 
 from pibench.data import dataset_options, make_loaders
 from pibench.errors import UsageError
-from pibench.settings import parse_budget
 from pibench.modelfolder.folder import load_model, save_model
 from pibench.registry import Registry
 from pibench.relu import count_relus, relu_counts
+from pibench.settings import check_types, parse_budget
 from pibench.train import ACCURACY_RULE, TrainConfig, deterministic, pick_device
-from pibench.typecheck import check_types
 
 log = logging.getLogger(__name__)
 

@@ -48,11 +48,9 @@ from typing import Any
 import yaml
 
 from pibench.errors import PibenchError
-from pibench.settings import parse_budget
-from pibench.mpc.net.hosts import HOSTS
 from pibench.mpc.net.network import parse_network
 from pibench.mpc.protocols import DEFAULT_PROTOCOL, check_available, get_protocol
-from pibench.typecheck import check_types
+from pibench.settings import check_types, parse_budget
 
 # linearize_many's own keyword arguments; every other key of a method's entry is a Settings field.
 RUN_KEYS = ("epochs", "batch_size", "device", "cache_dir", "train_subset")
@@ -209,6 +207,8 @@ def validate(cfg: SweepConfig, source: str) -> None:
 
 def _validate_run(cfg: SweepConfig, source: str) -> None:
     """The run's name, networks, protocols, hosts, counts and executor."""
+    from pibench.mpc.net.hosts import HOSTS  # imports torch (the party module); see _validate_experiment
+
     if not cfg.experiments and not cfg.cost_only:
         raise ConfigError(f"{source}: nothing to run: add 'experiments' or 'cost_only'")
     if not isinstance(cfg.run, str) or not cfg.run or Path(cfg.run).name != cfg.run or cfg.run in (".", ".."):
