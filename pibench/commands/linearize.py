@@ -1,4 +1,4 @@
-"""`pibench linearize`: reduce a baseline's ReLUs to a budget with DeepReDuce, SENet or SNL."""
+"""`pibench linearize`: reduce a baseline's ReLUs to a budget with DeepReDuce, SENet, SNL or a plug-in method."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ HELP = "linearize a trained all-ReLU model to a ReLU budget (deepreduce, senet, 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", required=True, choices=["deepreduce", "senet", "snl"])
+    p.add_argument("--method", required=True,
+                   help="deepreduce, senet, snl, a method an installed package declares in the pibench.methods "
+                        "entry-point group, or a module[:attr] path (docs/methods.md)")
     p.add_argument("--teacher", required=True, help="all-ReLU model folder made by `pibench train`")
     p.add_argument(
         "--budget", required=True, nargs="+",

@@ -237,7 +237,7 @@ def _validate_experiment(exp: Experiment, where: str) -> None:
     # The registries import torch: deliberately imported here, so that reading a config's
     # dataclasses (`pibench --help`, cluster job parameters) stays cheap.
     from pibench.data import DATASETS
-    from pibench.linearize import METHODS, linearize_many, make_settings
+    from pibench.linearize import METHODS, linearize_many, make_settings, method_module
     from pibench.models import MODELS
     from pibench.train import train_baseline
 
@@ -252,7 +252,7 @@ def _validate_experiment(exp: Experiment, where: str) -> None:
     if exp.teacher.get("epochs", 1) < 1:
         raise ConfigError(f"{where}.teacher.epochs: must be at least 1, got {exp.teacher['epochs']!r}")
     for method, kwargs in exp.methods.items():
-        _check(lambda: METHODS.get(method), f"{where}.methods.{method}")
+        _check(lambda: method_module(method), f"{where}.methods.{method}")
         if not isinstance(kwargs, dict):
             raise ConfigError(f"{where}.methods.{method}: expected a mapping of settings (or nothing), "
                               f"got {kwargs!r}")
