@@ -42,10 +42,11 @@ import torch
 
 from pibench.errors import PibenchError, UsageError
 from pibench.mpc.backend import run_program
+from pibench.mpc.crypten.compat import crypten_session, use_provider
 from pibench.mpc.parties.channel import recv_json, send_json
 from pibench.mpc.parties.measure import CommMeter, Measurement, Timed
 from pibench.mpc.program import Op, Program
-from pibench.mpc.protocols import CLIENT, DEALER, DEFAULT_PROTOCOL, SERVER, protocol_of
+from pibench.mpc.protocols import CLIENT, DEALER, DEFAULT_PROTOCOL, SERVER, Protocol, protocol_of
 
 if TYPE_CHECKING:  # CrypTen is imported by the party processes only, not by the evaluator
     from pibench.mpc.crypten.backend import CryptenBackend  # or its FSS subclass
@@ -337,16 +338,21 @@ def run_party(role: str, rendezvous: str, *, models: PartyModels, protocol: str 
         raise UsageError(f"protocol {proto.key} has no dealer; a dealer party only exists with crypten:dealer "
                          "and crypten:fss")
     torch.set_num_threads(threads)
-    os.environ.update(RENDEZVOUS=rendezvous, WORLD_SIZE="2", RANK=str(ROLES[role]), DISTRIBUTED_BACKEND="gloo")
-    from pibench.mpc.crypten.compat import import_crypten, use_provider
+    with crypten_session(rendezvous, ROLES[role], provider="TTP" if proto.dealer else "TFP") as crypten:
+        # TTP: CrypTen sets up rank 2's groups, which pibench's dealer serves
+        watchdog = _exit_unless_connected(role, rendezvous, connect_timeout) if connect_timeout else None
+        crypten.init()
+        if watchdog is not None:
+            watchdog.cancel()
+        _serve_session(role, proto, crypten, models, jobs, on_event, sink)
+        if role != "dealer":  # the dealer's groups ended with the client's "bye"
+            crypten.uninit()
 
-    crypten = import_crypten()
-    crypten.cfg.mpc.provider = "TTP" if proto.dealer else "TFP"  # TTP: CrypTen sets up rank 2's groups
-    crypten.cfg.communicator.verbose = True
-    watchdog = _exit_unless_connected(role, rendezvous, connect_timeout) if connect_timeout else None
-    crypten.init()
-    if watchdog is not None:
-        watchdog.cancel()
+
+def _serve_session(role: str, proto: Protocol, crypten: Any, models: PartyModels, jobs: Iterable[dict[str, Any]],
+                   on_event: Callable[[dict, dict], None] | None, sink: EventSink) -> None:
+    """Inside an initialised CrypTen session: the dealer serves; the client and the server run their jobs."""
+    # CrypTen is imported by the party processes only (these modules import it), not by the evaluator
     import crypten.communicator as comm
 
     from pibench.mpc.crypten.dealer import DealerLink, serve_dealer
@@ -368,5 +374,4 @@ def run_party(role: str, rendezvous: str, *, models: PartyModels, protocol: str 
             with contextlib.suppress(RuntimeError):
                 provider.source.close()
             comm.get().ttp_initialized = False  # the dealer left on "bye"; CrypTen must not send its "terminate"
-    crypten.uninit()
 
