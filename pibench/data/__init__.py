@@ -2,19 +2,14 @@
 
 Every dataset yields `(x, y)` with `x` a normalized float tensor (C, H, W) and `y` an
 int label. Nothing is downloaded: CIFAR and TinyImageNet are read from the standard
-folders under `data_dir` and a missing or malformed folder raises `FileNotFoundError`
-naming the files that were expected.
-
-CIFAR's python version is a pickle; it is read with an unpickler that only accepts
-plain containers and numpy arrays, so a crafted file cannot run code.
+folders under `data_dir` (`pibench.data.files`) and a missing or malformed folder raises
+`MissingFile` naming the files that were expected. This module is the registry of
+datasets by name, the two generated ones, and the loaders.
 """
 
 from __future__ import annotations
 
-import io
-import pickle
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -22,99 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from pibench.errors import MissingFile, UsageError
+from pibench.data.files import CIFAR10_INFO, CIFAR100_INFO, TINY_INFO, load_cifar10, load_cifar100, load_tinyimagenet
+from pibench.data.images import DatasetInfo, TensorImages, augment_for, check_split
+from pibench.errors import UsageError
 from pibench.registry import Registry
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a model must match to consume a dataset."""
-
-    name: str
-    in_chans: int
-    input_size: int
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    crop_padding: int = 0  # random-crop padding of the training augmentation; 0 = no crop
-    flip: bool = False  # random horizontal flips in training
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (self.in_chans, self.input_size, self.input_size)
-
-
-class Augment:
-    """Random crop with zero padding and random horizontal flip on a (C, H, W) tensor."""
-
-    def __init__(self, padding: int, flip: bool) -> None:
-        self.padding = padding
-        self.flip = flip
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.padding:
-            h, w = x.shape[1:]
-            padded = F.pad(x, [self.padding] * 4)
-            i, j = torch.randint(0, 2 * self.padding + 1, (2,)).tolist()
-            x = padded[:, i : i + h, j : j + w]
-        if self.flip and torch.rand(()) < 0.5:
-            x = x.flip(2)
-        return x
-
-
-class _Images(Dataset):
-    """What every image dataset here does on access: scale to [0, 1], normalize, augment."""
-
-    def __init__(self, info: DatasetInfo, augment: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
-        self.info = info
-        self.augment = augment
-        self._mean = torch.tensor(info.mean).view(-1, 1, 1)
-        self._std = torch.tensor(info.std).view(-1, 1, 1)
-
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        x = (x - self._mean) / self._std
-        return self.augment(x) if self.augment is not None else x
-
-
-class TensorImages(_Images):
-    """In-memory images (N, C, H, W) uint8 or float, normalized on access, optionally augmented."""
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        info: DatasetInfo,
-        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> None:
-        super().__init__(info, augment)
-        self.images = images
-        self.labels = labels.long()
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self._prepare(self.images[i]), int(self.labels[i])
-
-
-class ImageFiles(_Images):
-    """Images read lazily from files (TinyImageNet), normalized and optionally augmented."""
-
-    def __init__(self, files: Sequence[Path], labels: Sequence[int], info: DatasetInfo, augment=None) -> None:
-        super().__init__(info, augment)
-        self.files = list(files)
-        self.labels = list(labels)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
-        with Image.open(self.files[i]) as img:
-            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        return self._prepare(torch.from_numpy(arr.copy()).permute(2, 0, 1)), self.labels[i]
 
 
 @dataclass(frozen=True)
@@ -124,18 +30,6 @@ class DatasetEntry:
 
 
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
-
-
-def _augment_for(info: DatasetInfo, split: str, augment: bool | None) -> Augment | None:
-    use = (split == "train") if augment is None else augment
-    if not use or not (info.crop_padding or info.flip):
-        return None
-    return Augment(info.crop_padding, info.flip)
-
-
-def _check_split(split: str) -> None:
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
 
 
 # ---------------------------------------------------------------- digits
@@ -165,7 +59,7 @@ def _load_digits(split: str, data_dir: str | None = None, *, size: int | None = 
     if size is not None and size != x.shape[-1]:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
         info = DatasetInfo(**{**info.__dict__, "input_size": size})
-    return TensorImages(x, y, info, _augment_for(info, split, augment))
+    return TensorImages(x, y, info, augment_for(info, split, augment))
 
 
 # ---------------------------------------------------------------- synthetic
@@ -203,136 +97,11 @@ def _load_synthetic(
     return TensorImages(x, y, info, None)
 
 
-# ---------------------------------------------------------------- CIFAR
-class _ArraysOnly(pickle.Unpickler):
-    """Unpickler for CIFAR batches: numpy arrays and builtins only, nothing executable."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset file")
-
-
-def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        raw = _ArraysOnly(io.BytesIO(path.read_bytes()), encoding="bytes").load()
-        data = np.asarray(raw[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = np.asarray(raw[label_key], dtype=np.int64)
-    except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError, AttributeError) as e:
-        raise MissingFile(
-            f"{path}: not a CIFAR python batch ({type(e).__name__}: {e}); expected a dict with "
-            f"{b'data'!r} (N x 3072 uint8) and {label_key!r}"
-        ) from e
-    if len(data) != len(labels):
-        raise MissingFile(f"{path}: {len(data)} images but {len(labels)} labels")
-    return data, labels
-
-
-def _cifar(
-    split: str, data_dir: str | None, folder: str, files: dict[str, list[str]], label_key: bytes, info: DatasetInfo, augment
-) -> Dataset:
-    if data_dir is None:
-        raise MissingFile(f"{info.name} is read from a local folder: pass --data-dir DIR containing {folder}/")
-    root = Path(data_dir) / folder
-    expected = [root / f for f in files[split]]
-    missing = [str(p) for p in expected if not p.is_file()]
-    if missing:
-        wanted = ", ".join(f"{folder}/{f}" for f in files["train"] + files["test"])
-        raise MissingFile(
-            f"{info.name}: missing {', '.join(missing)}; expected the python version of the dataset "
-            f"under {data_dir}: {wanted}"
-        )
-    parts = [_read_cifar_batch(p, label_key) for p in expected]
-    x = torch.from_numpy(np.concatenate([p[0] for p in parts]))
-    y = torch.from_numpy(np.concatenate([p[1] for p in parts]))
-    if int(y.max()) >= info.num_classes or int(y.min()) < 0:
-        raise MissingFile(f"{root}: labels outside 0..{info.num_classes - 1}; is this the right dataset?")
-    return TensorImages(x, y, info, _augment_for(info, split, augment))
-
-
-CIFAR10_INFO = DatasetInfo(
-    "cifar10", 3, 32, 10, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), crop_padding=4, flip=True
-)
-CIFAR100_INFO = DatasetInfo(
-    "cifar100", 3, 32, 100, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), crop_padding=4, flip=True
-)
-CIFAR10_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
-CIFAR100_FILES = {"train": ["train"], "test": ["test"]}
-
-
-def _load_cifar10(split: str, data_dir: str | None = None, *, augment: bool | None = None) -> Dataset:
-    """CIFAR-10 from DIR/cifar-10-batches-py/ (data_batch_1..5, test_batch)."""
-    return _cifar(split, data_dir, "cifar-10-batches-py", CIFAR10_FILES, b"labels", CIFAR10_INFO, augment)
-
-
-def _load_cifar100(split: str, data_dir: str | None = None, *, augment: bool | None = None) -> Dataset:
-    """CIFAR-100 from DIR/cifar-100-python/ (train, test), fine labels."""
-    return _cifar(split, data_dir, "cifar-100-python", CIFAR100_FILES, b"fine_labels", CIFAR100_INFO, augment)
-
-
-# ---------------------------------------------------------------- TinyImageNet
-TINY_INFO = DatasetInfo(
-    "tinyimagenet", 3, 64, 200, mean=(0.4802, 0.4481, 0.3975), std=(0.2770, 0.2691, 0.2821), crop_padding=8, flip=True
-)
-TINY_LAYOUT = (
-    "tiny-imagenet-200/wnids.txt, tiny-imagenet-200/train/<wnid>/images/*.JPEG, "
-    "tiny-imagenet-200/val/val_annotations.txt and tiny-imagenet-200/val/images/*.JPEG"
-)
-
-
-def _load_tinyimagenet(split: str, data_dir: str | None = None, *, augment: bool | None = None) -> Dataset:
-    """TinyImageNet-200 from DIR/tiny-imagenet-200/; the labelled `val` set serves as test split."""
-    if data_dir is None:
-        raise MissingFile(f"tinyimagenet is read from a local folder: pass --data-dir DIR containing {TINY_LAYOUT}")
-    root = Path(data_dir) / "tiny-imagenet-200"
-    wnids_file = root / "wnids.txt"
-    if not wnids_file.is_file():
-        raise MissingFile(f"tinyimagenet: missing {wnids_file}; expected {TINY_LAYOUT} under {data_dir}")
-    wnids = [line.strip() for line in wnids_file.read_text().splitlines() if line.strip()]
-    index = {w: i for i, w in enumerate(wnids)}
-    files: list[Path] = []
-    labels: list[int] = []
-    if split == "train":
-        for w in wnids:
-            found = sorted((root / "train" / w / "images").glob("*.JPEG"))
-            if not found:
-                raise MissingFile(f"tinyimagenet: no images in {root / 'train' / w / 'images'}; expected {TINY_LAYOUT}")
-            files += found
-            labels += [index[w]] * len(found)
-    else:
-        ann = root / "val" / "val_annotations.txt"
-        if not ann.is_file():
-            raise MissingFile(f"tinyimagenet: missing {ann}; expected {TINY_LAYOUT} under {data_dir}")
-        for line in ann.read_text().splitlines():
-            fields = line.split("\t")
-            if len(fields) < 2:
-                continue
-            if fields[1] not in index:
-                raise MissingFile(f"{ann}: class {fields[1]!r} is not in {wnids_file}")
-            path = root / "val" / "images" / fields[0]
-            if not path.is_file():
-                raise MissingFile(f"tinyimagenet: {path} is listed in {ann} but missing")
-            files.append(path)
-            labels.append(index[fields[1]])
-        if not files:
-            raise MissingFile(f"{ann}: no annotations; expected lines 'FILE<TAB>WNID<TAB>...'")
-    return ImageFiles(files, labels, TINY_INFO, _augment_for(TINY_INFO, split, augment))
-
-
 DATASETS.register("digits", DatasetEntry(DIGITS_INFO, _load_digits))
 DATASETS.register("synthetic", DatasetEntry(SYNTHETIC_INFO, _load_synthetic))
-DATASETS.register("cifar10", DatasetEntry(CIFAR10_INFO, _load_cifar10))
-DATASETS.register("cifar100", DatasetEntry(CIFAR100_INFO, _load_cifar100))
-DATASETS.register("tinyimagenet", DatasetEntry(TINY_INFO, _load_tinyimagenet))
+DATASETS.register("cifar10", DatasetEntry(CIFAR10_INFO, load_cifar10))
+DATASETS.register("cifar100", DatasetEntry(CIFAR100_INFO, load_cifar100))
+DATASETS.register("tinyimagenet", DatasetEntry(TINY_INFO, load_tinyimagenet))
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -342,7 +111,7 @@ def dataset_info(name: str) -> DatasetInfo:
 
 def get_dataset(name: str, split: str = "test", data_dir: str | None = None, **kw: Any) -> Dataset:
     """A dataset split; `kw` are dataset options (`size` for digits/synthetic, `augment`)."""
-    _check_split(split)
+    check_split(split)
     entry = DATASETS.get(name)
     return entry.load(split, data_dir, **kw)
 
