@@ -350,6 +350,6 @@ def _check(fn: Any, where: str) -> Any:
         return fn()
     except ConfigError:
         raise
-    except (KeyError, ValueError, TypeError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    except (PibenchError, KeyError, ValueError, TypeError) as e:  # PibenchError: also MissingExtra, Unavailable
+        msg = e.args[0] if isinstance(e, KeyError) and not isinstance(e, PibenchError) and e.args else str(e)
         raise ConfigError(f"{where}: {msg}") from e
