@@ -32,9 +32,10 @@ import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 
 import pibench
@@ -48,9 +49,6 @@ from pibench.mpc.net.network import NETWORKS, NetworkProfile, parse_networks
 from pibench.mpc.parties.launch import Session, SessionConfig
 from pibench.mpc.protocols import DEFAULT_PROTOCOL, Protocol, get_protocol, protocol_of
 from pibench.results import BenchResult, LayerRow, ResultRow
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -302,9 +300,6 @@ def measure(model: str | Path | torch.nn.Module, *, protocol: str = DEFAULT_PROT
     with the columns of results.csv. Other `options` are `BenchOptions` fields. Raises
     RuntimeError when the model could not be measured.
     """
-    import pandas as pd
-
-
     opts = BenchOptions(protocol=protocol, networks=parse_networks(network), repeats=repeats, batch=batch,
                         samples=samples, **options)
     with contextlib.ExitStack() as stack:

@@ -59,7 +59,6 @@ def import_onnx(path: str | Path, folder: str | Path, masks: dict[str, torch.Ten
     """Translate `path` into a program and write it as a model folder (nothing is written on failure)."""
     import onnx
 
-
     program = program_from_onnx(load_onnx(path), masks or {})
     provenance = {"source": "onnx", "onnx_version": onnx.__version__, "torch_version": torch.__version__,
                   "source_file": Path(path).name, "source_sha256": sha256_file(Path(path))}

@@ -29,11 +29,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pibench.bench import BenchOptions, bench_models
 from pibench.data import dataset_info
 from pibench.errors import PibenchError, UsageError
 from pibench.linearize import linearize_many, make_settings, plan
-from pibench.settings import parse_budget
 from pibench.linearize.senet import allocate, random_masks
 from pibench.modelfolder.folder import is_model_folder, load_card, save_model
 from pibench.models import create_model
@@ -42,6 +43,7 @@ from pibench.mpc.net.network import parse_networks
 from pibench.relu import count_relus, relu_counts, set_masks
 from pibench.report.report import write_report
 from pibench.results import check_writable, results_lock
+from pibench.settings import parse_budget
 from pibench.sweep.cluster import EXECUTORS, job_parameters, make_executor, still_queued
 from pibench.sweep.config import (RUN_KEYS, ConfigError, CostOnly, Experiment, SweepConfig, experiment_relus,
                                   is_folder_spec, load_config)
@@ -50,8 +52,6 @@ from pibench.sweep.parts import measured, merge_parts, remove_unfinished_parts, 
 from pibench.train import train_baseline
 
 log = logging.getLogger(__name__)
-
-
 
 
 class SweepFailed(PibenchError, RuntimeError):
@@ -140,9 +140,6 @@ def structural_eta(n_layers: int) -> list[float]:
 
 def save_registry_model(model_name: str, arch_args: dict[str, Any], folder: Path, seed: int) -> None:
     """A registry model as it is, with random weights."""
-    import torch
-
-
     torch.manual_seed(seed)
     save_model(
         create_model(model_name, **arch_args),
@@ -155,9 +152,6 @@ def save_registry_model(model_name: str, arch_args: dict[str, Any], folder: Path
 
 def save_allocated_models(entry: CostOnly, counts: list[int], folders: list[Path], seed: int) -> None:
     """Random-weight models with masks allocated by the method's rule at each budget (missing folders only)."""
-    import torch
-
-
     for count, folder in zip(counts, folders):
         if is_model_folder(folder):
             continue
