@@ -1,5 +1,6 @@
 # pibench set-up: `make demo` runs the digits demo, `make test` runs the tests.
-# Both create/update .venv through `make install`; `make install EXTRAS=test,spu` adds the
+# `make test-fast` skips the party processes. All create/update .venv through `make install`;
+# `make install EXTRAS=test,spu` adds the
 # SecretFlow SPU backend (resolved in the same pip call as everything else: spu needs numpy<2).
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +11,9 @@ PIP := $(PY) -m pip
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install demo test test-all test-slurm bench clean
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast test-all test-slurm lint bench clean
 
 install: $(STAMP)
 
@@ -30,11 +33,20 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(VENV)/bin/pibench demo
 
+# Tiers: test-fast (no party processes, no training runs; seconds), test (adds the party sessions),
+# test-all (adds the slow digits pipeline). Markers: tests/conftest.py.
+test-fast: install
+	$(VENV)/bin/pytest -q -m "not parties and not slow" $(PYTEST_ARGS)
+
 test: install
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 test-all: install
-	$(VENV)/bin/pytest -q --runslow
+	$(VENV)/bin/pytest -q --runslow $(PYTEST_ARGS)
+
+# the layers contract ([tool.importlinter] in pyproject.toml, docs/architecture.md)
+lint: install
+	$(VENV)/bin/lint-imports --no-cache
 
 # root: starts a one-node Slurm cluster (tests/slurm/cluster.sh install first)
 test-slurm: install

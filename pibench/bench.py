@@ -32,13 +32,14 @@ import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 
 import pibench
-from pibench.errors import PibenchError
+from pibench.errors import PibenchError, UsageError
 from pibench.modelfolder.export import export
 from pibench.modelfolder.folder import (CARD_FILE, MASKS_FILE, PROGRAM_FILE, CheckpointError, is_model_folder,
                                         load_card, public_card_json)
@@ -48,9 +49,6 @@ from pibench.mpc.net.network import NETWORKS, NetworkProfile, parse_networks
 from pibench.mpc.parties.launch import Session, SessionConfig
 from pibench.mpc.protocols import DEFAULT_PROTOCOL, Protocol, get_protocol, protocol_of
 from pibench.results import BenchResult, LayerRow, ResultRow
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +72,11 @@ class BenchOptions:
 
     def __post_init__(self) -> None:
         if self.repeats < 1 or self.batch < 1 or (self.samples is not None and self.samples < 0):
-            raise ValueError("--repeats and --batch must be at least 1, --samples at least 0")
+            raise UsageError("--repeats and --batch must be at least 1, --samples at least 0")
         if self.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {self.threads}")
+            raise UsageError(f"--threads must be at least 1, got {self.threads}")
         if not self.networks:
-            raise ValueError("at least one network profile is needed (e.g. lan)")
+            raise UsageError("at least one network profile is needed (e.g. lan)")
         if self.run_id is None:
             self.run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         self.protocol = protocol_of(self.protocol).key
@@ -342,15 +340,12 @@ def measure(model: str | Path | torch.nn.Module, *, protocol: str = DEFAULT_PROT
     with the columns of results.csv. Other `options` are `BenchOptions` fields. Raises
     RuntimeError when the model could not be measured.
     """
-    import pandas as pd
-
-
     opts = BenchOptions(protocol=protocol, networks=parse_networks(network), repeats=repeats, batch=batch,
                         samples=samples, **options)
     with contextlib.ExitStack() as stack:
         if isinstance(model, torch.nn.Module):
             if example_input is None:
-                raise ValueError("measure needs example_input to export a torch module, e.g. torch.randn(1, 3, 32, 32)")
+                raise UsageError("measure needs example_input to export a torch module, e.g. torch.randn(1, 3, 32, 32)")
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pibench-measure-"))) / "model"
             export(model, example_input, folder)
             model = folder

@@ -12,6 +12,7 @@ import logging
 import sys
 
 from pibench.commands import Interrupted
+from pibench.errors import PibenchError
 
 # Subcommand name -> module under pibench.commands, in the order `--help` lists them.
 COMMANDS = {
@@ -51,12 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args._run(args) or 0)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
-        # Expected user errors (unknown model, bad budget, corrupt file, dead party, full
-        # disk) end with one line, not a traceback; -v shows the traceback.
+    except PibenchError as e:
+        # A problem the user can fix (unknown model, bad budget, corrupt file, dead party, full
+        # disk) ends with one line naming it; -v shows the traceback. Any other exception is a
+        # bug and keeps its traceback.
         if args.verbose:
             raise
-        print(f"pibench {args.command}: error: {_message(e)}", file=sys.stderr)
+        print(f"pibench {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Interrupted) as e:
         if args.verbose:
@@ -65,14 +67,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\npibench {args.command}: interrupted{what}", file=sys.stderr)
         return 130
 
-
-def _message(e: BaseException) -> str:
-    """One line for an expected error: the message itself, the file an OSError is about."""
-    if isinstance(e, KeyError) and e.args:
-        return str(e.args[0])
-    if isinstance(e, OSError) and e.strerror:
-        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
-    return str(e)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -34,3 +34,14 @@ class MissingFile(PibenchError, FileNotFoundError):
 
 class MissingExtra(PibenchError, ImportError):
     """An optional extra (e.g. SecretFlow SPU) that a protocol needs is not installed."""
+
+
+class Unavailable(PibenchError, RuntimeError):
+    """Something this machine lacks for what was asked (root, iproute2, Slurm); the message says how to get it."""
+
+
+class WriteError(PibenchError, OSError):
+    """A file could not be written (a full disk, no permission); what was written before is kept."""
+
+    def __str__(self) -> str:  # the message, without OSError's "[Errno 28]"
+        return self.strerror or (str(self.args[0]) if self.args else "")

@@ -6,6 +6,8 @@ import difflib
 import fnmatch
 from typing import Callable, Generic, Iterator, TypeVar
 
+from pibench.errors import UnknownName
+
 T = TypeVar("T")
 
 
@@ -32,7 +34,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._items:
-            raise KeyError(self.unknown_message(name))
+            raise UnknownName(self.unknown_message(name))
         return self._items[name]
 
     def unknown_message(self, name: str) -> str:

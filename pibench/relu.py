@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pibench.errors import UsageError
+
 
 class MaskedReLU(nn.Module):
     """ReLU applied only where `mask` is True (mask shape = one sample's C, H, W).
@@ -31,7 +33,7 @@ class MaskedReLU(nn.Module):
         if self.mask is None:
             return torch.relu(x)
         if x.shape[1:] != self.mask.shape:
-            raise ValueError(
+            raise UsageError(
                 f"MaskedReLU got input of per-sample shape {tuple(x.shape[1:])} but its mask has "
                 f"shape {tuple(self.mask.shape)}; build the model for the input size it is fed"
             )
@@ -46,7 +48,7 @@ class MaskedReLU(nn.Module):
 
     def set_mask(self, mask: torch.Tensor) -> None:
         if self.mask is not None and tuple(mask.shape) != tuple(self.mask.shape):
-            raise ValueError(f"mask of shape {tuple(mask.shape)} for a layer of shape {tuple(self.mask.shape)}")
+            raise UsageError(f"mask of shape {tuple(mask.shape)} for a layer of shape {tuple(self.mask.shape)}")
         self.mask = mask.to(dtype=torch.bool, device=self._device()).clone()
 
     def _device(self) -> torch.device:
@@ -98,11 +100,11 @@ def set_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     missing = sorted(set(layers) - set(masks))
     extra = sorted(set(masks) - set(layers))
     if missing or extra:
-        raise ValueError(f"mask names do not match the model's ReLU layers: missing {missing}, unexpected {extra}")
+        raise UsageError(f"mask names do not match the model's ReLU layers: missing {missing}, unexpected {extra}")
     for name, layer in layers.items():
         mask = masks[name]
         if layer.mask is not None and tuple(mask.shape) != tuple(layer.mask.shape):
-            raise ValueError(
+            raise UsageError(
                 f"mask {name!r} has shape {tuple(mask.shape)} but the layer's feature map is {tuple(layer.mask.shape)}"
             )
         layer.set_mask(mask)

@@ -33,6 +33,7 @@ from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
+from pibench.errors import MissingFile, PibenchError, UsageError, WriteError
 from pibench.mpc.protocols import PROTOCOLS
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def _cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-class FolderInUse(RuntimeError):
+class FolderInUse(PibenchError, RuntimeError):
     """Another process writes this results folder; the message names it."""
 
 
@@ -210,10 +211,10 @@ def check_writable(folder: str | Path, what: str = "output folder") -> None:
     folder = Path(folder)
     existing = next(p for p in [folder, *folder.absolute().parents] if p.exists())
     if not existing.is_dir():
-        raise ValueError(f"{what} {folder}: {existing} is a file, not a folder")
+        raise UsageError(f"{what} {folder}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         fix = "it is on a read-only file system" if _read_only(existing) else "no write permission"
-        raise ValueError(f"{what} {folder}: cannot write into {existing} ({fix}); choose another folder")
+        raise UsageError(f"{what} {folder}: cannot write into {existing} ({fix}); choose another folder")
 
 
 def _read_only(path: Path) -> bool:
@@ -282,7 +283,7 @@ def append_rows(path: str | Path, rows: Iterable[ResultRow | LayerRow]) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         header, kept = _parse(path) if path.is_file() else ([], [])
         if header and header != columns:
-            raise ValueError(
+            raise UsageError(
                 f"{path}: existing columns do not match this pibench's {type(rows[0]).__name__} schema "
                 f"(missing {sorted(set(columns) - set(header))}, unexpected {sorted(set(header) - set(columns))}); "
                 "write to a new --out folder"
@@ -290,7 +291,7 @@ def append_rows(path: str | Path, rows: Iterable[ResultRow | LayerRow]) -> int:
         new = [[_cell(v) for v in asdict(row).values()] for row in rows]
         _replace(path, columns, kept + new)
     except OSError as e:
-        raise OSError(e.errno, f"cannot write {path}: {e.strerror}; the rows written before are kept, free space "
+        raise WriteError(e.errno, f"cannot write {path}: {e.strerror}; the rows written before are kept, free space "
                       "(or fix the folder) and re-run the same command") from e
     return len(rows)
 
@@ -304,7 +305,7 @@ def _csv(path: str | Path, name: str) -> Path:
 def _read_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
     """A results CSV as a DataFrame, torn rows dropped (see `_parse`); errors name the file."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such results file")
+        raise MissingFile(f"{path}: no such results file")
     try:
         header, rows = _parse(path)
         buffer = io.StringIO()
@@ -312,7 +313,7 @@ def _read_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
         buffer.seek(0)
         return pd.read_csv(buffer, **kwargs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a readable results CSV ({e})") from e
+        raise UsageError(f"{path}: not a readable results CSV ({e})") from e
 
 
 def load_results(path: str | Path) -> pd.DataFrame:

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pibench.data import dataset_info, dataset_options, make_loaders
+from pibench.errors import UsageError
 from pibench.modelfolder.folder import save_model
 from pibench.models import create_model
 from pibench.relu import masked_relus
@@ -192,7 +193,7 @@ def _optimizer(params: list, cfg: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adam")
+    raise UsageError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adam")
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
@@ -203,7 +204,7 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_s
         return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=cfg.gamma)
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    raise ValueError(f"unknown schedule {cfg.schedule!r}; use cosine, step or constant")
+    raise UsageError(f"unknown schedule {cfg.schedule!r}; use cosine, step or constant")
 
 
 def _save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -236,60 +237,22 @@ def fit(
     device = pick_device(device)
     callback = callback or Callback()
     if (cfg.kd or cfg.at) and teacher is None:
-        raise ValueError("knowledge distillation / attention transfer need a teacher model")
+        raise UsageError("knowledge distillation / attention transfer need a teacher model")
     model.to(device)
     if teacher is not None:
         teacher.to(device).eval()
     params = [{"params": [p for p in model.parameters() if p.requires_grad]}] + callback.param_groups()
     opt = _optimizer(params, cfg)
     sched = _scheduler(opt, cfg)
-    history: list[float] = []
-    start = 0
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
-    if ckpt_path is not None and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if state.get("config") == asdict(cfg) and state.get("run_key", "") == run_key:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            callback.load_state_dict(state["callback"])
-            history = list(state["history"])
-            start = int(state["epoch"])
-            log.info("%s: resuming from %s after epoch %d", desc, ckpt_path, start)
-        else:
-            log.warning("%s: checkpoint %s was made with other settings; starting over", desc, ckpt_path)
-
+    history, start = _resume(ckpt_path, cfg, run_key, model, opt, sched, callback, device, desc)
     use_at = bool(cfg.at) and teacher is not None
     s_tap = FeatureTap(feature_modules(model)) if use_at else None
     t_tap = FeatureTap(feature_modules(teacher)) if use_at else None
     try:
         for epoch in range(start, cfg.epochs):
-            seed_everything(cfg.seed + epoch)
-            generator = getattr(train_loader, "generator", None)
-            if generator is not None:
-                generator.manual_seed(cfg.seed + epoch)
-            model.train()
-            bar = tqdm(train_loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
-            for x, y in bar:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                t_logits = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        t_logits = teacher(x)
-                logits = model(x)
-                loss = cfg.ce * F.cross_entropy(logits, y)
-                if cfg.kd:
-                    loss = loss + cfg.kd * kd_loss(logits, t_logits, cfg.temperature)
-                if use_at:
-                    loss = loss + cfg.at * at_loss(s_tap.outputs, t_tap.outputs)
-                extra = callback.extra_loss()
-                if extra is not None:
-                    loss = loss + extra
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                callback.after_batch()
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+            _train_epoch(model, train_loader, cfg, epoch, opt, callback, device, teacher, (s_tap, t_tap),
+                         f"{desc} {epoch + 1}/{cfg.epochs}")
             sched.step()
             acc = evaluate(model, test_loader, device) if test_loader is not None else float("nan")
             history.append(acc)
@@ -299,19 +262,10 @@ def fit(
             else:
                 log.info("%s epoch %d/%d: test accuracy %.2f%%", desc, epoch + 1, cfg.epochs, acc)
             if ckpt_path is not None:
-                _save_atomic(
-                    {
-                        "config": asdict(cfg),
-                        "run_key": run_key,
-                        "epoch": epoch + 1 if not stop else cfg.epochs,
-                        "model": model.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "callback": callback.state_dict(),
-                        "history": history,
-                    },
-                    ckpt_path,
-                )
+                state = {"config": asdict(cfg), "run_key": run_key, "epoch": epoch + 1 if not stop else cfg.epochs,
+                         "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                         "callback": callback.state_dict(), "history": history}
+                _save_atomic(state, ckpt_path)
             if stop:
                 break
     finally:
@@ -319,6 +273,56 @@ def fit(
             if tap is not None:
                 tap.close()
     return history
+
+
+def _resume(ckpt_path: Path | None, cfg: TrainConfig, run_key: str, model: nn.Module, opt: torch.optim.Optimizer,
+            sched: Any, callback: Callback, device: torch.device, desc: str) -> tuple[list[float], int]:
+    """(history, first epoch to run): from `ckpt_path` when it was made by the same config and run key."""
+    if ckpt_path is None or not ckpt_path.is_file():
+        return [], 0
+    state = torch.load(ckpt_path, map_location=device, weights_only=True)
+    if state.get("config") != asdict(cfg) or state.get("run_key", "") != run_key:
+        log.warning("%s: checkpoint %s was made with other settings; starting over", desc, ckpt_path)
+        return [], 0
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    callback.load_state_dict(state["callback"])
+    log.info("%s: resuming from %s after epoch %d", desc, ckpt_path, int(state["epoch"]))
+    return list(state["history"]), int(state["epoch"])
+
+
+def _train_epoch(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, epoch: int, opt: torch.optim.Optimizer,
+                 callback: Callback, device: torch.device, teacher: nn.Module | None,
+                 taps: tuple[FeatureTap | None, FeatureTap | None], desc: str) -> None:
+    """One pass over the training data, seeded by the epoch (so a resumed run draws the same batches)."""
+    seed_everything(cfg.seed + epoch)
+    generator = getattr(train_loader, "generator", None)
+    if generator is not None:
+        generator.manual_seed(cfg.seed + epoch)
+    model.train()
+    s_tap, t_tap = taps
+    bar = tqdm(train_loader, desc=desc, leave=False, disable=None)
+    for x, y in bar:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        t_logits = None
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits = teacher(x)
+        logits = model(x)
+        loss = cfg.ce * F.cross_entropy(logits, y)
+        if cfg.kd:
+            loss = loss + cfg.kd * kd_loss(logits, t_logits, cfg.temperature)
+        if s_tap is not None:
+            loss = loss + cfg.at * at_loss(s_tap.outputs, t_tap.outputs)
+        extra = callback.extra_loss()
+        if extra is not None:
+            loss = loss + extra
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        callback.after_batch()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
 
 
 def train_baseline(
@@ -379,7 +383,7 @@ def initialize(model: nn.Module, init: str) -> None:
     if init == "default":
         return
     if init != "kaiming_normal":
-        raise ValueError(f"unknown init {init!r}; use default or kaiming_normal")
+        raise UsageError(f"unknown init {init!r}; use default or kaiming_normal")
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

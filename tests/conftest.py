@@ -13,7 +13,19 @@ def pytest_addoption(parser):
     )
 
 
+# Modules whose tests start MPC party processes (or CLI runs that do): the `parties` marker, which
+# `make test-fast` (-m "not parties and not slow") skips. A test elsewhere that starts parties is
+# marked `@pytest.mark.parties` itself.
+PARTY_MODULES = {
+    "test_adversary", "test_cli_errors", "test_docker", "test_export_mpc", "test_mpc_costs", "test_mpc_fss",
+    "test_mpc_parties", "test_multihost", "test_netns", "test_protocols", "test_spu", "test_sweep", "test_sweep_slurm",
+}
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in PARTY_MODULES:
+            item.add_marker(pytest.mark.parties)
     for marker, option in (("slow", "--runslow"), ("slurm", "--runslurm")):
         if config.getoption(option):
             continue

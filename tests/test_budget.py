@@ -1,6 +1,6 @@
 import pytest
 
-from pibench.linearize.budget import parse_budget
+from pibench.settings import parse_budget
 
 TOTAL = 557_056
 

@@ -18,6 +18,13 @@ U64 = np.uint64
 rng = np.random.default_rng(17)
 
 
+@pytest.fixture(autouse=True)
+def seeded_rng():
+    """Each test draws from a fresh generator, so its inputs do not depend on which tests ran before it."""
+    global rng
+    rng = np.random.default_rng(17)
+
+
 def ring(values) -> np.ndarray:
     """Signed integers as ring elements (uint64, two's complement)."""
     return np.asarray(values, dtype=np.int64).view(U64)

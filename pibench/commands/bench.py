@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from pibench.commands import Interrupted
+from pibench.errors import UsageError
 
 HELP = "measure models in real two-party secure inference, CrypTen or SPU (one set of parties for all models)"
 
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     resolve_protocol(args)
     networks = parse_networks(args.network)
     if args.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
     for spec in args.models:
         check_model(spec)
     check_writable(args.out, "--out")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from pibench.errors import UsageError
+
 HELP = "count the ReLUs of a registered model or an exported model folder, per layer"
 
 
@@ -25,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     if is_model_folder(args.model):
         if args.input_size is not None or args.num_classes is not None:
-            raise ValueError("--input-size/--num-classes apply to registry names; a model folder fixes its own")
+            raise UsageError("--input-size/--num-classes apply to registry names; a model folder fixes its own")
         card = load_card(args.model)
         name = args.model
     else:

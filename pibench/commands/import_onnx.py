@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pibench.errors import UsageError
+
 HELP = "import an ONNX model (a CNN of supported ops) as a model folder, without its Python class"
 
 
@@ -28,13 +30,13 @@ def run(args: argparse.Namespace) -> int:
     from pibench.modelfolder.onnx_import import import_onnx
 
     if is_model_folder(args.out):
-        raise ValueError(f"{args.out} is already a model folder; choose a new --out or remove it")
+        raise UsageError(f"{args.out} is already a model folder; choose a new --out or remove it")
     masks = None
     if args.masks:
         try:
             masks = load_file(args.masks)
         except (SafetensorError, OSError) as e:
-            raise ValueError(f"{args.masks}: cannot read masks ({e}); give a safetensors file of boolean masks") from e
+            raise UsageError(f"{args.masks}: cannot read masks ({e}); give a safetensors file of boolean masks") from e
     card = import_onnx(Path(args.onnx), args.out, masks, name=args.name, dataset=args.dataset,
                        accuracy=args.accuracy)
     print(f"{args.out}: {card.relus:,} ReLUs in {len(card.layers)} layers, input {tuple(card.input_shape)}, "

@@ -1,15 +1,19 @@
-"""`pibench linearize`: reduce a baseline's ReLUs to a budget with DeepReDuce, SENet or SNL."""
+"""`pibench linearize`: reduce a baseline's ReLUs to a budget with DeepReDuce, SENet, SNL or a plug-in method."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from pibench.errors import UsageError
+
 HELP = "linearize a trained all-ReLU model to a ReLU budget (deepreduce, senet, snl)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", required=True, choices=["deepreduce", "senet", "snl"])
+    p.add_argument("--method", required=True,
+                   help="deepreduce, senet, snl, a method an installed package declares in the pibench.methods "
+                        "entry-point group, or a module[:attr] path (docs/plugin-methods.md)")
     p.add_argument("--teacher", required=True, help="all-ReLU model folder made by `pibench train`")
     p.add_argument(
         "--budget", required=True, nargs="+",
@@ -31,7 +35,7 @@ def parse_settings(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
         key = key.replace("-", "_")
         try:
             settings[key] = json.loads(value)
@@ -50,10 +54,10 @@ def run(args: argparse.Namespace) -> int:
     for key, flag in (("method", "--method"), ("teacher_folder", "--teacher"), ("budgets", "--budget"),
                       ("out_folders", "--out")):
         if key in settings:
-            raise ValueError(f"--set {key}: give it as {flag}")
+            raise UsageError(f"--set {key}: give it as {flag}")
     for key in options.keys() & settings.keys():  # a flag and a --set of one name must agree
         if options[key] != settings[key]:
-            raise ValueError(f"--{key.replace('_', '-')} {options[key]} and --set {key}={settings[key]} disagree; "
+            raise UsageError(f"--{key.replace('_', '-')} {options[key]} and --set {key}={settings[key]} disagree; "
                              "give one of them")
     cards = linearize_many(args.method, args.teacher, args.budget, args.out, **{**options, **settings})
     for out, card in zip(args.out, cards):

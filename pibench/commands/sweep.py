@@ -11,7 +11,7 @@ HELP = "run (or resume) a sweep: teacher, methods × budgets, two-party MPC, fig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from pibench.sweep.run import EXECUTORS
+    from pibench.sweep.cluster import EXECUTORS
 
     p.add_argument("config", help="sweep config YAML (see configs/demo.yaml)")
     p.add_argument("--no-report", action="store_true", help="skip figures and report.md")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pibench.errors import UsageError
+
 HELP = "train an all-ReLU baseline model on a dataset and save it as a model folder"
 
 
@@ -25,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.epochs < 1:
-        raise ValueError(f"--epochs must be at least 1, got {args.epochs} (an untrained model is not a baseline)")
+        raise UsageError(f"--epochs must be at least 1, got {args.epochs} (an untrained model is not a baseline)")
     from pibench.train import train_baseline
 
     card = train_baseline(

@@ -1,4 +1,4 @@
-"""ReLU linearization methods (DeepReDuce, SENet, SNL) behind one registry and one API.
+"""ReLU linearization methods (DeepReDuce, SENet, SNL, and plug-ins) behind one registry and one API.
 
     linearize(method, teacher_folder, budget, out_folder, ...)         -> ModelCard
     linearize_many(method, teacher_folder, budgets, out_folders, ...)  -> [ModelCard]
@@ -9,6 +9,12 @@ The teacher is an all-ReLU model folder (`pibench train`). A method module expos
 once so that teacher-level work (DeepReDuce's criticality and candidates, SENet's
 sensitivity, SNL's alpha search) is done once. Work that outlives a call is cached
 under `<teacher>/cache/` (or `cache_dir`), keyed by the settings that produced it.
+
+Methods are found by name: the built-in three and every method an installed package
+declares in the `pibench.methods` entry-point group (`name = "module"` or
+`"module:attr"`) register alike, as a "module[:attr]" target imported on first use;
+a method not installed can also be named by its target itself (`--method mypkg.mymethod`).
+docs/plugin-methods.md shows a plug-in.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import importlib.metadata
+import typing
 import json
 import logging
 from dataclasses import dataclass
@@ -26,20 +34,33 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pibench.data import dataset_options, make_loaders
-from pibench.linearize.budget import parse_budget
+from pibench.errors import UnknownName, UsageError
 from pibench.modelfolder.folder import load_model, save_model
 from pibench.registry import Registry
 from pibench.relu import count_relus, relu_counts
+from pibench.settings import check_types, parse_budget
 from pibench.train import ACCURACY_RULE, TrainConfig, deterministic, pick_device
-from pibench.typecheck import check_types
 
 log = logging.getLogger(__name__)
 
-# Method name -> the module implementing it, imported on first use.
-METHODS: Registry[str] = Registry("linearization method")
-METHODS.register("deepreduce", "pibench.linearize.deepreduce")
-METHODS.register("senet", "pibench.linearize.senet")
-METHODS.register("snl", "pibench.linearize.snl")
+ENTRY_POINTS = "pibench.methods"  # the entry-point group plug-in packages declare their methods in
+BUILTIN = {"deepreduce": "pibench.linearize.deepreduce", "senet": "pibench.linearize.senet",
+           "snl": "pibench.linearize.snl"}
+
+
+def _method_table() -> Registry[str]:
+    """Method name -> "module[:attr]" of what implements it: the built-in three, then the installed plug-ins."""
+    table: Registry[str] = Registry("linearization method")
+    declared = [(ep.name, ep.value) for ep in importlib.metadata.entry_points(group=ENTRY_POINTS)]
+    for name, target in [*BUILTIN.items(), *declared]:
+        if name in table:
+            log.warning("linearization method %r is declared twice; %s is ignored", name, target)
+            continue
+        table.register(name, target)
+    return table
+
+
+METHODS = _method_table()
 
 
 @dataclass
@@ -63,21 +84,37 @@ class Teacher:
         return int(self.card.relus)
 
 
-def method_module(name: str):
-    return importlib.import_module(METHODS.get(name))
+def method_module(name: str) -> Any:
+    """What implements method `name` (a module or an object with `Settings` and `run`), imported now.
+
+    `name` is a registered method, or a "module[:attr]" target (any name with a dot or a colon).
+    Raises UnknownName for a name no package declares, UsageError for a target without the contract.
+    """
+    target = name if (name not in METHODS and ("." in name or ":" in name)) else METHODS.get(name)
+    module_name, _, attr = target.partition(":")
+    try:
+        method = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:  # the method's own imports failed: a bug to see in full
+            raise
+        raise UnknownName(f"linearization method {name!r}: no module {module_name!r}; "
+                          f"{METHODS.unknown_message(name)}") from None
+    for part in filter(None, attr.split(".")):
+        method = getattr(method, part)
+    if not (dataclasses.is_dataclass(getattr(method, "Settings", None)) and callable(getattr(method, "run", None))):
+        raise UsageError(f"linearization method {name!r} ({target}) has no Settings dataclass and run(teacher, "
+                         "budgets, out_folders, settings); see docs/plugin-methods.md")
+    return method
 
 
 def make_settings(method: str, epochs: int | None = None, **kwargs: Any):
     """The method's Settings with caller overrides (None values ignored); unknown keys and wrong types raise."""
-    import typing
-
-
     cls = method_module(method).Settings
     values = {k: v for k, v in {**kwargs, "epochs": epochs}.items() if v is not None}
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         known = ", ".join(f.name for f in dataclasses.fields(cls))
-        raise ValueError(f"unknown {method} settings {unknown}; known: {known}")
+        raise UsageError(f"unknown {method} settings {unknown}; known: {known}")
     check_types(values, typing.get_type_hints(cls), f"{method} setting")
     return cls(**values)
 
@@ -104,7 +141,7 @@ def load_teacher(
     folder = Path(teacher_folder)
     card, model = load_model(folder)
     if any(c.relus != c.size for c in relu_counts(model)):
-        raise ValueError(f"{folder}: the teacher must keep all of its ReLUs (it has {card.relus:,}); use a baseline model")
+        raise UsageError(f"{folder}: the teacher must keep all of its ReLUs (it has {card.relus:,}); use a baseline model")
     options = dataset_options(card.dataset, card.input_shape, card.num_classes)
     train_loader, test_loader = make_loaders(
         card.dataset, data_dir, batch_size=batch_size, seed=seed, train_subset=train_subset, **options
@@ -205,9 +242,9 @@ def linearize_many(
     one ModelCard per budget, in the order given.
     """
     if len(budgets) != len(out_folders):
-        raise ValueError(f"{len(budgets)} budgets but {len(out_folders)} output folders")
+        raise UsageError(f"{len(budgets)} budgets but {len(out_folders)} output folders")
     if not budgets:
-        raise ValueError("no budgets given")
+        raise UsageError("no budgets given")
     module = method_module(method)
     settings = make_settings(method, epochs, **method_kwargs)
     teacher = load_teacher(

@@ -52,12 +52,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pibench.data import get_dataset, holdout_loaders
+from pibench.errors import UsageError
 from pibench.linearize import Teacher, save_linearized, settings_key, train_config
 from pibench.modelfolder.folder import is_model_folder, load_card, load_model, save_model
 from pibench.models import create_model
 from pibench.models.resnet import ResNet
-from pibench.relu import count_relus
 from pibench.pareto import pareto_front
+from pibench.relu import count_relus
 from pibench.train import TrainConfig, evaluate, fit, seed_everything
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def enumerate_candidates(
 
 def _check_resnet(teacher: Teacher) -> int:
     if not isinstance(teacher.model, ResNet):
-        raise ValueError(
+        raise UsageError(
             f"DeepReDuce applies to ResNet-family models (stages in model.layers); {teacher.card.arch} is not one"
         )
     return len(teacher.model.layers)
@@ -165,7 +166,7 @@ def _build(teacher: Teacher, kwargs: dict[str, Any]) -> torch.nn.Module:
 def criticality_scores(stages: dict[int, tuple[int, float]], linear_accuracy: float) -> dict[int, float]:
     """C_k = (Acc_k - Acc_lin) / (kappa * ln ReLUs_k) per stage k -> (ReLUs_k, Acc_k); kappa: max C_k = 1."""
     if any(relus < 2 for relus, _ in stages.values()):
-        raise ValueError(f"criticality needs at least 2 ReLUs per stage, got {stages}")
+        raise UsageError(f"criticality needs at least 2 ReLUs per stage, got {stages}")
     raw = {k: (acc - linear_accuracy) / math.log(relus) for k, (relus, acc) in stages.items()}
     kappa = max(abs(v) for v in raw.values()) or 1.0
     return {k: v / kappa for k, v in raw.items()}
@@ -286,14 +287,14 @@ def run(teacher: Teacher, budgets: list[int], outs: list[Path], settings: Settin
         crit = criticality(teacher, settings, stages)
         order = crit["order"]
     if sorted(order) != list(range(1, stages + 1)):
-        raise ValueError(f"stage_order {order} must list each of the stages 1..{stages} once")
+        raise UsageError(f"stage_order {order} must list each of the stages 1..{stages} once")
     candidates = enumerate_candidates(teacher.card.arch, teacher.card.arch_args, order, alphas=settings.alphas,
                                       stem_strides=settings.stem_strides, thinning=settings.thinning,
                                       blocks=settings.blocks)
     smallest = min(c.relus for c in candidates)
     too_small = [b for b in budgets if b < smallest]
     if too_small:
-        raise ValueError(
+        raise UsageError(
             f"budget {too_small[0]:,} is below DeepReDuce's smallest candidate ({smallest:,} ReLUs); "
             "add smaller alphas / larger stem_strides, or use senet or snl"
         )

@@ -46,6 +46,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from pibench.errors import UsageError
 from pibench.linearize import Teacher, save_linearized, settings_key, train_config
 from pibench.relu import masked_relus, relu_counts
 from pibench.train import Callback, TrainConfig, evaluate, fit, remove_checkpoint
@@ -96,7 +97,7 @@ def relu_feeding_convs(model: nn.Module, input_shape: Sequence[int]) -> dict[str
         else:
             feeding[name] = last_conv or last_any
             if feeding[name] is None:
-                raise ValueError(f"ReLU layer {name!r} has no conv before it; SENet needs conv-fed ReLUs")
+                raise UsageError(f"ReLU layer {name!r} has no conv before it; SENet needs conv-fed ReLUs")
     return feeding
 
 
@@ -343,7 +344,7 @@ def linearize_one(teacher: Teacher, budget: int, out: Path, settings: Settings, 
 def run(teacher: Teacher, budgets: list[int], outs: list[Path], settings: Settings) -> list:
     """SENet at every budget; the sensitivity run is shared (and cached)."""
     if settings.masks not in ("search", "random"):
-        raise ValueError(f"SENet masks must be 'search' or 'random', got {settings.masks!r}")
+        raise UsageError(f"SENet masks must be 'search' or 'random', got {settings.masks!r}")
     eta = sensitivity(teacher, settings)
     log.info("SENet sensitivity: %s", {k: round(v, 3) for k, v in eta.items()})
     return [linearize_one(teacher, b, o, settings, eta) for b, o in zip(budgets, outs)]

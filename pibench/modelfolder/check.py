@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pibench.errors import UsageError
+
 CARD_FILE = "model.json"  # pibench.modelfolder.folder.CARD_FILE, without importing torch
 
 
@@ -25,16 +27,16 @@ def check_model(spec: str, *, weights: bool = True) -> None:
     """
     path = Path(spec)
     if path.is_dir() and not (path / CARD_FILE).is_file():
-        raise ValueError(f"{spec}: folder has no {CARD_FILE}; it is not a pibench model folder")
+        raise UsageError(f"{spec}: folder has no {CARD_FILE}; it is not a pibench model folder")
     if not path.exists() and looks_like_path(spec):
-        raise ValueError(f"{spec}: no such model folder")
+        raise UsageError(f"{spec}: no such model folder")
     if path.is_dir():
         from pibench.modelfolder.folder import WEIGHTS_FILE
         from pibench.modelfolder.spec import public_program
 
         public_program(spec)
         if weights and not (path / WEIGHTS_FILE).is_file():
-            raise ValueError(f"{path / WEIGHTS_FILE}: no such file; the server needs the model's weights")
+            raise UsageError(f"{path / WEIGHTS_FILE}: no such file; the server needs the model's weights")
         return
     from pibench.models import MODELS
 

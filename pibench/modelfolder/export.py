@@ -27,15 +27,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pibench.modelfolder.folder import (CARD_FILE, MASKS_FILE, PROGRAM_ARCH, PROGRAM_FILE, WEIGHTS_FILE, CheckpointError,
-                                ModelCard, sha256_file, write_card)
+from pibench.errors import UsageError
+from pibench.modelfolder.folder import (CARD_FILE, MASKS_FILE, PROGRAM_ARCH, PROGRAM_FILE, WEIGHTS_FILE,
+                                        CheckpointError, ModelCard, sha256_file, write_card)
 from pibench.mpc.backend import run_plain
 from pibench.mpc.compiler import compile_model
 from pibench.mpc.program import CompileError, Program, program_from_json, program_to_json, program_weights
 from pibench.mpc.rewrites import dropped_final, final_note
 
 log = logging.getLogger(__name__)
-
 
 
 def export(model: nn.Module, example_input: torch.Tensor, folder: str | Path,
@@ -50,7 +50,7 @@ def export(model: nn.Module, example_input: torch.Tensor, folder: str | Path,
     model, a mask of the wrong shape) before anything is written.
     """
     if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
-        raise ValueError("example_input must be a batch of inputs, e.g. torch.randn(1, 3, 32, 32)")
+        raise UsageError("example_input must be a batch of inputs, e.g. torch.randn(1, 3, 32, 32)")
     masks = {k: torch.as_tensor(v).to(torch.bool) for k, v in (masks or {}).items()}
     program = compile_model(model, tuple(example_input.shape[1:]), masks)
     if not masks:
@@ -98,7 +98,7 @@ def write_program_folder(program: Program, folder: str | Path, *, name: str | No
                          accuracy: float | None, method: str, provenance: dict[str, Any]) -> ModelCard:
     """Write a compiled program (with weights) as a model folder; the card is written last."""
     if not program.has_weights:
-        raise ValueError("write_program_folder needs the server's program (with weights)")
+        raise UsageError("write_program_folder needs the server's program (with weights)")
     folder = Path(folder)
     text, masks = program_to_json(program)
     folder.mkdir(parents=True, exist_ok=True)

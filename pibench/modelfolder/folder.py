@@ -30,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pibench.errors import PibenchError, UsageError
 from pibench.models import MODELS, create_model
 from pibench.relu import get_masks, masked_relus, relu_counts, set_masks
 
@@ -46,7 +47,7 @@ PUBLIC_FIELDS = ("format", "arch", "arch_args", "dataset", "input_shape", "num_c
                  "masks_sha256")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PibenchError, ValueError):
     """A model folder that cannot be loaded; the message names the file and the problem."""
 
 
@@ -121,7 +122,7 @@ def save_model(
 ) -> ModelCard:
     """Write a model built by `create_model` as a model folder; returns its card."""
     if not hasattr(model, "pibench_arch"):
-        raise ValueError("save_model needs a model built by pibench.models.create_model")
+        raise UsageError("save_model needs a model built by pibench.models.create_model")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     masks = {k: v.cpu().contiguous() for k, v in get_masks(model).items()}

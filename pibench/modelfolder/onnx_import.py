@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pibench.errors import PibenchError
 from pibench.modelfolder.export import log_dropped_final, write_program_folder
 from pibench.modelfolder.folder import ModelCard, sha256_file
 from pibench.mpc.program import INPUT, Op, Program
@@ -33,7 +34,7 @@ SUPPORTED_OPS = ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "
 FINAL_OPS = {"Softmax": "softmax", "LogSoftmax": "log_softmax"}  # dropped where they make the model's output
 
 
-class OnnxImportError(ValueError):
+class OnnxImportError(PibenchError, ValueError):
     """The ONNX file cannot be imported; the message names the node or the file problem."""
 
 
@@ -61,7 +62,6 @@ def import_onnx(path: str | Path, folder: str | Path, masks: dict[str, torch.Ten
                 method: str = "onnx") -> ModelCard:
     """Translate `path` into a program and write it as a model folder (nothing is written on failure)."""
     import onnx
-
 
     program = program_from_onnx(load_onnx(path), masks or {})
     log_dropped_final(program)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from pibench.data import get_dataset
+from pibench.errors import UsageError
 from pibench.modelfolder.export import PROGRAM_ARCH, load_program
 from pibench.modelfolder.folder import (CheckpointError, ModelCard, is_model_folder, load_card, load_model, load_public,
                                         public_hash)
@@ -98,11 +99,11 @@ def model_inputs(card: Any, input_shape: tuple[int, ...], n: int, seed: int,
             kw.update(shape=tuple(input_shape), num_classes=card.num_classes)
         dataset = get_dataset(card.dataset, "test", data_dir, **kw)
         if len(dataset) < n:
-            raise ValueError(f"dataset {card.dataset!r} has {len(dataset)} test inputs, fewer than --samples {n}")
+            raise UsageError(f"dataset {card.dataset!r} has {len(dataset)} test inputs, fewer than --samples {n}")
         items = [dataset[i] for i in range(n)]
         x = torch.stack([torch.as_tensor(item[0], dtype=torch.float32) for item in items])
         if tuple(x.shape[1:]) != tuple(input_shape):
-            raise ValueError(f"dataset {card.dataset!r} gives inputs of shape {tuple(x.shape[1:])}, "
+            raise UsageError(f"dataset {card.dataset!r} gives inputs of shape {tuple(x.shape[1:])}, "
                              f"the model expects {tuple(input_shape)}")
         return x, torch.tensor([int(item[1]) for item in items])
     g = torch.Generator().manual_seed(seed)

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from pibench.errors import UsageError
 from pibench.models.registry import CIFAR10, CIFAR100, DIGITS, TINY, register_model
 from pibench.relu import MaskedReLU
 
@@ -67,10 +68,10 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         if len(blocks) != len(widths):
-            raise ValueError(f"blocks {list(blocks)} and widths {list(widths)} must have one entry per stage")
+            raise UsageError(f"blocks {list(blocks)} and widths {list(widths)} must have one entry per stage")
         bad = [s for s in culled if not 1 <= s <= len(blocks)]
         if bad:
-            raise ValueError(f"culled stages {bad} out of range 1..{len(blocks)}")
+            raise UsageError(f"culled stages {bad} out of range 1..{len(blocks)}")
         widths = [max(1, int(round(w * alpha))) for w in widths]
         n_blocks = sum(blocks)
         if block_relus is None:
@@ -80,7 +81,7 @@ class ResNet(nn.Module):
                 for _ in range(n)
             ]
         if len(block_relus) != n_blocks:
-            raise ValueError(f"block_relus has {len(block_relus)} entries for {n_blocks} blocks")
+            raise UsageError(f"block_relus has {len(block_relus)} entries for {n_blocks} blocks")
 
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, stem_stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from pibench.errors import UsageError
 from pibench.models.registry import CIFAR10, DIGITS, register_model
 from pibench.relu import MaskedReLU
 
@@ -29,7 +30,7 @@ class VGG(nn.Module):
     ) -> None:
         super().__init__()
         if pool not in ("max", "avg"):
-            raise ValueError(f"pool must be 'max' or 'avg', got {pool!r}")
+            raise UsageError(f"pool must be 'max' or 'avg', got {pool!r}")
         modules: list[nn.Module] = []
         c = in_chans
         for item in layers:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pibench.errors import UsageError
 from pibench.models.registry import CIFAR100, register_model
 from pibench.relu import MaskedReLU
 
@@ -49,7 +50,7 @@ class WideResNet(nn.Module):
     ) -> None:
         super().__init__()
         if (depth - 4) % 6:
-            raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
+            raise UsageError(f"WideResNet depth must be 6n+4, got {depth}")
         n = (depth - 4) // 6
         widths = [16, 16 * width, 32 * width, 64 * width]
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)

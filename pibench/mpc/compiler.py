@@ -20,7 +20,6 @@ Anything else fails here, naming the op, the layer and the nearest supported rew
 halfway through a run.
 """
 
-
 from __future__ import annotations
 
 import copy
@@ -34,6 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
+from pibench.errors import UsageError
+from pibench.mpc.fx import bn_affine, fold_bn, has_alphas, trace
 from pibench.mpc.program import INPUT, CompileError, Op, Program
 from pibench.mpc.rewrites import FINAL_NOTE, rewrite_hint
 from pibench.relu import MaskedReLU
@@ -47,49 +48,8 @@ SUPPORTED = ("conv, linear, batchnorm (folded or stand-alone), (masked) relu, re
              "avg/adaptive-avg/max pooling (max with ceil_mode), eval-mode dropout and identity")
 
 
-def _has_alphas(m: nn.Module) -> bool:
-    """An SNL-style layer: relu(x) * alphas + (1 - alphas) * x with per-position alphas of shape (1, C, H, W)."""
-    alphas = m._parameters.get("alphas", m._buffers.get("alphas"))  # not getattr: fx patches it while tracing
-    return isinstance(alphas, torch.Tensor) and alphas.dim() == 4 and alphas.shape[0] == 1
-
-
-class _Tracer(torch.fx.Tracer):
-    """Keeps MaskedReLU and SNL alpha layers as one node each: their forward is one (masked) ReLU."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, MaskedReLU) or _has_alphas(m) or super().is_leaf_module(m, qualname)
-
-
-def trace(model: nn.Module) -> torch.fx.GraphModule:
-    """The model's fx graph; a model fx cannot trace raises CompileError with fx's reason."""
-    try:
-        return torch.fx.GraphModule(model, _Tracer().trace(model))
-    except (torch.fx.proxy.TraceError, TypeError, NotImplementedError) as e:
-        reason = " ".join(str(e).split())
-        raise CompileError(f"cannot trace {type(model).__name__} with torch.fx ({reason}); MPC needs a model "
-                           "without data-dependent control flow") from e
-
-
 def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Conv weight and bias with an eval-mode BatchNorm folded in."""
-    scale, shift = _bn_affine(bn)
-    weight = conv.weight.detach() * scale.view(-1, 1, 1, 1)
-    bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
-    return weight, bias * scale + shift
-
-
-def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eval-mode BatchNorm as y = x * scale + shift per channel."""
-    if bn.running_mean is None or bn.running_var is None:
-        raise CompileError(f"BatchNorm layer {bn!r} has no running statistics; MPC needs eval-mode BN")
-    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_mean)
-    beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_mean)
-    scale = gamma / torch.sqrt(bn.running_var + bn.eps)
-    return scale, beta - bn.running_mean * scale
 
 
 def _arg(node: torch.fx.Node, index: int, name: str, default: Any = None) -> Any:
@@ -224,11 +184,11 @@ class _Compiler:
             if node in self.folded:
                 self._alias(node, x)
             else:
-                scale, shift = _bn_affine(m)
+                scale, shift = bn_affine(m)
                 self._emit(node, "affine", name, [x], weights={"scale": scale, "shift": shift})
         elif isinstance(m, MaskedReLU):
             self._relu(node, name, x, m.mask)
-        elif _has_alphas(m):
+        elif has_alphas(m):
             self._relu(node, name, x, self._alpha_mask(name, m))
         elif isinstance(m, nn.ReLU):
             self._relu(node, name, x)
@@ -320,7 +280,7 @@ class _Compiler:
         users = list(node.users)
         bn = self.modules.get(str(users[0].target)) if len(users) == 1 and users[0].op == "call_module" else None
         if isinstance(bn, nn.BatchNorm2d):
-            weight, bias = _fold_bn(m, bn)
+            weight, bias = fold_bn(m, bn)
             self.folded.add(users[0])
             self.notes.append(f"folded {users[0].target} into {name}")
         else:
@@ -457,7 +417,7 @@ def compile_model(model: nn.Module, input_shape: tuple[int, ...] | None = None,
     if input_shape is None:
         args = getattr(model, "pibench_args", None)
         if not args:
-            raise ValueError("compile_model needs input_shape for a model not built by pibench.models.create_model")
+            raise UsageError("compile_model needs input_shape for a model not built by pibench.models.create_model")
         input_shape = (args["in_chans"], args["input_size"], args["input_size"])
     model = copy.deepcopy(model).eval()
     return _Compiler(model, input_shape, masks or {}).compile()

@@ -21,12 +21,13 @@ from typing import Any
 import torch
 import torch.fx
 
+from pibench.errors import PibenchError
 
 INPUT = -1  # value id of the program input in `Op.inputs`
 PROGRAM_FORMAT = "pibench-program/1"
 
 
-class CompileError(ValueError):
+class CompileError(PibenchError, ValueError):
     """The model uses an op the MPC compiler does not support (message names op and layer)."""
 
 

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
+from pibench.errors import MissingFile, UsageError
 from pibench.pareto import pareto_front  # noqa: E402
 from pibench.results import load_layers, load_results  # noqa: E402
 
@@ -475,14 +476,14 @@ def load_anchors(path: str | Path) -> pd.DataFrame:
     """Paper points to overlay: a CSV with the columns method, relus, accuracy (top-1 %)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--anchors {path}: no such file")
+        raise MissingFile(f"--anchors {path}: no such file")
     try:
         anchors = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ValueError(f"--anchors {path}: not a readable CSV ({e})") from e
+        raise UsageError(f"--anchors {path}: not a readable CSV ({e})") from e
     missing = [c for c in ("method", "relus", "accuracy") if c not in anchors]
     if missing:
-        raise ValueError(f"--anchors {path}: missing column(s) {', '.join(missing)}; anchors need the columns "
+        raise UsageError(f"--anchors {path}: missing column(s) {', '.join(missing)}; anchors need the columns "
                          "method, relus, accuracy (top-1 %), e.g. configs/paper_anchors.csv")
     return anchors
 
@@ -492,7 +493,7 @@ def plot_run(run_dir: str | Path, anchors: str | Path | None = None, models: lis
     run_dir = Path(run_dir)
     results_csv = run_dir / "results.csv"
     if not results_csv.is_file():
-        raise FileNotFoundError(f"{results_csv}: no results to plot; run `pibench bench` or `pibench sweep` first")
+        raise MissingFile(f"{results_csv}: no results to plot; run `pibench bench` or `pibench sweep` first")
     anchor_df = load_anchors(anchors) if anchors else None
     layers_csv = run_dir / "layers.csv"
     results, layers = with_series(load_results(results_csv), load_layers(layers_csv) if layers_csv.is_file() else None)

@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from pibench.errors import PibenchError
 from pibench.sweep.config import ExecutorConfig
 
 SLURM_COMMANDS = ("sbatch", "squeue", "scancel", "srun")
@@ -34,7 +35,15 @@ NEVER_STARTS = {
 }
 
 
-class ClusterError(RuntimeError):
+# --executor NAME -> what it does (`pibench sweep --help`)
+EXECUTORS = {
+    "local": "one job after the other in this process (as on one machine before)",
+    "slurm": "every job submitted to Slurm through submitit, with dependencies; needs sbatch and squeue",
+    "processes": "each job a process on this machine through submitit's LocalExecutor (tests the job graph; "
+    "jobs running at the same time disturb each other's timings)",
+}
+
+class ClusterError(PibenchError, RuntimeError):
     """Slurm is not usable from here; the message says what is missing."""
 
 

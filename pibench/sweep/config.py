@@ -47,23 +47,16 @@ from typing import Any
 
 import yaml
 
-from pibench.data import DATASETS, dataset_info
-from pibench.linearize import METHODS, linearize_many, make_settings
-from pibench.linearize.budget import parse_budget
-from pibench.modelfolder.folder import load_card
-from pibench.models import MODELS, create_model
-from pibench.mpc.net.hosts import HOSTS
+from pibench.errors import PibenchError
 from pibench.mpc.net.network import parse_network
 from pibench.mpc.protocols import DEFAULT_PROTOCOL, check_available, get_protocol
-from pibench.relu import count_relus
-from pibench.train import train_baseline
-from pibench.typecheck import check_types
+from pibench.settings import check_types, parse_budget
 
 # linearize_many's own keyword arguments; every other key of a method's entry is a Settings field.
 RUN_KEYS = ("epochs", "batch_size", "device", "cache_dir", "train_subset")
 
 
-class ConfigError(ValueError):
+class ConfigError(PibenchError, ValueError):
     """A sweep config that cannot run; the message names the file and the key."""
 
 
@@ -199,6 +192,23 @@ def load_config(path: str | Path) -> SweepConfig:
 
 def validate(cfg: SweepConfig, source: str) -> None:
     """Check every name and budget against the registries (cheap: builds no data)."""
+    _validate_run(cfg, source)
+    for i, exp in enumerate(cfg.experiments):
+        _validate_experiment(exp, f"{source}: experiments[{i}]")
+    data_dirs = {exp.data_dir for exp in cfg.experiments} - {None}
+    if len(data_dirs) > 1:
+        raise ConfigError(
+            f"{source}: experiments[*].data_dir: the benchmark reads test inputs from one folder; "
+            f"put the datasets under one data_dir (got {sorted(data_dirs)})"
+        )
+    for i, entry in enumerate(cfg.cost_only):
+        _validate_cost_only(entry, f"{source}: cost_only[{i}]")
+
+
+def _validate_run(cfg: SweepConfig, source: str) -> None:
+    """The run's name, networks, protocols, hosts, counts and executor."""
+    from pibench.mpc.net.hosts import HOSTS  # imports torch (the party module); see _validate_experiment
+
     if not cfg.experiments and not cfg.cost_only:
         raise ConfigError(f"{source}: nothing to run: add 'experiments' or 'cost_only'")
     if not isinstance(cfg.run, str) or not cfg.run or Path(cfg.run).name != cfg.run or cfg.run in (".", ".."):
@@ -221,70 +231,80 @@ def validate(cfg: SweepConfig, source: str) -> None:
         _check(lambda: parse_network(network), f"{source}: networks[{i}]")
     validate_executor(cfg.executor, f"{source}: executor")
 
-    def total_relus(arch: str, args: dict[str, Any], where: str) -> int:
-        _check(lambda: MODELS.get(arch), where)
-        return count_relus(_check(lambda: create_model(arch, **args), where))
 
-    for i, exp in enumerate(cfg.experiments):
-        where = f"{source}: experiments[{i}]"
-        _check_list(exp.budgets, f"{where}.budgets", "ReLU budgets, e.g. [25k, 0.1]")
-        _check(lambda: DATASETS.get(exp.dataset), f"{where}.dataset")
-        _check(lambda: MODELS.get(exp.arch), f"{where}.arch")
-        relus = _check(lambda: experiment_relus(exp), f"{where}.arch")
-        if not isinstance(exp.teacher, dict):
-            raise ConfigError(f"{where}.teacher: expected a mapping of training settings, e.g. {{epochs: 30}}")
-        _check(lambda: inspect.signature(train_baseline).bind_partial(**exp.teacher), f"{where}.teacher")
-        _check(lambda: check_types(exp.teacher, typing.get_type_hints(train_baseline), "setting"), f"{where}.teacher")
-        if exp.teacher.get("epochs", 1) < 1:
-            raise ConfigError(f"{where}.teacher.epochs: must be at least 1, got {exp.teacher['epochs']!r}")
-        for method, kwargs in exp.methods.items():
-            _check(lambda: METHODS.get(method), f"{where}.methods.{method}")
-            if not isinstance(kwargs, dict):
-                raise ConfigError(f"{where}.methods.{method}: expected a mapping of settings (or nothing), "
-                                  f"got {kwargs!r}")
-            settings = {k: v for k, v in kwargs.items() if k not in RUN_KEYS or k == "epochs"}
-            _check(lambda: make_settings(method, **settings), f"{where}.methods.{method}")
-            run = {k: v for k, v in kwargs.items() if k in RUN_KEYS and k != "epochs"}
-            _check(lambda: check_types(run, typing.get_type_hints(linearize_many), "setting"),
-                   f"{where}.methods.{method}")
-        if exp.methods and not exp.budgets:
-            raise ConfigError(f"{where}.budgets: methods need at least one budget")
-        if exp.budgets and not exp.methods:
-            raise ConfigError(f"{where}.methods: budgets are given but no method; add one of "
-                              f"{', '.join(METHODS)} (or drop budgets for a teacher-only run)")
-        for j, b in enumerate(exp.budgets):
-            _check(lambda: parse_budget(b, relus), f"{where}.budgets[{j}]")
-    data_dirs = {exp.data_dir for exp in cfg.experiments} - {None}
-    if len(data_dirs) > 1:
+def _validate_experiment(exp: Experiment, where: str) -> None:
+    """A teacher and its methods × budgets: known names, typed settings, budgets within the model's ReLUs."""
+    # The registries import torch: deliberately imported here, so that reading a config's
+    # dataclasses (`pibench --help`, cluster job parameters) stays cheap.
+    from pibench.data import DATASETS
+    from pibench.linearize import METHODS, linearize_many, make_settings, method_module
+    from pibench.models import MODELS
+    from pibench.train import train_baseline
+
+    _check_list(exp.budgets, f"{where}.budgets", "ReLU budgets, e.g. [25k, 0.1]")
+    _check(lambda: DATASETS.get(exp.dataset), f"{where}.dataset")
+    _check(lambda: MODELS.get(exp.arch), f"{where}.arch")
+    relus = _check(lambda: experiment_relus(exp), f"{where}.arch")
+    if not isinstance(exp.teacher, dict):
+        raise ConfigError(f"{where}.teacher: expected a mapping of training settings, e.g. {{epochs: 30}}")
+    _check(lambda: inspect.signature(train_baseline).bind_partial(**exp.teacher), f"{where}.teacher")
+    _check(lambda: check_types(exp.teacher, typing.get_type_hints(train_baseline), "setting"), f"{where}.teacher")
+    if exp.teacher.get("epochs", 1) < 1:
+        raise ConfigError(f"{where}.teacher.epochs: must be at least 1, got {exp.teacher['epochs']!r}")
+    for method, kwargs in exp.methods.items():
+        _check(lambda: method_module(method), f"{where}.methods.{method}")
+        if not isinstance(kwargs, dict):
+            raise ConfigError(f"{where}.methods.{method}: expected a mapping of settings (or nothing), "
+                              f"got {kwargs!r}")
+        settings = {k: v for k, v in kwargs.items() if k not in RUN_KEYS or k == "epochs"}
+        _check(lambda: make_settings(method, **settings), f"{where}.methods.{method}")
+        run = {k: v for k, v in kwargs.items() if k in RUN_KEYS and k != "epochs"}
+        _check(lambda: check_types(run, typing.get_type_hints(linearize_many), "setting"),
+               f"{where}.methods.{method}")
+    if exp.methods and not exp.budgets:
+        raise ConfigError(f"{where}.budgets: methods need at least one budget")
+    if exp.budgets and not exp.methods:
+        raise ConfigError(f"{where}.methods: budgets are given but no method; add one of "
+                          f"{', '.join(METHODS)} (or drop budgets for a teacher-only run)")
+    for j, b in enumerate(exp.budgets):
+        _check(lambda: parse_budget(b, relus), f"{where}.budgets[{j}]")
+
+
+def _validate_cost_only(entry: CostOnly, where: str) -> None:
+    """A registry model or a folder as it is, or an architecture with masks allocated at budgets."""
+    from pibench.modelfolder.folder import load_card  # imports torch; see _validate_experiment
+
+    if (entry.model is None) == (entry.arch is None):
         raise ConfigError(
-            f"{source}: experiments[*].data_dir: the benchmark reads test inputs from one folder; "
-            f"put the datasets under one data_dir (got {sorted(data_dirs)})"
+            f"{where}: give either 'model' (a registry name or a model folder) or 'arch' with 'allocation' "
+            "and 'budgets'"
         )
-    for i, entry in enumerate(cfg.cost_only):
-        where = f"{source}: cost_only[{i}]"
-        if (entry.model is None) == (entry.arch is None):
-            raise ConfigError(
-                f"{where}: give either 'model' (a registry name or a model folder) or 'arch' with 'allocation' "
-                "and 'budgets'"
-            )
-        if entry.model is not None:
-            if entry.budgets or entry.allocation:
-                raise ConfigError(f"{where}: 'budgets'/'allocation' need 'arch', not 'model'")
-            if is_folder_spec(entry.model):
-                if entry.arch_args:
-                    raise ConfigError(f"{where}.arch_args: a model folder fixes its own architecture")
-                _check(lambda: load_card(entry.model), f"{where}.model")
-            else:
-                total_relus(entry.model, entry.arch_args, f"{where}.model")
-            continue
-        _check_list(entry.budgets, f"{where}.budgets", "ReLU budgets, e.g. [25k, 50k]")
-        relus = total_relus(entry.arch, entry.arch_args, f"{where}.arch")
-        if entry.allocation is None or not entry.budgets:
-            raise ConfigError(f"{where}: 'arch' needs 'allocation' and 'budgets'")
-        if entry.allocation != "senet":
-            raise ConfigError(f"{where}.allocation: unknown allocation {entry.allocation!r} (known: senet)")
-        for j, b in enumerate(entry.budgets):
-            _check(lambda: parse_budget(b, relus), f"{where}.budgets[{j}]")
+    if entry.model is not None:
+        if entry.budgets or entry.allocation:
+            raise ConfigError(f"{where}: 'budgets'/'allocation' need 'arch', not 'model'")
+        if is_folder_spec(entry.model):
+            if entry.arch_args:
+                raise ConfigError(f"{where}.arch_args: a model folder fixes its own architecture")
+            _check(lambda: load_card(entry.model), f"{where}.model")
+        else:
+            _total_relus(entry.model, entry.arch_args, f"{where}.model")
+        return
+    _check_list(entry.budgets, f"{where}.budgets", "ReLU budgets, e.g. [25k, 50k]")
+    relus = _total_relus(entry.arch, entry.arch_args, f"{where}.arch")
+    if entry.allocation is None or not entry.budgets:
+        raise ConfigError(f"{where}: 'arch' needs 'allocation' and 'budgets'")
+    if entry.allocation != "senet":
+        raise ConfigError(f"{where}.allocation: unknown allocation {entry.allocation!r} (known: senet)")
+    for j, b in enumerate(entry.budgets):
+        _check(lambda: parse_budget(b, relus), f"{where}.budgets[{j}]")
+
+
+def _total_relus(arch: str, args: dict[str, Any], where: str) -> int:
+    from pibench.models import MODELS, create_model  # imports torch; see _validate_experiment
+    from pibench.relu import count_relus
+
+    _check(lambda: MODELS.get(arch), where)
+    return count_relus(_check(lambda: create_model(arch, **args), where))
 
 
 def check_data_folders(cfg: SweepConfig, source: str) -> None:
@@ -333,6 +353,10 @@ def _check_list(value: Any, where: str, what: str) -> None:
 
 def experiment_relus(exp: Experiment) -> int:
     """ReLUs of an experiment's all-ReLU model, built for its dataset's input and classes."""
+    from pibench.data import dataset_info  # imports torch; see _validate_experiment
+    from pibench.models import create_model
+    from pibench.relu import count_relus
+
     info = dataset_info(exp.dataset)
     defaults = {"in_chans": info.in_chans, "input_size": info.input_size, "num_classes": info.num_classes}
     return count_relus(create_model(exp.arch, **(defaults | exp.arch_args)))
@@ -348,6 +372,6 @@ def _check(fn: Any, where: str) -> Any:
         return fn()
     except ConfigError:
         raise
-    except (KeyError, ValueError, TypeError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    except (PibenchError, KeyError, ValueError, TypeError) as e:  # PibenchError: also MissingExtra, Unavailable
+        msg = e.args[0] if isinstance(e, KeyError) and not isinstance(e, PibenchError) and e.args else str(e)
         raise ConfigError(f"{where}: {msg}") from e

@@ -157,43 +157,11 @@ def run_submitted(
     outcomes: dict[str, Outcome] = {}
     progress = Progress(len(jobs))
     while len(outcomes) < len(jobs):
-        for job in list(waiting):
-            need = _blocked_by(job, outcomes)
-            if need:
-                _skip(job, need, outcomes)
-                waiting.remove(job)
-            elif all(n in outcomes or (dependencies and n in submitted) for n in job.needs):
-                after = [submitted[n].job_id for n in job.needs if n not in outcomes]
-                # a copy per job: submitit keeps parameters across updates, so one job's
-                # partition or GPUs would otherwise stick to the jobs after it
-                job_executor = copy.deepcopy(executor)
-                job_executor.update_parameters(**parameters(job, after))
-                submitted[job.name] = job_executor.submit(logged, job.run)
-                record_submission(executor.folder, job.name, submitted[job.name].job_id)
-                waiting.remove(job)
-                log.info("submitted %s as job %s (log %s)", job.name, submitted[job.name].job_id,
-                         submitted[job.name].paths.stderr)
+        _submit_ready(waiting, submitted, outcomes, executor, parameters, dependencies)
         ended = len(outcomes)
         following = {name: sj for name, sj in submitted.items() if name not in outcomes}
         active = active_jobs(list(following.values()))
-        for job in jobs:  # in dependency order, so skips reach every job downstream of a failure
-            if job.name not in following:
-                continue
-            sj, need = following[job.name], _blocked_by(job, outcomes)
-            if need:  # Slurm cancels it too (kill-on-invalid-dep); say so explicitly in case it is pending
-                sj.cancel(check=False)
-                _skip(job, need, outcomes)
-            elif sj.job_id not in active and all(n in outcomes for n in job.needs):
-                # Slurm drops a dependent job as soon as a job it needs is cancelled, often before that
-                # job itself has left the queue: judge a job only once everything it needs has an outcome
-                outcomes[job.name] = _ended(sj)
-            elif active[sj.job_id][1] in NEVER_STARTS:
-                sj.cancel(check=False)
-                outcomes[job.name] = Outcome("failed", f"Slurm will never start it ({active[sj.job_id][1]}: it asks "
-                                             "for more than its partition, account or QOS allows); change the "
-                                             "executor: block", str(sj.paths.stderr))
-            if job.name in outcomes and outcomes[job.name].state == "failed":
-                log.error("%s failed: %s (log %s)", job.name, outcomes[job.name].error, outcomes[job.name].log)
+        _judge(jobs, following, active, outcomes)
         states = [active[sj.job_id] for name, sj in following.items() if name not in outcomes and sj.job_id in active]
         queued = [reason for state, reason in states if state == "queued"]
         reasons = sorted(set(queued) - {"", "None"})
@@ -201,6 +169,49 @@ def run_submitted(
         if ended == len(outcomes) < len(jobs):  # nothing ended: wait; else submit what became ready now
             time.sleep(poll_s)
     return outcomes
+
+
+def _submit_ready(waiting: list[Job], submitted: dict[str, Any], outcomes: dict[str, Outcome], executor: Any,
+                  parameters: Callable[[Job, list[str]], dict[str, Any]], dependencies: bool) -> None:
+    """Submit the waiting jobs whose needs are done (or, on Slurm, submitted); skip those a failure blocks."""
+    for job in list(waiting):
+        need = _blocked_by(job, outcomes)
+        if need:
+            _skip(job, need, outcomes)
+            waiting.remove(job)
+        elif all(n in outcomes or (dependencies and n in submitted) for n in job.needs):
+            after = [submitted[n].job_id for n in job.needs if n not in outcomes]
+            # a copy per job: submitit keeps parameters across updates, so one job's
+            # partition or GPUs would otherwise stick to the jobs after it
+            job_executor = copy.deepcopy(executor)
+            job_executor.update_parameters(**parameters(job, after))
+            submitted[job.name] = job_executor.submit(logged, job.run)
+            record_submission(executor.folder, job.name, submitted[job.name].job_id)
+            waiting.remove(job)
+            log.info("submitted %s as job %s (log %s)", job.name, submitted[job.name].job_id,
+                     submitted[job.name].paths.stderr)
+
+
+def _judge(jobs: list[Job], following: dict[str, Any], active: dict[str, Any], outcomes: dict[str, Outcome]) -> None:
+    """Record the outcome of every followed job that ended, was blocked by a failure, or will never start."""
+    for job in jobs:  # in dependency order, so skips reach every job downstream of a failure
+        if job.name not in following:
+            continue
+        sj, need = following[job.name], _blocked_by(job, outcomes)
+        if need:  # Slurm cancels it too (kill-on-invalid-dep); say so explicitly in case it is pending
+            sj.cancel(check=False)
+            _skip(job, need, outcomes)
+        elif sj.job_id not in active and all(n in outcomes for n in job.needs):
+            # Slurm drops a dependent job as soon as a job it needs is cancelled, often before that
+            # job itself has left the queue: judge a job only once everything it needs has an outcome
+            outcomes[job.name] = _ended(sj)
+        elif active[sj.job_id][1] in NEVER_STARTS:
+            sj.cancel(check=False)
+            outcomes[job.name] = Outcome("failed", f"Slurm will never start it ({active[sj.job_id][1]}: it asks "
+                                         "for more than its partition, account or QOS allows); change the "
+                                         "executor: block", str(sj.paths.stderr))
+        if job.name in outcomes and outcomes[job.name].state == "failed":
+            log.error("%s failed: %s (log %s)", job.name, outcomes[job.name].error, outcomes[job.name].log)
 
 
 def summary(outcomes: dict[str, Outcome]) -> list[str]:

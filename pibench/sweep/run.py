@@ -29,10 +29,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pibench.bench import BenchOptions, bench_models
 from pibench.data import dataset_info
+from pibench.errors import PibenchError, UsageError
 from pibench.linearize import linearize_many, make_settings, plan
-from pibench.linearize.budget import parse_budget
 from pibench.linearize.senet import allocate, random_masks
 from pibench.modelfolder.folder import is_model_folder, load_card, save_model
 from pibench.models import create_model
@@ -41,7 +43,8 @@ from pibench.mpc.net.network import parse_networks
 from pibench.relu import count_relus, relu_counts, set_masks
 from pibench.report.report import write_report
 from pibench.results import check_writable, results_lock
-from pibench.sweep.cluster import job_parameters, make_executor, still_queued
+from pibench.settings import parse_budget
+from pibench.sweep.cluster import EXECUTORS, job_parameters, make_executor, still_queued
 from pibench.sweep.config import (RUN_KEYS, ConfigError, CostOnly, Experiment, SweepConfig, check_data_folders,
                                   experiment_relus, is_folder_spec, load_config)
 from pibench.sweep.jobgraph import Job, run_in_process, run_submitted, summary
@@ -51,15 +54,7 @@ from pibench.train import train_baseline
 log = logging.getLogger(__name__)
 
 
-EXECUTORS = {
-    "local": "one job after the other in this process (as on one machine before)",
-    "slurm": "every job submitted to Slurm through submitit, with dependencies; needs sbatch and squeue",
-    "processes": "each job a process on this machine through submitit's LocalExecutor (tests the job graph; "
-    "jobs running at the same time disturb each other's timings)",
-}
-
-
-class SweepFailed(RuntimeError):
+class SweepFailed(PibenchError, RuntimeError):
     """Some jobs failed or were skipped; the message lists them with their logs."""
 
 
@@ -145,9 +140,6 @@ def structural_eta(n_layers: int) -> list[float]:
 
 def save_registry_model(model_name: str, arch_args: dict[str, Any], folder: Path, seed: int) -> None:
     """A registry model as it is, with random weights."""
-    import torch
-
-
     torch.manual_seed(seed)
     save_model(
         create_model(model_name, **arch_args),
@@ -160,9 +152,6 @@ def save_registry_model(model_name: str, arch_args: dict[str, Any], folder: Path
 
 def save_allocated_models(entry: CostOnly, counts: list[int], folders: list[Path], seed: int) -> None:
     """Random-weight models with masks allocated by the method's rule at each budget (missing folders only)."""
-    import torch
-
-
     for count, folder in zip(counts, folders):
         if is_model_folder(folder):
             continue
@@ -325,7 +314,7 @@ def describe(config_path: str | Path, executor: str = "local") -> str:
 def run_sweep(config_path: str | Path, *, report: bool = True, executor: str = "local", poll_s: float = 5.0) -> Path:
     """Run (or resume) a sweep; returns the run folder. Raises SweepFailed (after the report) if jobs failed."""
     if executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r} (known: {', '.join(EXECUTORS)})")
+        raise UsageError(f"unknown executor {executor!r} (known: {', '.join(EXECUTORS)})")
     cfg = load_config(config_path)
     check_data_folders(cfg, str(config_path))
     run_dir = cfg.run_dir

@@ -27,13 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from pibench.mpc.crypten.compat import import_crypten
 from pibench.mpc.crypten.backend import CryptenBackend
 from pibench.mpc.fss import maxpool as max_tree
 from pibench.mpc.fss import relu as relu_gate
 from pibench.mpc.crypten.preprocessing import PreprocessedProvider
 from pibench.mpc.program import Program
 
-from crypten.mpc import MPCTensor  # noqa: E402 (after the compatibility shim, via preprocessing)
+import_crypten()  # the compatibility shim before any crypten import, whichever module comes first
+from crypten.mpc import MPCTensor  # noqa: E402
 from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor  # noqa: E402
 
 

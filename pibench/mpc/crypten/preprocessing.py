@@ -38,7 +38,7 @@ from pibench.mpc.crypten.keys import KEY_BYTES
 from pibench.mpc.fss import relu as relu_gate
 from pibench.mpc.protocols import CLIENT, SERVER
 
-import_crypten()
+import_crypten()  # the compatibility shim before any crypten import, whichever module comes first
 from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor  # noqa: E402
 from crypten.mpc.provider.provider import TupleProvider  # noqa: E402
 

@@ -31,10 +31,12 @@ from typing import Any
 
 import torch
 
+from pibench.mpc.crypten.compat import import_crypten
 from pibench.mpc.crypten.preprocessing import PreprocessedProvider, ring_op
 from pibench.mpc.protocols import SERVER
 
-from crypten.mpc import MPCTensor  # noqa: E402 (after the compatibility shim, via preprocessing)
+import_crypten()  # the compatibility shim before any crypten import, whichever module comes first
+from crypten.mpc import MPCTensor  # noqa: E402
 from crypten.mpc.primitives import ArithmeticSharedTensor  # noqa: E402
 
 

@@ -19,9 +19,10 @@ import contextlib
 from dataclasses import dataclass, replace
 from typing import Iterator
 
-from pibench.mpc.parties.launch import SessionConfig
+from pibench.errors import Unavailable, UsageError
 from pibench.mpc.net.netns import NetnsHosts, check_available
 from pibench.mpc.net.network import NetworkProfile
+from pibench.mpc.parties.launch import SessionConfig
 
 HOSTS = ("local", "netns")
 
@@ -37,7 +38,7 @@ class Link:
 
 def _check_hosts(hosts: str) -> None:
     if hosts not in HOSTS:
-        raise ValueError(f"unknown --hosts {hosts!r}; use one of {', '.join(HOSTS)}")
+        raise UsageError(f"unknown --hosts {hosts!r}; use one of {', '.join(HOSTS)}")
 
 
 def measurement_links(hosts: str, networks: list[NetworkProfile], local_link: str = "loopback") -> list[Link]:
@@ -73,7 +74,7 @@ def place_parties(hosts: str, cfg: SessionConfig) -> Iterator[tuple[NetnsHosts |
     try:
         check_available(shaping=True)
     except RuntimeError as e:
-        raise RuntimeError(f"--hosts netns: {e}; or use --hosts local (loopback, projected networks only)") from None
+        raise Unavailable(f"--hosts netns: {e}; or use --hosts local (loopback, projected networks only)") from None
     with NetnsHosts(tuple(cfg.roles)) as net:
         prefixes = {role: net[role].prefix + list(cfg.prefixes.get(role, [])) for role in cfg.roles}
         yield net, replace(cfg, prefixes=prefixes, rendezvous_host=net["client"].ip)

@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass
 from types import TracebackType
 
+from pibench.errors import Unavailable
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "pibench"
@@ -73,11 +75,11 @@ class Host:
 def check_available(*, shaping: bool = False) -> None:
     """Raise RuntimeError naming what is missing (root, `ip`, `tc`) and how to fix it."""
     if shutil.which("ip") is None:
-        raise RuntimeError("network namespaces need the `ip` command: install iproute2 (apt-get install iproute2)")
+        raise Unavailable("network namespaces need the `ip` command: install iproute2 (apt-get install iproute2)")
     if shaping and shutil.which("tc") is None:
-        raise RuntimeError("bandwidth caps need the `tc` command: install iproute2 (apt-get install iproute2)")
+        raise Unavailable("bandwidth caps need the `tc` command: install iproute2 (apt-get install iproute2)")
     if os.geteuid() != 0:
-        raise RuntimeError("network namespaces need root: run as root (e.g. `sudo .venv/bin/pibench ...`)")
+        raise Unavailable("network namespaces need root: run as root (e.g. `sudo .venv/bin/pibench ...`)")
 
 
 def unavailable_reason() -> str | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from pibench.errors import UsageError
 from pibench.registry import Registry
 
 
@@ -65,7 +66,7 @@ def parse_network(spec: str) -> NetworkProfile:
             profile = None
         if profile and name and profile.bandwidth_mbps > 0 and profile.rtt_ms >= 0:
             return profile
-    raise ValueError(
+    raise UsageError(
         f"bad network profile {spec!r}: use one of {', '.join(NETWORKS.names())}, a rate like '100mbit' "
         "or 'name:rate_mbps:rtt_ms' (e.g. 'dsl:50:20')"
     )

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from pibench.errors import PibenchError
 from pibench.mpc.parties.party import EVENT_PREFIX, PEER_FAILED, ROLES
 from pibench.mpc.protocols import DEFAULT_PROTOCOL, get_protocol
 
@@ -41,7 +42,7 @@ _POLL_S = 0.2
 _EXIT_WAIT_S = 20.0
 
 
-class PartyError(RuntimeError):
+class PartyError(PibenchError, RuntimeError):
     """A party died, never connected or stalled; the session is over."""
 
 

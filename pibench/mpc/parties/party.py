@@ -40,12 +40,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 
+from pibench.errors import PibenchError, UsageError
 from pibench.mpc.backend import run_program
+from pibench.mpc.crypten.compat import crypten_session, use_provider
 from pibench.mpc.parties.channel import recv_json, send_json
 from pibench.mpc.parties import memory
 from pibench.mpc.parties.measure import CommMeter, Measurement, Timed
 from pibench.mpc.program import Op, Program
-from pibench.mpc.protocols import CLIENT, DEALER, DEFAULT_PROTOCOL, PROTOCOLS, SERVER, protocol_of, resolve
+from pibench.mpc.protocols import CLIENT, DEALER, DEFAULT_PROTOCOL, PROTOCOLS, SERVER, Protocol, protocol_of, resolve
 
 if TYPE_CHECKING:  # CrypTen is imported by the party processes only, not by the evaluator
     from pibench.mpc.crypten.backend import CryptenBackend  # or its FSS subclass
@@ -78,7 +80,7 @@ class PartyModels:
     identity: Callable[[str], str]  # what fixes the protocol of a spec, short and comparable across machines
 
 
-class ModelMismatch(RuntimeError):
+class ModelMismatch(PibenchError, RuntimeError):
     """The client and the server loaded different models; they must not run a protocol together."""
 
 
@@ -344,22 +346,27 @@ def run_party(role: str, rendezvous: str, *, models: PartyModels, protocol: str 
     peer loaded a different model.
     """
     if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+        raise UsageError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
     proto = protocol_of(protocol)
     if role == "dealer" and not proto.dealer:
         with_dealer = ", ".join(k for k in PROTOCOLS.names() if PROTOCOLS.get(k).dealer)
-        raise ValueError(f"protocol {proto.key} has no dealer; a dealer party only exists with {with_dealer}")
+        raise UsageError(f"protocol {proto.key} has no dealer; a dealer party only exists with {with_dealer}")
     torch.set_num_threads(threads)
-    os.environ.update(RENDEZVOUS=rendezvous, WORLD_SIZE="2", RANK=str(ROLES[role]), DISTRIBUTED_BACKEND="gloo")
-    from pibench.mpc.crypten.compat import import_crypten, use_provider
+    with crypten_session(rendezvous, ROLES[role], provider="TTP" if proto.dealer else "TFP") as crypten:
+        # TTP: CrypTen sets up rank 2's groups, which pibench's dealer serves
+        watchdog = _exit_unless_connected(role, rendezvous, connect_timeout) if connect_timeout else None
+        crypten.init()
+        if watchdog is not None:
+            watchdog.cancel()
+        _serve_session(role, proto, crypten, models, jobs, on_event, sink)
+        if role != "dealer":  # the dealer's groups ended with the client's "bye"
+            crypten.uninit()
 
-    crypten = import_crypten()
-    crypten.cfg.mpc.provider = "TTP" if proto.dealer else "TFP"  # TTP: CrypTen sets up rank 2's groups
-    crypten.cfg.communicator.verbose = True
-    watchdog = _exit_unless_connected(role, rendezvous, connect_timeout) if connect_timeout else None
-    crypten.init()
-    if watchdog is not None:
-        watchdog.cancel()
+
+def _serve_session(role: str, proto: Protocol, crypten: Any, models: PartyModels, jobs: Iterable[dict[str, Any]],
+                   on_event: Callable[[dict, dict], None] | None, sink: EventSink) -> None:
+    """Inside an initialised CrypTen session: the dealer serves; the client and the server run their jobs."""
+    # CrypTen is imported by the party processes only (these modules import it), not by the evaluator
     import crypten.communicator as comm
 
     from pibench.mpc.crypten.dealer import DealerLink, serve_dealer
@@ -386,5 +393,4 @@ def run_party(role: str, rendezvous: str, *, models: PartyModels, protocol: str 
             with contextlib.suppress(RuntimeError):
                 provider.source.close(failed)
             comm.get().ttp_initialized = False  # the dealer left on "bye"; CrypTen must not send its "terminate"
-    crypten.uninit()
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from pibench.errors import UsageError
 from pibench.mpc.parties.measure import Measurement
 from pibench.mpc.parties.party import (ROLES, EventSink, ModelMismatch, Party, PartyModels, _exit_unless_connected,
                                        iter_batches, print_event)
@@ -126,9 +127,9 @@ def run_spu_party(role: str, rendezvous: str, *, models: PartyModels, protocol: 
     """
     proto = protocol_of(protocol)
     if proto.backend != "spu":
-        raise ValueError(f"protocol {proto.key} is not an SPU protocol; use spu:cheetah or spu:semi2k")
+        raise UsageError(f"protocol {proto.key} is not an SPU protocol; use spu:cheetah or spu:semi2k")
     if role not in ("client", "server"):
-        raise ValueError(f"an SPU party is a client or a server, not {role!r}; SPU's protocols need no dealer")
+        raise UsageError(f"an SPU party is a client or a server, not {role!r}; SPU's protocols need no dealer")
     cpus = sorted(os.sched_getaffinity(0))
     if threads < len(cpus):
         start = ROLES[role] * threads % len(cpus)
