@@ -39,7 +39,7 @@ def test_gc_nets_match_plaintext_with_free_weighted_layers(tmp_path):
     for name, r in results.items():
         row = r.rows[0]
         assert row.error == "", row.error
-        assert row.protocol == "gc" and row.mpc_samples == 8
+        assert row.protocol == "crypten:gc" and row.mpc_samples == 8
         assert row.max_logit_error < 1e-2 and row.mpc_agreement == 1.0, name
         assert row.linear_bytes == 0
         layers = r.layers
