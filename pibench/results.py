@@ -329,7 +329,9 @@ def load_results(path: str | Path) -> pd.DataFrame:
         df["security"] = df["protocol"].map(lambda name: _security(f"crypten:{name}"))
     if "protocol" in df:
         bare = df["protocol"].notna() & ~df["protocol"].astype(str).str.contains(":")
-        df.loc[bare, "protocol"] = df.loc[bare, "backend"].fillna("crypten") + ":" + df.loc[bare, "protocol"]
+        if bare.any():  # (an all-empty column reads as float: nothing to rename there)
+            backend = df.loc[bare, "backend"].fillna("crypten").astype(str)
+            df.loc[bare, "protocol"] = backend + ":" + df.loc[bare, "protocol"].astype(str)
     return df.reindex(columns=RESULT_COLUMNS + [c for c in df.columns if c not in RESULT_COLUMNS])
 
 
