@@ -209,13 +209,17 @@ def test_keys_that_cannot_fit_this_machine_fail_the_model_before_any_party_loads
 
 
 def test_summary_line_names_k_and_warns_below_full_agreement():
-    from pibench.commands.bench import _line
+    from pibench.commands.bench import _line, _warning
 
-    s = dict(model="m", error="", relus=10, latency_s_median=0.1, bytes_per_party=1e6, rounds=3, agreement=0.875,
-             max_logit_error=2.1e5, fss_bits=32)
-    assert ", k = 32," in _line(s)
-    assert "WARNING: the MPC top-1 differs from the plaintext model's on 12.5% of the inputs" in _line(s)
-    assert "WARNING" not in _line({**s, "agreement": 1.0})
+    s = dict(model="m", error="", protocol="crypten:fss", relus=10, latency_s_median=0.1, latency_s_p10=0.09,
+             latency_s_p90=0.11, bytes_per_party=1e6, rounds=3, offline_s=None, offline_bytes=None,
+             offline_bytes_client=None, offline_bytes_server=None, projected_latency_s={"lan": 0.1},
+             mpc_samples=8, agreement=0.875, max_logit_error=2.1e5, fss_bits=32)
+    assert ", k = 32" in _line(s)
+    warning = _warning(s)
+    assert warning.startswith("WARNING m: MPC top-1 differs from plaintext on 12.50% of 8 inputs")
+    assert "max logit error 2.1e+05 exceeds crypten:fss's tolerance" in warning
+    assert _warning({**s, "agreement": 1.0, "max_logit_error": 1e-4}) is None
 
 
 def test_key_buffers_are_reused_run_to_run_and_dropped_when_unused():

@@ -146,8 +146,9 @@ def test_dealer_is_the_default_and_keeps_weights_and_tuples_out_of_the_online_ph
     (dealer,) = bench_models(["cnn_digits"], BenchOptions(repeats=2, samples=8, batch=4))
     (tfp,) = bench_models(["cnn_digits"], BenchOptions(repeats=2, samples=8, batch=4, protocol="tfp"))
     d, t = dealer.rows[0], tfp.rows[0]
-    assert (d.backend, d.protocol, d.security) == ("crypten", "dealer", PROTOCOLS.get("crypten:dealer").security)
-    assert (t.protocol, t.security) == ("tfp", PROTOCOLS.get("crypten:tfp").security)
+    assert (d.backend, d.protocol, d.security) == ("crypten", "crypten:dealer",
+                                                   PROTOCOLS.get("crypten:dealer").security)
+    assert (t.protocol, t.security) == ("crypten:tfp", PROTOCOLS.get("crypten:tfp").security)
     assert t.security.startswith("INSECURE")
     assert d.error == "" and d.mpc_agreement == 1.0 and d.max_logit_error < LOGIT_ERROR
     assert d.offline_bytes > 0 and d.offline_s > 0 and t.offline_bytes is None and t.offline_s is None

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pibench.errors import PibenchError
 from pibench.mpc.crypten.keys import agree_key
 from pibench.mpc.crypten.preprocessing import (Plan, PreprocessingError, Prg, Request, dealt_to_server,
                                                party_draws)
@@ -165,13 +166,17 @@ def start_session(group: Any) -> None:
     dist.barrier(group=group)
 
 
+class SessionFailed(PibenchError, RuntimeError):
+    """The client ended a session that failed (its own error is in its log): the dealer exits with status 2."""
+
+
 def session_over(msg: dict[str, Any]) -> bool:
-    """Whether the client's message ends the dealer's session; a bye from a failed session raises RuntimeError,
+    """Whether the client's message ends the dealer's session; a bye from a failed session raises SessionFailed,
     so that every party of a failed session exits with an error."""
     if msg["kind"] != "bye":
         return False
     if msg.get("failed"):
-        raise RuntimeError(f"the session failed at the client ({msg['failed']}; the client's log says why)")
+        raise SessionFailed(f"the session failed at the client ({msg['failed']}; the client's log says why)")
     log.info("dealer: session over")
     return True
 
