@@ -63,12 +63,7 @@ def _transpose8(x: np.ndarray, t: np.ndarray) -> None:
     """Transpose the 8x8 bit matrix in every uint64 of x in place: (byte r, bit c) -> (byte c, bit r)
     (Hacker's Delight 7-3, as delta swaps within one word); t is scratch of x's shape."""
     for shift, mask in _BITS8:
-        np.right_shift(x, U64(shift), out=t)
-        t ^= x
-        t &= U64(mask)
-        x ^= t
-        np.left_shift(t, U64(shift), out=t)
-        x ^= t
+        _swap(x, x, shift, mask, t)  # within one word: a and b are the same bits
 
 
 def _transpose_bytes8(words: np.ndarray) -> None:
