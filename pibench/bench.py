@@ -126,8 +126,9 @@ def _client_view(spec: str) -> Iterator[str]:
         yield str(public)
 
 
-# What loading a model spec raises when the spec is wrong (a bad folder, an unknown name): the parties report it.
-LOAD_ERRORS = (PibenchError, CheckpointError, KeyError, OSError)
+# What loading a model spec raises when the spec is wrong (a bad folder, an unknown name, an unreadable file):
+# the parties report it. Anything else is a bug and raises.
+LOAD_ERRORS = (PibenchError, OSError)
 
 
 def _memory_error(spec: str, protocol: Protocol, batch: int, bits: int | None = None) -> str:
