@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Protocol
 
 from pibench.mpc.program import Program
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -21,6 +24,29 @@ class OpStats:
     offline_bytes: int = 0  # the dealer's parts (tuple shares, FSS keys) this op used
 
 
+@dataclass(frozen=True)
+class Reading:
+    """A party's meters at one instant (cumulative since their last reset), or the difference of two."""
+
+    clock: float  # wall clock, seconds
+    bytes: float  # sent + received
+    rounds: int
+    comm_s: float = 0.0  # seconds inside communication (SPU does not split them out: 0)
+    dealt_bytes: int = 0  # bytes of the dealer's parts the ops used (no dealer: 0)
+
+    def __sub__(self, before: Reading) -> Reading:
+        return Reading(self.clock - before.clock, self.bytes - before.bytes, self.rounds - before.rounds,
+                       self.comm_s - before.comm_s, self.dealt_bytes - before.dealt_bytes)
+
+
+class Meter(Protocol):
+    """What a party's measurement loop reads: CrypTen's counters (`CommMeter`) or SPU's link statistics."""
+
+    def reset(self) -> None: ...
+
+    def read(self) -> Reading: ...
+
+
 class CommMeter:
     """Reads CrypTen's communication counters around ops (dealer traffic never passes through them), and
     how many bytes of the dealer's parts the ops used (what this party received for them offline)."""
@@ -32,11 +58,10 @@ class CommMeter:
     def reset(self) -> None:
         self.comm.reset_communication_stats()
 
-    def read(self) -> tuple[float, float, int, float, int]:
-        """(wall clock, bytes, rounds, communication seconds, dealt bytes) so far."""
+    def read(self) -> Reading:
         s = self.comm.get_communication_stats()
         dealt = self.provider.dealt_bytes if self.provider is not None else 0
-        return time.perf_counter(), s["bytes"], s["rounds"], s["time"], dealt
+        return Reading(time.perf_counter(), s["bytes"], s["rounds"], s["time"], dealt)
 
 
 class Measurement:
@@ -54,12 +79,19 @@ class Measurement:
         self.offline_bytes: int | None = None  # None: the protocol has no offline phase
         self.storage_bytes = 0  # what this party held of its preprocessing when its online phase began
 
-    def record(self, index: int, before: tuple, after: tuple) -> None:
+    def record(self, index: int, spent: Reading) -> None:
+        """What op `index` spent in one inference."""
         stats = self.ops[index]
-        stats.times.append(after[0] - before[0])
-        stats.bytes = int(round(after[1] - before[1]))
-        stats.rounds = int(after[2] - before[2])
-        stats.offline_bytes = after[4] - before[4] if len(after) > 4 else 0  # SPU's link: no dealer, 4 fields
+        stats.times.append(spent.clock)
+        stats.bytes = int(round(spent.bytes))
+        stats.rounds = int(spent.rounds)
+        stats.offline_bytes = spent.dealt_bytes
+
+    def add_repeat(self, spent: Reading) -> None:
+        """What one timed inference spent, end to end (bytes and rounds are the same every repeat)."""
+        self.latencies.append(spent.clock)
+        self.comm_s.append(spent.comm_s)
+        self.bytes, self.rounds = int(round(spent.bytes)), int(spent.rounds)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -76,10 +108,24 @@ class Measurement:
         }
 
 
+def timed_repeats(meter: Meter, m: Measurement, repeats: int, infer: Callable[[Measurement], Any],
+                  offline: Callable[[], None] | None = None, name: str = "") -> None:
+    """The timed repeats of one model, the same for every party: each after its offline phase (if any), with
+    the meters reset and read around the inference (`infer` records its ops into `m`)."""
+    for r in range(repeats):
+        if offline is not None:
+            offline()
+        meter.reset()
+        before = meter.read()
+        infer(m)
+        m.add_repeat(meter.read() - before)
+        log.info("%s: repeat %d/%d %.3f s online", name, r + 1, repeats, m.latencies[-1])
+
+
 class Timed:
     """Context manager recording one op's time/bytes/rounds into a Measurement (if any)."""
 
-    def __init__(self, meter: CommMeter, m: Measurement | None, index: int) -> None:
+    def __init__(self, meter: Meter, m: Measurement | None, index: int) -> None:
         self.meter, self.m, self.index = meter, m, index
 
     def __enter__(self) -> None:
@@ -87,4 +133,4 @@ class Timed:
 
     def __exit__(self, *exc: Any) -> None:
         if self.m and exc[0] is None:
-            self.m.record(self.index, self.before, self.meter.read())
+            self.m.record(self.index, self.meter.read() - self.before)

@@ -45,7 +45,7 @@ from pibench.mpc.backend import run_program
 from pibench.mpc.crypten.compat import crypten_session, use_provider
 from pibench.mpc.parties.channel import recv_json, send_json
 from pibench.mpc.parties import memory
-from pibench.mpc.parties.measure import CommMeter, Measurement, Timed
+from pibench.mpc.parties.measure import CommMeter, Measurement, Timed, timed_repeats
 from pibench.mpc.program import Op, Program
 from pibench.mpc.protocols import CLIENT, DEALER, DEFAULT_PROTOCOL, PROTOCOLS, SERVER, Protocol, protocol_of, resolve
 
@@ -223,7 +223,7 @@ class Party:
         t0 = time.perf_counter()
         backend.share_weights()
         setup_s = time.perf_counter() - t0
-        setup_bytes = int(self.meter.read()[1]) + (self.provider.source.bytes - dealer_bytes if self.provider else 0)
+        setup_bytes = int(self.meter.read().bytes) + (self.provider.source.bytes - dealer_bytes if self.provider else 0)
         log.info("%s: %s: weights shared in %.2f s", self.role, job["model"], setup_s)
 
         plans: dict[int, Plan] = {}
@@ -237,22 +237,19 @@ class Party:
         first = x[: job["batch"]] if x is not None else None
         if self.provider is not None and job["batch"] not in plans:  # no samples: record the plan now
             self.untimed_inference(backend, program, first, job["batch"], plans)
-        for r in range(job["repeats"]):
-            if self.provider is not None:
-                offline_s, m.offline_bytes = self.offline(plans[job["batch"]])
-                m.offline_s.append(offline_s)
-                m.storage_bytes = self.provider.held_bytes()
-            self.meter.reset()
-            before = self.meter.read()
+
+        def offline() -> None:
+            offline_s, m.offline_bytes = self.offline(plans[job["batch"]])
+            m.offline_s.append(offline_s)
+            m.storage_bytes = self.provider.held_bytes()
+
+        def infer(m: Measurement) -> None:
             self.infer(backend, program, first, job["batch"], m)
-            after = self.meter.read()
             if self.provider is not None:
                 self.provider.finish_online()
-            m.latencies.append(after[0] - before[0])
-            m.comm_s.append(after[3] - before[3])
-            m.bytes, m.rounds = int(round(after[1] - before[1])), int(after[2] - before[2])
-            log.info("%s: %s: repeat %d/%d %.3f s online", self.role, job["model"], r + 1, job["repeats"],
-                     m.latencies[-1])
+
+        timed_repeats(self.meter, m, job["repeats"], infer, offline if self.provider is not None else None,
+                      f"{self.role}: {job['model']}")
         result = m.summary()
         result.update(setup_s=setup_s, setup_bytes=setup_bytes, fss_bits=backend.bits,
                       logits=torch.cat(logits).tolist() if logits else [])

@@ -22,6 +22,8 @@ import time
 from typing import Any
 from urllib.parse import urlparse
 
+from pibench.mpc.parties.measure import Reading
+
 PARTY_IDS = ("client", "server")  # link rank 0, 1
 _LINK_DETAILS = re.compile(r"Link details: total send bytes (\d+), recv bytes (\d+), send actions (\d+)")
 _CONNECT_RETRY_MS = 500
@@ -125,10 +127,10 @@ class SpuLink:
         self.actions = 0  # messages sent by this party
 
     # -- counters ------------------------------------------------------------------------
-    def read(self) -> tuple[float, float, int, float]:
-        """(wall clock, bytes, send actions, communication seconds: unknown, 0) so far."""
+    def read(self) -> Reading:
+        """Wall clock, bytes and send actions (as rounds) so far; SPU does not split out communication time."""
         self._read_log()
-        return time.perf_counter(), float(self.bytes), self.actions, 0.0
+        return Reading(time.perf_counter(), float(self.bytes), self.actions)
 
     def reset(self) -> None:
         self._read_log()

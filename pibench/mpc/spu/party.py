@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from pibench.errors import UsageError
-from pibench.mpc.parties.measure import Measurement
+from pibench.mpc.parties.measure import Measurement, timed_repeats
 from pibench.mpc.parties.party import (ROLES, EventSink, ModelMismatch, Party, PartyModels, _exit_unless_connected,
                                        iter_batches, print_event)
 from pibench.mpc.program import Program
@@ -56,7 +56,7 @@ class SpuParty(Party):
         link.reset()
         t0 = time.perf_counter()
         set_up_runtime(self.runtime, self.io, link)
-        self.session_setup = (time.perf_counter() - t0, int(link.read()[1]))  # booked on the first model
+        self.session_setup = (time.perf_counter() - t0, int(link.read().bytes))  # booked on the first model
         log.info("%s: SPU %s runtime set up in %.2f s, %.1f MB", role, protocol, self.session_setup[0],
                  self.session_setup[1] / 1e6)
 
@@ -73,7 +73,7 @@ class SpuParty(Party):
             raise ModelMismatch(f"client and server compiled different SPU executables for {job['model']}; "
                                 "run the same pibench, spu and jax versions on both")
         setup_s = time.perf_counter() - t0 + self.session_setup[0]
-        setup_bytes = int(self.link.read()[1]) + self.session_setup[1]
+        setup_bytes = int(self.link.read().bytes) + self.session_setup[1]
         self.session_setup = (0.0, 0)
         log.info("%s: %s: weights shared and compiled in %.2f s", self.role, job["model"], setup_s)
 
@@ -86,15 +86,8 @@ class SpuParty(Party):
         if not job["samples"]:  # the first run of new executables is slower: always warm up
             self.infer(backend, program, first, job["batch"])
         m = Measurement(program)
-        for r in range(job["repeats"]):
-            self.link.reset()
-            before = self.link.read()
-            self.infer(backend, program, first, job["batch"], m)
-            after = self.link.read()
-            m.latencies.append(after[0] - before[0])
-            m.comm_s.append(0.0)
-            m.bytes, m.rounds = int(after[1] - before[1]), int(after[2] - before[2])
-            log.info("%s: %s: repeat %d/%d %.3f s", self.role, job["model"], r + 1, job["repeats"], m.latencies[-1])
+        timed_repeats(self.link, m, job["repeats"], lambda m: self.infer(backend, program, first, job["batch"], m),
+                      name=f"{self.role}: {job['model']}")
         backend.free_weights()
         result = m.summary()
         result.update(setup_s=setup_s, setup_bytes=setup_bytes, offline_s=None, offline_bytes=None,
