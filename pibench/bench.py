@@ -224,7 +224,7 @@ def result_rows(spec: str, card: Any, event: dict[str, Any], ref: torch.Tensor |
         offline_bytes_client=event.get("offline_bytes_client"), offline_bytes_server=event.get("offline_bytes_server"),
         fss_bits=event.get("fss_bits"),
         client_storage_bytes=event.get("client_storage_bytes"), peak_rss_client=event.get("peak_rss_client"),
-        peak_rss_server=event.get("peak_rss_server"),
+        peak_rss_server=event.get("peak_rss_server"), peak_rss_dealer=event.get("peak_rss_dealer"),
     )
     # CrypTen counts what a party sends plus what it receives; on a full-duplex link each
     # direction carries half of it (checked against a 100 Mbit/s tbf-shaped netns link).
@@ -323,7 +323,7 @@ def summary(result: BenchResult) -> dict[str, Any]:
         "offline_bytes_client": row.offline_bytes_client, "offline_bytes_server": row.offline_bytes_server,
         "setup_s": row.setup_s, "fss_bits": row.fss_bits,
         "client_storage_bytes": row.client_storage_bytes, "peak_rss_client": row.peak_rss_client,
-        "peak_rss_server": row.peak_rss_server,
+        "peak_rss_server": row.peak_rss_server, "peak_rss_dealer": row.peak_rss_dealer,
         "setup_bytes": row.setup_bytes,
         "projected_latency_s": {r.network: r.projected_latency_s for r in result.rows},
         "measured": {r.network: {"link": r.link, "latency_s_median": r.latency_s_median, "comm_s": r.comm_s}

@@ -101,6 +101,7 @@ class ResultRow:
     # shares; fss: its keys and masks; gc: garbled tables, its input labels and masks; 0 without preprocessing)
     peak_rss_client: int | None = None  # resident-set high-water mark of each party process while measuring
     peak_rss_server: int | None = None  # this model, bytes (Linux VmHWM, reset per model)
+    peak_rss_dealer: int | None = None  # the dealer's likewise (empty for protocols without a dealer)
     batch: int | None = None  # inputs per inference (latencies and bytes are per inference of `batch` inputs)
     repeats: int | None = None  # timed inferences per model, after a warm-up
     backend: str | None = None  # MPC framework: crypten or spu

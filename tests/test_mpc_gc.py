@@ -84,7 +84,7 @@ def test_online_bytes_grow_by_520_per_kept_relu_and_removed_relus_cost_nothing(t
 
 def test_every_crypten_protocol_reports_client_storage_and_peak_memory(tmp_path):
     """client_storage_bytes: what the client holds before an online inference (nothing without preprocessing);
-    peak_rss_*: each party's resident-set high-water mark for the model."""
+    peak_rss_*: each party's resident-set high-water mark for the model, the dealer's where there is one."""
     folder = save(tmp_path, "d100", with_density(1.0, 0))
     storage, bits = {}, {}
     for protocol in ("crypten:tfp", "crypten:dealer", "crypten:fss", "crypten:gc"):
@@ -92,6 +92,7 @@ def test_every_crypten_protocol_reports_client_storage_and_peak_memory(tmp_path)
         row = result.rows[0]
         assert row.error == "", row.error
         assert 50e6 < row.peak_rss_client < 8e9 and 50e6 < row.peak_rss_server < 8e9, protocol
+        assert (row.peak_rss_dealer is None) if protocol == "crypten:tfp" else (50e6 < row.peak_rss_dealer < 8e9)
         storage[protocol], bits[protocol] = row.client_storage_bytes, row.fss_bits
     relus = 4608
     assert storage["crypten:tfp"] == 0

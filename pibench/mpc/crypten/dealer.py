@@ -11,6 +11,7 @@ Messages (client -> dealer, JSON; the server only receives, and only FSS keys un
     plan {requests}      register a recorded plan; the dealer answers nothing, ids count up from 0
     run {id}             make one inference's tuples of a registered plan (offline phase)
     live {requests}      make these tuples now (the recording inference)
+    memory {reset}       reset the dealer's peak resident set (a model starts), or answer it (the model ended)
     bye                  end of the session
 
 Answer to run/live: the client's c0 shares (and FSS keys) as flat int64 tensors, in
@@ -38,6 +39,7 @@ from pibench.errors import PibenchError
 from pibench.mpc.crypten.keys import agree_key
 from pibench.mpc.crypten.preprocessing import (Plan, PreprocessingError, Prg, Request, dealt_to_server,
                                                party_draws)
+from pibench.mpc.parties.memory import answer_memory
 from pibench.mpc.fss import relu as relu_gate
 from pibench.mpc.parties.channel import isend_tensor, recv_json, recv_tensor, send_json
 from pibench.mpc.protocols import CLIENT, DEALER, SERVER
@@ -196,6 +198,8 @@ def serve_dealer(group: Any) -> None:
         kind = msg["kind"]
         if session_over(msg):
             return
+        if answer_memory(msg, group):
+            continue
         if kind == "masks":
             masks = weight_masks(prgs[SERVER], [tuple(shape) for shape in msg["shapes"]])
             log.info("dealer: %d weight masks drawn", len(masks))

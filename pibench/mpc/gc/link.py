@@ -40,6 +40,7 @@ from pibench.mpc.crypten.preprocessing import Prg, ring_op
 from pibench.mpc.gc import iknp, labels
 from pibench.mpc.gc import relu as gc_relu
 from pibench.mpc.parties.channel import recv_json, recv_tensor, send_json, send_tensor
+from pibench.mpc.parties.memory import answer_memory
 from pibench.mpc.protocols import CLIENT, DEALER, SERVER
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,8 @@ def serve_gc_dealer(group: Any) -> None:
         msg, _ = recv_json(CLIENT, group)
         if session_over(msg):
             return
+        if answer_memory(msg, group):
+            continue
         if msg["kind"] == "masks":
             masks = weight_masks(prg, [tuple(s) for s in msg["shapes"]])
         elif msg["kind"] == "run":

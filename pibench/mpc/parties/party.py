@@ -45,6 +45,7 @@ from pibench.mpc.backend import run_program
 from pibench.mpc.crypten.compat import crypten_session, use_provider
 from pibench.mpc.parties.channel import recv_json, send_json
 from pibench.mpc.parties import memory
+from pibench.mpc.parties.memory import dealer_peak_rss
 from pibench.mpc.parties.measure import CommMeter, Measurement, Timed, timed_repeats
 from pibench.mpc.program import Op, Program
 from pibench.mpc.protocols import CLIENT, DEALER, DEFAULT_PROTOCOL, PROTOCOLS, SERVER, Protocol, protocol_of, resolve
@@ -174,7 +175,10 @@ class Party:
             error = PEER_FAILED.format(peer="server" if self.rank == CLIENT else "client")
         if error:
             return {"event": "error" if self.rank == CLIENT else "done", "job": job["id"], "error": error}
+        dealer = self.provider.source.group if self.provider is not None and self.rank == CLIENT else None
         memory.reset_peak()
+        if dealer is not None:
+            dealer_peak_rss(dealer, reset=True)
         result = self.measure(job, program, x)
         result["peak_rss"] = memory.peak_rss()
         theirs = self.exchange({"ops": [{k: op[k] for k in PEER_OP_COUNTS} for op in result["ops"]],
@@ -182,7 +186,8 @@ class Party:
         if self.rank != CLIENT:
             return {"event": "done", "job": job["id"], "error": None}
         result.update(client_storage_bytes=result.pop("storage_bytes"), peak_rss_client=result.pop("peak_rss"),
-                      peak_rss_server=theirs["peak_rss"])
+                      peak_rss_server=theirs["peak_rss"],
+                      peak_rss_dealer=dealer_peak_rss(dealer, reset=False) if dealer is not None else None)
         dealer = result["offline_bytes"] is not None  # None: no offline phase, on both sides
         if dealer:  # each party's own traffic with the dealer (the server's: its FSS keys)
             result.update(offline_bytes_client=result["offline_bytes"], offline_bytes_server=theirs["offline_bytes"])
