@@ -179,8 +179,8 @@ def _record_crypten() -> None:
     if INJECT == "shared_root_seed":
         draw = dcf.random_seeds  # DCF key generation draws 2N root seeds at once: party 0's, then party 1's
 
-        def shared_root_seed(n):
-            seeds = draw(n)
+        def shared_root_seed(n, stream=None):
+            seeds = draw(n, stream)
             seeds[n // 2:] = seeds[:n // 2]
             return seeds
 

@@ -24,13 +24,18 @@ _CIPHER = Cipher(algorithms.AES(FIXED_KEY), modes.ECB())
 
 class Aes:
     """AES_k of batches of 128-bit blocks of one shape, into an output buffer kept from call to call, so a
-    loop over FSS tree levels allocates nothing. The output is overwritten by the next call."""
+    loop over FSS tree levels allocates nothing. The output is overwritten by the next call. `raw`, a uint8
+    buffer of at least 8·prod(shape) + 16 bytes, is one to use instead (e.g. one kept from block to block)."""
 
-    def __init__(self, shape: tuple[int, ...]) -> None:
+    def __init__(self, shape: tuple[int, ...], raw: np.ndarray | None = None) -> None:
         if shape[-1] != 2:
             raise ValueError(f"AES blocks are uint64 pairs, shape (..., 2), got {shape}")
         nbytes = 8 * math.prod(shape)
-        self._raw = np.empty(nbytes + 16, dtype=np.uint8)  # update_into wants one spare block
+        raw = np.empty(nbytes + 16, dtype=np.uint8) if raw is None else raw  # update_into wants one spare block
+        if raw.dtype != np.uint8 or raw.size < nbytes + 16:
+            raise ValueError(f"AES of {shape} blocks needs a uint8 buffer of {nbytes + 16} bytes, got {raw.dtype} "
+                             f"{raw.size}")
+        self._raw = raw[:nbytes + 16]
         self.out = self._raw[:nbytes].view(np.uint64).reshape(shape)
 
     def __call__(self, blocks: np.ndarray) -> np.ndarray:
@@ -71,15 +76,25 @@ def mmo(blocks: np.ndarray) -> np.ndarray:
     return Aes(blocks.shape).mmo(blocks)
 
 
-def random_bytes(n: int) -> np.ndarray:
-    """n fresh uniform bytes (uint8): AES-256-CTR under a key drawn from the OS's CSPRNG for this call alone.
-    A cryptographic PRG like os.urandom, about ten times faster for the megabytes a layer's keys need."""
-    out = np.empty(n + 16, dtype=np.uint8)  # update_into wants one spare block
-    encryptor = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(bytes(16))).encryptor()
-    encryptor.update_into(np.zeros(n, dtype=np.uint8), out)
-    return out[:n]
+class RandomStream:
+    """Fresh uniform bytes: AES-256-CTR under a key drawn from the OS's CSPRNG when the stream is made, a
+    cryptographic PRG like os.urandom and about ten times faster for the megabytes a layer's keys need. A
+    draw is valid until the next: draws reuse the stream's buffers, so a loop over blocks allocates nothing."""
+
+    def __init__(self) -> None:
+        self._encryptor = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(bytes(16))).encryptor()
+        self._zeros = np.zeros(0, dtype=np.uint8)
+        self._out = np.empty(16, dtype=np.uint8)
+
+    def bytes(self, n: int) -> np.ndarray:
+        """The next n bytes of the stream (uint8), in its buffer."""
+        if self._zeros.size < n:
+            self._zeros, self._out = np.zeros(n, dtype=np.uint8), np.empty(n + 16, dtype=np.uint8)  # + a spare block
+        self._encryptor.update_into(self._zeros[:n], self._out)
+        return self._out[:n]
 
 
-def random_seeds(n: int) -> np.ndarray:
-    """n fresh uniform 128-bit seeds (`random_bytes`), as (n, 2) uint64."""
-    return random_bytes(16 * n).view(np.uint64).reshape(n, 2)
+def random_seeds(n: int, stream: RandomStream | None = None) -> np.ndarray:
+    """n fresh uniform 128-bit seeds as (n, 2) uint64: from `stream` (valid until its next draw) or, without
+    one, a `RandomStream` of their own."""
+    return (stream or RandomStream()).bytes(16 * n).view(np.uint64).reshape(n, 2)

@@ -107,7 +107,8 @@ def keygen_words(r: np.ndarray, bits: int = DEFAULT_BITS, out: np.ndarray | None
     """The dealer's keys for ReLUs under the masks r (N,) in Z_2^64, made in their wire form (int64 words):
     what it sends, with no copy between making and sending. The caller shares r itself. `out`, an int64 array
     (2, `ReluKey.words`), is a buffer to make them in (every byte is overwritten), e.g. one reused from an
-    earlier inference, so that no run pays for the pages of fresh memory."""
+    earlier inference, so that no run pays for the pages of fresh memory. The keys are made block by block
+    (`dcf.CHUNK` ReLUs): the only memory the size of the layer is the keys' own."""
     _check_bits(bits)
     r = np.asarray(r, dtype=U64).reshape(-1)
     count = r.size
@@ -116,18 +117,36 @@ def keygen_words(r: np.ndarray, bits: int = DEFAULT_BITS, out: np.ndarray | None
         raise ValueError(f"keys for {count} ReLUs at k = {bits} need an int64 buffer of shape {shape}, got "
                          f"{out.dtype} {out.shape}")
     words = np.empty(shape, np.int64) if out is None else out
-    raw = words.view(np.uint8)
-    raw[:, ReluKey.size(count, bits):] = 0  # the padding to whole words
-    randomness = prg.random_bytes(-(-count // 8) + 16 * count)  # rho, then party 0's two shares
-    rho = np.unpackbits(randomness[16 * count:], count=count).astype(U64)
-    m_r = (r >> U64(bits - 1)) & U64(1)
-    dcf.keygen(r & U64((1 << (bits - 1)) - 1), bits - 1, flip=m_r ^ rho,
-               out=(raw[0, 16 * count:ReluKey.size(count, bits)], raw[1, 16 * count:ReluKey.size(count, bits)]))
+    raw, size = words.view(np.uint8), ReluKey.size(count, bits)
+    raw[:, size:] = 0  # the padding to whole words
+    keys = (dcf.DcfKey.from_bytes(raw[0, 16 * count:size], count, bits - 1),
+            dcf.DcfKey.from_bytes(raw[1, 16 * count:size], count, bits - 1))
     shares = words[:, :2 * count].view(U64).reshape(2, 2, count)  # per party: its shares of rho and rho·r
-    shares[0] = randomness[:16 * count].view(U64).reshape(2, count)
-    shares[1, 0] = rho - shares[0, 0]
-    shares[1, 1] = rho * r - shares[0, 1]
+    scratch, stream = dcf.Scratch(), prg.RandomStream()
+    for block in dcf.blocks(count, dcf.CHUNK):
+        _keygen_block(r[block], bits, keys, shares[:, :, block], block.start, scratch, stream)
     return words[0], words[1]
+
+
+def _keygen_block(r: np.ndarray, bits: int, keys: tuple[dcf.DcfKey, dcf.DcfKey], shares: np.ndarray, start: int,
+                  scratch: dcf.Scratch, stream: prg.RandomStream) -> None:
+    """The keys of the ReLUs start .. start + N under the masks r (N,): their DCF keys (alpha = r mod 2^(k-1),
+    flip = m_r XOR rho) into `keys`, and both parties' shares of rho and rho·r into `shares` (2, 2, N)."""
+    count = r.size
+    randomness = stream.bytes(16 * count + -(-count // 8))  # party 0's two shares, then rho
+    rho = np.unpackbits(randomness[16 * count:], count=count)
+    words = scratch("relu words", (count,))
+    np.right_shift(r, U64(bits - 1), out=words)
+    flip = scratch("relu flip", (count,), np.uint8)
+    np.bitwise_and(words, U64(1), out=flip, casting="unsafe")  # m_r
+    flip ^= rho
+    np.bitwise_and(r, U64((1 << (bits - 1)) - 1), out=words)  # alpha
+    dcf.keygen_block(words, flip, bits - 1, keys, start, scratch)
+    shares[0] = randomness[:16 * count].view(U64).reshape(2, count)
+    words[:] = rho
+    np.subtract(words, shares[0, 0], out=shares[1, 0])
+    words *= r
+    np.subtract(words, shares[0, 1], out=shares[1, 1])
 
 
 def keygen(r: np.ndarray, bits: int = DEFAULT_BITS) -> tuple[ReluKey, ReluKey]:
