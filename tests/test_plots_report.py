@@ -243,7 +243,8 @@ def two_by_two(tmp_path):
 
 def test_a_method_keeps_one_look_in_every_figure(tmp_path):
     """A method's colour and marker are the same in every figure of every run, whatever the protocols."""
-    from pibench.report.plots import METHOD_LOOKS, draw_figures, with_series
+    from pibench.report.plots import draw_figures, with_series
+    from pibench.report.style import METHOD_LOOKS
     from pibench.results import load_layers
 
     run = fixture_run(tmp_path / "run")
@@ -277,7 +278,7 @@ def test_a_method_keeps_one_look_in_every_figure(tmp_path):
 
 
 def test_accuracy_is_drawn_once_per_method_whatever_the_protocols(tmp_path):
-    from pibench.report.plots import METHOD_LOOKS
+    from pibench.report.style import METHOD_LOOKS
 
     _, _, figures = two_by_two(tmp_path)
     series = series_artists(figures["accuracy_vs_relus"])
@@ -292,7 +293,7 @@ def test_accuracy_is_drawn_once_per_method_whatever_the_protocols(tmp_path):
 
 
 def test_latency_has_error_bars_and_names_the_protocol(tmp_path):
-    from pibench.report.plots import METHOD_LOOKS, PROTOCOL_LINES
+    from pibench.report.style import METHOD_LOOKS, PROTOCOL_LINES
 
     _, results, figures = two_by_two(tmp_path)
     series = series_artists(figures["latency_vs_relus"])
@@ -319,7 +320,8 @@ def test_latency_has_error_bars_and_names_the_protocol(tmp_path):
 def test_protocol_comparison_figure_only_with_several_protocols(tmp_path):
     from matplotlib.colors import to_hex
 
-    from pibench.report.plots import draw_figures, protocol_color, with_series
+    from pibench.report.plots import draw_figures, with_series
+    from pibench.report.style import protocol_color
 
     run, _, figures = two_by_two(tmp_path)
     fig = figures["protocol_costs"]
@@ -359,29 +361,30 @@ def test_plot_without_results_names_the_fix(tmp_path):
 
 
 def test_with_several_protocols_colour_and_marker_are_the_method_and_line_style_the_protocol(tmp_path):
-    from pibench.report.plots import _series_styles, with_series
+    from pibench.report.plots import with_series
+    from pibench.report.style import series_styles
 
     run = fixture_run(tmp_path / "run", protocols=("crypten:dealer", "spu:cheetah"))
     results, _ = with_series(load_results(run))
-    styles = _series_styles(results)
+    styles = series_styles(results)
     assert styles["senet · crypten:dealer"]["color"] == styles["senet · spu:cheetah"]["color"]
     assert styles["senet · crypten:dealer"]["color"] != styles["deepreduce · crypten:dealer"]["color"]
     assert styles["senet · crypten:dealer"]["marker"] == styles["senet · spu:cheetah"]["marker"]
     assert styles["senet · crypten:dealer"]["ls"] != styles["senet · spu:cheetah"]["ls"]
     one, _ = with_series(load_results(fixture_run(tmp_path / "one")))
-    single = _series_styles(one)
+    single = series_styles(one)
     assert len({s["color"] for s in single.values()}) == 3 and len({s["marker"] for s in single.values()}) == 3
 
 
 def test_a_narrow_log_axis_still_has_tick_labels():
     import matplotlib.pyplot as plt
 
-    from pibench.report.plots import _scale
+    from pibench.report.style import set_scale
 
     fig, ax = plt.subplots(figsize=(1.2, 2))
     values = pd.Series([0.012, 0.5, 1.9])
     ax.barh([0, 1, 2], values)
-    _scale([ax], values, "x")
+    set_scale([ax], values, "x")
     fig.canvas.draw()
     low, high = ax.get_xlim()
     labels = [t.get_text() for t in ax.get_xticklabels() if low <= t.get_position()[0] <= high]

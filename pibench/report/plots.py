@@ -1,21 +1,17 @@
 """Trade-off figures from a run folder's results.csv and layers.csv (read only).
 
-Each figure is sized for one paper column (3.4 in wide) and saved as PNG and PDF.
-Axes switch to log scale when the data spans more than a decade; panels meant to be
-compared share the scale type. Tick labels are plain numbers in the axis unit
-(0.05 s, 0.5 MB); only ReLU counts use k / M. Every method has one colour and marker in
-every figure of every run (`METHOD_LOOKS`). Accuracy does not depend on the protocol, so
-accuracy-vs-ReLUs draws each model once; cost figures draw one series per method and
-protocol, the protocol named in the legend and drawn in its line style (`PROTOCOL_LINES`).
-Latencies carry error bars from the repeats' 10th to 90th percentile. Model labels carry
-the ReLUs a model keeps, which may differ from the budget in its name.
+Each figure is sized for one paper column (3.4 in wide) and saved as PNG and PDF; how
+figures look (scales, tick labels, legends, each method's and protocol's look) is
+`pibench.report.style`. Accuracy does not depend on the protocol, so accuracy-vs-ReLUs
+draws each model once; cost figures draw one series per method and protocol, the
+protocol named in the legend and drawn in its line style. Latencies carry error bars from
+the repeats' 10th to 90th percentile. Model labels carry the ReLUs a model keeps, which
+may differ from the budget in its name.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import zlib
 from pathlib import Path
 
 import matplotlib
@@ -24,138 +20,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from pibench.errors import MissingFile, UsageError
 from pibench.pareto import pareto_front  # noqa: E402
+from pibench.report.style import (COLUMN_WIDTH_IN, STYLE, add_legend, column_figure, method_look,  # noqa: E402
+                                  plain_label, protocol_color, protocol_index, save_figure, series_styles,
+                                  set_scale)
 from pibench.results import load_layers, load_results  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-COLUMN_WIDTH_IN = 3.4
-STYLE = {
-    "font.size": 8,
-    "axes.titlesize": 8,
-    "axes.labelsize": 8,
-    "legend.fontsize": 7,
-    "xtick.labelsize": 7,
-    "ytick.labelsize": 7,
-    "lines.markersize": 4,
-    "figure.dpi": 200,
-}
 FIGURES = ("accuracy_vs_relus", "latency_vs_relus", "communication_vs_relus", "online_vs_offline",
            "accuracy_vs_latency", "layer_breakdown", "protocol_costs")  # protocol_costs: runs of several protocols
 # Which per-layer ops are linear (free of secure comparisons) for the breakdown figure.
 LINEAR_OPS = {"conv", "linear", "add", "affine", "avgpool", "flatten"}
 COMPARISON_OPS = {"relu", "maxpool"}
-
-
-def _count_label(value: float, _pos: int | None = None) -> str:
-    """ReLU counts: 500, 2k, 1.5M."""
-    for scale, suffix in ((1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:g}{suffix}"
-    return f"{value:g}"
-
-
-def _plain_label(value: float, _pos: int | None = None) -> str:
-    """Seconds, MB, bytes: 0.05, 0.5, 2, 1,000 (no SI prefixes, which read as units: 50m)."""
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:g}"
-
-
-def _tick_bounds(low: float, high: float, subs: tuple[float, ...]) -> tuple[float, float]:
-    """The ticks just below `low` and just above `high`, so every point lies between labelled ticks."""
-    ticks = [s * 10.0 ** e for e in range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 2)
-             for s in subs]
-    return max(t for t in ticks if t <= low * (1 + 1e-9)), min(t for t in ticks if t >= high * (1 - 1e-9))
-
-
-def _scale(axes: list[plt.Axes], values: pd.Series, axis: str, counts: bool = False) -> None:
-    """One scale type for panels meant to be compared: log when `values` (all panels') span over a decade.
-
-    Log axes get 1-2-5 ticks over up to two decades, decades beyond (an explicit numticks:
-    matplotlib's "auto" leaves a narrow panel with no ticks at all), and limits on
-    labelled ticks. `counts`: ReLU counts (1k, 10k); else plain numbers in the axis unit.
-    """
-    v = values[values > 0].dropna()
-    wide = len(v) and v.max() / v.min() > 10
-    subs = (1.0, 2.0, 5.0) if wide and v.max() / v.min() <= 100 else (1.0,)
-    for ax in axes:
-        target = ax.xaxis if axis == "x" else ax.yaxis
-        if wide:
-            (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
-            target.set_major_locator(LogLocator(subs=subs, numticks=12))
-            target.set_minor_formatter(NullFormatter())
-            low, high = _tick_bounds(v.min(), v.max(), subs)
-            (ax.set_xlim if axis == "x" else ax.set_ylim)(low / 1.15, high * 1.15)
-        target.set_major_formatter(FuncFormatter(_count_label if counts else _plain_label))
-
-
-def _save(fig: plt.Figure, out_dir: Path, name: str) -> list[Path]:
-    fig.tight_layout()
-    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
-    for p in paths:
-        fig.savefig(p, bbox_inches="tight")
-    plt.close(fig)
-    log.info("wrote %s", paths[0])
-    return paths
-
-
-def _figure() -> tuple[plt.Figure, plt.Axes]:
-    return plt.subplots(figsize=(COLUMN_WIDTH_IN, 2.5))
-
-
-# Each method's look (colour, marker, line style), the same in every figure of every run;
-# other methods get one of EXTRA_LOOKS by a hash of their name, which is stable too.
-METHOD_LOOKS = {
-    "baseline": ("tab:gray", "o", "-"),
-    "deepreduce": ("tab:blue", "s", "--"),
-    "senet": ("tab:orange", "D", "-."),
-    "snl": ("tab:green", "^", ":"),
-    "registry": ("tab:purple", "v", "-"),
-}
-EXTRA_LOOKS = [("tab:brown", "P", "--"), ("tab:pink", "X", "-."), ("tab:olive", "*", ":"), ("tab:cyan", "<", "-")]
-# With several protocols, a protocol's line style in the cost figures, and its bar colour where
-# protocols are the categories (protocol_costs): by its place among the known protocols.
-PROTOCOL_LINES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1))]
-PROTOCOL_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:olive", "tab:cyan"]
-
-
-def method_look(method: str) -> tuple[str, str, str]:
-    """(colour, marker, line style) of a method."""
-    return METHOD_LOOKS.get(method) or EXTRA_LOOKS[zlib.crc32(str(method).encode()) % len(EXTRA_LOOKS)]
-
-
-def _protocol_index(key: str) -> int:
-    from pibench.mpc.protocols import PROTOCOLS
-
-    known = PROTOCOLS.names()
-    return known.index(key) if key in known else zlib.crc32(key.encode())
-
-
-def protocol_color(key: str) -> str:
-    """A protocol's colour where protocols are the categories of a figure (protocol_costs)."""
-    return PROTOCOL_COLORS[_protocol_index(key) % len(PROTOCOL_COLORS)]
-
-
-def protocol_line(key: str) -> str | tuple:
-    """A protocol's line style in the cost figures of a run that measured several."""
-    return PROTOCOL_LINES[_protocol_index(key) % len(PROTOCOL_LINES)]
-
-
-def _series_styles(rows: pd.DataFrame) -> dict[str, dict[str, str]]:
-    """Each series' colour, marker and line style (`ls`): colour and marker are the method's, always.
-
-    With one protocol the line style is the method's too; with several (the series names
-    carry the protocol, see `with_series`) it is the protocol's, so a method keeps its
-    colour under every protocol and the legend names the protocol.
-    """
-    styles = {}
-    for r in rows.drop_duplicates("series").itertuples():
-        color, marker, ls = method_look(r.method)
-        several = r.series != r.method
-        styles[r.series] = {"color": color, "marker": marker, "ls": protocol_line(r.key) if several else ls}
-    return styles
 
 
 def with_series(results: pd.DataFrame, layers: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -207,15 +87,6 @@ def _plot_front(ax: plt.Axes, group: pd.DataFrame, cost: str, style: dict[str, s
     ax.plot(dominated[cost], dominated["accuracy"], mfc="none", alpha=0.7, **{**style, "ls": "none"})
 
 
-def _legend(fig: plt.Figure, axes: list[plt.Axes]) -> None:
-    """One legend for the figure, below its panels, when there are many series; else in the first panel."""
-    handles, labels = axes[0].get_legend_handles_labels()
-    if len(labels) <= 4:
-        axes[0].legend()
-        return
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(labels)),
-               frameon=False)
-
 
 def accuracy_vs_relus(results: pd.DataFrame, anchors: pd.DataFrame | None = None) -> plt.Figure:
     """Accuracy against kept ReLUs, one series per method, Pareto frontier marked, paper anchors optional.
@@ -224,19 +95,19 @@ def accuracy_vs_relus(results: pd.DataFrame, anchors: pd.DataFrame | None = None
     (in its method's look), not once per protocol on top of itself.
     """
     per_model = _ok_rows(results).dropna(subset=["accuracy"]).drop_duplicates("model")
-    fig, ax = _figure()
+    fig, ax = column_figure()
     for method, group in per_model.groupby("method"):
         color, marker, ls = method_look(method)
         _plot_front(ax, group, "relus", {"color": color, "marker": marker, "ls": ls}, method)
     if anchors is not None and len(anchors):
         for method, group in anchors.groupby("method"):
             ax.plot(group["relus"], group["accuracy"], "x", color=method_look(method)[0], label=f"{method} (paper)")
-    _scale([ax], per_model["relus"], "x", counts=True)
+    set_scale([ax], per_model["relus"], "x", counts=True)
     ax.set_xlabel("ReLUs kept")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("Accuracy vs ReLUs (filled: Pareto frontier)")
     ax.grid(alpha=0.3)
-    _legend(fig, [ax])
+    add_legend(fig, [ax])
     return fig
 
 
@@ -280,7 +151,7 @@ def latency_vs_relus(results: pd.DataFrame, layers: pd.DataFrame | None = None) 
     )
     panels += [(f"{net} (projected)", group, group) for net, group in rows.groupby("network")]
     fig, axes = plt.subplots(1, len(panels), figsize=(0.75 * COLUMN_WIDTH_IN * len(panels), 2.5), squeeze=False)
-    styles = _series_styles(results)
+    styles = series_styles(results)
     values = []
     for ax, (title, data, profile_rows) in zip(axes[0], panels):
         column = "latency_s_median" if profile_rows is None else "projected_latency_s"
@@ -301,10 +172,10 @@ def latency_vs_relus(results: pd.DataFrame, layers: pd.DataFrame | None = None) 
         ax.set_title(title + (", hollow: measured" if measured_per_network else ""))
         ax.set_xlabel("ReLUs kept")
         ax.grid(alpha=0.3)
-    _scale(list(axes[0]), rows["relus"], "x", counts=True)
-    _scale(list(axes[0]), pd.concat(values), "y")  # measured and projected panels: one scale type
+    set_scale(list(axes[0]), rows["relus"], "x", counts=True)
+    set_scale(list(axes[0]), pd.concat(values), "y")  # measured and projected panels: one scale type
     axes[0][0].set_ylabel("latency per inference (s)")
-    _legend(fig, list(axes[0]))
+    add_legend(fig, list(axes[0]))
     return fig
 
 
@@ -315,7 +186,7 @@ def communication_vs_relus(results: pd.DataFrame) -> plt.Figure:
     if per_model["offline_bytes"].notna().any():
         panels.append(("offline_bytes", "offline, dealer ↔ both parties (MB)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(0.75 * COLUMN_WIDTH_IN * len(panels), 2.5), squeeze=False)
-    styles = _series_styles(results)
+    styles = series_styles(results)
     for ax, (column, ylabel) in zip(axes[0], panels):
         for series, group in per_model.dropna(subset=[column]).groupby("series"):
             group = group.sort_values("relus")
@@ -323,9 +194,9 @@ def communication_vs_relus(results: pd.DataFrame) -> plt.Figure:
         ax.set_xlabel("ReLUs kept")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    _scale(list(axes[0]), per_model["relus"], "x", counts=True)
-    _scale(list(axes[0]), pd.concat([per_model[c] for c, _ in panels]).dropna() / 1e6, "y")
-    _legend(fig, list(axes[0]))
+    set_scale(list(axes[0]), per_model["relus"], "x", counts=True)
+    set_scale(list(axes[0]), pd.concat([per_model[c] for c, _ in panels]).dropna() / 1e6, "y")
+    add_legend(fig, list(axes[0]))
     fig.suptitle("Communication vs ReLUs (sent + received)", fontsize=8)
     return fig
 
@@ -346,7 +217,7 @@ def _time_and_bytes_bars(time: pd.DataFrame, sent_mb: pd.DataFrame, bytes_label:
     ax_t.set_title(title)
     ax_t.legend(title=None)
     for ax in (ax_t, ax_b):
-        ax.xaxis.set_major_formatter(FuncFormatter(_plain_label))
+        ax.xaxis.set_major_formatter(FuncFormatter(plain_label))
     return fig
 
 
@@ -372,15 +243,15 @@ def accuracy_vs_latency(results: pd.DataFrame) -> plt.Figure:
     fig, axes = plt.subplots(
         1, len(networks), figsize=(COLUMN_WIDTH_IN * max(1, len(networks)) / 1.4, 2.5), sharey=True, squeeze=False
     )
-    styles = _series_styles(results)
+    styles = series_styles(results)
     for ax, network in zip(axes[0], networks):
         for series, group in rows[rows["network"] == network].groupby("series"):
             _plot_front(ax, group, "projected_latency_s", styles[series], series)
         ax.set_xlabel(f"latency, {network} (s, projected)")
         ax.grid(alpha=0.3)
-    _scale(list(axes[0]), rows["projected_latency_s"], "x")
+    set_scale(list(axes[0]), rows["projected_latency_s"], "x")
     axes[0][0].set_ylabel("top-1 accuracy (%)")
-    _legend(fig, list(axes[0]))
+    add_legend(fig, list(axes[0]))
     fig.suptitle("Accuracy vs latency", fontsize=8)
     return fig
 
@@ -411,7 +282,7 @@ def protocol_costs(results: pd.DataFrame) -> plt.Figure:
     slowest = rows.loc[rows["projected_latency_s"].idxmax(), "network"] if rows["projected_latency_s"].notna().any() \
         else None
     first = rows.drop_duplicates(["label", "key"])
-    keys = sorted(first["key"].unique(), key=_protocol_index)
+    keys = sorted(first["key"].unique(), key=protocol_index)
     order = first.groupby("label")["relus"].first().sort_values().index
 
     def table(data: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -437,7 +308,7 @@ def protocol_costs(results: pd.DataFrame) -> plt.Figure:
                        error_kw={"elinewidth": 0.6})
         ax.set_xlabel(xlabel)
         ax.set_ylabel("")
-        ax.xaxis.set_major_formatter(FuncFormatter(_plain_label))
+        ax.xaxis.set_major_formatter(FuncFormatter(plain_label))
         ax.grid(alpha=0.3, axis="x")
         if i:
             ax.tick_params(labelleft=False)
@@ -446,7 +317,7 @@ def protocol_costs(results: pd.DataFrame) -> plt.Figure:
     ax_r.set_yticks(range(len(keys)), keys)
     ax_r.yaxis.tick_right()
     ax_r.set_xlabel("online bytes per\nkept ReLU and party")
-    ax_r.xaxis.set_major_formatter(FuncFormatter(_plain_label))
+    ax_r.xaxis.set_major_formatter(FuncFormatter(plain_label))
     axes[0].set_title("Protocols compared, per model (ReLUs kept)", loc="left")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(labels), frameon=False)
@@ -502,5 +373,5 @@ def plot_run(run_dir: str | Path, anchors: str | Path | None = None, models: lis
     written: list[Path] = []
     with plt.rc_context(STYLE):
         for name, fig in draw_figures(results, layers, anchor_df, models).items():
-            written += _save(fig, out_dir, name)
+            written += save_figure(fig, out_dir, name)
     return written
