@@ -24,41 +24,20 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from pibench.errors import MissingFile, UsageError
 from pibench.pareto import pareto_front  # noqa: E402
+from pibench.report.rows import ok_rows, several_protocols, with_series  # noqa: E402
 from pibench.report.style import (COLUMN_WIDTH_IN, STYLE, add_legend, column_figure, method_look,  # noqa: E402
-                                  plain_label, protocol_color, protocol_index, save_figure, series_styles,
-                                  set_scale)
+                                  plain_label, protocol_color, protocol_index, protocol_line, save_figure,
+                                  series_styles, set_scale)
 from pibench.results import load_layers, load_results  # noqa: E402
 
 log = logging.getLogger(__name__)
 
+# protocol_costs: runs of several protocols; storage_vs_relus: runs that measured the client's storage
 FIGURES = ("accuracy_vs_relus", "latency_vs_relus", "communication_vs_relus", "online_vs_offline",
-           "accuracy_vs_latency", "layer_breakdown", "protocol_costs")  # protocol_costs: runs of several protocols
+           "storage_vs_relus", "accuracy_vs_latency", "layer_breakdown", "protocol_costs")
 # Which per-layer ops are linear (free of secure comparisons) for the breakdown figure.
 LINEAR_OPS = {"conv", "linear", "add", "affine", "avgpool", "flatten"}
 COMPARISON_OPS = {"relu", "maxpool"}
-
-
-def with_series(results: pd.DataFrame, layers: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """Label rows by what a figure tells apart: `key` (backend:protocol), `series` (method, plus
-    the protocol when a run measured several), `label` (model, plus the protocol likewise),
-    `kept` (model with the ReLUs it keeps) and `entry` (`kept` plus the protocol); layers get the
-    same `entry`."""
-    keys = results["protocol"].fillna("")
-    several = keys.nunique() > 1
-    suffix = (" · " + keys) if several else ""
-    kept = results["model"] + results["relus"].map(lambda r: "" if pd.isna(r) else f" ({int(r):,} ReLUs)")
-    results = results.assign(key=keys, series=results["method"] + suffix, label=results["model"] + suffix,
-                             kept=kept, entry=kept + suffix)
-    if layers is not None:
-        entries = dict(zip(zip(results["model"], results["key"]), results["entry"]))
-        keys = layers["protocol"].fillna("")
-        layers = layers.assign(entry=[entries.get((m, k), m) for m, k in zip(layers["model"], keys)])
-    return results, layers
-
-
-def several_protocols(results: pd.DataFrame) -> bool:
-    """Whether a run measured more than one protocol (then figures compare them)."""
-    return results["key"].nunique() > 1
 
 
 def _latency_spread(rows: pd.DataFrame, center: pd.Series) -> list[pd.Series]:
@@ -70,13 +49,6 @@ def _latency_spread(rows: pd.DataFrame, center: pd.Series) -> list[pd.Series]:
     low = (rows["latency_s_median"] - rows["latency_s_p10"]).clip(lower=0).fillna(0)
     high = (rows["latency_s_p90"] - rows["latency_s_median"]).clip(lower=0).fillna(0)
     return [low.where(center.notna(), 0), high.where(center.notna(), 0)]
-
-
-def _ok_rows(results: pd.DataFrame) -> pd.DataFrame:
-    """Rows that measured something (failed models record an error and no numbers)."""
-    if "error" in results:
-        return results[results["error"].isna() | (results["error"].astype(str) == "")]
-    return results
 
 
 def _plot_front(ax: plt.Axes, group: pd.DataFrame, cost: str, style: dict[str, str], label: str) -> None:
@@ -94,7 +66,7 @@ def accuracy_vs_relus(results: pd.DataFrame, anchors: pd.DataFrame | None = None
     Accuracy is the model's, whatever protocol measured it, so each model is drawn once
     (in its method's look), not once per protocol on top of itself.
     """
-    per_model = _ok_rows(results).dropna(subset=["accuracy"]).drop_duplicates("model")
+    per_model = ok_rows(results).dropna(subset=["accuracy"]).drop_duplicates("model")
     fig, ax = column_figure()
     for method, group in per_model.groupby("method"):
         color, marker, ls = method_look(method)
@@ -144,7 +116,7 @@ def latency_vs_relus(results: pd.DataFrame, layers: pd.DataFrame | None = None) 
     its projection. Black crosses are each model's linear layers alone: the floor that
     removing ReLUs cannot go below.
     """
-    rows = _ok_rows(results)
+    rows = ok_rows(results)
     measured_per_network = rows.groupby("entry")["link"].nunique().max() > 1
     panels = (
         [] if measured_per_network else [(f"measured ({rows['link'].iloc[0]})", rows.drop_duplicates("entry"), None)]
@@ -181,7 +153,7 @@ def latency_vs_relus(results: pd.DataFrame, layers: pd.DataFrame | None = None) 
 
 def communication_vs_relus(results: pd.DataFrame) -> plt.Figure:
     """Bytes against ReLUs, one series per method: online per party, and offline (dealer) where measured."""
-    per_model = _ok_rows(results).drop_duplicates("entry")
+    per_model = ok_rows(results).drop_duplicates("entry")
     panels = [("bytes_per_party", "online per party (MB)")]
     if per_model["offline_bytes"].notna().any():
         panels.append(("offline_bytes", "offline, dealer ↔ both parties (MB)"))
@@ -226,7 +198,7 @@ def online_vs_offline(results: pd.DataFrame) -> plt.Figure:
     inference end to end), and bytes per party side by side: online (the busier party's, sent +
     received) beside each party's offline bytes from the dealer, never a per-party amount stacked
     on a two-party one."""
-    per_model = _ok_rows(results).drop_duplicates("entry").set_index("entry").sort_values("relus")
+    per_model = ok_rows(results).drop_duplicates("entry").set_index("entry").sort_values("relus")
     time = pd.DataFrame({"online": per_model["latency_s_median"], "offline": per_model["offline_s"].fillna(0)})
     # files without the per-party split: all offline bytes went to the client (crypten:dealer)
     client = per_model["offline_bytes_client"].fillna(per_model["offline_bytes"]).fillna(0)
@@ -236,9 +208,43 @@ def online_vs_offline(results: pd.DataFrame) -> plt.Figure:
                                 stack_bytes=False)
 
 
+def stores_client_data(results: pd.DataFrame) -> bool:
+    """Whether rows measured what the client stores, and some protocol stores something (files from before
+    `client_storage_bytes` lack the column or leave it empty)."""
+    return "client_storage_bytes" in results and bool((results["client_storage_bytes"].fillna(0) > 0).any())
+
+
+def storage_vs_relus(results: pd.DataFrame) -> plt.Figure:
+    """What the client must hold before an online inference (MB) against kept ReLUs, one series per protocol
+    in its colour and line style.
+
+    Preprocessing moves work offline but leaves its output on the client, for every inference:
+    garbled circuits (crypten:gc), FSS keys, the dealer's tuple shares. A log axis has no zero,
+    so protocols that store nothing are named in the panel instead of drawn.
+    """
+    per_model = ok_rows(results).drop_duplicates("entry").dropna(subset=["client_storage_bytes"])
+    stored = per_model[per_model["client_storage_bytes"] > 0]
+    fig, ax = column_figure()
+    for key in sorted(stored["key"].unique(), key=protocol_index):
+        group = stored[stored["key"] == key].sort_values("relus")
+        ax.plot(group["relus"], group["client_storage_bytes"] / 1e6, color=protocol_color(key),
+                ls=protocol_line(key), marker="o", label=key)
+    nothing = sorted(set(per_model["key"]) - set(stored["key"]), key=protocol_index)
+    if nothing:
+        ax.text(0.02, 0.98, "store nothing: " + ", ".join(nothing), transform=ax.transAxes, va="top", fontsize=6)
+    set_scale([ax], stored["relus"], "x", counts=True)
+    set_scale([ax], stored["client_storage_bytes"] / 1e6, "y")
+    ax.set_xlabel("ReLUs kept")
+    ax.set_ylabel("client storage per inference (MB)")
+    ax.set_title("What the client holds before an inference")
+    ax.grid(alpha=0.3)
+    add_legend(fig, [ax])
+    return fig
+
+
 def accuracy_vs_latency(results: pd.DataFrame) -> plt.Figure:
     """Accuracy against projected latency, one panel per network profile, frontier per method."""
-    rows = _ok_rows(results).dropna(subset=["accuracy"])
+    rows = ok_rows(results).dropna(subset=["accuracy"])
     networks = sorted(rows["network"].unique())
     fig, axes = plt.subplots(
         1, len(networks), figsize=(COLUMN_WIDTH_IN * max(1, len(networks)) / 1.4, 2.5), sharey=True, squeeze=False
@@ -278,7 +284,7 @@ def protocol_costs(results: pd.DataFrame) -> plt.Figure:
 
     Colour is the protocol here (the bars' categories), named in the legend.
     """
-    rows = _ok_rows(results).assign(label=results["kept"])
+    rows = ok_rows(results).assign(label=results["kept"])
     slowest = rows.loc[rows["projected_latency_s"].idxmax(), "network"] if rows["projected_latency_s"].notna().any() \
         else None
     first = rows.drop_duplicates(["label", "key"])
@@ -326,7 +332,7 @@ def protocol_costs(results: pd.DataFrame) -> plt.Figure:
 
 def draw_figures(results: pd.DataFrame, layers: pd.DataFrame | None = None, anchors: pd.DataFrame | None = None,
                  models: list[str] | None = None) -> dict[str, plt.Figure]:
-    """Every figure a run's rows allow, by name (rows labelled by `with_series`); nothing is saved."""
+    """Every figure a run's rows allow, by name (rows labelled by `rows.with_series`); nothing is saved."""
     figures: dict[str, plt.Figure] = {}
     if results["accuracy"].notna().any():
         figures["accuracy_vs_relus"] = accuracy_vs_relus(results, anchors)
@@ -336,9 +342,13 @@ def draw_figures(results: pd.DataFrame, layers: pd.DataFrame | None = None, anch
     figures["latency_vs_relus"] = latency_vs_relus(results, layers)
     figures["communication_vs_relus"] = communication_vs_relus(results)
     figures["online_vs_offline"] = online_vs_offline(results)
+    if stores_client_data(ok_rows(results)):
+        figures["storage_vs_relus"] = storage_vs_relus(results)
+    else:
+        log.info("no client storage in these results (older files, or no preprocessing): skipping storage_vs_relus")
     if layers is not None:
         figures["layer_breakdown"] = layer_breakdown(layers, models)
-    if several_protocols(_ok_rows(results)):
+    if several_protocols(ok_rows(results)):
         figures["protocol_costs"] = protocol_costs(results)
     return figures
 

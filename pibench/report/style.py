@@ -138,7 +138,7 @@ def series_styles(rows: pd.DataFrame) -> dict[str, dict[str, str]]:
     """Each series' colour, marker and line style (`ls`): colour and marker are the method's, always.
 
     With one protocol the line style is the method's too; with several (the series names
-    carry the protocol, see `plots.with_series`) it is the protocol's, so a method keeps its
+    carry the protocol, see `rows.with_series`) it is the protocol's, so a method keeps its
     colour under every protocol and the legend names the protocol.
     """
     styles = {}
