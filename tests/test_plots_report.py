@@ -20,7 +20,8 @@ MODELS = [
 
 def fixture_run(run_dir, cost_only=False, netns=False, protocols=("crypten:dealer",)):
     """A run folder as `pibench sweep` writes it. Under crypten:fss a ReLU costs 16 bytes and the
-    latency less (so protocols differ); the p10-p90 spread grows with the ReLUs."""
+    latency less (so protocols differ); the p10-p90 spread grows with the ReLUs. The client stores its
+    offline bytes under crypten:dealer, 245 B per ReLU under crypten:fss, nothing without a dealer."""
     rows, layers = [], []
     for (model, method, budget, relus, acc, sent), key in ((m, k) for k in protocols for m in MODELS):
         protocol = PROTOCOLS.get(key)
@@ -66,6 +67,8 @@ def fixture_run(run_dir, cost_only=False, netns=False, protocols=("crypten:deale
                     offline_bytes=sent // 3 if protocol.dealer else None,
                     offline_bytes_client=sent // 3 if protocol.dealer else None,
                     offline_bytes_server=0 if protocol.dealer else None,
+                    client_storage_bytes=(245 * relus if protocol.name == "fss" else sent // 3) if protocol.dealer
+                    else 0,
                     batch=1,
                     repeats=3,
                     backend=protocol.backend,
@@ -129,7 +132,8 @@ def test_netns_run_draws_measured_latency_per_network(tmp_path):
 def test_cost_only_run_skips_accuracy_figures(tmp_path):
     run = fixture_run(tmp_path / "run", cost_only=True)
     names = {p.stem for p in plot_run(run)}
-    assert names == {"latency_vs_relus", "communication_vs_relus", "online_vs_offline", "layer_breakdown"}
+    assert names == {"latency_vs_relus", "communication_vs_relus", "online_vs_offline", "storage_vs_relus",
+                     "layer_breakdown"}
 
 
 def test_two_protocols_side_by_side_in_figures_and_report(tmp_path):
@@ -169,16 +173,18 @@ def test_report_compares_two_protocols_and_explains_why(tmp_path):
 
 
 def test_results_of_older_versions_load_plot_and_report(tmp_path):
-    """A results.csv from before the protocol columns (CrypTen `provider`, no offline_s) still works."""
+    """A results.csv from before the protocol columns (CrypTen `provider`, no offline_s, no client storage) still
+    works; the storage figure is skipped."""
     run = fixture_run(tmp_path / "run")
-    old = pd.read_csv(run / RESULTS_FILE).drop(columns=["backend", "protocol", "security", "offline_s"])
+    old = pd.read_csv(run / RESULTS_FILE).drop(columns=["backend", "protocol", "security", "offline_s",
+                                                        "client_storage_bytes"])
     old.insert(old.columns.get_loc("threads"), "provider", "tfp")
     old.to_csv(run / RESULTS_FILE, index=False)
     df = load_results(run)
     assert list(df.columns) == RESULT_COLUMNS
     assert set(df["backend"]) == {"crypten"} and set(df["protocol"]) == {"crypten:tfp"}
     assert df["security"].str.startswith("INSECURE").all() and df["offline_s"].isna().all()
-    assert {p.stem for p in plot_run(run)} == set(FIGURES) - {"protocol_costs"}  # one protocol
+    assert {p.stem for p in plot_run(run)} == set(FIGURES) - {"protocol_costs", "storage_vs_relus"}  # one protocol
     assert "**(not secure: benchmark only)**" in write_report(run).read_text()
 
 
@@ -233,7 +239,8 @@ def series_artists(fig):
 
 def two_by_two(tmp_path):
     """Figures of a two-method x two-protocol sweep (and the baseline), by name."""
-    from pibench.report.plots import draw_figures, with_series
+    from pibench.report.plots import draw_figures
+    from pibench.report.rows import with_series
     from pibench.results import load_layers
 
     run = fixture_run(tmp_path / "run", protocols=("crypten:dealer", "crypten:fss"))
@@ -243,7 +250,9 @@ def two_by_two(tmp_path):
 
 def test_a_method_keeps_one_look_in_every_figure(tmp_path):
     """A method's colour and marker are the same in every figure of every run, whatever the protocols."""
-    from pibench.report.plots import METHOD_LOOKS, draw_figures, with_series
+    from pibench.report.plots import draw_figures
+    from pibench.report.rows import with_series
+    from pibench.report.style import METHOD_LOOKS
     from pibench.results import load_layers
 
     run = fixture_run(tmp_path / "run")
@@ -277,7 +286,7 @@ def test_a_method_keeps_one_look_in_every_figure(tmp_path):
 
 
 def test_accuracy_is_drawn_once_per_method_whatever_the_protocols(tmp_path):
-    from pibench.report.plots import METHOD_LOOKS
+    from pibench.report.style import METHOD_LOOKS
 
     _, _, figures = two_by_two(tmp_path)
     series = series_artists(figures["accuracy_vs_relus"])
@@ -292,7 +301,7 @@ def test_accuracy_is_drawn_once_per_method_whatever_the_protocols(tmp_path):
 
 
 def test_latency_has_error_bars_and_names_the_protocol(tmp_path):
-    from pibench.report.plots import METHOD_LOOKS, PROTOCOL_LINES
+    from pibench.report.style import METHOD_LOOKS, PROTOCOL_LINES
 
     _, results, figures = two_by_two(tmp_path)
     series = series_artists(figures["latency_vs_relus"])
@@ -319,7 +328,9 @@ def test_latency_has_error_bars_and_names_the_protocol(tmp_path):
 def test_protocol_comparison_figure_only_with_several_protocols(tmp_path):
     from matplotlib.colors import to_hex
 
-    from pibench.report.plots import draw_figures, protocol_color, with_series
+    from pibench.report.plots import draw_figures
+    from pibench.report.rows import with_series
+    from pibench.report.style import protocol_color
 
     run, _, figures = two_by_two(tmp_path)
     fig = figures["protocol_costs"]
@@ -342,6 +353,48 @@ def test_protocol_comparison_figure_only_with_several_protocols(tmp_path):
     assert "protocol_costs" not in draw_figures(one, None)
 
 
+def test_client_storage_against_relus_one_series_per_protocol(tmp_path):
+    """y is the column in MB, per protocol in its colour and line style; a protocol that stores nothing is named."""
+    from matplotlib.lines import Line2D
+
+    from pibench.report.plots import draw_figures
+    from pibench.report.rows import with_series
+    from pibench.report.style import protocol_color, protocol_line
+
+    run = fixture_run(tmp_path / "run", protocols=("crypten:fss", "crypten:tfp", "crypten:dealer"))
+    assert {run / "figures" / f"storage_vs_relus.{ext}" for ext in ("png", "pdf")} <= set(plot_run(run))
+    assert (run / "figures" / "storage_vs_relus.pdf").stat().st_size > 1000
+    results, _ = with_series(load_results(run))
+    (ax,) = draw_figures(results)["storage_vs_relus"].axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines) == ["crypten:dealer", "crypten:fss"]  # in the protocol table's order; tfp stores nothing
+    for key, line in lines.items():
+        rows = results[(results["key"] == key) & results["error"].isna()].drop_duplicates("model").sort_values("relus")
+        assert list(line.get_xdata()) == list(rows["relus"])
+        assert list(line.get_ydata()) == pytest.approx(list(rows["client_storage_bytes"] / 1e6))
+        assert line.get_color() == protocol_color(key)
+        assert line.get_linestyle() == Line2D([], [], ls=protocol_line(key)).get_linestyle()
+    assert list(lines["crypten:fss"].get_ydata()) == pytest.approx([245 * r / 1e6 for r in (192, 230, 2048, 2304,
+                                                                                             4608)])
+    assert [t.get_text() for t in ax.texts] == ["store nothing: crypten:tfp"]
+    assert ax.get_yscale() == "log" and ax.get_xscale() == "log"  # 0.047 to 1.13 MB: over a decade
+    assert ax.get_ylabel() == "client storage per inference (MB)"
+
+
+@pytest.mark.parametrize("storage", ["empty", "zero", "missing"])
+def test_storage_figure_is_skipped_without_client_storage(tmp_path, storage):
+    from pibench.report.plots import draw_figures
+    from pibench.report.rows import with_series
+
+    results = load_results(fixture_run(tmp_path / "run", protocols=("crypten:dealer", "crypten:fss")))
+    if storage == "missing":
+        results = results.drop(columns=["client_storage_bytes"])
+    else:
+        results["client_storage_bytes"] = None if storage == "empty" else 0
+    figures = draw_figures(*with_series(results))
+    assert "storage_vs_relus" not in figures and "protocol_costs" in figures
+
+
 def test_online_and_offline_bytes_are_never_stacked(tmp_path):
     _, _, figures = two_by_two(tmp_path)
     ax_time, ax_bytes = figures["online_vs_offline"].axes
@@ -359,29 +412,30 @@ def test_plot_without_results_names_the_fix(tmp_path):
 
 
 def test_with_several_protocols_colour_and_marker_are_the_method_and_line_style_the_protocol(tmp_path):
-    from pibench.report.plots import _series_styles, with_series
+    from pibench.report.rows import with_series
+    from pibench.report.style import series_styles
 
     run = fixture_run(tmp_path / "run", protocols=("crypten:dealer", "spu:cheetah"))
     results, _ = with_series(load_results(run))
-    styles = _series_styles(results)
+    styles = series_styles(results)
     assert styles["senet · crypten:dealer"]["color"] == styles["senet · spu:cheetah"]["color"]
     assert styles["senet · crypten:dealer"]["color"] != styles["deepreduce · crypten:dealer"]["color"]
     assert styles["senet · crypten:dealer"]["marker"] == styles["senet · spu:cheetah"]["marker"]
     assert styles["senet · crypten:dealer"]["ls"] != styles["senet · spu:cheetah"]["ls"]
     one, _ = with_series(load_results(fixture_run(tmp_path / "one")))
-    single = _series_styles(one)
+    single = series_styles(one)
     assert len({s["color"] for s in single.values()}) == 3 and len({s["marker"] for s in single.values()}) == 3
 
 
 def test_a_narrow_log_axis_still_has_tick_labels():
     import matplotlib.pyplot as plt
 
-    from pibench.report.plots import _scale
+    from pibench.report.style import set_scale
 
     fig, ax = plt.subplots(figsize=(1.2, 2))
     values = pd.Series([0.012, 0.5, 1.9])
     ax.barh([0, 1, 2], values)
-    _scale([ax], values, "x")
+    set_scale([ax], values, "x")
     fig.canvas.draw()
     low, high = ax.get_xlim()
     labels = [t.get_text() for t in ax.get_xticklabels() if low <= t.get_position()[0] <= high]

@@ -1,7 +1,8 @@
 """Translate an ONNX file straight into a pibench MPC program (no torch module in between).
 
 ONNX graphs of CNNs are already the flat op lists a program is, so each supported
-node becomes the op the torch.fx compiler makes for the same layer: a torch model
+node becomes the op the torch.fx compiler makes for the same layer (both make their ops
+through one program builder, `pibench.mpc.builder`): a torch model
 exported with `torch.onnx.export` and imported here compiles to the same program
 (same fingerprint, ReLU count and bytes) as `pibench.export` of the module. Going
 through an ONNX-to-torch converter instead would add a dependency whose generated
@@ -25,8 +26,9 @@ import torch
 from pibench.errors import PibenchError
 from pibench.modelfolder.export import log_dropped_final, write_program_folder
 from pibench.modelfolder.folder import ModelCard, sha256_file
-from pibench.mpc.program import INPUT, Op, Program
-from pibench.mpc.rewrites import FINAL_NOTE, rewrite_hint
+from pibench.mpc.builder import ProgramBuilder, batchnorm_affine, fold_affine
+from pibench.mpc.program import Program
+from pibench.mpc.rewrites import rewrite_hint
 
 SUPPORTED_OPS = ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Constant", "Conv", "Dropout",
                  "Flatten", "Gemm", "GlobalAveragePool", "Identity", "MaxPool", "ReduceMean", "Relu", "Reshape",
@@ -90,12 +92,15 @@ def _attrs(node: Any) -> dict[str, Any]:
 
 
 class _Translator:
+    """Walks the ONNX graph and reads its attributes and constants; `build` makes the ops."""
+
     def __init__(self, model: Any, masks: dict[str, torch.Tensor]) -> None:
         from onnx import numpy_helper
 
         graph = model.graph
         self.graph = graph
-        self.masks = {k: torch.as_tensor(v).to(torch.bool) for k, v in masks.items()}
+        self.build = ProgramBuilder({k: torch.as_tensor(v).to(torch.bool) for k, v in masks.items()},
+                                    OnnxImportError)
         self.constants: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self.shapes: dict[str, tuple[int, ...]] = {}
         for info in [*graph.input, *graph.value_info, *graph.output]:
@@ -106,27 +111,18 @@ class _Translator:
             raise OnnxImportError("the ONNX model must have one input of a fixed per-sample shape, e.g. "
                                   f"(N, 3, 32, 32); it has {[(i.name, self.shapes[i.name]) for i in inputs]}")
         self.input = inputs[0].name
-        self.value: dict[str, int] = {self.input: INPUT}
+        self.build.input(self.input)
         self.consumers: dict[str, list[Any]] = {}
         for node in graph.node:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
-        self.ops: list[Op] = []
-        self.notes: list[str] = []
         self.folded: set[str] = set()  # BatchNormalization nodes folded into their Conv
-        self.relu_layers: list[str] = []
 
     def program(self) -> Program:
         for i, node in enumerate(self.graph.node):
             self._node(node, node.name or f"{node.op_type}_{i}")
-        unused = sorted(set(self.masks) - set(self.relu_layers))
-        if unused:
-            raise OnnxImportError(f"masks given for {unused}, which are not ReLU nodes of the model; "
-                                  f"its ReLU nodes are {self.relu_layers}")
         (output,) = [o.name for o in self.graph.output]
-        if self.value.get(output) != len(self.ops) - 1:
-            raise OnnxImportError("the model's output is not its last op; pibench programs end with the logits")
-        return Program(self.ops, self.shapes[self.input][1:], self.notes)
+        return self.build.program(self.shapes[self.input][1:], output)
 
     # -- helpers ---------------------------------------------------------------------------
     def _shape(self, name: str, node: Any) -> tuple[int, ...]:
@@ -140,14 +136,11 @@ class _Translator:
             raise OnnxImportError(f"node {node.name!r} ({node.op_type}): input {name!r} must be a constant")
         return self.constants[name]
 
-    def _emit(self, node: Any, kind: str, layer: str, inputs: list[str], *, shape: tuple[int, ...] | None = None,
-              weights: dict[str, torch.Tensor] | None = None, attrs: dict[str, Any] | None = None, **kw: Any) -> None:
-        weights = weights or {}
-        attrs = dict(attrs or {})
-        attrs["weight_shapes"] = {k: list(v.shape) for k, v in weights.items()}
-        shape = shape or self._shape(node.output[0], node)
-        self.ops.append(Op(kind, layer, tuple(self.value[i] for i in inputs), shape, attrs, weights, **kw))
-        self.value[node.output[0]] = len(self.ops) - 1
+    def _out_shape(self, node: Any) -> tuple[int, ...]:
+        return self._shape(node.output[0], node)
+
+    def _alias(self, node: Any, x: str) -> None:
+        self.build.alias(node.output[0], x)
 
     def _unsupported(self, node: Any, what: str) -> OnnxImportError:
         return OnnxImportError(f"unsupported ONNX {node.op_type} (node {node.name!r}): {what}")
@@ -162,8 +155,7 @@ class _Translator:
         if op in FINAL_OPS:  # the model's output (program_from_onnx checked): the logits before it
             if len(self._shape(x, node)) != 1 or a.get("axis", -1) not in (1, -1):
                 raise self._unsupported(node, "a softmax over other than the class axis of (N, classes) logits")
-            self.value[node.output[0]] = self.value[x]
-            self.notes.append(FINAL_NOTE.format(kind=FINAL_OPS[op], layer=layer))
+            self.build.drop_final(node.output[0], layer, x, FINAL_OPS[op])
         elif op == "Constant":
             if "value" not in a:
                 raise self._unsupported(node, f"a constant given as {sorted(a)}")
@@ -171,15 +163,16 @@ class _Translator:
         elif op in ("Identity", "Dropout") and x in self.constants:  # e.g. a shared zero bias
             self.constants[node.output[0]] = self.constants[x]
         elif op in ("Identity", "Dropout"):
-            self.value[node.output[0]] = self.value[x]  # inference mode: dropout is the identity
+            self._alias(node, x)  # inference mode: dropout is the identity
         elif op == "Conv":
             self._conv(node, layer, a)
         elif op == "BatchNormalization":
             if node.name in self.folded:
-                self.value[node.output[0]] = self.value[x]
+                self._alias(node, x)
             else:
                 scale, shift = self._bn(node, a)
-                self._emit(node, "affine", layer, [x], weights={"scale": scale, "shift": shift})
+                self.build.emit(node.output[0], "affine", layer, [x], self._out_shape(node),
+                                weights={"scale": scale, "shift": shift})
         elif op == "Relu":
             self._relu(node, layer)
         elif op == "Clip":
@@ -188,19 +181,19 @@ class _Translator:
             if any(i in self.constants for i in node.input) or self._shape(node.input[0], node) != \
                     self._shape(node.input[1], node):
                 raise self._unsupported(node, "add of a constant or of different shapes (broadcasting)")
-            self._emit(node, "add", layer, list(node.input))
+            self.build.emit(node.output[0], "add", layer, list(node.input), self._out_shape(node))
         elif op == "Concat":
-            rank = len(self._shape(node.output[0], node)) + 1
-            dim = a["axis"] % rank
+            dim = a["axis"] % (len(self._out_shape(node)) + 1)
             if dim == 0:
                 raise self._unsupported(node, "concat along the batch dimension")
-            self._emit(node, "concat", layer, list(node.input), attrs={"dim": dim})
+            self.build.emit(node.output[0], "concat", layer, list(node.input), self._out_shape(node),
+                            attrs={"dim": dim})
         elif op == "MaxPool":
             self._maxpool(node, layer, a)
         elif op == "AveragePool":
             self._avgpool(node, layer, a)
         elif op == "GlobalAveragePool":
-            self._global_avg(node, layer, flatten=False)
+            self.build.global_avg(node.output[0], layer, x, self._shape(x, node), flatten=False)
         elif op == "ReduceMean":
             axes = a.get("axes")
             if axes is None and len(node.input) > 1:
@@ -208,7 +201,7 @@ class _Translator:
             rank = len(self._shape(x, node)) + 1
             if rank != 4 or sorted(int(d) % 4 for d in (axes or [])) != [2, 3]:
                 raise self._unsupported(node, f"mean over axes {axes} (only over (2, 3) of N, C, H, W)")
-            self._global_avg(node, layer, flatten=not a.get("keepdims", 1))
+            self.build.global_avg(node.output[0], layer, x, self._shape(x, node), flatten=not a.get("keepdims", 1))
         elif op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze"):
             self._reshape(node, layer, a)
         elif op == "Gemm":
@@ -223,38 +216,19 @@ class _Translator:
             raise self._unsupported(node, f"a conv that is not 2-d with symmetric explicit pads (pads {pads})")
         users = self.consumers.get(node.output[0], [])
         if len(users) == 1 and users[0].op_type == "BatchNormalization":
-            scale, shift = self._bn(users[0], _attrs(users[0]))
-            w, b = w * scale.view(-1, 1, 1, 1), b * scale + shift
+            w, b = fold_affine(w, b, *self._bn(users[0], _attrs(users[0])))
             self.folded.add(users[0].name)
-            self.notes.append(f"folded {users[0].name} into {layer}")
-        groups = int(a.get("group", 1))
-        out = math.prod(self._shape(node.output[0], node))
-        self._emit(node, "conv", layer, [node.input[0]], weights={"weight": w, "bias": b},
-                   macs=out * w.shape[1] * w.shape[2] * w.shape[3],
-                   attrs={"stride": tuple(int(s) for s in a.get("strides", (1, 1))), "padding": (pads[0], pads[1]),
-                          "dilation": tuple(int(d) for d in a.get("dilations", (1, 1))), "groups": groups})
+            self.build.notes.append(f"folded {users[0].name} into {layer}")
+        attrs = {"stride": tuple(int(s) for s in a.get("strides", (1, 1))), "padding": (pads[0], pads[1]),
+                 "dilation": tuple(int(d) for d in a.get("dilations", (1, 1))), "groups": int(a.get("group", 1))}
+        self.build.conv(node.output[0], layer, node.input[0], self._out_shape(node), w, b, attrs)
 
     def _bn(self, node: Any, a: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         gamma, beta, mean, var = (torch.from_numpy(self._const(n, node).copy()).float() for n in node.input[1:5])
-        scale = gamma / torch.sqrt(var + float(a.get("epsilon", 1e-5)))
-        return scale, beta - mean * scale
+        return batchnorm_affine(gamma, beta, mean, var, float(a.get("epsilon", 1e-5)))
 
     def _relu(self, node: Any, layer: str, clamp: tuple[float, float] | None = None) -> None:
-        shape = self._shape(node.output[0], node)
-        self.relu_layers.append(layer)
-        mask = self.masks.get(layer)
-        if mask is not None and tuple(mask.shape) != shape:
-            raise OnnxImportError(f"the mask for layer {layer!r} has shape {tuple(mask.shape)} but the layer's "
-                                  f"feature map is {shape}")
-        attrs: dict[str, Any] = {} if clamp is None else {"clamp": clamp}
-        kept = math.prod(shape) if mask is None else int(mask.sum())
-        if kept == 0:
-            self.notes.append(f"dropped {layer} (mask all false)")
-            self.value[node.output[0]] = self.value[node.input[0]]
-            return
-        if kept < math.prod(shape):
-            attrs["index"] = mask.flatten().nonzero().flatten().to(torch.long)
-        self._emit(node, "relu", layer, [node.input[0]], relus=(1 if clamp is None else 2) * kept, attrs=attrs)
+        self.build.relu(node.output[0], layer, node.input[0], self._out_shape(node), clamp=clamp)
 
     def _clip(self, node: Any, layer: str, a: dict[str, Any]) -> None:
         bounds = [a.get("min"), a.get("max")]
@@ -281,27 +255,14 @@ class _Translator:
     def _maxpool(self, node: Any, layer: str, a: dict[str, Any]) -> None:
         if len(node.output) > 1 and node.output[1]:
             raise self._unsupported(node, "max pooling that returns indices")
-        attrs = self._pool_attrs(node, a)
-        if a.get("ceil_mode"):
-            attrs["ceil_mode"] = True
-        k = attrs["kernel"]
-        out = math.prod(self._shape(node.output[0], node))
-        self._emit(node, "maxpool", layer, [node.input[0]], attrs=attrs, comparisons=out * (k[0] * k[1] - 1))
+        self.build.maxpool(node.output[0], layer, node.input[0], self._out_shape(node), **self._pool_attrs(node, a),
+                           ceil_mode=bool(a.get("ceil_mode")))
 
     def _avgpool(self, node: Any, layer: str, a: dict[str, Any]) -> None:
         attrs = self._pool_attrs(node, a)
         if a.get("ceil_mode") or (not a.get("count_include_pad", 0) and attrs["padding"] != (0, 0)):
             raise self._unsupported(node, "average pooling with ceil_mode or padding not counted in the average")
-        self._emit(node, "avgpool", layer, [node.input[0]], attrs=attrs)
-
-    def _global_avg(self, node: Any, layer: str, flatten: bool) -> None:
-        c, h, w = self._shape(node.input[0], node)
-        attrs = {"kernel": (h, w), "stride": (h, w), "padding": (0, 0)}
-        self._emit(node, "avgpool", layer, [node.input[0]], attrs=attrs, shape=(c, 1, 1))
-        if not flatten:
-            return
-        self.ops.append(Op("flatten", layer, (len(self.ops) - 1,), (c,), {"weight_shapes": {}}))
-        self.value[node.output[0]] = len(self.ops) - 1
+        self.build.avgpool(node.output[0], layer, node.input[0], self._out_shape(node), **attrs)
 
     def _reshape(self, node: Any, layer: str, a: dict[str, Any]) -> None:
         """Flatten(axis=1), or a Reshape/Squeeze/Unsqueeze that keeps the batch dimension."""
@@ -311,11 +272,7 @@ class _Translator:
             raise self._unsupported(node, f"flatten from axis {a.get('axis')} (only from axis 1)")
         if full_in is None or full_out is None or not full_out or full_out[0] != full_in[0]:
             raise self._unsupported(node, f"a reshape from {full_in} to {full_out} that does not keep the batch")
-        shape = self._shape(y, node)
-        if shape == self._shape(x, node):
-            self.value[y] = self.value[x]
-        else:
-            self._emit(node, "flatten" if len(shape) == 1 else "reshape", layer, [x])
+        self.build.reshape(y, layer, x, self._shape(y, node), self._shape(x, node))
 
     def _gemm(self, node: Any, layer: str, a: dict[str, Any]) -> None:
         if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
@@ -326,5 +283,4 @@ class _Translator:
                 if len(node.input) > 2 and node.input[2] else torch.zeros(weight_t.shape[1]))
         if bias.numel() != weight_t.shape[1]:
             raise self._unsupported(node, f"a bias of shape {tuple(bias.shape)} for {weight_t.shape[1]} outputs")
-        self._emit(node, "linear", layer, [node.input[0]], weights={"weight_t": weight_t, "bias": bias},
-                   macs=weight_t.shape[0] * weight_t.shape[1])
+        self.build.linear(node.output[0], layer, node.input[0], self._out_shape(node), weight_t, bias)

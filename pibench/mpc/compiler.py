@@ -1,6 +1,7 @@
 """Compile a (masked) PyTorch model into a `Program` with torch.fx.
 
-Compilation is where secure-inference cost is decided:
+Compilation is where secure-inference cost is decided (this module reads torch's graph; the
+ops, and what each costs, are made by `pibench.mpc.builder`, which the ONNX importer uses too):
 - BatchNorm right after a conv (the conv's only user) is folded into the conv; any
   other BatchNorm (pre-activation BN on a residual sum, a stand-alone BatchNorm1d)
   becomes a per-channel affine op.
@@ -34,9 +35,10 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from pibench.errors import UsageError
+from pibench.mpc.builder import ProgramBuilder
 from pibench.mpc.fx import bn_affine, fold_bn, has_alphas, trace
-from pibench.mpc.program import INPUT, CompileError, Op, Program
-from pibench.mpc.rewrites import FINAL_NOTE, rewrite_hint
+from pibench.mpc.program import CompileError, Program
+from pibench.mpc.rewrites import rewrite_hint
 from pibench.relu import MaskedReLU
 
 SNL_THRESHOLD = 1e-2  # SNL's official code keeps a ReLU where its alpha > 0.01 (`--threshold`)
@@ -71,41 +73,30 @@ _SOFTMAX = {nn.Softmax: "softmax", nn.LogSoftmax: "log_softmax", F.softmax: "sof
 
 
 class _Compiler:
+    """Walks the fx graph and reads torch's modules and call arguments; `build` makes the ops."""
+
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], masks: dict[str, torch.Tensor]) -> None:
         self.model = model
         self.modules = dict(model.named_modules())
         self.input_shape = tuple(input_shape)
-        self.masks = dict(masks)
-        self.ops: list[Op] = []
-        self.notes: list[str] = []
-        self.value: dict[torch.fx.Node, int] = {}  # fx node -> op index (or INPUT)
+        self.build = ProgramBuilder(masks, CompileError)
+        self.output: torch.fx.Node | None = None
         self.folded: set[torch.fx.Node] = set()  # BN nodes already folded into their conv
         self.calls: dict[str, int] = {}  # module path -> times called so far (a ReLU module used twice)
-        self.relu_layers: list[str] = []
 
     def compile(self) -> Program:
         graph_module = trace(self.model)
         ShapeProp(graph_module).propagate(torch.zeros(_TRACE_BATCH, *self.input_shape))
         for node in graph_module.graph.nodes:
             self._node(node)
-        unused = sorted(set(self.masks) - set(self.relu_layers))
-        if unused:
-            raise CompileError(f"masks given for {unused}, which are not ReLU layers of the model; "
-                               f"its ReLU layers are {self.relu_layers}")
-        return Program(self.ops, self.input_shape, self.notes)
+        return self.build.program(self.input_shape, self.output)
 
     # -- helpers -----------------------------------------------------------------------
-    def _emit(self, node: torch.fx.Node, kind: str, layer: str, inputs: list[torch.fx.Node], *,
-              shape: tuple[int, ...] | None = None, **kw: Any) -> None:
-        weights = kw.pop("weights", {})
-        attrs = kw.pop("attrs", {})
-        attrs["weight_shapes"] = {k: list(v.shape) for k, v in weights.items()}
-        op = Op(kind, layer, tuple(self.value[i] for i in inputs), shape or self._shape(node), attrs, weights, **kw)
-        self.ops.append(op)
-        self.value[node] = len(self.ops) - 1
+    def _emit(self, node: torch.fx.Node, kind: str, layer: str, inputs: list[torch.fx.Node], **kw: Any) -> None:
+        self.build.emit(node, kind, layer, inputs, self._shape(node), **kw)
 
     def _alias(self, node: torch.fx.Node, source: torch.fx.Node) -> None:
-        self.value[node] = self.value[source]
+        self.build.alias(node, source)
 
     def _unsupported(self, node: torch.fx.Node, what: str, op: str | None = None) -> CompileError:
         """One line: the op, its layer, the nearest supported rewrite (by `op`'s name), the supported list."""
@@ -118,9 +109,7 @@ class _Compiler:
         final = list(node.users) and all(user.op == "output" for user in node.users)
         if not final or len(self._shape(node)) != 1 or dim not in (1, -1):
             raise self._unsupported(node, f"{kind}" + ("" if final else " before the model's output"), kind)
-        self._alias(node, x)
-        self.notes.append(FINAL_NOTE.format(kind=kind, layer=str(node.target if node.op == "call_module"
-                                                                  else node.name)))
+        self.build.drop_final(node, str(node.target if node.op == "call_module" else node.name), x, kind)
 
     @staticmethod
     def _is_tensor(node: Any) -> bool:
@@ -142,7 +131,7 @@ class _Compiler:
     # -- nodes ---------------------------------------------------------------------------
     def _node(self, node: torch.fx.Node) -> None:
         if node.op == "placeholder":
-            self.value[node] = INPUT
+            self.build.input(node)
             return
         if node.op == "get_attr":
             raise self._unsupported(node, f"parameter {node.target} used outside its module")
@@ -150,8 +139,7 @@ class _Compiler:
             result = node.args[0]
             if not isinstance(result, torch.fx.Node):
                 raise self._unsupported(node, "output that is not a single tensor")
-            if self.value[result] != len(self.ops) - 1:
-                raise CompileError("the model's output is not its last op; pibench programs end with the logits")
+            self.output = result
             return
         if not self._is_tensor(node):
             if (node.op == "call_method" and node.target in _SHAPE_METHODS) or \
@@ -195,10 +183,8 @@ class _Compiler:
         elif isinstance(m, nn.Hardtanh):  # ReLU6 is Hardtanh(0, 6)
             self._clamp(node, name, x, m.min_val, m.max_val)
         elif isinstance(m, nn.Linear):
-            w = m.weight.detach()
             b = m.bias.detach() if m.bias is not None else torch.zeros(m.out_features)
-            self._emit(node, "linear", name, [x], weights={"weight_t": w.t().contiguous(), "bias": b},
-                       macs=m.in_features * m.out_features)
+            self.build.linear(node, name, x, self._shape(node), m.weight.detach().t().contiguous(), b)
         elif isinstance(m, (nn.Flatten, nn.Unflatten)):
             self._reshape(node, name, x)
         elif isinstance(m, nn.AvgPool2d):
@@ -282,45 +268,25 @@ class _Compiler:
         if isinstance(bn, nn.BatchNorm2d):
             weight, bias = fold_bn(m, bn)
             self.folded.add(users[0])
-            self.notes.append(f"folded {users[0].target} into {name}")
+            self.build.notes.append(f"folded {users[0].target} into {name}")
         else:
             weight = m.weight.detach()
             bias = m.bias.detach() if m.bias is not None else torch.zeros(m.out_channels)
-        out = math.prod(self._shape(node))
-        k = m.kernel_size
-        self._emit(node, "conv", name, [x], weights={"weight": weight, "bias": bias},
-                   macs=out * (m.in_channels // m.groups) * k[0] * k[1],
-                   attrs={"stride": _pair(m.stride), "padding": _pair(m.padding),
-                          "dilation": _pair(m.dilation), "groups": m.groups})
+        self.build.conv(node, name, x, self._shape(node), weight, bias,
+                        {"stride": _pair(m.stride), "padding": _pair(m.padding), "dilation": _pair(m.dilation),
+                         "groups": m.groups})
 
     def _alpha_mask(self, name: str, m: nn.Module) -> torch.Tensor:
         """SNL's binarization: a position keeps its ReLU where alpha > 0.01."""
         alphas = m.alphas.detach()
         if not bool(((alphas == 0) | (alphas == 1)).all()):
-            self.notes.append(f"{name}: alphas are not binarized; compiled as SNL's code binarizes them "
+            self.build.notes.append(f"{name}: alphas are not binarized; compiled as SNL's code binarizes them "
                               f"(ReLU where alpha > {SNL_THRESHOLD})")
         return (alphas > SNL_THRESHOLD)[0]
 
     def _relu(self, node: torch.fx.Node, name: str, x: torch.fx.Node, mask: torch.Tensor | None = None,
               clamp: tuple[float, float] | None = None) -> None:
-        """A (masked) ReLU, or with `clamp` a hardtanh(lo, hi) = lo + relu(x - lo) - relu(x - hi)."""
-        shape = self._shape(node)
-        self.relu_layers.append(name)
-        if name in self.masks:
-            mask = self.masks[name]
-        if mask is not None and tuple(mask.shape) != shape:
-            raise CompileError(f"the mask for layer {name!r} has shape {tuple(mask.shape)} but the layer's "
-                               f"feature map is {shape}")
-        per_position = 1 if clamp is None else 2
-        attrs: dict[str, Any] = {} if clamp is None else {"clamp": (float(clamp[0]), float(clamp[1]))}
-        kept = math.prod(shape) if mask is None else int(mask.sum())
-        if kept == 0:
-            self.notes.append(f"dropped {name} (mask all false)")
-            self._alias(node, x)
-            return
-        if kept < math.prod(shape):
-            attrs["index"] = mask.flatten().nonzero().flatten().to(torch.long).cpu()
-        self._emit(node, "relu", name, [x], relus=per_position * kept, attrs=attrs)
+        self.build.relu(node, name, x, self._shape(node), mask, clamp)
 
     def _clamp(self, node: torch.fx.Node, name: str, x: torch.fx.Node, lo: Any, hi: Any) -> None:
         numbers = all(isinstance(b, (int, float)) and math.isfinite(b) for b in (lo, hi))
@@ -350,14 +316,8 @@ class _Compiler:
         self._emit(node, "concat", node.name, list(xs), attrs={"dim": dim})
 
     def _reshape(self, node: torch.fx.Node, name: str, x: torch.fx.Node) -> None:
-        """A reshape that keeps the batch dimension (checked by shape propagation): local in every backend."""
-        shape = self._shape(node)
-        if shape == self._shape(x):
-            self._alias(node, x)
-        elif len(shape) == 1:
-            self._emit(node, "flatten", name, [x])
-        else:
-            self._emit(node, "reshape", name, [x])
+        """A reshape that keeps the batch dimension (checked by shape propagation)."""
+        self.build.reshape(node, name, x, self._shape(node), self._shape(x))
 
     def _mean(self, node: torch.fx.Node, x: torch.fx.Node) -> None:
         """x.mean((2, 3)) (global average pooling), with or without keepdim."""
@@ -367,17 +327,7 @@ class _Compiler:
         if len(in_shape) != 3 or sorted(d % 4 for d in dims) != [2, 3]:
             raise self._unsupported(node, f"mean over dims {dims} of a {len(in_shape) + 1}-d tensor "
                                           "(only over (2, 3) of N, C, H, W)")
-        self._global_avg(node, node.name, x, flatten=not _arg(node, 2, "keepdim", False))
-
-    def _global_avg(self, node: torch.fx.Node, name: str, x: torch.fx.Node, flatten: bool) -> None:
-        c, h, w = self._shape(x)
-        attrs = {"kernel": (h, w), "stride": (h, w), "padding": (0, 0)}
-        if not flatten:
-            self._emit(node, "avgpool", name, [x], attrs=attrs)
-            return
-        self._emit(node, "avgpool", name, [x], attrs=attrs, shape=(c, 1, 1))
-        self.ops.append(Op("flatten", name, (len(self.ops) - 1,), (c,), {"weight_shapes": {}}))
-        self.value[node] = len(self.ops) - 1
+        self.build.global_avg(node, node.name, x, in_shape, flatten=not _arg(node, 2, "keepdim", False))
 
     def _adaptive_avg(self, node: torch.fx.Node, name: str, x: torch.fx.Node) -> None:
         _, h, w = self._shape(x)
@@ -385,25 +335,20 @@ class _Compiler:
         if h % oh or w % ow:
             raise self._unsupported(node, f"AdaptiveAvgPool2d from {h}x{w} to {oh}x{ow} (sizes must divide)")
         k = (h // oh, w // ow)
-        self._emit(node, "avgpool", name, [x], attrs={"kernel": k, "stride": k, "padding": (0, 0)})
+        self.build.avgpool(node, name, x, self._shape(node), k, k, (0, 0))
 
     def _avgpool(self, node: torch.fx.Node, name: str, x: torch.fx.Node, kernel: Any, stride: Any, padding: Any,
                  ceil_mode: bool, count_include_pad: bool, divisor_override: Any) -> None:
         if ceil_mode or (not count_include_pad and _pair(padding) != (0, 0)) or divisor_override:
             raise self._unsupported(node, "avg pooling with ceil_mode/count_include_pad=False/divisor_override")
-        self._emit(node, "avgpool", name, [x],
-                   attrs={"kernel": _pair(kernel), "stride": _pair(stride or kernel), "padding": _pair(padding)})
+        self.build.avgpool(node, name, x, self._shape(node), _pair(kernel), _pair(stride or kernel), _pair(padding))
 
     def _maxpool(self, node: torch.fx.Node, name: str, x: torch.fx.Node, kernel: Any, stride: Any, padding: Any,
                  dilation: Any, ceil_mode: bool, return_indices: bool) -> None:
         if return_indices or _pair(dilation) != (1, 1):
             raise self._unsupported(node, "max pooling with return_indices/dilation")
-        k = _pair(kernel)
-        attrs: dict[str, Any] = {"kernel": k, "stride": _pair(stride or kernel), "padding": _pair(padding)}
-        if ceil_mode:  # only when set: programs compiled before ceil_mode keep their fingerprints
-            attrs["ceil_mode"] = True
-        out = math.prod(self._shape(node))
-        self._emit(node, "maxpool", name, [x], comparisons=out * (k[0] * k[1] - 1), attrs=attrs)
+        self.build.maxpool(node, name, x, self._shape(node), _pair(kernel), _pair(stride or kernel), _pair(padding),
+                           bool(ceil_mode))
 
 
 def compile_model(model: nn.Module, input_shape: tuple[int, ...] | None = None,

@@ -11,6 +11,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from pibench.mpc.builder import batchnorm_affine, fold_affine
 from pibench.mpc.program import CompileError
 from pibench.relu import MaskedReLU
 
@@ -40,10 +41,8 @@ def trace(model: nn.Module) -> torch.fx.GraphModule:
 
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Conv weight and bias with an eval-mode BatchNorm folded in."""
-    scale, shift = bn_affine(bn)
-    weight = conv.weight.detach() * scale.view(-1, 1, 1, 1)
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
-    return weight, bias * scale + shift
+    return fold_affine(conv.weight.detach(), bias, *bn_affine(bn))
 
 
 def bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,5 +51,4 @@ def bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.
         raise CompileError(f"BatchNorm layer {bn!r} has no running statistics; MPC needs eval-mode BN")
     gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_mean)
     beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_mean)
-    scale = gamma / torch.sqrt(bn.running_var + bn.eps)
-    return scale, beta - bn.running_mean * scale
+    return batchnorm_affine(gamma, beta, bn.running_mean, bn.running_var, bn.eps)

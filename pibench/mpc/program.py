@@ -2,7 +2,8 @@
 
 Each op reads earlier ops' outputs (`INPUT` is the program's input). How to compute it
 securely is a backend's job (`pibench.mpc.backend`), so several engines run the same
-program; `pibench.mpc.compiler` makes one from a PyTorch model.
+program; `pibench.mpc.compiler` makes one from a PyTorch model and
+`pibench.modelfolder.onnx_import` from an ONNX file, both through `pibench.mpc.builder`.
 
 Weights are private: `Program.public()` strips them, which is what the client runs.
 `program_to_json` / `program_from_json` write and read the public part as JSON (the

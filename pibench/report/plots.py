@@ -1,21 +1,17 @@
 """Trade-off figures from a run folder's results.csv and layers.csv (read only).
 
-Each figure is sized for one paper column (3.4 in wide) and saved as PNG and PDF.
-Axes switch to log scale when the data spans more than a decade; panels meant to be
-compared share the scale type. Tick labels are plain numbers in the axis unit
-(0.05 s, 0.5 MB); only ReLU counts use k / M. Every method has one colour and marker in
-every figure of every run (`METHOD_LOOKS`). Accuracy does not depend on the protocol, so
-accuracy-vs-ReLUs draws each model once; cost figures draw one series per method and
-protocol, the protocol named in the legend and drawn in its line style (`PROTOCOL_LINES`).
-Latencies carry error bars from the repeats' 10th to 90th percentile. Model labels carry
-the ReLUs a model keeps, which may differ from the budget in its name.
+Each figure is sized for one paper column (3.4 in wide) and saved as PNG and PDF; how
+figures look (scales, tick labels, legends, each method's and protocol's look) is
+`pibench.report.style`. Accuracy does not depend on the protocol, so accuracy-vs-ReLUs
+draws each model once; cost figures draw one series per method and protocol, the
+protocol named in the legend and drawn in its line style. Latencies carry error bars from
+the repeats' 10th to 90th percentile. Model labels carry the ReLUs a model keeps, which
+may differ from the budget in its name.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import zlib
 from pathlib import Path
 
 import matplotlib
@@ -24,161 +20,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from pibench.errors import MissingFile, UsageError
 from pibench.pareto import pareto_front  # noqa: E402
+from pibench.report.rows import ok_rows, several_protocols, with_series  # noqa: E402
+from pibench.report.style import (COLUMN_WIDTH_IN, STYLE, add_legend, column_figure, method_look,  # noqa: E402
+                                  plain_label, protocol_color, protocol_index, protocol_line, save_figure,
+                                  series_styles, set_scale)
 from pibench.results import load_layers, load_results  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-COLUMN_WIDTH_IN = 3.4
-STYLE = {
-    "font.size": 8,
-    "axes.titlesize": 8,
-    "axes.labelsize": 8,
-    "legend.fontsize": 7,
-    "xtick.labelsize": 7,
-    "ytick.labelsize": 7,
-    "lines.markersize": 4,
-    "figure.dpi": 200,
-}
+# protocol_costs: runs of several protocols; storage_vs_relus: runs that measured the client's storage
 FIGURES = ("accuracy_vs_relus", "latency_vs_relus", "communication_vs_relus", "online_vs_offline",
-           "accuracy_vs_latency", "layer_breakdown", "protocol_costs")  # protocol_costs: runs of several protocols
+           "storage_vs_relus", "accuracy_vs_latency", "layer_breakdown", "protocol_costs")
 # Which per-layer ops are linear (free of secure comparisons) for the breakdown figure.
 LINEAR_OPS = {"conv", "linear", "add", "affine", "avgpool", "flatten"}
 COMPARISON_OPS = {"relu", "maxpool"}
-
-
-def _count_label(value: float, _pos: int | None = None) -> str:
-    """ReLU counts: 500, 2k, 1.5M."""
-    for scale, suffix in ((1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:g}{suffix}"
-    return f"{value:g}"
-
-
-def _plain_label(value: float, _pos: int | None = None) -> str:
-    """Seconds, MB, bytes: 0.05, 0.5, 2, 1,000 (no SI prefixes, which read as units: 50m)."""
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:g}"
-
-
-def _tick_bounds(low: float, high: float, subs: tuple[float, ...]) -> tuple[float, float]:
-    """The ticks just below `low` and just above `high`, so every point lies between labelled ticks."""
-    ticks = [s * 10.0 ** e for e in range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 2)
-             for s in subs]
-    return max(t for t in ticks if t <= low * (1 + 1e-9)), min(t for t in ticks if t >= high * (1 - 1e-9))
-
-
-def _scale(axes: list[plt.Axes], values: pd.Series, axis: str, counts: bool = False) -> None:
-    """One scale type for panels meant to be compared: log when `values` (all panels') span over a decade.
-
-    Log axes get 1-2-5 ticks over up to two decades, decades beyond (an explicit numticks:
-    matplotlib's "auto" leaves a narrow panel with no ticks at all), and limits on
-    labelled ticks. `counts`: ReLU counts (1k, 10k); else plain numbers in the axis unit.
-    """
-    v = values[values > 0].dropna()
-    wide = len(v) and v.max() / v.min() > 10
-    subs = (1.0, 2.0, 5.0) if wide and v.max() / v.min() <= 100 else (1.0,)
-    for ax in axes:
-        target = ax.xaxis if axis == "x" else ax.yaxis
-        if wide:
-            (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
-            target.set_major_locator(LogLocator(subs=subs, numticks=12))
-            target.set_minor_formatter(NullFormatter())
-            low, high = _tick_bounds(v.min(), v.max(), subs)
-            (ax.set_xlim if axis == "x" else ax.set_ylim)(low / 1.15, high * 1.15)
-        target.set_major_formatter(FuncFormatter(_count_label if counts else _plain_label))
-
-
-def _save(fig: plt.Figure, out_dir: Path, name: str) -> list[Path]:
-    fig.tight_layout()
-    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
-    for p in paths:
-        fig.savefig(p, bbox_inches="tight")
-    plt.close(fig)
-    log.info("wrote %s", paths[0])
-    return paths
-
-
-def _figure() -> tuple[plt.Figure, plt.Axes]:
-    return plt.subplots(figsize=(COLUMN_WIDTH_IN, 2.5))
-
-
-# Each method's look (colour, marker, line style), the same in every figure of every run;
-# other methods get one of EXTRA_LOOKS by a hash of their name, which is stable too.
-METHOD_LOOKS = {
-    "baseline": ("tab:gray", "o", "-"),
-    "deepreduce": ("tab:blue", "s", "--"),
-    "senet": ("tab:orange", "D", "-."),
-    "snl": ("tab:green", "^", ":"),
-    "registry": ("tab:purple", "v", "-"),
-}
-EXTRA_LOOKS = [("tab:brown", "P", "--"), ("tab:pink", "X", "-."), ("tab:olive", "*", ":"), ("tab:cyan", "<", "-")]
-# With several protocols, a protocol's line style in the cost figures, and its bar colour where
-# protocols are the categories (protocol_costs): by its place among the known protocols.
-PROTOCOL_LINES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1))]
-PROTOCOL_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:olive", "tab:cyan"]
-
-
-def method_look(method: str) -> tuple[str, str, str]:
-    """(colour, marker, line style) of a method."""
-    return METHOD_LOOKS.get(method) or EXTRA_LOOKS[zlib.crc32(str(method).encode()) % len(EXTRA_LOOKS)]
-
-
-def _protocol_index(key: str) -> int:
-    from pibench.mpc.protocols import PROTOCOLS
-
-    known = PROTOCOLS.names()
-    return known.index(key) if key in known else zlib.crc32(key.encode())
-
-
-def protocol_color(key: str) -> str:
-    """A protocol's colour where protocols are the categories of a figure (protocol_costs)."""
-    return PROTOCOL_COLORS[_protocol_index(key) % len(PROTOCOL_COLORS)]
-
-
-def protocol_line(key: str) -> str | tuple:
-    """A protocol's line style in the cost figures of a run that measured several."""
-    return PROTOCOL_LINES[_protocol_index(key) % len(PROTOCOL_LINES)]
-
-
-def _series_styles(rows: pd.DataFrame) -> dict[str, dict[str, str]]:
-    """Each series' colour, marker and line style (`ls`): colour and marker are the method's, always.
-
-    With one protocol the line style is the method's too; with several (the series names
-    carry the protocol, see `with_series`) it is the protocol's, so a method keeps its
-    colour under every protocol and the legend names the protocol.
-    """
-    styles = {}
-    for r in rows.drop_duplicates("series").itertuples():
-        color, marker, ls = method_look(r.method)
-        several = r.series != r.method
-        styles[r.series] = {"color": color, "marker": marker, "ls": protocol_line(r.key) if several else ls}
-    return styles
-
-
-def with_series(results: pd.DataFrame, layers: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """Label rows by what a figure tells apart: `key` (backend:protocol), `series` (method, plus
-    the protocol when a run measured several), `label` (model, plus the protocol likewise),
-    `kept` (model with the ReLUs it keeps) and `entry` (`kept` plus the protocol); layers get the
-    same `entry`."""
-    keys = results["protocol"].fillna("")
-    several = keys.nunique() > 1
-    suffix = (" · " + keys) if several else ""
-    kept = results["model"] + results["relus"].map(lambda r: "" if pd.isna(r) else f" ({int(r):,} ReLUs)")
-    results = results.assign(key=keys, series=results["method"] + suffix, label=results["model"] + suffix,
-                             kept=kept, entry=kept + suffix)
-    if layers is not None:
-        entries = dict(zip(zip(results["model"], results["key"]), results["entry"]))
-        keys = layers["protocol"].fillna("")
-        layers = layers.assign(entry=[entries.get((m, k), m) for m, k in zip(layers["model"], keys)])
-    return results, layers
-
-
-def several_protocols(results: pd.DataFrame) -> bool:
-    """Whether a run measured more than one protocol (then figures compare them)."""
-    return results["key"].nunique() > 1
 
 
 def _latency_spread(rows: pd.DataFrame, center: pd.Series) -> list[pd.Series]:
@@ -192,13 +51,6 @@ def _latency_spread(rows: pd.DataFrame, center: pd.Series) -> list[pd.Series]:
     return [low.where(center.notna(), 0), high.where(center.notna(), 0)]
 
 
-def _ok_rows(results: pd.DataFrame) -> pd.DataFrame:
-    """Rows that measured something (failed models record an error and no numbers)."""
-    if "error" in results:
-        return results[results["error"].isna() | (results["error"].astype(str) == "")]
-    return results
-
-
 def _plot_front(ax: plt.Axes, group: pd.DataFrame, cost: str, style: dict[str, str], label: str) -> None:
     """A method's models: Pareto-optimal ones filled and joined by a line, dominated ones hollow."""
     front = pareto_front(group, cost=cost)
@@ -207,15 +59,6 @@ def _plot_front(ax: plt.Axes, group: pd.DataFrame, cost: str, style: dict[str, s
     ax.plot(dominated[cost], dominated["accuracy"], mfc="none", alpha=0.7, **{**style, "ls": "none"})
 
 
-def _legend(fig: plt.Figure, axes: list[plt.Axes]) -> None:
-    """One legend for the figure, below its panels, when there are many series; else in the first panel."""
-    handles, labels = axes[0].get_legend_handles_labels()
-    if len(labels) <= 4:
-        axes[0].legend()
-        return
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(labels)),
-               frameon=False)
-
 
 def accuracy_vs_relus(results: pd.DataFrame, anchors: pd.DataFrame | None = None) -> plt.Figure:
     """Accuracy against kept ReLUs, one series per method, Pareto frontier marked, paper anchors optional.
@@ -223,20 +66,20 @@ def accuracy_vs_relus(results: pd.DataFrame, anchors: pd.DataFrame | None = None
     Accuracy is the model's, whatever protocol measured it, so each model is drawn once
     (in its method's look), not once per protocol on top of itself.
     """
-    per_model = _ok_rows(results).dropna(subset=["accuracy"]).drop_duplicates("model")
-    fig, ax = _figure()
+    per_model = ok_rows(results).dropna(subset=["accuracy"]).drop_duplicates("model")
+    fig, ax = column_figure()
     for method, group in per_model.groupby("method"):
         color, marker, ls = method_look(method)
         _plot_front(ax, group, "relus", {"color": color, "marker": marker, "ls": ls}, method)
     if anchors is not None and len(anchors):
         for method, group in anchors.groupby("method"):
             ax.plot(group["relus"], group["accuracy"], "x", color=method_look(method)[0], label=f"{method} (paper)")
-    _scale([ax], per_model["relus"], "x", counts=True)
+    set_scale([ax], per_model["relus"], "x", counts=True)
     ax.set_xlabel("ReLUs kept")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("Accuracy vs ReLUs (filled: Pareto frontier)")
     ax.grid(alpha=0.3)
-    _legend(fig, [ax])
+    add_legend(fig, [ax])
     return fig
 
 
@@ -273,14 +116,14 @@ def latency_vs_relus(results: pd.DataFrame, layers: pd.DataFrame | None = None) 
     its projection. Black crosses are each model's linear layers alone: the floor that
     removing ReLUs cannot go below.
     """
-    rows = _ok_rows(results)
+    rows = ok_rows(results)
     measured_per_network = rows.groupby("entry")["link"].nunique().max() > 1
     panels = (
         [] if measured_per_network else [(f"measured ({rows['link'].iloc[0]})", rows.drop_duplicates("entry"), None)]
     )
     panels += [(f"{net} (projected)", group, group) for net, group in rows.groupby("network")]
     fig, axes = plt.subplots(1, len(panels), figsize=(0.75 * COLUMN_WIDTH_IN * len(panels), 2.5), squeeze=False)
-    styles = _series_styles(results)
+    styles = series_styles(results)
     values = []
     for ax, (title, data, profile_rows) in zip(axes[0], panels):
         column = "latency_s_median" if profile_rows is None else "projected_latency_s"
@@ -301,21 +144,21 @@ def latency_vs_relus(results: pd.DataFrame, layers: pd.DataFrame | None = None) 
         ax.set_title(title + (", hollow: measured" if measured_per_network else ""))
         ax.set_xlabel("ReLUs kept")
         ax.grid(alpha=0.3)
-    _scale(list(axes[0]), rows["relus"], "x", counts=True)
-    _scale(list(axes[0]), pd.concat(values), "y")  # measured and projected panels: one scale type
+    set_scale(list(axes[0]), rows["relus"], "x", counts=True)
+    set_scale(list(axes[0]), pd.concat(values), "y")  # measured and projected panels: one scale type
     axes[0][0].set_ylabel("latency per inference (s)")
-    _legend(fig, list(axes[0]))
+    add_legend(fig, list(axes[0]))
     return fig
 
 
 def communication_vs_relus(results: pd.DataFrame) -> plt.Figure:
     """Bytes against ReLUs, one series per method: online per party, and offline (dealer) where measured."""
-    per_model = _ok_rows(results).drop_duplicates("entry")
+    per_model = ok_rows(results).drop_duplicates("entry")
     panels = [("bytes_per_party", "online per party (MB)")]
     if per_model["offline_bytes"].notna().any():
         panels.append(("offline_bytes", "offline, dealer ↔ both parties (MB)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(0.75 * COLUMN_WIDTH_IN * len(panels), 2.5), squeeze=False)
-    styles = _series_styles(results)
+    styles = series_styles(results)
     for ax, (column, ylabel) in zip(axes[0], panels):
         for series, group in per_model.dropna(subset=[column]).groupby("series"):
             group = group.sort_values("relus")
@@ -323,9 +166,9 @@ def communication_vs_relus(results: pd.DataFrame) -> plt.Figure:
         ax.set_xlabel("ReLUs kept")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    _scale(list(axes[0]), per_model["relus"], "x", counts=True)
-    _scale(list(axes[0]), pd.concat([per_model[c] for c, _ in panels]).dropna() / 1e6, "y")
-    _legend(fig, list(axes[0]))
+    set_scale(list(axes[0]), per_model["relus"], "x", counts=True)
+    set_scale(list(axes[0]), pd.concat([per_model[c] for c, _ in panels]).dropna() / 1e6, "y")
+    add_legend(fig, list(axes[0]))
     fig.suptitle("Communication vs ReLUs (sent + received)", fontsize=8)
     return fig
 
@@ -346,7 +189,7 @@ def _time_and_bytes_bars(time: pd.DataFrame, sent_mb: pd.DataFrame, bytes_label:
     ax_t.set_title(title)
     ax_t.legend(title=None)
     for ax in (ax_t, ax_b):
-        ax.xaxis.set_major_formatter(FuncFormatter(_plain_label))
+        ax.xaxis.set_major_formatter(FuncFormatter(plain_label))
     return fig
 
 
@@ -355,7 +198,7 @@ def online_vs_offline(results: pd.DataFrame) -> plt.Figure:
     inference end to end), and bytes per party side by side: online (the busier party's, sent +
     received) beside each party's offline bytes from the dealer, never a per-party amount stacked
     on a two-party one."""
-    per_model = _ok_rows(results).drop_duplicates("entry").set_index("entry").sort_values("relus")
+    per_model = ok_rows(results).drop_duplicates("entry").set_index("entry").sort_values("relus")
     time = pd.DataFrame({"online": per_model["latency_s_median"], "offline": per_model["offline_s"].fillna(0)})
     # files without the per-party split: all offline bytes went to the client (crypten:dealer)
     client = per_model["offline_bytes_client"].fillna(per_model["offline_bytes"]).fillna(0)
@@ -365,22 +208,56 @@ def online_vs_offline(results: pd.DataFrame) -> plt.Figure:
                                 stack_bytes=False)
 
 
+def stores_client_data(results: pd.DataFrame) -> bool:
+    """Whether rows measured what the client stores, and some protocol stores something (files from before
+    `client_storage_bytes` lack the column or leave it empty)."""
+    return "client_storage_bytes" in results and bool((results["client_storage_bytes"].fillna(0) > 0).any())
+
+
+def storage_vs_relus(results: pd.DataFrame) -> plt.Figure:
+    """What the client must hold before an online inference (MB) against kept ReLUs, one series per protocol
+    in its colour and line style.
+
+    Preprocessing moves work offline but leaves its output on the client, for every inference:
+    garbled circuits (crypten:gc), FSS keys, the dealer's tuple shares. A log axis has no zero,
+    so protocols that store nothing are named in the panel instead of drawn.
+    """
+    per_model = ok_rows(results).drop_duplicates("entry").dropna(subset=["client_storage_bytes"])
+    stored = per_model[per_model["client_storage_bytes"] > 0]
+    fig, ax = column_figure()
+    for key in sorted(stored["key"].unique(), key=protocol_index):
+        group = stored[stored["key"] == key].sort_values("relus")
+        ax.plot(group["relus"], group["client_storage_bytes"] / 1e6, color=protocol_color(key),
+                ls=protocol_line(key), marker="o", label=key)
+    nothing = sorted(set(per_model["key"]) - set(stored["key"]), key=protocol_index)
+    if nothing:
+        ax.text(0.02, 0.98, "store nothing: " + ", ".join(nothing), transform=ax.transAxes, va="top", fontsize=6)
+    set_scale([ax], stored["relus"], "x", counts=True)
+    set_scale([ax], stored["client_storage_bytes"] / 1e6, "y")
+    ax.set_xlabel("ReLUs kept")
+    ax.set_ylabel("client storage per inference (MB)")
+    ax.set_title("What the client holds before an inference")
+    ax.grid(alpha=0.3)
+    add_legend(fig, [ax])
+    return fig
+
+
 def accuracy_vs_latency(results: pd.DataFrame) -> plt.Figure:
     """Accuracy against projected latency, one panel per network profile, frontier per method."""
-    rows = _ok_rows(results).dropna(subset=["accuracy"])
+    rows = ok_rows(results).dropna(subset=["accuracy"])
     networks = sorted(rows["network"].unique())
     fig, axes = plt.subplots(
         1, len(networks), figsize=(COLUMN_WIDTH_IN * max(1, len(networks)) / 1.4, 2.5), sharey=True, squeeze=False
     )
-    styles = _series_styles(results)
+    styles = series_styles(results)
     for ax, network in zip(axes[0], networks):
         for series, group in rows[rows["network"] == network].groupby("series"):
             _plot_front(ax, group, "projected_latency_s", styles[series], series)
         ax.set_xlabel(f"latency, {network} (s, projected)")
         ax.grid(alpha=0.3)
-    _scale(list(axes[0]), rows["projected_latency_s"], "x")
+    set_scale(list(axes[0]), rows["projected_latency_s"], "x")
     axes[0][0].set_ylabel("top-1 accuracy (%)")
-    _legend(fig, list(axes[0]))
+    add_legend(fig, list(axes[0]))
     fig.suptitle("Accuracy vs latency", fontsize=8)
     return fig
 
@@ -407,11 +284,11 @@ def protocol_costs(results: pd.DataFrame) -> plt.Figure:
 
     Colour is the protocol here (the bars' categories), named in the legend.
     """
-    rows = _ok_rows(results).assign(label=results["kept"])
+    rows = ok_rows(results).assign(label=results["kept"])
     slowest = rows.loc[rows["projected_latency_s"].idxmax(), "network"] if rows["projected_latency_s"].notna().any() \
         else None
     first = rows.drop_duplicates(["label", "key"])
-    keys = sorted(first["key"].unique(), key=_protocol_index)
+    keys = sorted(first["key"].unique(), key=protocol_index)
     order = first.groupby("label")["relus"].first().sort_values().index
 
     def table(data: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -437,7 +314,7 @@ def protocol_costs(results: pd.DataFrame) -> plt.Figure:
                        error_kw={"elinewidth": 0.6})
         ax.set_xlabel(xlabel)
         ax.set_ylabel("")
-        ax.xaxis.set_major_formatter(FuncFormatter(_plain_label))
+        ax.xaxis.set_major_formatter(FuncFormatter(plain_label))
         ax.grid(alpha=0.3, axis="x")
         if i:
             ax.tick_params(labelleft=False)
@@ -446,7 +323,7 @@ def protocol_costs(results: pd.DataFrame) -> plt.Figure:
     ax_r.set_yticks(range(len(keys)), keys)
     ax_r.yaxis.tick_right()
     ax_r.set_xlabel("online bytes per\nkept ReLU and party")
-    ax_r.xaxis.set_major_formatter(FuncFormatter(_plain_label))
+    ax_r.xaxis.set_major_formatter(FuncFormatter(plain_label))
     axes[0].set_title("Protocols compared, per model (ReLUs kept)", loc="left")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(labels), frameon=False)
@@ -455,7 +332,7 @@ def protocol_costs(results: pd.DataFrame) -> plt.Figure:
 
 def draw_figures(results: pd.DataFrame, layers: pd.DataFrame | None = None, anchors: pd.DataFrame | None = None,
                  models: list[str] | None = None) -> dict[str, plt.Figure]:
-    """Every figure a run's rows allow, by name (rows labelled by `with_series`); nothing is saved."""
+    """Every figure a run's rows allow, by name (rows labelled by `rows.with_series`); nothing is saved."""
     figures: dict[str, plt.Figure] = {}
     if results["accuracy"].notna().any():
         figures["accuracy_vs_relus"] = accuracy_vs_relus(results, anchors)
@@ -465,9 +342,13 @@ def draw_figures(results: pd.DataFrame, layers: pd.DataFrame | None = None, anch
     figures["latency_vs_relus"] = latency_vs_relus(results, layers)
     figures["communication_vs_relus"] = communication_vs_relus(results)
     figures["online_vs_offline"] = online_vs_offline(results)
+    if stores_client_data(ok_rows(results)):
+        figures["storage_vs_relus"] = storage_vs_relus(results)
+    else:
+        log.info("no client storage in these results (older files, or no preprocessing): skipping storage_vs_relus")
     if layers is not None:
         figures["layer_breakdown"] = layer_breakdown(layers, models)
-    if several_protocols(_ok_rows(results)):
+    if several_protocols(ok_rows(results)):
         figures["protocol_costs"] = protocol_costs(results)
     return figures
 
@@ -502,5 +383,5 @@ def plot_run(run_dir: str | Path, anchors: str | Path | None = None, models: lis
     written: list[Path] = []
     with plt.rc_context(STYLE):
         for name, fig in draw_figures(results, layers, anchor_df, models).items():
-            written += _save(fig, out_dir, name)
+            written += save_figure(fig, out_dir, name)
     return written

@@ -13,7 +13,8 @@ import pandas as pd
 import yaml
 
 from pibench.pareto import iso_relu_accuracy_gain
-from pibench.report.plots import FIGURES, plot_run, several_protocols, with_series
+from pibench.report.plots import FIGURES, plot_run
+from pibench.report.rows import ok_rows, several_protocols, with_series
 from pibench.results import LAYERS_FILE, load_layers, load_results
 
 SETTINGS = (  # as the first row has them (every run id is listed apart)
@@ -33,6 +34,7 @@ FIGURE_CAPTIONS = {
     "latency_vs_relus": "Online latency vs ReLUs (measured and projected per network)",
     "communication_vs_relus": "Communication vs ReLUs: online per party and offline (dealer)",
     "online_vs_offline": "Online and offline phases per model",
+    "storage_vs_relus": "Client storage before an online inference vs ReLUs, per protocol",
     "accuracy_vs_latency": "Accuracy vs latency",
     "layer_breakdown": "Per-layer cost: linear vs ReLU",
     "protocol_costs": "Protocols compared per model: online (p10–p90), projected and offline latency, and online "
@@ -239,12 +241,8 @@ def write_report(run_dir: str | Path, replot: bool = True) -> Path:
         plot_run(run_dir)
     layers_csv = run_dir / LAYERS_FILE
     results, layers = with_series(load_results(run_dir), load_layers(layers_csv) if layers_csv.is_file() else None)
-    failed = (
-        results[results["error"].notna() & (results["error"].astype(str) != "")]
-        if "error" in results
-        else results.iloc[:0]
-    )
-    ok = results.drop(failed.index)
+    ok = ok_rows(results)
+    failed = results.drop(ok.index)
     first = results.iloc[0]
     lines = [f"# pibench report: {run_dir.name}", "", "## Settings", ""]
     run_ids = list(dict.fromkeys(results["run_id"].dropna().astype(str)))
