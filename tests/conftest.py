@@ -16,13 +16,14 @@ def pytest_addoption(parser):
 # Test tiers, by marker (registered in pyproject.toml):
 # - parties: starts MPC party processes (bench runs, or CLI runs that measure). Whole modules are listed in
 #   PARTY_MODULES; a single test elsewhere is marked `@pytest.mark.parties`. A test without the marker that
-#   starts a party session fails (the `parties_only_when_marked` fixture below), so the list cannot drift.
+#   starts a party session in its own process fails (`parties_only_when_marked` below), so a module that
+#   does cannot be left off the list unnoticed.
 # - integration: runs for seconds to minutes because it starts other processes (CLI runs through
 #   helpers.run_cli, submitit jobs, pip), trains or linearizes a model, renders a run's figures, runs a docs
 #   example, or builds every full-size model of a family. Marked per test (`@pytest.mark.integration`) or per
 #   module (`pytestmark`).
 # - slow: long runs (the digits pipeline), skipped unless --runslow.
-# `make test-fast` runs the rest (-m "not parties and not slow and not integration"): milliseconds each,
+# `make test-fast` runs the rest (-m "not parties and not slow and not integration"): under a second each,
 # under a minute in all; `make test` runs every tier but slow, `make test-all` (--runslow) all of them.
 PARTY_MODULES = {
     "test_adversary", "test_adversary_gc", "test_cli_errors", "test_docker", "test_export_mpc", "test_mpc_costs",

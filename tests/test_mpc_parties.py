@@ -23,7 +23,7 @@ from pibench.mpc.protocols import PROTOCOLS
 from pibench.results import load_layers, load_results
 
 from helpers import (AUDIT_WRAPPER, BYTES_PER_RELU, NETS, density_sweep, kill_party_mid_run, program_rounds, randomize,
-                     save, tiny_nets)
+                     run_cli, save, tiny_nets)
 
 DEALER_BYTES_PER_RELU = BYTES_PER_RELU["crypten:dealer"]
 
@@ -209,11 +209,8 @@ def test_failed_model_gets_an_error_row_and_the_run_goes_on(tmp_path):
 
 
 def test_bench_cli_json_and_csv(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "pibench.cli", "bench", "resnet_digits", "--repeats", "2", "--network", "lan,dsl:50:20",
-         "--out", str(tmp_path), "--run-id", "t1", "--json"],
-        capture_output=True, text=True, timeout=300,
-    )
+    out = run_cli("bench", "resnet_digits", "--repeats", "2", "--network", "lan,dsl:50:20", "--out", str(tmp_path),
+                  "--run-id", "t1", "--json", timeout=300)
     assert out.returncode == 0, out.stderr
     (summary,) = json.loads(out.stdout)
     assert summary["relus"] == 4608 and summary["rounds"] == 74 and summary["agreement"] == 1.0

@@ -19,7 +19,7 @@ from pibench.mpc.parties.party import EVENT_PREFIX
 from pibench.mpc.protocols import PROTOCOLS
 from pibench.results import load_results
 
-from helpers import kill_party_mid_run, save, tiny_net, with_density
+from helpers import kill_party_mid_run, run_cli, save, tiny_net, with_density
 
 pytest.importorskip("spu", reason="SecretFlow SPU is not installed: make install EXTRAS=test,spu")
 
@@ -140,8 +140,7 @@ def test_a_sweep_measures_crypten_and_spu_side_by_side(tmp_path):
         "protocols": ["crypten:dealer", "spu:cheetah", "spu:semi2k"],
         "cost_only": [{"model": "cnn_digits"}, {"arch": "resnet_digits", "allocation": "senet", "budgets": [1000]}],
     }))
-    done = subprocess.run([sys.executable, "-m", "pibench.cli", "sweep", str(config)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
+    done = run_cli("sweep", str(config), cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     run = tmp_path / "results" / "both"
     results = load_results(run)
