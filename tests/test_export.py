@@ -238,7 +238,8 @@ def test_import_cli_writes_a_folder_or_one_line_and_no_folder(tmp_path):
 
     masks = {relu_names[0]: torch.ones(8, 15, 15, dtype=torch.bool)}
     save_file(masks, tmp_path / "wrong.safetensors")
-    line = one_line(run_cli("import", good, "--out", str(tmp_path / "w"), "--masks", str(tmp_path / "wrong.safetensors")))
+    line = one_line(run_cli("import", good, "--out", str(tmp_path / "w"), "--masks",
+                            str(tmp_path / "wrong.safetensors")))
     assert f"the mask for layer '{relu_names[0]}' has shape (8, 15, 15) but the layer's feature map is (8, 16, 16)" \
         in line and not (tmp_path / "w").exists()
 
