@@ -1,5 +1,5 @@
 # pibench set-up: `make demo` runs the digits demo, `make test` runs the tests.
-# `make test-fast` skips the party processes. All create/update .venv through `make install`;
+# `make test-fast` runs only the quick ones (under a minute). All create/update .venv through `make install`;
 # `make install EXTRAS=test,spu` adds the
 # SecretFlow SPU backend (resolved in the same pip call as everything else: spu needs numpy<2).
 PYTHON ?= python3
@@ -33,10 +33,11 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(VENV)/bin/pibench demo
 
-# Tiers: test-fast (no party processes, no training runs; seconds), test (adds the party sessions),
-# test-all (adds the slow digits pipeline). Markers: tests/conftest.py.
+# Tiers by marker (tests/conftest.py says which test gets which): test-fast (no party processes, no other
+# processes, training runs, figures or docs examples: under a minute), test (adds the `parties` and
+# `integration` tests), test-all (adds the `slow` digits pipeline).
 test-fast: install
-	$(VENV)/bin/pytest -q -m "not parties and not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -m "not parties and not slow and not integration" $(PYTEST_ARGS)
 
 test: install
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)

@@ -13,13 +13,36 @@ def pytest_addoption(parser):
     )
 
 
-# Modules whose tests start MPC party processes (or CLI runs that do): the `parties` marker, which
-# `make test-fast` (-m "not parties and not slow") skips. A test elsewhere that starts parties is
-# marked `@pytest.mark.parties` itself.
+# Test tiers, by marker (registered in pyproject.toml):
+# - parties: starts MPC party processes (bench runs, or CLI runs that measure). Whole modules are listed in
+#   PARTY_MODULES; a single test elsewhere is marked `@pytest.mark.parties`. A test without the marker that
+#   starts a party session in its own process fails (`parties_only_when_marked` below), so a module that
+#   does cannot be left off the list unnoticed.
+# - integration: runs for seconds to minutes because it starts other processes (CLI runs through
+#   helpers.run_cli, submitit jobs, pip), trains or linearizes a model, renders a run's figures, runs a docs
+#   example, or builds every full-size model of a family. Marked per test (`@pytest.mark.integration`) or per
+#   module (`pytestmark`).
+# - slow: long runs (the digits pipeline), skipped unless --runslow.
+# `make test-fast` runs the rest (-m "not parties and not slow and not integration"): under a second each,
+# under a minute in all; `make test` runs every tier but slow, `make test-all` (--runslow) all of them.
 PARTY_MODULES = {
-    "test_adversary", "test_cli_errors", "test_docker", "test_export_mpc", "test_mpc_costs", "test_mpc_fss",
-    "test_mpc_parties", "test_multihost", "test_netns", "test_protocols", "test_spu", "test_sweep", "test_sweep_slurm",
+    "test_adversary", "test_adversary_gc", "test_cli_errors", "test_docker", "test_export_mpc", "test_mpc_costs",
+    "test_mpc_fss", "test_mpc_gc", "test_mpc_parties", "test_multihost", "test_netns", "test_protocols", "test_spu",
+    "test_sweep", "test_sweep_slurm",
 }
+
+
+@pytest.fixture(autouse=True)
+def parties_only_when_marked(request, monkeypatch):
+    """A test not marked `parties` may not start a party session: it fails, naming the marker it needs."""
+    if request.node.get_closest_marker("parties"):
+        return
+    from pibench.mpc.parties.launch import Session
+
+    def refuse(session):
+        pytest.fail(f"{request.node.nodeid} starts MPC party processes: mark it `parties` (tests/conftest.py)")
+
+    monkeypatch.setattr(Session, "start", refuse)
 
 
 def pytest_collection_modifyitems(config, items):

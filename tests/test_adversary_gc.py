@@ -1,7 +1,7 @@
 """Play the adversary against crypten:gc on the real `pibench bench` path (recorder: tests/adversary/record_party.py).
 
 - The curious **client** holds D = W - B, the garbled tables, its OT outputs and, online, the
-  labels of the server's share. It tries every weight (as in tests/test_adversary.py), and it
+  labels of the server's share. It tries every weight (tests/adversary/attacks.py), and it
   tries to learn the server's share: two inferences' labels of the same wire are S0 XOR s·Delta,
   so if they repeat, their XOR is 0 or Delta, Delta is the XOR that keeps coming back, and every
   wire then tells whether the server's share bits of the two inferences differ.
@@ -21,7 +21,7 @@ import torch
 
 from pibench.mpc.gc import relu as gc_relu
 
-from test_adversary import logits_found, max_input_correlation, record, recovered_fraction, weights
+from adversary.attacks import logits_found, max_input_correlation, record, recovered_fraction, weights
 
 MODEL = "drd_c100_7k"
 BITS = gc_relu.DEFAULT_BITS

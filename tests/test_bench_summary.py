@@ -3,11 +3,12 @@ with its sample count, where the rows went; a WARNING when MPC and plaintext dis
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import pytest
 
 from pibench.commands.bench import _line, _warning
 from pibench.results import load_results
+
+from helpers import run_cli
 
 
 def summary(**changes):
@@ -38,10 +39,10 @@ def test_a_warning_when_agreement_is_under_100_percent_or_the_logit_error_past_t
     assert _warning(summary(error="boom")) is None and _warning(summary(agreement=None)) is None
 
 
+@pytest.mark.parties
 def test_bench_prints_the_summary_and_where_the_rows_went(tmp_path):
     out = tmp_path / "r"
-    done = subprocess.run([sys.executable, "-m", "pibench.cli", "bench", "cnn_digits", "--repeats", "1",
-                           "--samples", "2", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    done = run_cli("bench", "cnn_digits", "--repeats", "1", "--samples", "2", "--out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     model_line, rows_line = done.stdout.strip().splitlines()
     assert model_line.startswith("cnn_digits [crypten:dealer]: 4,096 ReLUs; online ")

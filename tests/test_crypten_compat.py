@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from pibench.mpc.crypten.compat import import_crypten
 
 PARTY = textwrap.dedent(
@@ -36,6 +38,7 @@ def test_import_crypten_through_shim():
     assert hasattr(crypten, "cryptensor")
 
 
+@pytest.mark.parties
 def test_two_process_secret_shared_addition():
     port = free_port()
     procs = []

@@ -35,7 +35,8 @@ def examples() -> list:
                 continue
             skip = RUN_BY_OTHER_TESTS if marker == "measure example" else (marker or "")[len("skip: "):] or None
             name = f"{page.relative_to(ROOT)}[{i}]"
-            found.append(pytest.param(lang, code, skip, id=name))
+            runs = [pytest.mark.integration] if lang in ("bash", "python") else []  # a process of its own
+            found.append(pytest.param(lang, code, skip, id=name, marks=runs))
     return found
 
 

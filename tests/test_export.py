@@ -1,16 +1,11 @@
-"""Bring your own model: `pibench.export` of models defined only here, ONNX import, and their bad inputs.
+"""Bring your own model: `pibench.export` of models pibench does not define, ONNX import, and their bad inputs.
 
-torchvision's model builders do not import beside the CPU build of torch this project
-pins (the PyPI torchvision wheel links CUDA libraries), so the architectures the README
-names are rebuilt here from their defining blocks: MobileNetV2's inverted residual
-(ReLU6, depthwise conv), SqueezeNet's fire module (channel concat, ceil-mode max-pool)
-and ResNet's basic block (one ReLU module called twice).
+The architectures the README names (MobileNetV2-, SqueezeNet- and ResNet-like) are rebuilt from their
+defining blocks in tests/helpers.py (USER_NETS; why: there).
 """
 
 import json
 import subprocess
-import sys
-import warnings
 
 import pytest
 import torch
@@ -27,92 +22,7 @@ from pibench.mpc.compiler import compile_model
 from pibench.mpc.program import CompileError, program_from_json, program_to_json
 from pibench.modelfolder.onnx_import import SUPPORTED_OPS, import_onnx, load_onnx, program_from_onnx
 
-from test_mpc_program import WithGelu
-
-
-class InvertedResidual(nn.Module):
-    def __init__(self, c: int, expand: int = 4) -> None:
-        super().__init__()
-        h = c * expand
-        self.conv = nn.Sequential(
-            nn.Conv2d(c, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU6(inplace=True),
-            nn.Conv2d(h, h, 3, padding=1, groups=h, bias=False), nn.BatchNorm2d(h), nn.ReLU6(inplace=True),
-            nn.Conv2d(h, c, 1, bias=False), nn.BatchNorm2d(c))
-
-    def forward(self, x):
-        return x + self.conv(x)
-
-
-class MobileNetLike(nn.Module):
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8),
-                                      nn.ReLU6(inplace=True), InvertedResidual(8))
-        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(8, num_classes))
-
-    def forward(self, x):
-        x = F.adaptive_avg_pool2d(self.features(x), (1, 1))
-        return self.classifier(torch.flatten(x, 1))
-
-
-class Fire(nn.Module):
-    def __init__(self, cin: int, squeeze: int, expand: int) -> None:
-        super().__init__()
-        self.squeeze = nn.Conv2d(cin, squeeze, 1)
-        self.squeeze_activation = nn.ReLU(inplace=True)
-        self.expand1x1 = nn.Conv2d(squeeze, expand, 1)
-        self.expand1x1_activation = nn.ReLU(inplace=True)
-        self.expand3x3 = nn.Conv2d(squeeze, expand, 3, padding=1)
-        self.expand3x3_activation = nn.ReLU(inplace=True)
-
-    def forward(self, x):
-        x = self.squeeze_activation(self.squeeze(x))
-        return torch.cat([self.expand1x1_activation(self.expand1x1(x)),
-                          self.expand3x3_activation(self.expand3x3(x))], 1)
-
-
-class SqueezeNetLike(nn.Module):
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(inplace=True),
-                                      nn.MaxPool2d(3, 2, ceil_mode=True), Fire(8, 4, 8))
-        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(16, num_classes, 1), nn.ReLU(inplace=True),
-                                        nn.AdaptiveAvgPool2d((1, 1)))
-
-    def forward(self, x):
-        return torch.flatten(self.classifier(self.features(x)), 1)
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c)
-        self.relu = nn.ReLU(inplace=True)  # called twice, as in torchvision's ResNet
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c)
-
-    def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out += x
-        return self.relu(out)
-
-
-class ResNetLike(nn.Module):
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = BasicBlock(8)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(8, num_classes)
-
-    def forward(self, x):
-        x = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+from helpers import USER_NETS, WithGelu, hook_count, onnx_file, randomize, run_cli, user_net
 
 
 class Head(nn.Module):
@@ -138,51 +48,9 @@ class Head(nn.Module):
         return self.fc2(z.view(z.size(0), -1))
 
 
-NETS = {"mobilenet_like": (MobileNetLike, 32), "squeezenet_like": (SqueezeNetLike, 33), "resnet_like": (ResNetLike, 32)}
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-    return model.eval()
-
-
-def hook_count(model: nn.Module, x: torch.Tensor) -> int:
-    """ReLUs per sample counted by forward hooks on the ReLU modules: a ReLU6 is two comparisons."""
-    counts = []
-
-    def hook(module, inputs, output):
-        counts.append(output[0].numel() * (2 if isinstance(module, nn.ReLU6) else 1))
-
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.ReLU, nn.ReLU6))]
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
-    return sum(counts)
-
-
-def net(name: str) -> tuple[nn.Module, torch.Tensor]:
-    cls, size = NETS[name]
-    torch.manual_seed(0)
-    return randomize(cls()), torch.randn(1, 3, size, size)
-
-
-def onnx_file(model: nn.Module, x: torch.Tensor, path) -> str:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; it needs no onnxscript
-        torch.onnx.export(model, (x,), str(path), dynamo=False)
-    return str(path)
-
-
-@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("name", sorted(USER_NETS))
 def test_program_computes_each_architecture_and_counts_its_relus(name):
-    model, x = net(name)
+    model, x = user_net(name)
     program = compile_model(model, tuple(x.shape[1:]))
     batch = torch.randn(4, *x.shape[1:]) * 3  # past ReLU6's upper bound
     with torch.no_grad():
@@ -202,9 +70,9 @@ def test_every_listed_op_compiles():
         assert torch.allclose(run_plain(program, batch), model(batch), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("name", sorted(USER_NETS))
 def test_export_and_onnx_import_give_the_same_program(name, tmp_path):
-    model, x = net(name)
+    model, x = user_net(name)
     card = pibench.export(model, x, tmp_path / "exported", dataset="random")
     imported = import_onnx(onnx_file(model, x, tmp_path / "m.onnx"), tmp_path / "imported")
     a = load_program(tmp_path / "exported", card, weights=True)
@@ -219,7 +87,7 @@ def test_export_and_onnx_import_give_the_same_program(name, tmp_path):
 
 
 def test_folder_round_trip_public_part_has_no_weights(tmp_path):
-    model, x = net("resnet_like")
+    model, x = user_net("resnet_like")
     masks = {"layer1.relu": torch.rand(8, 16, 16, generator=torch.Generator().manual_seed(1)) < 0.3}
     card = pibench.export(model, x, tmp_path / "m", masks=masks, name="mine", dataset="digits", accuracy=91.5)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted([CARD_FILE, PROGRAM_FILE, MASKS_FILE,
@@ -228,7 +96,7 @@ def test_folder_round_trip_public_part_has_no_weights(tmp_path):
     private_card = json.loads((tmp_path / "m" / PRIVATE_CARD_FILE).read_text())
     assert "provenance" not in public_card and "accuracy" not in public_card and "name" not in public_card
     assert private_card["provenance"]["source"] == "export" and len(private_card["provenance"]["source_sha256"]) == 64
-    assert private_card["provenance"]["class"] == "test_export.ResNetLike"
+    assert private_card["provenance"]["class"] == "helpers.ResNetLike"
     assert load_card(tmp_path / "m") == card
     assert (card.name, card.dataset, card.accuracy, card.arch) == ("mine", "digits", 91.5, "program")
     doc = json.loads((tmp_path / "m" / PROGRAM_FILE).read_text())  # plain JSON, no tensors
@@ -244,7 +112,7 @@ def test_folder_round_trip_public_part_has_no_weights(tmp_path):
 
 
 def test_json_round_trip_checks_masks_and_weights():
-    model, x = net("squeezenet_like")
+    model, x = user_net("squeezenet_like")
     program = compile_model(model, (3, 33, 33), {"features.1": torch.rand(8, 16, 16) < 0.5})
     text, masks = program_to_json(program)
     assert list(masks) == ["features.1"]
@@ -315,10 +183,6 @@ def one_line(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pibench.cli", *args], capture_output=True, text=True, timeout=300)
-
-
 def test_unsupported_op_untraceable_model_and_bad_mask_each_fail_in_one_line(tmp_path):
     x = torch.randn(1, 3, 8, 8)
     with pytest.raises(CompileError, match=r"unsupported op GELU at layer 'act'") as e:
@@ -327,7 +191,7 @@ def test_unsupported_op_untraceable_model_and_bad_mask_each_fail_in_one_line(tmp
     with pytest.raises(CompileError, match=r"cannot trace DataDependent with torch.fx \(.*control flow") as e:
         pibench.export(DataDependent(), x, tmp_path / "dd")
     assert "\n" not in str(e.value) and not (tmp_path / "dd").exists()
-    model, x = net("resnet_like")
+    model, x = user_net("resnet_like")
     with pytest.raises(CompileError, match=r"the mask for layer 'layer1.relu' has shape \(8, 8, 8\) but the "
                                            r"layer's feature map is \(8, 16, 16\)") as e:
         pibench.export(model, x, tmp_path / "bad", masks={"layer1.relu": torch.ones(8, 8, 8, dtype=torch.bool)})
@@ -346,40 +210,42 @@ class SoftmaxInside(nn.Module):
         return self.fc(torch.softmax(self.conv(x), 1).flatten(1))
 
 
+@pytest.mark.integration
 def test_import_cli_writes_a_folder_or_one_line_and_no_folder(tmp_path):
-    model, x = net("mobilenet_like")
+    model, x = user_net("mobilenet_like")
     good = onnx_file(model, x, tmp_path / "mobilenet.onnx")
     relu_names = [op.layer for op in program_from_onnx(load_onnx(good), {}).ops if op.kind == "relu"]
     masks = {relu_names[0]: torch.rand(8, 16, 16, generator=torch.Generator().manual_seed(0)) < 0.25}
     save_file(masks, tmp_path / "masks.safetensors")
-    ok = cli("import", good, "--out", str(tmp_path / "mnet"), "--masks", str(tmp_path / "masks.safetensors"))
+    ok = run_cli("import", good, "--out", str(tmp_path / "mnet"), "--masks", str(tmp_path / "masks.safetensors"))
     assert ok.returncode == 0, ok.stderr
     card = load_card(tmp_path / "mnet")
     assert card.relus == hook_count(model, x) - 2 * (8 * 16 * 16 - int(masks[relu_names[0]].sum()))
 
     bad = onnx_file(SoftmaxInside().eval(), torch.randn(1, 3, 8, 8), tmp_path / "softmax.onnx")
-    line = one_line(cli("import", bad, "--out", str(tmp_path / "sm")))
+    line = one_line(run_cli("import", bad, "--out", str(tmp_path / "sm")))
     assert "unsupported ONNX op Softmax before the model's output (node '/Softmax')" in line
     assert "only a softmax at the very end can be dropped" in line and ", ".join(SUPPORTED_OPS) in line
     assert not (tmp_path / "sm").exists()
 
     (tmp_path / "text.onnx").write_text("this is not an onnx file\n")
-    line = one_line(cli("import", str(tmp_path / "text.onnx"), "--out", str(tmp_path / "t")))
+    line = one_line(run_cli("import", str(tmp_path / "text.onnx"), "--out", str(tmp_path / "t")))
     assert "text.onnx: not a valid ONNX model" in line and not (tmp_path / "t").exists()
     data = (tmp_path / "mobilenet.onnx").read_bytes()
     (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
-    line = one_line(cli("import", str(tmp_path / "cut.onnx"), "--out", str(tmp_path / "c")))
+    line = one_line(run_cli("import", str(tmp_path / "cut.onnx"), "--out", str(tmp_path / "c")))
     assert "cut.onnx: not a valid ONNX model" in line and "truncated" in line and not (tmp_path / "c").exists()
 
     masks = {relu_names[0]: torch.ones(8, 15, 15, dtype=torch.bool)}
     save_file(masks, tmp_path / "wrong.safetensors")
-    line = one_line(cli("import", good, "--out", str(tmp_path / "w"), "--masks", str(tmp_path / "wrong.safetensors")))
+    line = one_line(run_cli("import", good, "--out", str(tmp_path / "w"), "--masks",
+                            str(tmp_path / "wrong.safetensors")))
     assert f"the mask for layer '{relu_names[0]}' has shape (8, 15, 15) but the layer's feature map is (8, 16, 16)" \
         in line and not (tmp_path / "w").exists()
 
 
 def test_a_changed_program_or_mask_file_is_refused(tmp_path):
-    model, x = net("squeezenet_like")
+    model, x = user_net("squeezenet_like")
     masks = {"features.1": torch.rand(8, 16, 16, generator=torch.Generator().manual_seed(3)) < 0.5}
     card = pibench.export(model, x, tmp_path / "m", masks=masks)
     program_file = tmp_path / "m" / PROGRAM_FILE

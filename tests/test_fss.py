@@ -15,14 +15,12 @@ import torch.nn.functional as F
 from pibench.mpc.fss import dcf, maxpool, prg, relu
 
 U64 = np.uint64
-rng = np.random.default_rng(17)
 
 
-@pytest.fixture(autouse=True)
-def seeded_rng():
-    """Each test draws from a fresh generator, so its inputs do not depend on which tests ran before it."""
-    global rng
-    rng = np.random.default_rng(17)
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """Each test's own generator: its inputs do not depend on which tests ran before it."""
+    return np.random.default_rng(17)
 
 
 def ring(values) -> np.ndarray:
@@ -30,15 +28,16 @@ def ring(values) -> np.ndarray:
     return np.asarray(values, dtype=np.int64).view(U64)
 
 
-def split(value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def split(value: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     share = rng.integers(0, 2**64, value.shape, dtype=U64)
     return share, value - share
 
 
-def relu_two_party(x: np.ndarray, bits: int, r: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def relu_two_party(x: np.ndarray, bits: int, rng: np.random.Generator,
+                   r: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """ReLU(x) and DReLU(x) as both parties compute them: open x + r, evaluate the keys, open d ^ rho, finish."""
     r = rng.integers(0, 2**64, x.shape, dtype=U64) if r is None else r
-    (r0, r1), (x0, x1) = split(r), split(x)
+    (r0, r1), (x0, x1) = split(r, rng), split(x, rng)
     k0, k1 = relu.keygen(r, bits)
     x_hat = (x0 + r0) + (x1 + r1)  # round 1: each party sends its masked share
     d_hat = relu.masked_drelu(0, k0, x_hat) ^ relu.masked_drelu(1, k1, x_hat)  # round 2: one bit each
@@ -49,7 +48,7 @@ def relu_two_party(x: np.ndarray, bits: int, r: np.ndarray | None = None) -> tup
 
 @pytest.mark.parametrize("n", [7, 8, 10])
 @pytest.mark.parametrize("chunk", [dcf.CHUNK, 300])
-def test_dcf_is_exact_on_every_input(n, chunk, monkeypatch):
+def test_dcf_is_exact_on_every_input(n, chunk, monkeypatch, rng):
     """n = 7: the leaf block alone; 8 and 10: one and three tree levels above it."""
     monkeypatch.setattr(dcf, "CHUNK", chunk)  # 300: keys made and evaluated in blocks, the last one partial
     monkeypatch.setattr(dcf, "EVAL_CHUNK", chunk)
@@ -63,7 +62,7 @@ def test_dcf_is_exact_on_every_input(n, chunk, monkeypatch):
         assert not np.array_equal(shares[0], shares[1])  # neither share is the answer itself
 
 
-def test_dcf_on_64_bit_inputs():
+def test_dcf_on_64_bit_inputs(rng):
     alpha = np.array([0, 1, 2**63, 2**64 - 1, *rng.integers(0, 2**64, 60, dtype=U64)], dtype=U64)
     x = np.concatenate([alpha[:4], alpha[4:] + rng.integers(-3, 4, 60).astype(np.int64).view(U64)])
     k0, k1 = dcf.keygen(alpha, 64)
@@ -72,35 +71,35 @@ def test_dcf_on_64_bit_inputs():
 
 
 @pytest.mark.parametrize("bits", [8, 9, 11])
-def test_relu_is_exact_on_every_input_under_edge_masks(bits):
+def test_relu_is_exact_on_every_input_under_edge_masks(bits, rng):
     x = ring(np.arange(-2**(bits - 1), 2**(bits - 1)))
     masks = [0, 2**(bits - 1), 2**(bits - 1) - 1, 2**64 - 1, 2**64 - 2**(bits - 1), 2**63,
              *rng.integers(0, 2**64, 4, dtype=U64)]
     for mask in masks:  # alpha = r mod 2^(k-1) = 0, top bit set or not, x + r wrapping round 2^64
-        y, d = relu_two_party(x, bits, np.full(x.size, mask, U64))
+        y, d = relu_two_party(x, bits, rng, np.full(x.size, mask, U64))
         assert np.array_equal(y.view(np.int64), np.maximum(x.view(np.int64), 0)), mask
         assert np.array_equal(d, (x.view(np.int64) >= 0).astype(U64)), mask
 
 
 @pytest.mark.parametrize("bits", [21, 32, 44])
-def test_relu_on_64_bit_ring_with_the_domain_edges(bits):
+def test_relu_on_64_bit_ring_with_the_domain_edges(bits, rng):
     top = 2**(bits - 1)
     edges = [0, -1, 1, -top, top - 1, -top + 1, top - 2]
     values = np.concatenate([edges, rng.integers(-top, top, 5000), rng.integers(-2**16, 2**16, 1000)])
     x = ring(values)
     assert not relu.out_of_range(x, bits).any()
-    y, d = relu_two_party(x, bits)
+    y, d = relu_two_party(x, bits, rng)
     assert np.array_equal(y.view(np.int64), np.maximum(values, 0))
     assert np.array_equal(d, (values >= 0).astype(U64))
 
 
-def test_out_of_range_activations_are_detected_not_trusted():
+def test_out_of_range_activations_are_detected_not_trusted(rng):
     bits = 32
     outside = np.array([2**bits, -2**bits, 2**(bits - 1), -2**(bits - 1) - 1, 2**62, -2**63])
     assert relu.out_of_range(ring(outside), bits).all()
     assert not relu.out_of_range(ring([2**31 - 1, -2**31]), bits).any()
     # The gate reads x mod 2^k: 2^k looks like 0 and 2^(k-1) like a negative number.
-    y, _ = relu_two_party(ring([2**bits + 5, 2**(bits - 1)]), bits)
+    y, _ = relu_two_party(ring([2**bits + 5, 2**(bits - 1)]), bits, rng)
     assert not np.array_equal(y.view(np.int64), [2**bits + 5, 2**(bits - 1)])
 
 
@@ -110,7 +109,7 @@ KEY_BYTES_PER_RELU = {8: 48, 19: 228.125, 20: 244.5, 21: 260.875, 22: 277.25, 24
 
 
 @pytest.mark.parametrize("bits", sorted(KEY_BYTES_PER_RELU))
-def test_key_bytes_sent_are_the_stated_numbers(bits):
+def test_key_bytes_sent_are_the_stated_numbers(bits, rng):
     """The bytes a party receives (the int64 words the dealer sends) for 1,000 ReLUs, and for 1 and 13."""
     words0, words1 = relu.keygen_words(rng.integers(0, 2**64, 1000, dtype=U64), bits)
     assert words0.nbytes == words1.nbytes == 8 * -(-1000 * KEY_BYTES_PER_RELU[bits] // 8)
@@ -140,12 +139,12 @@ def test_domain_is_chosen_with_headroom():
     assert relu.bits_for(2**46) == 65  # no k <= 64 fits
 
 
-def test_keys_round_trip_and_a_truncated_key_fails_loudly():
+def test_keys_round_trip_and_a_truncated_key_fails_loudly(rng):
     r = rng.integers(0, 2**64, 37, dtype=U64)
     x = ring(rng.integers(-1000, 1000, 37))
     w0, w1 = relu.keygen_words(r)
-    r0, r1 = split(r)
-    x0, x1 = split(x)
+    r0, r1 = split(r, rng)
+    x0, x1 = split(x, rng)
     back0 = relu.ReluKey.from_words(w0, 37)
     back1 = relu.ReluKey.from_bytes(w1.view(np.uint8)[:relu.ReluKey.size(37)].tobytes(), 37)
     x_hat = x + r
@@ -168,7 +167,7 @@ def test_keys_round_trip_and_a_truncated_key_fails_loudly():
         relu.keygen_words(r, 7)
 
 
-def test_keys_made_in_a_used_buffer_are_the_same_keys():
+def test_keys_made_in_a_used_buffer_are_the_same_keys(rng):
     """The dealer reuses key buffers: every byte, the padding too, is written again."""
     r = rng.integers(0, 2**64, 37, dtype=U64)
     x = ring(rng.integers(-1000, 1000, 37))
@@ -177,7 +176,7 @@ def test_keys_made_in_a_used_buffer_are_the_same_keys():
     assert w0.base is dirty or w0.base is dirty.base
     assert (w0.view(np.uint8)[relu.ReluKey.size(37, 24):] == 0).all()
     k0, k1 = relu.ReluKey.from_words(w0, 37, 24), relu.ReluKey.from_words(w1, 37, 24)
-    x0, x1 = split(x)
+    x0, x1 = split(x, rng)
     d_hat = relu.masked_drelu(0, k0, x + r) ^ relu.masked_drelu(1, k1, x + r)
     y = relu.finish(0, k0, x + r, d_hat, x0) + relu.finish(1, k1, x + r, d_hat, x1)
     assert np.array_equal(y.view(np.int64), np.maximum(x.view(np.int64), 0))
@@ -185,7 +184,7 @@ def test_keys_made_in_a_used_buffer_are_the_same_keys():
         relu.keygen_words(r, 23, dirty)
 
 
-def test_two_keygens_give_fresh_keys():
+def test_two_keygens_give_fresh_keys(rng):
     r = rng.integers(0, 2**64, 100, dtype=U64)
     (a0, a1), (b0, b1) = relu.keygen(r), relu.keygen(r)
     for first, second in [(a0, b0), (a1, b1)]:
@@ -197,7 +196,7 @@ def test_two_keygens_give_fresh_keys():
     assert not np.array_equal(a0.dcf.seed, a1.dcf.seed)
 
 
-def test_the_opened_bit_is_masked():
+def test_the_opened_bit_is_masked(rng):
     """d^ = DReLU(x) XOR rho: the same x under fresh keys opens to about half ones, whatever the sign."""
     x = ring(np.full(4000, 5))
     r = rng.integers(0, 2**64, x.size, dtype=U64)
@@ -220,7 +219,7 @@ def test_prg_is_fixed_key_mmo():
 
 @pytest.mark.parametrize("kernel,stride,padding", [((3, 3), (2, 2), (1, 1)), ((2, 2), (2, 2), (0, 0)),
                                                    ((3, 3), (1, 1), (0, 0))])
-def test_max_pool_from_relu_gates_matches_torch(kernel, stride, padding):
+def test_max_pool_from_relu_gates_matches_torch(kernel, stride, padding, rng):
     x = rng.integers(-2**20, 2**20, (2, 3, 7, 7))
     index = maxpool.window_index(7, 7, kernel, stride, padding)
     windows = x.reshape(6, 49)[:, index].reshape(-1, index.shape[1])
@@ -228,7 +227,7 @@ def test_max_pool_from_relu_gates_matches_torch(kernel, stride, padding):
 
     def relu_layer(diff: np.ndarray) -> np.ndarray:
         rounds.append(diff.size)
-        return relu_two_party(diff, 32)[0]
+        return relu_two_party(diff, 32, rng)[0]
 
     result = maxpool.max_tree(ring(windows), relu_layer).view(np.int64)
     expected = F.max_pool2d(torch.from_numpy(x).double(), kernel, stride, padding).long().numpy()

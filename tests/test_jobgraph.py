@@ -1,9 +1,11 @@
-"""The sweep's job graph on submitit's LocalExecutor (real processes): order, parallelism, failures, resume."""
+"""The sweep's job graph on submitit's LocalExecutor (real processes): order, parallelism, failures, resume.
+
+Jobs here are real processes (`integration`); a sweep that measures starts parties (`parties`).
+"""
 
 import functools
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +15,8 @@ import yaml
 from pibench.sweep.cluster import ClusterError, check_slurm, job_parameters, make_executor
 from pibench.sweep.config import ConfigError, ExecutorConfig, Resources, load_config
 from pibench.sweep.jobgraph import Job, run_in_process, run_submitted, summary
+
+from helpers import run_cli
 
 
 def _timed(out: Path, seconds: float = 1.0) -> Job:
@@ -46,6 +50,7 @@ def _check_outcomes(outcomes, tmp_path):
     assert end["a"] <= start["c"] and end["c"] <= start["e"]  # each after what it needs
 
 
+@pytest.mark.integration
 def test_graph_on_submitit_local_executor_runs_in_order_and_side_by_side(tmp_path):
     executor = make_executor("local", ExecutorConfig(), tmp_path / "jobs")
     outcomes = run_submitted(_graph(tmp_path), executor, lambda job, after: {"timeout_min": 5}, poll_s=0.5)
@@ -57,6 +62,7 @@ def test_graph_on_submitit_local_executor_runs_in_order_and_side_by_side(tmp_pat
     assert len(lines) == 2 and f"(log: {outcomes['b'].log})" in lines[0] and lines[1].startswith("SKIPPED d")
 
 
+@pytest.mark.integration
 def test_graph_in_process_goes_on_after_a_failure(tmp_path):
     _check_outcomes(run_in_process(_graph(tmp_path)), tmp_path)
 
@@ -71,10 +77,10 @@ COST_ONLY = {
 
 
 def _sweep(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "pibench.cli", "sweep", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+    return run_cli("sweep", *args, cwd=cwd)
 
 
+@pytest.mark.parties
 def test_sweep_as_processes_measures_each_model_once_and_resumes(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(COST_ONLY))
     first = _sweep("c.yaml", "--executor", "processes", "--no-report", cwd=tmp_path)
@@ -91,6 +97,7 @@ def test_sweep_as_processes_measures_each_model_once_and_resumes(tmp_path):
     assert len(pd.read_csv(tmp_path / "results/graph/results.csv")) == 3
 
 
+@pytest.mark.integration
 def test_dry_run_lists_jobs_and_settings_without_work(tmp_path):
     raw = {**COST_ONLY, "experiments": [{
         "dataset": "digits", "arch": "resnet_digits", "teacher": {"epochs": 2, "lr": 0.05},
@@ -120,6 +127,7 @@ def test_executor_block_is_validated(tmp_path):
             load_config(tmp_path / "c.yaml")
 
 
+@pytest.mark.integration
 def test_slurm_executor_without_slurm_names_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ClusterError, match="needs Slurm's sbatch, squeue, scancel, srun on PATH"):
@@ -152,6 +160,7 @@ def _write_visible_gpus(out: Path) -> Job:
                              check=True)
 
 
+@pytest.mark.integration
 def test_one_jobs_parameters_do_not_stick_to_the_next(tmp_path):
     """submitit keeps parameters across updates; each job is submitted with only its own."""
     jobs = [Job("gpu", _write_visible_gpus(tmp_path / "gpu")),

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("importlinter", reason="import-linter is in the test extra: make install")
+pytestmark = pytest.mark.integration  # each test runs lint-imports in a process of its own
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,11 +10,14 @@ from pibench.models import create_model
 from pibench.relu import MaskedReLU, relu_counts
 from pibench.train import train_baseline
 
+from helpers import untrained_teacher
+
 FAST = dict(batch_size=64, train_subset=128)
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
+    """A trained teacher (seconds): for the `integration` tests that linearize it."""
     folder = tmp_path_factory.mktemp("teacher") / "resnet_digits"
     train_baseline("resnet_digits", "digits", folder, epochs=2, lr=0.05, batch_size=64, train_subset=256)
     return folder
@@ -153,7 +156,8 @@ def test_registry_and_settings_errors():
     assert make_settings("snl", epochs=3).epochs == 3
 
 
-def test_budget_errors(teacher, tmp_path):
+def test_budget_errors(tmp_path):
+    teacher = untrained_teacher(tmp_path / "teacher")
     with pytest.raises(ValueError, match="above the model's 4,608 ReLUs"):
         linearize("senet", teacher, 5000, tmp_path / "x")
     with pytest.raises(ValueError, match="at least one ReLU"):
@@ -169,6 +173,7 @@ def _check(card, folder, budget, method):
     assert 0 <= card.accuracy <= 100
 
 
+@pytest.mark.integration
 def test_senet_end_to_end(teacher, tmp_path):
     budgets, outs = [2304, 230], [tmp_path / "s50", tmp_path / "s5"]
     cards = linearize_many("senet", teacher, budgets, outs, epochs=1, search_epochs=1, sensitivity_epochs=1, **FAST)
@@ -181,6 +186,7 @@ def test_senet_end_to_end(teacher, tmp_path):
     assert list((teacher / "cache").glob("senet-sensitivity-*.json"))
 
 
+@pytest.mark.integration
 def test_snl_end_to_end(teacher, tmp_path):
     budgets, outs = [921, 230], [tmp_path / "n20", tmp_path / "n5"]
     cards = linearize_many("snl", teacher, budgets, outs, epochs=1, search_epochs=2, lam=1e-2, **FAST)
@@ -197,6 +203,7 @@ def test_snl_end_to_end(teacher, tmp_path):
     assert [c.relus for c in again] == [c.relus for c in cards]
 
 
+@pytest.mark.integration
 def test_cli_train_and_linearize(tmp_path, capsys):
     base = tmp_path / "base"
     assert main(["train", "--arch", "cnn_digits", "--dataset", "digits", "--epochs", "1", "--out", str(base)]) == 0

@@ -11,6 +11,8 @@ from pibench.models.resnet import DRD_CONFIGS
 from pibench.relu import count_relus
 from pibench.train import train_baseline
 
+from helpers import untrained_teacher
+
 
 def _normalized(config):
     """A DRD_CONFIGS entry written as a candidate's kwargs."""
@@ -29,6 +31,7 @@ def _normalized(config):
         ("drd_tiny_", "drd_tiny_918k", [1, 2, 3, 4]),
     ],
 )
+@pytest.mark.integration  # builds every DeepReDuce candidate of ResNet18, hundreds of full-size models
 def test_candidates_reproduce_every_released_drd_model(prefix, defaults, order):
     data = {k: v for k, v in model_defaults(defaults).items() if k in ("in_chans", "input_size", "num_classes")}
     teacher_args = create_model("resnet18", **data).pibench_args
@@ -60,9 +63,7 @@ def test_stages_are_culled_least_critical_first(tmp_path):
     """Fixed keep-only-stage-k accuracies (a stub trainer): resnet_digits' stages keep 2,048 / 1,024 / 512
     ReLUs; over the all-linear 20 %, stage 3 adds least per log-ReLU, then stage 1, so the cull order is
     3, 1, 2 (neither stage order, ReLU order nor their reverse), and candidates cull 3, then 1 and 3."""
-    folder = tmp_path / "teacher"
-    save_model(create_model("resnet_digits"), folder, dataset="digits", method="baseline", accuracy=90.0)
-    teacher = load_teacher(folder, train_subset=64)
+    teacher = load_teacher(untrained_teacher(tmp_path / "teacher"), train_subset=64)
     accuracy = {(1, 2, 3): 20.0, (2, 3): 50.0, (1, 3): 80.0, (1, 2): 40.0}  # by culled stages
 
     def stub(model, desc):
@@ -91,11 +92,13 @@ def test_select_for_training_takes_the_largest_under_each_budget():
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
+    """A trained teacher (seconds): for the `integration` tests that train candidates."""
     folder = tmp_path_factory.mktemp("drd") / "resnet_digits"
     train_baseline("resnet_digits", "digits", folder, epochs=1, lr=0.05, batch_size=64, train_subset=128)
     return folder
 
 
+@pytest.mark.integration
 def test_deepreduce_end_to_end(teacher, tmp_path):
     budgets, outs = [2304, 230], [tmp_path / "d50", tmp_path / "d5"]
     cards = linearize_many("deepreduce", teacher, budgets, outs, epochs=1, criticality_epochs=1, per_budget=1,
@@ -120,11 +123,12 @@ def test_deepreduce_end_to_end(teacher, tmp_path):
     assert again.method_info["chosen"] == cards[1].method_info["chosen"] and again.accuracy == cards[1].accuracy
 
 
-def test_deepreduce_budget_below_smallest_candidate(teacher, tmp_path):
+def test_deepreduce_budget_below_smallest_candidate(tmp_path):
     with pytest.raises(ValueError, match="below DeepReDuce's smallest candidate \\(32 ReLUs\\)"):
-        linearize("deepreduce", teacher, 10, tmp_path / "x", stage_order=[1, 2, 3])
+        linearize("deepreduce", untrained_teacher(tmp_path / "teacher"), 10, tmp_path / "x", stage_order=[1, 2, 3])
 
 
+@pytest.mark.integration  # enumerates ResNet18's candidates
 def test_paper_config_trains_the_papers_configurations():
     """configs/resnet18_cifar100.yaml pins the paper's C100 stage order, so a dry run lists what DeepReDuce
     trains: the released C100 models' configurations among them (README: paper configs)."""
@@ -158,6 +162,7 @@ def test_equal_relus_rank_cull_then_thin_then_alpha_then_stem_stride_then_blocks
         "thin", "thin+alpha", "alpha", "stride", "blocks", "alpha+stride", "alpha+blocks", "stride+blocks"]
 
 
+@pytest.mark.integration
 def test_candidate_is_chosen_on_the_held_out_part_where_the_test_set_disagrees(teacher, tmp_path, monkeypatch):
     """Trained candidates whose held-out and test accuracies rank them in opposite orders (a stand-in trainer
     saves each untrained candidate with those accuracies): the budget's model is the held-out winner, and its
@@ -186,6 +191,7 @@ def test_candidate_is_chosen_on_the_held_out_part_where_the_test_set_disagrees(t
     assert card.method_info["chosen"] == held_winner and card.accuracy == accuracies[held_winner][0]
 
 
+@pytest.mark.integration
 def test_a_candidates_held_out_accuracy_is_measured_on_the_held_out_loader(teacher, tmp_path):
     """`train_candidate` reports the test accuracy and chooses by the held-out one: with held-out labels
     shifted by one class the two differ, and the held-out number is the model's accuracy on that loader."""

@@ -2,7 +2,8 @@
 
 Rounds and bytes are deterministic: each op of a program costs a fixed number of rounds
 and bytes per element under a protocol, so a model's totals follow from its program.
-Every CrypTen protocol states its per-op rounds below; a new protocol has to state them too.
+Every CrypTen protocol states its per-op rounds and bytes per ReLU in tests/helpers.py (ROUNDS,
+BYTES_PER_RELU); a new protocol has to state them too.
 """
 
 import math
@@ -10,50 +11,22 @@ import math
 import pytest
 
 from pibench.bench import BenchOptions, bench_models
-from pibench.modelfolder.folder import save_model
 from pibench.models import create_model
 from pibench.mpc.compiler import compile_model
-from pibench.mpc.program import INPUT, Op, Program
+from pibench.mpc.program import INPUT, Program
 from pibench.mpc.protocols import PROTOCOLS
 
-from test_mpc_program import NETS, randomize
+from helpers import BYTES_PER_RELU, ROUNDS, op_rounds, program_rounds, save, tiny_nets
 
-# Rounds (communicator calls) of one inference, per op, under CrypTen's protocols; the README's
-# "9 rounds per ReLU layer". A product with weights opens its input (dealer) or its Beaver
-# masks (tfp) in one round; a ReLU is a comparison (A2B, a carry circuit, B2A) and a product;
-# a 2x2 max pooling is a tree of 3 comparisons and multiplexers; sharing the input costs no
-# round, revealing the logits one.
-CRYPTEN_ROUNDS = {"input": 0, "output": 1, "conv": 1, "linear": 1, "affine": 1, "relu": 9, "add": 0, "flatten": 0,
-                  "avgpool": 0, ("maxpool", (2, 2)): 46}
-# crypten:fss: a ReLU layer opens x + r, evaluates its keys locally, then opens the masked DReLU bits:
-# two rounds; a 2x2 max pooling is a tree of ReLUs two levels deep (docs/fss.md).
-FSS_ROUNDS = {**CRYPTEN_ROUNDS, "relu": 2, ("maxpool", (2, 2)): 4}
-# crypten:gc: the client sends x - r0 (one round), weighted ops cost nothing online, a ReLU layer is one
-# round trip (the server's labels, the client's output colors: two messages), a 2x2 max pooling two of them.
-GC_ROUNDS = {**CRYPTEN_ROUNDS, "input": 1, "conv": 0, "linear": 0, "affine": 0, "relu": 2, ("maxpool", (2, 2)): 4}
-ROUNDS = {"crypten:dealer": CRYPTEN_ROUNDS, "crypten:tfp": CRYPTEN_ROUNDS, "crypten:fss": FSS_ROUNDS,
-          "crypten:gc": GC_ROUNDS}
-# Online bytes per kept ReLU per party, sent + received (README): CrypTen's comparison, one opened ring element,
-# or (gc) 32 labels of 16 B and 64 output bits
-BYTES_PER_RELU = {"crypten:dealer": 464, "crypten:tfp": 464, "crypten:fss": 16, "crypten:gc": 520}
 # crypten:fss opens one bit per ReLU too, 64 to an 8-byte word per layer, sent + received (docs/fss.md)
 BYTES_PER_BIT_WORD = {"crypten:dealer": 0, "crypten:tfp": 0, "crypten:fss": 16, "crypten:gc": 0}
 
 
 def relu_layer_bytes(protocol: str, relus: int) -> int:
     return BYTES_PER_RELU[protocol] * relus + BYTES_PER_BIT_WORD[protocol] * -(-relus // 64)
+
+
 BYTES_PER_OPENED = 16  # a weights-fixed product opens 8 bytes per input element, sent and received (README)
-
-
-def op_rounds(protocol: str, kind: str, op: Op | None = None) -> int:
-    table = ROUNDS[protocol]
-    return table[(kind, tuple(op.attrs["kernel"]))] if kind == "maxpool" else table[kind]
-
-
-def program_rounds(program: Program, protocol: str) -> int:
-    """One inference's rounds from the program: input, every op, output."""
-    return (op_rounds(protocol, "input") + sum(op_rounds(protocol, op.kind, op) for op in program.ops)
-            + op_rounds(protocol, "output"))
 
 
 # The ops whose weights multiply a shared input (README): a conv's and a linear layer's weight, a stand-alone
@@ -76,13 +49,7 @@ def test_every_crypten_protocol_states_its_round_costs():
 def folders(tmp_path_factory):
     """The test nets (ResNet, VGG with max and avg pooling, pre-activation WRN) with random partial masks."""
     root = tmp_path_factory.mktemp("costs")
-    out = {}
-    for i, (net, kwargs) in enumerate(sorted(NETS.items())):
-        kwargs = dict(kwargs)
-        model = randomize(create_model(kwargs.pop("name"), **kwargs), seed=i)
-        save_model(model, root / net, dataset="digits", method="test", budget=None, accuracy=None)
-        out[net] = (str(root / net), compile_model(model))
-    return out
+    return {net: (save(root, net, model), compile_model(model)) for net, model in tiny_nets().items()}
 
 
 @pytest.mark.parametrize("protocol", sorted(ROUNDS))

@@ -4,20 +4,19 @@ circuit reads (see pibench.mpc.crypten.gc_backend)."""
 
 import math
 
-
 from pibench.bench import BenchOptions, bench_models
-from pibench.models import create_model
 from pibench.mpc.fss.relu import ReluKey
 from pibench.mpc.gc import circuits, iknp
 from pibench.mpc.gc import relu as gc_relu
+from pibench.mpc.protocols import PROTOCOLS
 
-from test_mpc_parties import save, with_density
-from test_mpc_program import NETS, randomize
+from helpers import density_sweep, save, tiny_nets, with_density
 
 LABEL_BYTES = 16
 ONLINE_BYTES_PER_RELU = gc_relu.DEFAULT_BITS * LABEL_BYTES + 8  # the server's labels + 64 output colors
 INPUT_BYTES = 8  # per element of the first layer's input: x - r0
 WEIGHTED = ("conv", "linear", "affine")
+TOLERANCE = PROTOCOLS.get("crypten:gc").logit_tolerance  # the largest logit error, and why: pibench.mpc.protocols
 
 
 def options(**kw) -> BenchOptions:
@@ -30,17 +29,14 @@ def test_online_bytes_per_relu_are_the_labels_of_the_servers_share_and_the_outpu
 
 
 def test_gc_nets_match_plaintext_with_free_weighted_layers(tmp_path):
-    folders = []
-    for i, (net, kwargs) in enumerate(sorted(NETS.items())):
-        kwargs = dict(kwargs)
-        folders.append(save(tmp_path, net, randomize(create_model(kwargs.pop("name"), **kwargs), seed=i)))
+    folders = [save(tmp_path, net, model) for net, model in tiny_nets().items()]
     batch = 4
     results = {r.model: r for r in bench_models(folders, options(repeats=1, batch=batch, samples=8))}
     for name, r in results.items():
         row = r.rows[0]
         assert row.error == "", row.error
         assert row.protocol == "crypten:gc" and row.mpc_samples == 8
-        assert row.max_logit_error < 1e-2 and row.mpc_agreement == 1.0, name
+        assert row.max_logit_error < TOLERANCE and row.mpc_agreement == 1.0, name
         assert row.linear_bytes == 0
         layers = r.layers
         assert layers[0].op == "input" and layers[0].rounds == 1
@@ -59,13 +55,7 @@ def test_gc_nets_match_plaintext_with_free_weighted_layers(tmp_path):
 
 
 def test_online_bytes_grow_by_520_per_kept_relu_and_removed_relus_cost_nothing(tmp_path):
-    densities = [0.0, 0.25, 0.5, 1.0]
-    folders = [save(tmp_path, f"d{int(d * 100)}", with_density(d, i)) for i, d in enumerate(densities)]
-    results = list(bench_models(folders, options(repeats=1, samples=0)))
-    assert all(r.error == "" for r in results)
-    relus = [r.rows[0].relus for r in results]
-    online = [r.rows[0].bytes_per_party for r in results]
-    assert relus[0] == 0 and relus[-1] == 4608
+    results, relus, online = density_sweep(tmp_path, "crypten:gc")
     assert [r.rows[0].relu_bytes for r in results] == [ONLINE_BYTES_PER_RELU * n for n in relus]
     for n, b in zip(relus, online):
         assert b - online[0] == ONLINE_BYTES_PER_RELU * n

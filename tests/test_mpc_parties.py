@@ -6,54 +6,33 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from pibench.bench import BenchOptions, _client_view, bench_models
 from pibench.results import write_result
-from pibench.modelfolder.folder import WEIGHTS_FILE, save_model
+from pibench.modelfolder.folder import WEIGHTS_FILE
 from pibench.modelfolder.spec import model_inputs, server_model
 from pibench.models import create_model
 from pibench.mpc.parties.launch import PartyError, Session, SessionConfig, free_port
 from pibench.mpc.compiler import compile_model
 from pibench.mpc.program import INPUT
 from pibench.mpc.protocols import PROTOCOLS
-from pibench.relu import masked_relus
 from pibench.results import load_layers, load_results
 
-from test_mpc_costs import BYTES_PER_RELU, program_rounds
-from test_mpc_program import NETS, randomize
+from helpers import (AUDIT_WRAPPER, BYTES_PER_RELU, NETS, density_sweep, kill_party_mid_run, program_rounds, randomize,
+                     run_cli, save, tiny_nets)
 
 DEALER_BYTES_PER_RELU = BYTES_PER_RELU["crypten:dealer"]
 
-# CrypTen's fixed point has 16 fractional bits (steps of 1.5e-5); the measured logit error of
-# these nets is ~1e-4 (the README's table: <= 1.7e-4), from truncations after each product.
-# 1e-3 leaves room for deeper nets and still fails on a wrong sign, scale or decoding.
-LOGIT_ERROR = 1e-3
-
-
-def save(tmp_path, name, model, dataset="digits"):
-    save_model(model, tmp_path / name, dataset=dataset, method="test", budget=None, accuracy=None)
-    return str(tmp_path / name)
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+# every logit check here is of a crypten:dealer run: its tolerance, and why, in pibench.mpc.protocols
+LOGIT_ERROR = PROTOCOLS.get("crypten:dealer").logit_tolerance
 
 
 def test_masked_nets_match_plaintext_in_mpc(tmp_path):
-    folders = []
-    for i, (net, kwargs) in enumerate(sorted(NETS.items())):
-        kwargs = dict(kwargs)
-        folders.append(save(tmp_path, net, randomize(create_model(kwargs.pop("name"), **kwargs), seed=i)))
+    folders = [save(tmp_path, net, model) for net, model in tiny_nets().items()]
     results = list(bench_models(folders, BenchOptions(repeats=1, batch=16, samples=32)))
     assert [r.model for r in results] == sorted(NETS)
     for r in results:
@@ -98,27 +77,9 @@ def test_fewer_samples_than_a_batch_are_checked_on_the_clients_inputs(tmp_path):
     assert row.max_logit_error < LOGIT_ERROR and row.mpc_agreement == 1.0
 
 
-def with_density(density: float, seed: int):
-    """resnet_digits with exactly round(density * size) kept ReLUs per layer."""
-    model = randomize(create_model("resnet_digits"), seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    for layer in masked_relus(model).values():
-        n = layer.mask.numel()
-        keep = torch.zeros(n, dtype=torch.bool)
-        keep[torch.randperm(n, generator=g)[: round(density * n)]] = True
-        layer.mask = keep.view(layer.mask.shape)
-    return model
-
-
 def test_bytes_grow_by_464_per_kept_relu(tmp_path):
-    densities = [0.0, 0.1, 0.25, 0.5, 0.75, 1.0]
-    folders = [save(tmp_path, f"d{int(d * 100)}", with_density(d, i)) for i, d in enumerate(densities)]
-    results = list(bench_models(folders, BenchOptions(repeats=1, samples=0)))
-    assert all(r.error == "" for r in results)
-    relus = [int(r.rows[0].relus) for r in results]
-    sent = [int(r.rows[0].bytes_per_party) for r in results]
+    results, relus, sent = density_sweep(tmp_path, "crypten:dealer", densities=(0.0, 0.1, 0.25, 0.5, 0.75, 1.0))
     assert [r.rows[0].relu_bytes for r in results][0] == 0
-    assert relus[0] == 0 and relus[-1] == 4608
     # no ReLU op at all when every mask is false: the all-false layers cost nothing
     assert [l.op for l in results[0].layers].count("relu") == 0
     # the protocol is deterministic: every kept ReLU adds exactly 464 bytes, nothing else changes
@@ -196,20 +157,6 @@ def test_revealed_logits_decode_exactly_between_two_parties():
     assert outs[1].startswith("OUT None")  # the server learns nothing
 
 
-AUDIT_WRAPPER = textwrap.dedent(
-    """
-    import runpy, sys
-    log = open(sys.argv[1], "a", buffering=1)
-    def hook(event, args):
-        if event == "open" and isinstance(args[0], (str, bytes)):
-            log.write(str(args[0]) + "\\n")
-    sys.addaudithook(hook)
-    sys.argv = ["pibench"] + sys.argv[sys.argv.index("pibench.cli") + 1:]
-    runpy.run_module("pibench.cli", run_name="__main__")
-    """
-)
-
-
 def test_client_never_opens_the_weights_file(tmp_path):
     folder = save(tmp_path, "private", randomize(create_model("cnn_digits"), seed=3))
     opened = tmp_path / "client_opens.txt"
@@ -238,20 +185,6 @@ def test_killing_a_party_mid_run_fails_fast_without_orphans():
     kill_party_mid_run(SessionConfig(job_timeout=300))
 
 
-def kill_party_mid_run(cfg: SessionConfig, role: str = "server", after_s: float = 2.0) -> None:
-    """Kill a party `after_s` into a long job: the session fails within a minute and every party is gone."""
-    session = Session(cfg)
-    session.start()
-    pids = session.pids()
-    killer = threading.Timer(after_s, lambda: os.kill(pids[role], 9))
-    killer.start()
-    t0 = time.monotonic()
-    with pytest.raises(PartyError, match=f"{role} party .* exited"):
-        session.run({"model": "resnet18", "repeats": 20, "batch": 1, "samples": 1, "seed": 0, "data_dir": None})
-    assert time.monotonic() - t0 < 60
-    assert all(gone(pid) for pid in pids.values())
-
-
 def test_party_that_never_connects_times_out_with_a_clear_message():
     sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
     session = Session(SessionConfig(prefixes={"server": sleeper}, connect_timeout=8))
@@ -276,11 +209,8 @@ def test_failed_model_gets_an_error_row_and_the_run_goes_on(tmp_path):
 
 
 def test_bench_cli_json_and_csv(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "pibench.cli", "bench", "resnet_digits", "--repeats", "2", "--network", "lan,dsl:50:20",
-         "--out", str(tmp_path), "--run-id", "t1", "--json"],
-        capture_output=True, text=True, timeout=300,
-    )
+    out = run_cli("bench", "resnet_digits", "--repeats", "2", "--network", "lan,dsl:50:20", "--out", str(tmp_path),
+                  "--run-id", "t1", "--json", timeout=300)
     assert out.returncode == 0, out.stderr
     (summary,) = json.loads(out.stdout)
     assert summary["relus"] == 4608 and summary["rounds"] == 74 and summary["agreement"] == 1.0

@@ -13,33 +13,12 @@ from pibench.mpc.program import CompileError
 from pibench.relu import MaskedReLU, masked_relus
 from pibench.results import LayerRow, ResultRow, append_rows, load_results
 
-
-def randomize(model: nn.Module, density: float = 0.5, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and random partial masks (what a trained, linearized model has)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-    for layer in masked_relus(model).values():
-        layer.mask = torch.rand(layer.mask.shape, generator=g) < density
-    return model.eval()
-
-
-NETS = {
-    "resnet": dict(name="resnet_digits"),
-    "vgg_max": dict(name="cnn_digits", pool="max"),
-    "vgg_avg": dict(name="cnn_digits", pool="avg"),
-    "wrn_preact": dict(name="wrn22_8", depth=10, width=1, in_chans=1, input_size=8, num_classes=10),
-}
+from helpers import NETS, WithGelu, randomize, tiny_net
 
 
 @pytest.mark.parametrize("net", sorted(NETS))
 def test_program_computes_the_model(net):
-    kwargs = dict(NETS[net])
-    model = randomize(create_model(kwargs.pop("name"), **kwargs))
+    model = tiny_net(net)
     program = compile_model(model)
     x = torch.randn(4, *program.input_shape)
     with torch.no_grad():
@@ -48,7 +27,7 @@ def test_program_computes_the_model(net):
 
 
 def test_batchnorm_folds_into_conv_and_preactivation_bn_is_affine():
-    model = randomize(create_model("wrn22_8", depth=10, width=1, in_chans=1, input_size=8, num_classes=10))
+    model = tiny_net("wrn_preact")
     kinds = [op.kind for op in compile_model(model).ops]
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     folded = [n for n in compile_model(model).notes if n.startswith("folded")]
@@ -91,16 +70,6 @@ def test_public_program_has_no_weights_but_the_same_fingerprint():
     assert public.fingerprint() == program.fingerprint()
     other = compile_model(randomize(create_model("resnet_digits"), seed=1))
     assert other.fingerprint() != program.fingerprint()  # different masks, different protocol
-
-
-class WithGelu(nn.Module):
-    def __init__(self, in_chans: int = 1):
-        super().__init__()
-        self.conv = nn.Conv2d(in_chans, 4, 3)
-        self.act = nn.GELU()
-
-    def forward(self, x):
-        return self.act(self.conv(x)).flatten(1)
 
 
 class WithBatchCat(nn.Module):

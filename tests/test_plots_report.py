@@ -1,4 +1,8 @@
-"""Figures and report from a small hand-made run folder."""
+"""Figures and report from a small hand-made run folder.
+
+Writing every figure as PNG and PDF takes seconds (matplotlib's drawing, whatever the data's size): those tests
+are `integration`; the others check the figures drawn in memory.
+"""
 
 import pandas as pd
 import pytest
@@ -107,6 +111,7 @@ def fixture_run(run_dir, cost_only=False, netns=False, protocols=("crypten:deale
     return run_dir
 
 
+@pytest.mark.integration
 def test_every_figure_is_written_non_empty(tmp_path):
     run = fixture_run(tmp_path / "run", protocols=("crypten:dealer", "crypten:fss"))
     written = plot_run(run)
@@ -117,6 +122,7 @@ def test_every_figure_is_written_non_empty(tmp_path):
             assert path.stat().st_size > 1000
 
 
+@pytest.mark.integration
 def test_paper_anchors_are_plotted(tmp_path):
     run = fixture_run(tmp_path / "run")
     anchors = tmp_path / "anchors.csv"
@@ -124,11 +130,13 @@ def test_paper_anchors_are_plotted(tmp_path):
     assert run / "figures" / "accuracy_vs_relus.png" in plot_run(run, anchors=anchors)
 
 
+@pytest.mark.integration
 def test_netns_run_draws_measured_latency_per_network(tmp_path):
     run = fixture_run(tmp_path / "run", netns=True)
     assert run / "figures" / "latency_vs_relus.png" in plot_run(run)
 
 
+@pytest.mark.integration
 def test_cost_only_run_skips_accuracy_figures(tmp_path):
     run = fixture_run(tmp_path / "run", cost_only=True)
     names = {p.stem for p in plot_run(run)}
@@ -136,6 +144,7 @@ def test_cost_only_run_skips_accuracy_figures(tmp_path):
                      "layer_breakdown"}
 
 
+@pytest.mark.integration
 def test_two_protocols_side_by_side_in_figures_and_report(tmp_path):
     run = fixture_run(tmp_path / "run", protocols=("crypten:dealer", "crypten:tfp", "spu:cheetah"))
     assert {p.stem for p in plot_run(run)} == set(FIGURES)
@@ -149,6 +158,7 @@ def test_two_protocols_side_by_side_in_figures_and_report(tmp_path):
     assert tfp_line.endswith("| 0.62 | 40 |  |  |")
 
 
+@pytest.mark.integration
 def test_report_compares_two_protocols_and_explains_why(tmp_path):
     run, _, _ = two_by_two(tmp_path)
     extra = load_results(run).query("model == 'drd_5'").assign(run_id="second")  # a later run into the same folder
@@ -172,6 +182,7 @@ def test_report_compares_two_protocols_and_explains_why(tmp_path):
     assert "## Protocols compared" not in write_report(fixture_run(tmp_path / "one"), replot=False).read_text()
 
 
+@pytest.mark.integration
 def test_results_of_older_versions_load_plot_and_report(tmp_path):
     """A results.csv from before the protocol columns (CrypTen `provider`, no offline_s, no client storage) still
     works; the storage figure is skipped."""
@@ -188,6 +199,7 @@ def test_results_of_older_versions_load_plot_and_report(tmp_path):
     assert "**(not secure: benchmark only)**" in write_report(run).read_text()
 
 
+@pytest.mark.integration
 def test_report_tables_and_figures(tmp_path):
     run = fixture_run(tmp_path / "run")
     text = write_report(run).read_text()
@@ -248,7 +260,13 @@ def two_by_two(tmp_path):
     return run, results, draw_figures(results, layers)
 
 
-def test_a_method_keeps_one_look_in_every_figure(tmp_path):
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    """two_by_two's run, results and figures, drawn once for the tests that only read them."""
+    return two_by_two(tmp_path_factory.mktemp("two_by_two"))
+
+
+def test_a_method_keeps_one_look_in_every_figure(tmp_path, drawn):
     """A method's colour and marker are the same in every figure of every run, whatever the protocols."""
     from pibench.report.plots import draw_figures
     from pibench.report.rows import with_series
@@ -258,7 +276,7 @@ def test_a_method_keeps_one_look_in_every_figure(tmp_path):
     run = fixture_run(tmp_path / "run")
     results, layers = with_series(load_results(run), load_layers(run))
     results.loc[results["method"] == "baseline", "accuracy"] = None  # the accuracy figures lack the baseline
-    figures = {**draw_figures(results, layers), **{f"two:{k}": v for k, v in two_by_two(tmp_path)[2].items()}}
+    figures = {**draw_figures(results, layers), **{f"two:{k}": v for k, v in drawn[2].items()}}
     looks: dict[str, set] = {}
     drawn_in: dict[str, set] = {}
     for name, fig in figures.items():
@@ -285,10 +303,10 @@ def test_a_method_keeps_one_look_in_every_figure(tmp_path):
     assert {ax.get_yscale() for ax in fig.axes} == {"linear"} or len({ax.get_yscale() for ax in fig.axes}) == 1
 
 
-def test_accuracy_is_drawn_once_per_method_whatever_the_protocols(tmp_path):
+def test_accuracy_is_drawn_once_per_method_whatever_the_protocols(drawn):
     from pibench.report.style import METHOD_LOOKS
 
-    _, _, figures = two_by_two(tmp_path)
+    _, _, figures = drawn
     series = series_artists(figures["accuracy_vs_relus"])
     assert sorted(series) == ["baseline", "deepreduce", "senet"]  # no protocol: one series per method
     for method, artists in series.items():
@@ -300,10 +318,10 @@ def test_accuracy_is_drawn_once_per_method_whatever_the_protocols(tmp_path):
     assert sum(len(line.get_xdata()) for line in drd) == 2
 
 
-def test_latency_has_error_bars_and_names_the_protocol(tmp_path):
+def test_latency_has_error_bars_and_names_the_protocol(drawn):
     from pibench.report.style import METHOD_LOOKS, PROTOCOL_LINES
 
-    _, results, figures = two_by_two(tmp_path)
+    _, results, figures = drawn
     series = series_artists(figures["latency_vs_relus"])
     assert {"deepreduce · crypten:dealer", "deepreduce · crypten:fss", "senet · crypten:dealer",
             "senet · crypten:fss"} <= set(series)
@@ -325,14 +343,14 @@ def test_latency_has_error_bars_and_names_the_protocol(tmp_path):
                 assert all(s[1][1] > s[0][1] for s in segments)
 
 
-def test_protocol_comparison_figure_only_with_several_protocols(tmp_path):
+def test_protocol_comparison_figure_only_with_several_protocols(tmp_path, drawn):
     from matplotlib.colors import to_hex
 
     from pibench.report.plots import draw_figures
     from pibench.report.rows import with_series
     from pibench.report.style import protocol_color
 
-    run, _, figures = two_by_two(tmp_path)
+    _, _, figures = drawn
     fig = figures["protocol_costs"]
     legend = fig.legends[0]
     names = [t.get_text() for t in legend.get_texts()]
@@ -353,6 +371,7 @@ def test_protocol_comparison_figure_only_with_several_protocols(tmp_path):
     assert "protocol_costs" not in draw_figures(one, None)
 
 
+@pytest.mark.integration
 def test_client_storage_against_relus_one_series_per_protocol(tmp_path):
     """y is the column in MB, per protocol in its colour and line style; a protocol that stores nothing is named."""
     from matplotlib.lines import Line2D
@@ -395,8 +414,8 @@ def test_storage_figure_is_skipped_without_client_storage(tmp_path, storage):
     assert "storage_vs_relus" not in figures and "protocol_costs" in figures
 
 
-def test_online_and_offline_bytes_are_never_stacked(tmp_path):
-    _, _, figures = two_by_two(tmp_path)
+def test_online_and_offline_bytes_are_never_stacked(drawn):
+    _, _, figures = drawn
     ax_time, ax_bytes = figures["online_vs_offline"].axes
     assert {p.get_x() for p in ax_bytes.patches} == {0}  # side by side, each bar from zero
     assert [t.get_text() for t in ax_bytes.get_legend().get_texts()] == [

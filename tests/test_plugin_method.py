@@ -12,6 +12,7 @@ from helpers import ROOT, run_cli
 from pibench.train import train_baseline
 
 PLUGIN = ROOT / "examples" / "uniform_random"
+pytestmark = pytest.mark.integration  # pip installs the plug-in, trains a teacher, runs the CLI
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,8 @@ from pibench.sweep.parts import PARTS_DIR, merge_parts, write_part
 from pibench.results import (LAYERS_FILE, LOCK_FILE, RESULTS_FILE, FolderInUse, LayerRow, ResultRow, append_rows,
                              load_layers, load_results, results_lock)
 
-PIBENCH = [sys.executable, "-m", "pibench.cli"]
+from helpers import run_cli
+
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (root)")
 
 
@@ -84,11 +85,12 @@ def test_a_glued_row_left_by_an_older_pibench_is_dropped_naming_the_file_and_lin
                      caplog.text)
 
 
+@pytest.mark.integration
 def test_an_unreadable_csv_names_the_file(tmp_path):
     (tmp_path / RESULTS_FILE).write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ValueError, match=f"{tmp_path / RESULTS_FILE}: not a readable results CSV"):
         load_results(tmp_path)
-    out = subprocess.run(PIBENCH + ["report", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    out = run_cli("report", str(tmp_path), timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         f"pibench report: error: {tmp_path / RESULTS_FILE}: not a readable results CSV "
@@ -132,6 +134,7 @@ except OSError as e:
 """
 
 
+@pytest.mark.integration
 def test_a_write_cut_short_leaves_the_csv_as_it_was(tmp_path):
     """The full-disk test's twin for any user: a file-size limit (RLIMIT_FSIZE) cuts the write short. The CSV
     is written whole next to the old one and renamed over it, so the old file is intact and no temporary
@@ -164,11 +167,11 @@ def sweep(tmp_path: Path, run: str, results_dir: Path) -> subprocess.CompletedPr
     config = tmp_path / f"{run}.yaml"
     config.write_text(yaml.safe_dump({**SWEEP, "run": run, "results_dir": str(results_dir),
                                       "models_dir": str(tmp_path / "models")}))
-    return subprocess.run(PIBENCH + ["sweep", str(config), "--no-report"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=900)
+    return run_cli("sweep", str(config), "--no-report", cwd=tmp_path, timeout=900)
 
 
 @needs_root
+@pytest.mark.parties
 def test_a_sweep_that_fills_the_disk_resumes_to_a_clean_runs_rows(tmp_path, small_disk):
     full = sweep(tmp_path, "full", small_disk.path)
     assert full.returncode == 2, full.stderr[-3000:]
@@ -197,6 +200,7 @@ def test_a_sweep_that_fills_the_disk_resumes_to_a_clean_runs_rows(tmp_path, smal
 
 
 # -- one writer per folder ----------------------------------------------------------------------------
+@pytest.mark.integration
 def test_a_second_writer_stops_naming_the_first(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pibench.results import results_lock\n"
                                f"with results_lock({str(tmp_path)!r}):\n    print('held', flush=True)\n"
@@ -206,8 +210,7 @@ def test_a_second_writer_stops_naming_the_first(tmp_path):
         with pytest.raises(FolderInUse, match=rf"{tmp_path}: in use by pid {holder.pid} on "):
             with results_lock(tmp_path):
                 pass
-        out = subprocess.run(PIBENCH + ["bench", "cnn_digits", "--out", str(tmp_path)], capture_output=True,
-                             text=True, timeout=120)
+        out = run_cli("bench", "cnn_digits", "--out", str(tmp_path), timeout=120)
         assert out.returncode == 2
         (line,) = out.stderr.strip().splitlines()
         assert line.startswith(f"pibench bench: error: {tmp_path}: in use by pid {holder.pid} on ")

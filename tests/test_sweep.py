@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from pibench.mpc.protocols import PROTOCOLS
 from pibench.sweep.config import ConfigError, load_config
 from pibench.results import LAYER_COLUMNS, RESULT_COLUMNS
 
@@ -202,3 +203,9 @@ def test_entries_that_share_a_job_make_it_once(tmp_path):
     raw["experiments"][1]["teacher"] = {"epochs": 2}
     with pytest.raises(ConfigError, match="two entries make teacher:digits_resnet_digits_baseline"):
         sweep_graph(load_config(write(tmp_path, raw)), in_process=False)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS.names())
+def test_every_protocol_of_the_table_can_be_named_in_a_sweep(tmp_path, protocol):
+    cfg = load_config(write(tmp_path, {**GOOD, "protocols": ["crypten:dealer", protocol]}))
+    assert cfg.protocols == list(dict.fromkeys(["crypten:dealer", protocol]))

@@ -25,6 +25,7 @@ def _loaders():
     return make_loaders("digits", batch_size=32, seed=0, train_subset=256)
 
 
+@pytest.mark.integration
 def test_fit_learns_digits():
     train, test = _loaders()
     model = create_model("resnet_digits")
@@ -52,6 +53,7 @@ class _Crash(Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.integration
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     cfg = TrainConfig(epochs=3, lr=0.05)
     torch.manual_seed(0)
@@ -72,6 +74,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
         assert torch.allclose(v.float(), resumed.state_dict()[k].float(), atol=1e-6), k
 
 
+@pytest.mark.integration
 def test_train_baseline_writes_a_model_folder(tmp_path):
     card = train_baseline("cnn_digits", "digits", tmp_path / "base", epochs=1, lr=0.05, batch_size=64, train_subset=128)
     assert card.dataset == "digits" and card.method == "baseline" and card.relus == 4096
@@ -81,6 +84,7 @@ def test_train_baseline_writes_a_model_folder(tmp_path):
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
+@pytest.mark.integration
 def test_train_baseline_upsampled_digits(tmp_path):
     card = train_baseline(
         "resnet_digits", "digits", tmp_path / "b16", epochs=1, batch_size=64, train_subset=64, arch_kwargs={"input_size": 16}
@@ -97,6 +101,7 @@ class _Epochs(Callback):
         return False
 
 
+@pytest.mark.integration
 def test_checkpoint_of_another_run_is_not_resumed(tmp_path):
     cfg, ckpt = TrainConfig(epochs=1, lr=0.05), tmp_path / "run.pt"
     fit(create_model("cnn_digits"), *_loaders(), cfg, checkpoint=ckpt, device="cpu", run_key="budget 100")

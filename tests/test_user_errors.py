@@ -21,16 +21,18 @@ from pibench.mpc.program import CompileError
 from pibench.mpc.rewrites import dropped_final
 from pibench.modelfolder.spec import server_model
 
+from helpers import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def sweep(tmp_path: Path, experiment: dict) -> subprocess.CompletedProcess:
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"run": "r", "experiments": [experiment]}))
-    return subprocess.run([sys.executable, "-m", "pibench.cli", "sweep", str(config)], capture_output=True,
-                          text=True, timeout=300, cwd=tmp_path)
+    return run_cli("sweep", str(config), cwd=tmp_path, timeout=300)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("data_dir, says", [
     ("data", "experiments[0].data_dir: no cifar-100-python/ in data (looked for {cwd}/data/cifar-100-python); unpack "
              "cifar100 there, or set data_dir to the folder that holds cifar-100-python/"),
