@@ -12,6 +12,8 @@ from pibench.mpc.gc import iknp, labels, relu
 
 RELUS = 100_000
 BITS = relu.DEFAULT_BITS
+GARBLE_BOUND_US = 30  # per ReLU, the median of the runs
+EVALUATE_BOUND_US = 20
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +32,19 @@ def layer():
 def test_gc_garble(benchmark, layer):
     _, _, _, delta, client_zero, *_ = layer
     result = benchmark.pedantic(relu.garble, args=(client_zero, delta, BITS), rounds=3, iterations=1)
-    benchmark.extra_info.update(relus=RELUS, us_per_relu=benchmark.stats["median"] / RELUS * 1e6,
-                                table_bytes_per_relu=result[1].nbytes / RELUS)
+    us_per_relu = benchmark.stats["median"] / RELUS * 1e6
+    benchmark.extra_info.update(relus=RELUS, us_per_relu=us_per_relu, table_bytes_per_relu=result[1].nbytes / RELUS)
+    assert us_per_relu <= GARBLE_BOUND_US, f"garbling takes {us_per_relu:.1f} us per ReLU"
 
 
 def test_gc_evaluate(benchmark, layer):
     x, r, mask, _, _, garbled, tables, client = layer
     server = garbled.encode(x.view(np.uint64) - r)
     colors = benchmark.pedantic(relu.evaluate, args=(tables, server, *client, mask), rounds=3, iterations=1)
-    benchmark.extra_info.update(relus=RELUS, us_per_relu=benchmark.stats["median"] / RELUS * 1e6)
+    us_per_relu = benchmark.stats["median"] / RELUS * 1e6
+    benchmark.extra_info.update(relus=RELUS, us_per_relu=us_per_relu)
     assert np.array_equal((garbled.decode_output(colors) + mask).view(np.int64), np.maximum(x, 0))
+    assert us_per_relu <= EVALUATE_BOUND_US, f"evaluation takes {us_per_relu:.1f} us per ReLU"
 
 
 def test_gc_ot_extension(benchmark):

@@ -10,6 +10,14 @@ Two markers in a page's markdown are replaced when the site is built:
                                        its type and the comment it is declared with
 
 A column declared without a comment is an error: the schema is the documentation.
+
+The README, which GitHub shows as it is, holds its tables under a third marker that stays in
+place, followed by the table it names, some of a committed CSV's columns:
+
+    <!-- table: data/NAME.csv group=N columns="model|ReLUs|protocol" -->
+
+`python docs/hooks.py README.md` rewrites each such table from its CSV, and a test checks
+that the README's tables are what their CSVs say.
 """
 
 from __future__ import annotations
@@ -24,10 +32,16 @@ DOCS = ROOT / "docs"
 MARKER = re.compile(r"<!-- (csv|columns): (\S+)(?: group=(\d+))? -->")
 
 
-def render_csv(path: Path, group: int = 0) -> str:
-    """A CSV file as a markdown table."""
+def render_csv(path: Path, group: int = 0, columns: list[str] | None = None) -> str:
+    """A CSV file as a markdown table (only `columns`, in that order, when given)."""
     with open(path, newline="") as f:
         header, *rows = list(csv.reader(f))
+    if columns is not None:
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise ValueError(f"{path.name} has no column(s) {', '.join(missing)}; it has {', '.join(header)}")
+        keep = [header.index(c) for c in columns]
+        header, rows = columns, [[row[i] for i in keep] for row in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     previous: list[str] = []
     for row in rows:
@@ -95,5 +109,23 @@ def expand(markdown: str) -> str:
     return MARKER.sub(replace, markdown)
 
 
+TABLE_VIEW = re.compile(r'(<!-- table: (\S+) group=(\d+) columns="([^"]+)" -->\n\n)((?:\|[^\n]*\n)*)')
+
+
+def refresh_tables(markdown: str) -> str:
+    """The page with the table under each `<!-- table: ... -->` marker made again from its CSV."""
+    def replace(match: re.Match) -> str:
+        marker, target, group, columns, _ = match.groups()
+        return marker + render_csv(DOCS / target, int(group), columns.split("|")) + "\n"
+
+    return TABLE_VIEW.sub(replace, markdown)
+
+
 def on_page_markdown(markdown: str, **_: object) -> str:
     return expand(markdown)
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:]:
+        page = Path(name)
+        page.write_text(refresh_tables(page.read_text()))

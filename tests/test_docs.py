@@ -131,3 +131,10 @@ def test_every_measurement_csv_is_rendered_on_a_page():
     assert used == committed
     table = module.render_csv(ROOT / "docs" / "data" / "bench_protocols.csv", group=2)
     assert "| resnet18 | 557,056 | crypten:tfp |" in table and "|  |  | crypten:dealer |" in table
+
+
+def test_the_readmes_tables_are_what_their_csvs_say():
+    module = hooks()
+    readme = (ROOT / "README.md").read_text()
+    assert module.TABLE_VIEW.search(readme), "README.md lost its <!-- table: ... --> marker"
+    assert module.refresh_tables(readme) == readme, "a README table differs from its CSV: python docs/hooks.py README.md"

@@ -1,12 +1,12 @@
 """The measurement pages' tables, made from runs' results.csv files so that a later run regenerates them.
 
     python docs/data/tables.py protocols RUN_DIR [RUN_DIR ...] > docs/data/bench_protocols.csv
-    python docs/data/tables.py readme RUN_DIR [RUN_DIR ...] > docs/data/protocols_readme.csv
     python docs/data/tables.py cost_paper results/cost_paper > docs/data/cost_paper.csv
 
 Each row is one model under one protocol, read from its `lan` row (the loopback measurement)
 and its `wan` row's projection; the newest row wins where a run measured a model twice.
-Sizes are MB (10^6 bytes), times seconds, as measured (rounded for reading).
+Sizes are MB (10^6 bytes), times seconds, as measured (rounded for reading). The README's
+table is some of bench_protocols.csv's columns (`python docs/hooks.py README.md` refreshes it).
 """
 
 from __future__ import annotations
@@ -51,13 +51,6 @@ def protocols_table(rows: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def readme_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """The README's summary: what decides the cost under each protocol, in seven columns."""
-    full = protocols_table(rows)
-    return full[["model", "ReLUs", "protocol", "online s", "online MB/party", "rounds", "offline s",
-                 "client storage MB", "WAN projected s"]]
-
-
 def cost_paper_table(rows: pd.DataFrame) -> pd.DataFrame:
     """The paper-scale sweep (docs/measurements/cost-paper.md)."""
     full = protocols_table(rows)
@@ -65,7 +58,7 @@ def cost_paper_table(rows: pd.DataFrame) -> pd.DataFrame:
                  "rounds", "offline s", "offline MB client", "offline MB server", "client storage MB"]]
 
 
-TABLES = {"protocols": protocols_table, "readme": readme_table, "cost_paper": cost_paper_table}
+TABLES = {"protocols": protocols_table, "cost_paper": cost_paper_table}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -50,6 +50,7 @@ class SpuParty(Party):
         self.role, self.rank = role, ROLES[role]
         self.models, self.sink = models, sink
         self.link = self.meter = link
+        self.provider = None  # no dealer: SPU's protocols make their correlations themselves
         cfg = runtime_config(protocol)
         self.runtime = spu.Runtime(link.context, cfg)
         self.io = spu.Io(2, cfg)
