@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from helpers import gone
+
 pytestmark = pytest.mark.slurm
 
 CLUSTER = Path(__file__).parent / "slurm" / "cluster.sh"
@@ -41,14 +43,6 @@ SAME = ["model", "method", "budget", "relus", "macs", "bytes_per_party", "rounds
         "mpc_accuracy", "network", "error"]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     """Start the cluster; stop it after the tests, checking that no daemon it started is left."""
@@ -63,7 +57,7 @@ def slurm(tmp_path_factory):
         yield env, folder
     finally:
         subprocess.run([CLUSTER, "stop", folder], env=env, timeout=120)
-    assert not [pid for pid in pids if _alive(pid)], "a Slurm daemon outlived cluster.sh stop"
+    assert not [pid for pid in pids if not gone(pid)], "a Slurm daemon outlived cluster.sh stop"
 
 
 def _sweep(cwd: Path, env: dict, *args: str) -> subprocess.CompletedProcess:

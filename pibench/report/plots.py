@@ -25,9 +25,9 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 from pibench.errors import MissingFile, UsageError
 from pibench.pareto import pareto_front  # noqa: E402
 from pibench.report.rows import ok_rows, several_protocols, with_series  # noqa: E402
-from pibench.report.style import (COLUMN_WIDTH_IN, STYLE, add_legend, column_figure, method_look,  # noqa: E402
-                                  plain_label, protocol_color, protocol_index, protocol_line, save_figure,
-                                  series_styles, set_scale)
+from pibench.report.style import (COLUMN_WIDTH_IN, STYLE, add_legend, column_figure, finish_panel,  # noqa: E402
+                                  method_look, plain_label, protocol_color, protocol_index, protocol_line,
+                                  save_figure, series_styles, set_scale)
 from pibench.results import load_layers, load_results  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -75,11 +75,7 @@ def accuracy_vs_relus(results: pd.DataFrame, anchors: pd.DataFrame | None = None
         for method, group in anchors.groupby("method"):
             ax.plot(group["relus"], group["accuracy"], "x", color=method_look(method)[0], label=f"{method} (paper)")
     set_scale([ax], per_model["relus"], "x", counts=True)
-    ax.set_xlabel("ReLUs kept")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("Accuracy vs ReLUs (filled: Pareto frontier)")
-    ax.grid(alpha=0.3)
-    add_legend(fig, [ax])
+    finish_panel(fig, ax, "ReLUs kept", "top-1 accuracy (%)", "Accuracy vs ReLUs (filled: Pareto frontier)")
     return fig
 
 
@@ -234,11 +230,8 @@ def storage_vs_relus(results: pd.DataFrame) -> plt.Figure:
         ax.text(0.02, 0.98, "store nothing: " + ", ".join(nothing), transform=ax.transAxes, va="top", fontsize=6)
     set_scale([ax], stored["relus"], "x", counts=True)
     set_scale([ax], stored["client_storage_bytes"] / 1e6, "y")
-    ax.set_xlabel("ReLUs kept")
-    ax.set_ylabel("client storage per inference (MB)")
-    ax.set_title("What the client holds before an inference")
-    ax.grid(alpha=0.3)
-    add_legend(fig, [ax])
+    finish_panel(fig, ax, "ReLUs kept", "client storage per inference (MB)",
+                 "What the client holds before an inference")
     return fig
 
 

@@ -157,3 +157,12 @@ def add_legend(fig: plt.Figure, axes: list[plt.Axes]) -> None:
         return
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(labels)),
                frameon=False)
+
+
+def finish_panel(fig: plt.Figure, ax: plt.Axes, xlabel: str, ylabel: str, title: str) -> None:
+    """A one-panel figure's labels, grid and legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    add_legend(fig, [ax])
