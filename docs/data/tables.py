@@ -12,6 +12,7 @@ table is some of bench_protocols.csv's columns (`python docs/hooks.py README.md`
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 import pandas as pd
@@ -51,9 +52,17 @@ def protocols_table(rows: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def paper_label(model: str) -> str:
+    """A sweep's model name as the papers name it: resnet18_num_classes100_senet_25000 -> resnet18, SENet-style 25K."""
+    senet = re.fullmatch(r"(\w+?)(?:_num_classes\d+)?_senet_(\d+)", model)
+    if senet:
+        return f"{senet.group(1)}, SENet-style {int(senet.group(2)) // 1000}K"
+    return re.sub(r"_num_classes\d+$", "", model)
+
+
 def cost_paper_table(rows: pd.DataFrame) -> pd.DataFrame:
     """The paper-scale sweep (docs/measurements/cost-paper.md)."""
-    full = protocols_table(rows)
+    full = protocols_table(rows).assign(model=rows["model"].map(paper_label))
     return full[["model", "ReLUs", "protocol", "online s", "WAN projected s", "online MB/party", "of which linear MB",
                  "rounds", "offline s", "offline MB client", "offline MB server", "client storage MB"]]
 
