@@ -175,10 +175,10 @@ class Party:
             error = PEER_FAILED.format(peer="server" if self.rank == CLIENT else "client")
         if error:
             return {"event": "error" if self.rank == CLIENT else "done", "job": job["id"], "error": error}
-        dealer = self.provider.source.group if self.provider is not None and self.rank == CLIENT else None
+        dealer_group = self.provider.source.group if self.provider is not None and self.rank == CLIENT else None
         memory.reset_peak()
-        if dealer is not None:
-            dealer_peak_rss(dealer, reset=True)
+        if dealer_group is not None:
+            dealer_peak_rss(dealer_group, reset=True)
         result = self.measure(job, program, x)
         result["peak_rss"] = memory.peak_rss()
         theirs = self.exchange({"ops": [{k: op[k] for k in PEER_OP_COUNTS} for op in result["ops"]],
@@ -187,7 +187,7 @@ class Party:
             return {"event": "done", "job": job["id"], "error": None}
         result.update(client_storage_bytes=result.pop("storage_bytes"), peak_rss_client=result.pop("peak_rss"),
                       peak_rss_server=theirs["peak_rss"],
-                      peak_rss_dealer=dealer_peak_rss(dealer, reset=False) if dealer is not None else None)
+                      peak_rss_dealer=dealer_peak_rss(dealer_group, reset=False) if dealer_group is not None else None)
         dealer = result["offline_bytes"] is not None  # None: no offline phase, on both sides
         if dealer:  # each party's own traffic with the dealer (the server's: its FSS keys)
             result.update(offline_bytes_client=result["offline_bytes"], offline_bytes_server=theirs["offline_bytes"])
