@@ -281,7 +281,7 @@ class _Compiler:
         alphas = m.alphas.detach()
         if not bool(((alphas == 0) | (alphas == 1)).all()):
             self.build.notes.append(f"{name}: alphas are not binarized; compiled as SNL's code binarizes them "
-                              f"(ReLU where alpha > {SNL_THRESHOLD})")
+                                    f"(ReLU where alpha > {SNL_THRESHOLD})")
         return (alphas > SNL_THRESHOLD)[0]
 
     def _relu(self, node: torch.fx.Node, name: str, x: torch.fx.Node, mask: torch.Tensor | None = None,

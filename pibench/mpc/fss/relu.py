@@ -122,6 +122,8 @@ def keygen_words(r: np.ndarray, bits: int = DEFAULT_BITS, out: np.ndarray | None
     keys = (dcf.DcfKey.from_bytes(raw[0, 16 * count:size], count, bits - 1),
             dcf.DcfKey.from_bytes(raw[1, 16 * count:size], count, bits - 1))
     shares = words[:, :2 * count].view(U64).reshape(2, 2, count)  # per party: its shares of rho and rho·r
+    # a stream of its own: a draw stays valid only until the stream's next, and the DCF draws its root seeds
+    # from scratch.random between this block's draw and its last use
     scratch, stream = dcf.Scratch(), prg.RandomStream()
     for block in dcf.blocks(count, dcf.CHUNK):
         _keygen_block(r[block], bits, keys, shares[:, :, block], block.start, scratch, stream)
